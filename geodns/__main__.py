@@ -1,0 +1,5 @@
+"""Allow ``python -m geodns``."""
+
+from geodns.cli import main
+
+raise SystemExit(main())

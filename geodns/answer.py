@@ -1,0 +1,265 @@
+"""Resolving a (name, type) against the zones into a pre-encoded answer.
+
+RFC 1034 section 4.3.2's algorithm, for authoritative data only: find the zone, stop at zone cuts
+(referral), match the name, follow CNAMEs inside the zone, synthesise from wildcards (RFC 4592),
+else NXDOMAIN. The result is a `Prepared`: the answer, authority and additional sections already
+encoded for this exact (lower-cased) question, so a repeat query only patches the header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnslib import AAAA, QTYPE, RD, RR, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+
+from geodns.zone import (
+    ADDRESS_TYPES,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_ANY,
+    TYPE_CNAME,
+    TYPE_DS,
+    TYPE_MX,
+    TYPE_NS,
+    TYPE_SRV,
+    RRset,
+    Zone,
+)
+
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+MAX_CNAME_CHAIN = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Sections:
+    """Encoded answer/authority/additional sections following a question of known length."""
+
+    body: bytes
+    ancount: int
+    nscount: int
+    arcount: int
+
+
+@dataclass(slots=True, eq=False)
+class Prepared:
+    """What to answer one (name, type): rcode, AA, and the encoded sections.
+
+    `reduced` is the same answer without the additional section, sent when the full one does not
+    fit; `referral` answers must keep their glue, so for them not fitting means TC. A dynamic answer
+    has `dynamic` set and gets its sections per decision from `variant()`.
+    """
+
+    rcode: int
+    authoritative: bool
+    full: Sections
+    reduced: Sections
+    referral: bool = False
+    dynamic: Any = None
+    zone: str | None = None
+    labels: tuple[bytes, ...] = ()
+    qtype: int = 0
+    prefix: tuple[RR, ...] = ()
+    owner: DNSLabel | None = None
+    ttl: int = 0
+    negative: tuple[RR, ...] = ()
+    variants: dict[tuple[str, ...], Sections] = field(default_factory=dict)
+
+    def variant(self, addresses: tuple[str, ...]) -> Sections:
+        """The encoded sections for one dynamic decision, cached per address tuple."""
+        sections = self.variants.get(addresses)
+        if sections is None:
+            rdata_type = QTYPE.A if self.qtype == TYPE_A else QTYPE.AAAA
+            rrs = [_address_rr(self.owner, rdata_type, self.ttl, a) for a in addresses]
+            if rrs:
+                sections = encode(self.labels, self.qtype, [*self.prefix, *rrs], [], [])
+            else:
+                sections = encode(
+                    self.labels, self.qtype, list(self.prefix), list(self.negative), []
+                )
+            if len(self.variants) < 4096:
+                self.variants[addresses] = sections
+        return sections
+
+
+def _address_rr(owner: DNSLabel | None, rtype: int, ttl: int, address: str) -> RR:
+    return RR(owner, rtype, ttl=ttl, rdata=A(address) if rtype == QTYPE.A else AAAA(address))
+
+
+def encode(
+    labels: tuple[bytes, ...],
+    qtype: int,
+    answer: list[RR],
+    authority: list[RR],
+    additional: list[RR],
+) -> Sections:
+    """Encode the three sections as they follow this question, with name compression."""
+    record = DNSRecord(DNSHeader(), q=DNSQuestion(DNSLabel(labels), qtype))
+    record.rr, record.auth, record.ar = answer, authority, additional
+    packed = bytes(record.pack())
+    question_length = sum(len(label) + 1 for label in labels) + 1 + 4
+    return Sections(packed[12 + question_length :], len(answer), len(authority), len(additional))
+
+
+EMPTY = Sections(b"", 0, 0, 0)
+
+
+def name_of(labels: tuple[bytes, ...]) -> str:
+    """The dictionary key for wire labels; a '.' inside a label can match no zone name."""
+    return "".join(label.decode("latin-1").replace(".", "\\.") + "." for label in labels) or "."
+
+
+def split_wire(key: bytes) -> tuple[bytes, ...]:
+    labels = []
+    position = 0
+    while key[position]:
+        length = key[position]
+        labels.append(key[position + 1 : position + 1 + length])
+        position += 1 + length
+    return tuple(labels)
+
+
+class Resolver:
+    """Resolves names against one immutable set of zones."""
+
+    def __init__(self, zones: dict[str, Zone]) -> None:
+        self.zones = zones
+
+    def find_zone(self, name: str) -> Zone | None:
+        candidate = name
+        while True:
+            zone = self.zones.get(candidate)
+            if zone is not None:
+                return zone
+            if candidate == ".":
+                return None
+            candidate = candidate.split(".", 1)[1] or "."
+
+    def resolve(self, labels: tuple[bytes, ...], qtype: int) -> Prepared:
+        name = name_of(labels)
+        zone = self.find_zone(name)
+        if zone is None:
+            return Prepared(RCODE_REFUSED, False, EMPTY, EMPTY)
+        return _Resolution(zone, labels, qtype).run(name)
+
+
+class _Resolution:
+    """One slow-path resolution inside one zone."""
+
+    def __init__(self, zone: Zone, labels: tuple[bytes, ...], qtype: int) -> None:
+        self.zone, self.labels, self.qtype = zone, labels, qtype
+        self.answer: list[RR] = []
+        self.additional: list[RR] = []
+
+    def run(self, name: str) -> Prepared:
+        zone, qtype = self.zone, self.qtype
+        owner = DNSLabel(self.labels)
+        for _ in range(MAX_CNAME_CHAIN):
+            cut = zone.delegation_for(name)
+            if cut is not None and not (cut == name and qtype == TYPE_DS):
+                if self.answer:
+                    return self._positive()
+                return self._referral(cut)
+            node = zone.nodes.get(name)
+            if node is None and name not in zone.empty_non_terminals and cut is None:
+                node = zone.nodes.get("*." + zone.closest_encloser(name))
+            if node is None:
+                rcode = RCODE_NOERROR if zone.exists(name) else RCODE_NXDOMAIN
+                return self._negative(rcode)
+            if qtype == TYPE_ANY:
+                return self._any(node, owner)
+            rrset = node.get(qtype)
+            if rrset is not None:
+                if rrset.dynamic is not None:
+                    return self._dynamic(rrset, owner)
+                self.answer.extend(_rrs(rrset, owner))
+                self._add_targets(rrset)
+                return self._positive()
+            cname = node.get(TYPE_CNAME)
+            if cname is None:
+                return self._negative(RCODE_NOERROR)
+            self.answer.extend(_rrs(cname, owner))
+            if qtype == TYPE_CNAME:
+                return self._positive()
+            target = str(cname.rdatas[0].label).lower()
+            if not zone.contains(target):
+                return self._positive()
+            name, owner = target, DNSLabel(target)
+        return self._positive()
+
+    def _positive(self) -> Prepared:
+        full = encode(self.labels, self.qtype, self.answer, [], self.additional)
+        reduced = encode(self.labels, self.qtype, self.answer, [], []) if self.additional else full
+        return Prepared(RCODE_NOERROR, True, full, reduced, zone=self.zone.origin)
+
+    def _soa_rr(self) -> RR:
+        zone = self.zone
+        return RR(DNSLabel(zone.origin), QTYPE.SOA, ttl=zone.negative_ttl, rdata=zone.soa.rdatas[0])
+
+    def _negative(self, rcode: int) -> Prepared:
+        sections = encode(self.labels, self.qtype, self.answer, [self._soa_rr()], [])
+        return Prepared(rcode, True, sections, sections, zone=self.zone.origin)
+
+    def _referral(self, cut: str) -> Prepared:
+        ns = self.zone.nodes[cut][TYPE_NS]
+        authority = _rrs(ns, DNSLabel(cut))
+        glue = []
+        for rdata in ns.rdatas:
+            glue.extend(self._addresses_of(str(rdata.label).lower()))
+        full = encode(self.labels, self.qtype, [], authority, glue)
+        return Prepared(RCODE_NOERROR, False, full, full, referral=True, zone=self.zone.origin)
+
+    def _any(self, node: dict[int, RRset], owner: DNSLabel) -> Prepared:
+        """RFC 8482: one RRset, or a synthesised HINFO when that RRset would be dynamic."""
+        if TYPE_CNAME in node:
+            self.answer.extend(_rrs(node[TYPE_CNAME], owner))
+        else:
+            ttl = min(rrset.ttl for rrset in node.values())
+            self.answer.append(RR(owner, QTYPE.HINFO, ttl=ttl, rdata=RD(b"\x07RFC8482\x00")))
+        return self._positive()
+
+    def _dynamic(self, rrset: RRset, owner: DNSLabel) -> Prepared:
+        return Prepared(
+            RCODE_NOERROR,
+            True,
+            EMPTY,
+            EMPTY,
+            dynamic=rrset.dynamic,
+            zone=self.zone.origin,
+            labels=self.labels,
+            qtype=self.qtype,
+            prefix=tuple(self.answer),
+            owner=owner,
+            ttl=rrset.ttl,
+            negative=(self._soa_rr(),),
+        )
+
+    def _add_targets(self, rrset: RRset) -> None:
+        if rrset.rtype not in (TYPE_NS, TYPE_MX, TYPE_SRV):
+            return
+        for rdata in rrset.rdatas:
+            target = rdata.target if rrset.rtype == TYPE_SRV else rdata.label
+            self.additional.extend(self._addresses_of(str(target).lower()))
+
+    def _addresses_of(self, target: str) -> list[RR]:
+        node = self.zone.nodes.get(target) if self.zone.contains(target) else None
+        if not node:
+            return []
+        rrs: list[RR] = []
+        for rtype in ADDRESS_TYPES:
+            rrset = node.get(rtype)
+            if rrset is not None:
+                rrs.extend(_rrs(rrset, DNSLabel(target)))
+        return rrs
+
+
+def _rrs(rrset: RRset, owner: DNSLabel) -> list[RR]:
+    return [RR(owner, rrset.rtype, ttl=rrset.ttl, rdata=rdata) for rdata in rrset.rdatas]
+
+
+__all__ = ["TYPE_AAAA", "Prepared", "Resolver", "Sections", "encode"]

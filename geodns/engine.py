@@ -1,0 +1,190 @@
+"""The answer engine: a parsed query + where it came from + a snapshot -> response bytes.
+
+Pure apart from caches derived from the snapshot: no sockets, no clock, no logging. The common
+query costs a dictionary look-up of its pre-encoded answer and a header patch; only a name never
+seen before in this snapshot goes through the resolver (geodns.answer), and only a dynamic answer
+consults the client's location and the health view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from struct import pack
+from typing import Any
+
+from geodns.answer import (
+    RCODE_FORMERR,
+    RCODE_NOTIMP,
+    RCODE_REFUSED,
+    RCODE_SERVFAIL,
+    Prepared,
+    Resolver,
+    Sections,
+    split_wire,
+)
+from geodns.wire import Query
+from geodns.zone import TYPE_AXFR, TYPE_IXFR, Zone
+
+CLASS_IN = 1
+FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+ECHO_FLAGS = 0x7900  # opcode and RD are echoed
+FLAG_CD = 0x0010
+BADVERS = 16
+CACHE_LIMIT = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the engine decided for one query, for metrics and the query log (off the hot path)."""
+
+    rcode: int
+    zone: str | None
+    site: str | None = None
+    rule: str | None = None
+    scope: int | None = None
+    located_by: str | None = None
+    truncated: bool = False
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """Everything a query reads: zones, the geo locator, sites, health. Replaced whole on reload.
+
+    `health` is swapped by `with_health`, which keeps the zone caches: answers are encoded per
+    decision, so a health change only changes which pre-encoded variant is picked.
+    """
+
+    zones: dict[str, Zone]
+    max_udp_size: int = 1232
+    geo: Any = None
+    health: Any = None
+    sites: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0
+    resolver: Resolver = field(init=False)
+    cache: dict[tuple[bytes, int], Prepared] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.resolver = Resolver(self.zones)
+
+    def with_health(self, health: Any) -> Snapshot:
+        clone = replace(self, health=health)
+        clone.cache = self.cache
+        return clone
+
+    def prepared(self, key: bytes, qtype: int) -> Prepared:
+        cache_key = (key, qtype)
+        prepared = self.cache.get(cache_key)
+        if prepared is None:
+            prepared = self.resolver.resolve(split_wire(key), qtype)
+            if len(self.cache) >= CACHE_LIMIT:
+                self.cache.clear()
+            self.cache[cache_key] = prepared
+        return prepared
+
+
+def respond(query: Query, client: str, snapshot: Snapshot, tcp: bool) -> tuple[bytes, Outcome]:
+    """The response to a parsed query from `client` (an IP string), over UDP or TCP."""
+    if query.opcode != 0:
+        return _bare(query, RCODE_NOTIMP, snapshot), Outcome(RCODE_NOTIMP, None)
+    if query.edns and query.version > 0:
+        return _bare(query, BADVERS, snapshot), Outcome(BADVERS, None)
+    qtype = query.qtype
+    if query.qclass != CLASS_IN or qtype in (TYPE_AXFR, TYPE_IXFR):
+        return _bare(query, RCODE_REFUSED, snapshot), Outcome(RCODE_REFUSED, None)
+    prepared = snapshot.prepared(query.key, qtype)
+    scope = 0
+    outcome = None
+    if prepared.dynamic is None:
+        sections = prepared.full
+    else:
+        decision = prepared.dynamic.decide(query, client, snapshot)
+        sections = prepared.variant(decision.addresses)
+        scope = decision.scope
+        outcome = decision
+    if query.edns:
+        udp_limit = min(max(query.udp_size, 512), snapshot.max_udp_size)
+        opt = _opt(query, 0, scope, snapshot.max_udp_size)
+    else:
+        udp_limit = 512
+        opt = b""
+    limit = 65535 if tcp else udp_limit
+    flags = FLAG_QR | (query.flags & (ECHO_FLAGS | FLAG_CD)) | prepared.rcode
+    if prepared.authoritative:
+        flags |= FLAG_AA
+    extra = 1 if opt else 0
+    size = 12 + len(query.question) + len(sections.body) + len(opt)
+    truncated = False
+    if size > limit:
+        reduced = prepared.reduced if prepared.dynamic is None else sections
+        if (
+            not prepared.referral
+            and 12 + len(query.question) + len(reduced.body) + len(opt) <= limit
+        ):
+            sections = reduced
+        else:
+            sections = _EMPTY_SECTIONS
+            flags |= FLAG_TC
+            truncated = True
+    header = pack(
+        ">HHHHHH",
+        query.id,
+        flags,
+        1,
+        sections.ancount,
+        sections.nscount,
+        sections.arcount + extra,
+    )
+    response = header + query.question + sections.body + opt
+    if outcome is None:
+        return response, _outcome(prepared, truncated)
+    return response, Outcome(
+        prepared.rcode,
+        prepared.zone,
+        site=outcome.site,
+        rule=outcome.rule,
+        scope=scope if query.ecs is not None else None,
+        located_by=outcome.located_by,
+        truncated=truncated,
+    )
+
+
+_EMPTY_SECTIONS = Sections(b"", 0, 0, 0)
+_OUTCOMES: dict[tuple[int, str | None, bool], Outcome] = {}
+
+
+def _outcome(prepared: Prepared, truncated: bool) -> Outcome:
+    key = (prepared.rcode, prepared.zone, truncated)
+    outcome = _OUTCOMES.get(key)
+    if outcome is None:
+        outcome = _OUTCOMES[key] = Outcome(prepared.rcode, prepared.zone, truncated=truncated)
+    return outcome
+
+
+def _opt(query: Query, extended_rcode: int, scope: int, udp_size: int) -> bytes:
+    """Our OPT record: our UDP size, DO copied (RFC 3225), ECS echoed with its scope."""
+    ttl = (extended_rcode << 24) | (0x8000 if query.do else 0)
+    ecs = query.ecs
+    if ecs is None:
+        return pack(">BHHIH", 0, 41, udp_size, ttl, 0)
+    family, source, address = ecs
+    option = pack(">HHHBB", 8, 4 + len(address), family, source, scope) + address
+    return pack(">BHHIH", 0, 41, udp_size, ttl, len(option)) + option
+
+
+def _bare(query: Query, rcode: int, snapshot: Snapshot) -> bytes:
+    """A reply with the question echoed and no records (NOTIMP, REFUSED, BADVERS, SERVFAIL)."""
+    flags = FLAG_QR | (query.flags & (ECHO_FLAGS | FLAG_CD)) | (rcode & 0xF)
+    opt = _opt(query, rcode >> 4, 0, snapshot.max_udp_size) if query.edns else b""
+    header = pack(">HHHHHH", query.id, flags, 1, 0, 0, 1 if opt else 0)
+    return header + query.question + opt
+
+
+def servfail(query: Query, snapshot: Snapshot) -> bytes:
+    return _bare(query, RCODE_SERVFAIL, snapshot)
+
+
+def formerr(query_id: int, flags: int) -> bytes:
+    """FORMERR for a query we could not parse: ID, opcode and RD echoed, nothing else."""
+    return pack(">HHHHHH", query_id, FLAG_QR | (flags & ECHO_FLAGS) | RCODE_FORMERR, 0, 0, 0, 0)

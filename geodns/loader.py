@@ -1,0 +1,70 @@
+"""Build a complete Snapshot from the config: every zone file, the geo database, the sites.
+
+All or nothing: the snapshot is returned only when every file is valid; otherwise ConfigError
+carries every problem of every file, and the caller keeps serving whatever it had.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from geodns.config import ServerConfig
+from geodns.dynamic import DynamicCompilerForSites
+from geodns.engine import Snapshot
+from geodns.errors import ConfigError, Problem
+from geodns.zone import Zone
+from geodns.zonefile import load_zone_file, zone_name_from_file
+
+ZONE_SUFFIXES = (".yaml", ".yml")
+
+
+def zone_files(zones_dir: Path) -> list[Path]:
+    """The zone files of a directory, in a stable order."""
+    return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
+
+
+def load_zones(config: ServerConfig) -> dict[str, Zone]:
+    """Load every zone file; raise ConfigError listing every problem in every file."""
+    zones_dir = config.zones_dir
+    if not zones_dir.is_dir():
+        where = str(config.path) if config.path else str(zones_dir)
+        raise ConfigError([Problem(where, 0, f"zones_dir '{zones_dir}' is not a directory")])
+    problems: list[Problem] = []
+    zones: dict[str, Zone] = {}
+    first_file: dict[str, Path] = {}
+    compiler = DynamicCompilerForSites(config.sites)
+    for path in zone_files(zones_dir):
+        origin = zone_name_from_file(path)
+        if origin in first_file:
+            problems.append(
+                Problem(
+                    str(path),
+                    1,
+                    f"duplicate zone '{origin}': already loaded from {first_file[origin]}",
+                )
+            )
+            continue
+        first_file[origin] = path
+        try:
+            zones[origin] = load_zone_file(path, config.soa_for(origin), compiler.compile)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return zones
+
+
+def build_snapshot(
+    config: ServerConfig, geo: Any = None, health: Any = None, generation: int = 0
+) -> Snapshot:
+    """Zones + geo + health -> a new immutable Snapshot ready to be swapped in."""
+    zones = load_zones(config)
+    return Snapshot(
+        zones=zones,
+        max_udp_size=config.max_udp_size,
+        geo=geo,
+        health=health,
+        sites=config.sites,
+        generation=generation,
+    )

@@ -1,0 +1,100 @@
+"""The in-memory zone model: immutable RRsets arranged by owner name.
+
+Names are kept lower-case, absolute, with a trailing dot ("www.cdn.example.com."). A zone is
+frozen once built; the engine only reads it, so a snapshot can be shared by every query without
+locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dnslib import QTYPE
+
+TYPE_A = QTYPE.A
+TYPE_NS = QTYPE.NS
+TYPE_CNAME = QTYPE.CNAME
+TYPE_SOA = QTYPE.SOA
+TYPE_PTR = QTYPE.PTR
+TYPE_MX = QTYPE.MX
+TYPE_TXT = QTYPE.TXT
+TYPE_AAAA = QTYPE.AAAA
+TYPE_SRV = QTYPE.SRV
+TYPE_DS = QTYPE.DS
+TYPE_OPT = 41
+TYPE_IXFR = 251
+TYPE_AXFR = 252
+TYPE_ANY = 255
+TYPE_CAA = 257
+
+ADDRESS_TYPES = (TYPE_A, TYPE_AAAA)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RRset:
+    """All records of one type at one owner name, with their dnslib rdata objects.
+
+    `dynamic` is set on A/AAAA RRsets whose answer is chosen per query (see geodns.dynamic); their
+    `rdatas` are then the record's plain values, the last resort.
+    """
+
+    name: str
+    rtype: int
+    ttl: int
+    rdatas: tuple[Any, ...]
+    line: int = 0
+    dynamic: Any = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Zone:
+    """One authoritative zone: its apex, SOA, and every owner name's RRsets."""
+
+    origin: str
+    path: str
+    soa: RRset
+    nodes: dict[str, dict[int, RRset]]
+    delegations: frozenset[str]
+    empty_non_terminals: frozenset[str]
+    negative_ttl: int
+    labels: int = field(default=0)
+
+    def contains(self, name: str) -> bool:
+        return name == self.origin or name.endswith("." + self.origin)
+
+    def delegation_for(self, name: str) -> str | None:
+        """The highest zone cut at or above `name` (below the apex), or None."""
+        if not self.delegations:
+            return None
+        parts = name.split(".")
+        origin_parts = self.origin.count(".")
+        # walk from the label just below the apex down to the name itself
+        for cut in range(len(parts) - origin_parts - 1, -1, -1):
+            candidate = ".".join(parts[cut:])
+            if candidate in self.delegations:
+                return candidate
+        return None
+
+    def exists(self, name: str) -> bool:
+        return name in self.nodes or name in self.empty_non_terminals
+
+    def closest_encloser(self, name: str) -> str:
+        """The longest existing ancestor of a name that does not exist (RFC 4592 section 3.3.1)."""
+        candidate = name
+        while candidate != self.origin:
+            candidate = candidate.split(".", 1)[1]
+            if self.exists(candidate):
+                return candidate
+        return self.origin
+
+
+def parent_names(name: str, origin: str) -> list[str]:
+    """Every name strictly between `name` and `origin` (exclusive of both), nearest first."""
+    result = []
+    candidate = name
+    while True:
+        candidate = candidate.split(".", 1)[1] if "." in candidate[:-1] else "."
+        if candidate == origin or not candidate.endswith(origin):
+            return result
+        result.append(candidate)
