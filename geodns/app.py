@@ -19,11 +19,14 @@ from typing import Any
 from geodns import __version__
 from geodns.config import ServerConfig, load_config
 from geodns.errors import ConfigError
-from geodns.loader import build_snapshot
+from geodns.geo import GeoLocator
+from geodns.loader import build_snapshot, open_geo, zone_files
 from geodns.logs import get_logger
 from geodns.server import ServerState, TcpProtocol, UdpProtocol
 
 log = get_logger("geodns")
+WATCH_INTERVAL = 1.0
+WATCH_DEBOUNCE = 0.5
 
 
 @dataclass
@@ -51,9 +54,12 @@ class App:
         self.reload_status = ReloadStatus()
         self.generation = 0
         self.started = time.time()
+        self.tasks: list[asyncio.Future[Any]] = []
+        self.geo: GeoLocator
 
     async def start(self) -> None:
-        snapshot = build_snapshot(self.config, generation=self.generation)
+        self.geo = open_geo(self.config)
+        snapshot = build_snapshot(self.config, self.geo, generation=self.generation)
         self.state = ServerState(snapshot)
         await self._bind()
         loop = asyncio.get_running_loop()
@@ -67,7 +73,31 @@ class App:
             port=self.config.port,
             zones=sorted(snapshot.zones),
             zones_dir=str(self.config.zones_dir),
+            geoip=str(self.geo.path),
+            geoip_type=self.geo.database_type,
         )
+        self.tasks.append(asyncio.ensure_future(self._watch_files()))
+
+    async def _watch_files(self) -> None:
+        """Re-read the GeoIP database when it changes on disk, and the zones when they do."""
+        zones_seen = self._zones_signature()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self.geo.changed_on_disk():
+                await self.reload("geoip database changed")
+            if self.config.watch_zones:
+                signature = self._zones_signature()
+                if signature != zones_seen:
+                    await asyncio.sleep(WATCH_DEBOUNCE)  # let an editor or rsync finish
+                    zones_seen = self._zones_signature()
+                    await self.reload("zone files changed")
+
+    def _zones_signature(self) -> tuple[tuple[str, int, int], ...]:
+        try:
+            paths = zone_files(self.config.zones_dir)
+            return tuple((p.name, (st := p.stat()).st_mtime_ns, st.st_size) for p in paths)
+        except OSError:
+            return ()
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,8 +141,11 @@ class App:
         self.reload_status.last_attempt = time.time()
         try:
             config = load_config(self.config_path) if self.config_path else self.config
+            geo = self.geo
+            if geo.changed_on_disk() or config.geoip_path != geo.path:
+                geo = open_geo(config)
             self.generation += 1
-            snapshot = build_snapshot(config, generation=self.generation)
+            snapshot = build_snapshot(config, geo, self.state.snapshot.health, self.generation)
         except ConfigError as exc:
             self.reload_status.ok = False
             self.reload_status.failures += 1
@@ -123,6 +156,7 @@ class App:
         if (config.listen, config.port) != (self.config.listen, self.config.port):
             log.warning("reload_listen_unchanged", reason="listen addresses change on restart only")
         self.config = config
+        self.geo = geo
         self.state.snapshot = snapshot
         self.reload_status = ReloadStatus(
             ok=True,
@@ -133,6 +167,8 @@ class App:
         return True
 
     async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
         for transport in self.transports:
             transport.close()
         for server in self.servers:

@@ -11,9 +11,12 @@ from geodns.config import load_config
 from geodns.errors import ConfigError
 from geodns.logs import configure
 
+EXAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "example-config.yaml"
 
-def _config_path(value: str | None) -> Path | None:
-    return Path(value) if value else None
+
+def _config_path(value: str | None) -> Path:
+    """The --config file, or the bundled example (cdn.example.com on 127.0.0.1:5353)."""
+    return Path(value) if value else EXAMPLE_CONFIG
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -51,6 +54,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from geodns.explain import explain
+
+    try:
+        config = load_config(_config_path(args.config))
+        down, note = _running_health(config)
+        print(explain(config, args.client, args.name, args.type, down, note))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 1
+    except ValueError as exc:
+        print(f"geodns explain: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _running_health(config: object) -> tuple[frozenset[str], str]:
+    """The running server's view of which sites are down, or all up when it is not running."""
+    try:
+        from geodns import adminclient
+
+        status = adminclient.status(config)
+    except Exception:  # no server, no admin API: explain still works
+        return frozenset(), "all sites treated as up (no running server reachable)"
+    down = frozenset(
+        name for name, site in status.get("sites", {}).items() if site.get("state") == "down"
+    )
+    return down, f"from the running server: down = {', '.join(sorted(down)) or 'none'}"
+
+
 def _print_problems(exc: ConfigError) -> None:
     for problem in exc.problems:
         print(problem, file=sys.stderr)
@@ -62,11 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"geodns {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the nameserver in the foreground")
-    serve.add_argument("--config", "-c", help="config file (default: built-in defaults)")
+    serve.add_argument("--config", "-c", help="config file (default: the bundled example)")
     serve.set_defaults(func=cmd_serve)
     check = commands.add_parser("check", help="validate the config and every zone file")
-    check.add_argument("--config", "-c", help="config file (default: built-in defaults)")
+    check.add_argument("--config", "-c", help="config file (default: the bundled example)")
     check.set_defaults(func=cmd_check)
+    explain = commands.add_parser("explain", help="show what a user would be answered, and why")
+    explain.add_argument("client", help="the user's address or ECS subnet, e.g. 36.64.0.0/24")
+    explain.add_argument("name", help="the name asked for, e.g. www.cdn.example.com")
+    explain.add_argument("--type", "-t", default="A", choices=["A", "AAAA", "a", "aaaa"])
+    explain.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

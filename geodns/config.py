@@ -227,7 +227,7 @@ def load_config(path: Path | None) -> ServerConfig:
         path=path,
         listen=tuple(addresses),
         port=port,
-        zones_dir=(base / zones_dir) if zones_dir else defaults.zones_dir,
+        zones_dir=(base / zones_dir).resolve() if zones_dir else defaults.zones_dir,
         max_udp_size=edns.int_in("max_udp_size", 512, 4096, defaults.max_udp_size),
         tcp_idle_timeout=float(idle),
         tcp_max_connections=tcp.int_in("max_connections", 1, 65535, defaults.tcp_max_connections),
@@ -238,7 +238,7 @@ def load_config(path: Path | None) -> ServerConfig:
         geoip_database=(base / database) if database else None,
         sites=sites,
         admin=AdminConfig(
-            listen=admin.get("listen", (str, type(None)), AdminConfig.listen, "host:port"),
+            listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),
             socket=admin.get("socket", str, None, "a Unix socket path"),
             token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
         ),
@@ -249,8 +249,8 @@ def load_config(path: Path | None) -> ServerConfig:
             enabled=query_log.get("enabled", bool, False, "true or false"),
             sample_rate=float(sample_rate),
             path=query_log.get("path", str, "-", "a file path or '-' for stdout"),
-            max_bytes=query_log.int_in("max_bytes", 0, 2**40, QueryLogConfig.max_bytes),
-            backups=query_log.int_in("backups", 0, 100, QueryLogConfig.backups),
+            max_bytes=query_log.int_in("max_bytes", 0, 2**40, QueryLogConfig().max_bytes),
+            backups=query_log.int_in("backups", 0, 100, QueryLogConfig().backups),
         ),
     )
 

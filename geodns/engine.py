@@ -100,8 +100,11 @@ def respond(query: Query, client: str, snapshot: Snapshot, tcp: bool) -> tuple[b
         sections = prepared.full
     else:
         decision = prepared.dynamic.decide(query, client, snapshot)
+        if decision.servfail:
+            return _bare(query, RCODE_SERVFAIL, snapshot), Outcome(RCODE_SERVFAIL, prepared.zone)
         sections = prepared.variant(decision.addresses)
-        scope = decision.scope
+        ecs = query.ecs
+        scope = decision.scope if ecs is not None and ecs[1] else 0
         outcome = decision
     if query.edns:
         udp_limit = min(max(query.udp_size, 512), snapshot.max_udp_size)

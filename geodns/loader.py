@@ -9,10 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import maxminddb
+
 from geodns.config import ServerConfig
 from geodns.dynamic import DynamicCompilerForSites
 from geodns.engine import Snapshot
 from geodns.errors import ConfigError, Problem
+from geodns.geo import GeoLocator
 from geodns.zone import Zone
 from geodns.zonefile import load_zone_file, zone_name_from_file
 
@@ -24,7 +27,9 @@ def zone_files(zones_dir: Path) -> list[Path]:
     return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
 
 
-def load_zones(config: ServerConfig) -> dict[str, Zone]:
+def load_zones(
+    config: ServerConfig, compiler: DynamicCompilerForSites | None = None
+) -> dict[str, Zone]:
     """Load every zone file; raise ConfigError listing every problem in every file."""
     zones_dir = config.zones_dir
     if not zones_dir.is_dir():
@@ -33,7 +38,7 @@ def load_zones(config: ServerConfig) -> dict[str, Zone]:
     problems: list[Problem] = []
     zones: dict[str, Zone] = {}
     first_file: dict[str, Path] = {}
-    compiler = DynamicCompilerForSites(config.sites)
+    compiler = compiler or DynamicCompilerForSites(config.sites)
     for path in zone_files(zones_dir):
         origin = zone_name_from_file(path)
         if origin in first_file:
@@ -55,16 +60,31 @@ def load_zones(config: ServerConfig) -> dict[str, Zone]:
     return zones
 
 
+def open_geo(config: ServerConfig) -> GeoLocator:
+    """Open the configured (or bundled) database; a ConfigError names the file when it cannot."""
+    path = config.geoip_path
+    try:
+        return GeoLocator(path)
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        where = str(config.path) if config.path else str(path)
+        raise ConfigError([Problem(where, 0, f"cannot open GeoIP database {path}: {exc}")]) from exc
+
+
 def build_snapshot(
-    config: ServerConfig, geo: Any = None, health: Any = None, generation: int = 0
+    config: ServerConfig, geo: GeoLocator | None, health: Any = None, generation: int = 0
 ) -> Snapshot:
-    """Zones + geo + health -> a new immutable Snapshot ready to be swapped in."""
-    zones = load_zones(config)
+    """Zones + geo + health -> a new immutable Snapshot ready to be swapped in.
+
+    The snapshot's sites are the config's plus one per value probed by an octoDNS
+    `healthcheck`, so the health monitor can check those too.
+    """
+    compiler = DynamicCompilerForSites(config.sites)
+    zones = load_zones(config, compiler)
     return Snapshot(
         zones=zones,
         max_udp_size=config.max_udp_size,
         geo=geo,
         health=health,
-        sites=config.sites,
+        sites={**config.sites, **compiler.implicit_sites},
         generation=generation,
     )

@@ -171,7 +171,7 @@ def _parse_site(path: str, name: str, spec: Any, line: int, problems: list[Probl
         datacenters = []
     default_address = (ipv4 or ipv6 or ["127.0.0.1"])[0]
     checks = []
-    raw_checks = spec.get("checks", [])
+    raw_checks = spec.get("checks", MarkedList())
     if not isinstance(raw_checks, MarkedList):
         add(spec.line_of("checks"), "checks: expected a list of checks")
         raw_checks = []

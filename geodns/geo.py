@@ -1,0 +1,170 @@
+"""Where a user is: a MaxMind-format database (GeoIP2/GeoLite2/DB-IP City or Country) read
+through geoip2's maxminddb reader, with a cache per client network.
+
+A City database gives coordinates; a Country database gives only a country, which is placed at a
+representative point (the population-weighted centre of its cities, geodns/data/country_points.csv).
+A `Place` is interned, so thousands of networks in one city share one object and the per-record
+decision caches stay small. The locator is immutable apart from its caches and is replaced whole
+when the database file changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import maxminddb
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+COUNTRY_POINTS = DATA_DIR / "country_points.csv"
+PLACEMENT_CACHE_LIMIT = 500_000
+EARTH_RADIUS_KM = 6371.0
+FIBRE_KM_PER_MS = 200.0  # light in fibre: about 200,000 km/s
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Place:
+    """A located user: codes for octoDNS geo rules and coordinates for distances."""
+
+    continent: str | None
+    country: str | None
+    subdivision: str | None
+    city: str | None
+    latitude: float
+    longitude: float
+    precision: str  # "city" (coordinates from the database) or "country" (representative point)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Placement:
+    """One client network looked up: its place (None if unknown) and the database network."""
+
+    place: Place | None
+    family: int  # 4 or 6
+    address: int
+    prefix: int  # the database network's prefix length; the answer holds for all of it
+
+    @property
+    def network(self) -> str:
+        bits = 32 if self.family == 4 else 128
+        base = self.address >> (bits - self.prefix) << (bits - self.prefix) if self.prefix else 0
+        cls = ipaddress.IPv4Network if self.family == 4 else ipaddress.IPv6Network
+        return str(cls((base, self.prefix)))
+
+
+def load_country_points(path: Path = COUNTRY_POINTS) -> dict[str, tuple[str, float, float, str]]:
+    """ISO country code -> (continent code, latitude, longitude, name)."""
+    points: dict[str, tuple[str, float, float, str]] = {}
+    if not path.exists():
+        return points
+    with path.open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            points[row["iso_code"]] = (
+                row["continent_code"],
+                float(row["lat"]),
+                float(row["lon"]),
+                row.get("name", ""),
+            )
+    return points
+
+
+def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine) in kilometres."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi = phi2 - phi1
+    dlmb = math.radians(lon2 - lon1)
+    a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlmb / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def fibre_rtt_ms(km: float) -> float:
+    """The round trip that a distance implies over fibre (both ways at ~200,000 km/s)."""
+    return 2 * km / FIBRE_KM_PER_MS
+
+
+class GeoLocator:
+    """Looks up client addresses in one database file; caches per network and interns places."""
+
+    def __init__(self, path: Path, points: dict[str, tuple[str, float, float, str]] | None = None):
+        self.path = path
+        stat = path.stat()
+        self.signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        self.reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
+        metadata = self.reader.metadata()
+        self.database_type: str = metadata.database_type
+        self.build_epoch: int = metadata.build_epoch
+        self.ip_version: int = metadata.ip_version
+        self.points = load_country_points() if points is None else points
+        self.places: dict[tuple[Any, ...], Place] = {}
+        self.cache: dict[Any, Placement] = {}
+
+    def changed_on_disk(self) -> bool:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return False
+        return (stat.st_mtime_ns, stat.st_size, stat.st_ino) != self.signature
+
+    def placement(self, key: Any) -> Placement:
+        """The placement of a client: `key` is an IP string or an ECS (family, source, bytes)."""
+        found = self.cache.get(key)
+        if found is None:
+            if isinstance(key, str):
+                found = self.lookup(ipaddress.ip_address(key.split("%", 1)[0]))
+            else:
+                found = self.lookup(ecs_address(key))
+            if len(self.cache) >= PLACEMENT_CACHE_LIMIT:
+                self.cache.clear()
+            self.cache[key] = found
+        return found
+
+    def lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Placement:
+        """Look one address up (uncached)."""
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        family = address.version
+        if family == 6 and self.ip_version == 4:
+            return Placement(None, 6, int(address), 0)
+        record, prefix = self.reader.get_with_prefix_len(address)
+        return Placement(self._place(record), family, int(address), prefix)
+
+    def _place(self, record: Any) -> Place | None:
+        if not isinstance(record, dict):
+            return None
+        country = (record.get("country") or record.get("registered_country") or {}).get("iso_code")
+        continent = (record.get("continent") or {}).get("code")
+        subdivisions = record.get("subdivisions") or []
+        subdivision = subdivisions[0].get("iso_code") if subdivisions else None
+        city = ((record.get("city") or {}).get("names") or {}).get("en")
+        location = record.get("location") or {}
+        latitude, longitude = location.get("latitude"), location.get("longitude")
+        precision = "city"
+        if latitude is None or longitude is None:
+            point = self.points.get(country or "")
+            if point is None:
+                return None
+            continent = continent or point[0]
+            latitude, longitude, precision = point[1], point[2], "country"
+        elif continent is None and country in self.points:
+            continent = self.points[country][0]
+        key = (continent, country, subdivision, city, float(latitude), float(longitude), precision)
+        place = self.places.get(key)
+        if place is None:
+            place = self.places[key] = Place(*key)
+        return place
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def ecs_address(ecs: tuple[int, int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address of an ECS option, zero-padded to its family's length."""
+    family, _source, address = ecs
+    if family == 1:
+        return ipaddress.IPv4Address(address.ljust(4, b"\x00"))
+    return ipaddress.IPv6Address(address.ljust(16, b"\x00"))
