@@ -58,7 +58,7 @@ def explain(
     lines.append("rules:")
     lines += [f"  {line}" for line in trace.rules] or ["  (no octoDNS rules)"]
     lines.append("candidates (nearest first):" if record.nearest else "candidates:")
-    for label, distance, up, state in trace.candidates:
+    for label, distance, _up, state in trace.candidates:
         if distance is None:
             lines.append(f"  {label:32} {state}")
         else:
