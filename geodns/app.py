@@ -156,8 +156,10 @@ class App:
         if (config.listen, config.port) != (self.config.listen, self.config.port):
             log.warning("reload_listen_unchanged", reason="listen addresses change on restart only")
         self.config = config
-        self.geo = geo
+        old_geo, self.geo = self.geo, geo
         self.state.snapshot = snapshot
+        if old_geo is not geo:
+            old_geo.close()  # no query holds it: the loop is single-threaded and just swapped
         self.reload_status = ReloadStatus(
             ok=True,
             successes=self.reload_status.successes + 1,

@@ -39,15 +39,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from geodns.loader import load_zones
+    from geodns.loader import load_zones, open_geo
 
     path = _config_path(args.config)
     try:
         config = load_config(path)
         zones = load_zones(config)
+        geo = open_geo(config)
     except ConfigError as exc:
         _print_problems(exc)
         return 1
+    print(f"{geo.path}: GeoIP database OK ({geo.database_type})")
     for origin, zone in sorted(zones.items()):
         count = sum(len(node) for node in zone.nodes.values())
         print(f"{zone.path}: zone {origin} OK ({count} RRsets)")

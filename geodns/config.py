@@ -58,6 +58,7 @@ class ServerConfig:
     soa: SoaSettings = SoaSettings()
     zone_soa: dict[str, SoaSettings] = field(default_factory=dict)
     geoip_database: Path | None = None
+    geoip_line: int = 0
     sites: dict[str, Site] = field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
     state_file: Path | None = None
@@ -236,6 +237,7 @@ def load_config(path: Path | None) -> ServerConfig:
         soa=soa,
         zone_soa=zone_soa,
         geoip_database=(base / database) if database else None,
+        geoip_line=geoip.mapping.line_of("database"),
         sites=sites,
         admin=AdminConfig(
             listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),

@@ -67,7 +67,10 @@ def open_geo(config: ServerConfig) -> GeoLocator:
         return GeoLocator(path)
     except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
         where = str(config.path) if config.path else str(path)
-        raise ConfigError([Problem(where, 0, f"cannot open GeoIP database {path}: {exc}")]) from exc
+        line = config.geoip_line if config.geoip_database else 0
+        raise ConfigError(
+            [Problem(where, line, f"cannot open GeoIP database {path}: {exc}")]
+        ) from exc
 
 
 def build_snapshot(
