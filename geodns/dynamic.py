@@ -147,8 +147,12 @@ class DynamicRecord:
     def has_subnets(self) -> bool:
         return any(rule.subnets for rule in self.rules)
 
-    def decide(self, query: Any, client: str, snapshot: Any) -> Decision:
-        """The hot-path entry: locate the client (cached), then evaluate (cached per place)."""
+    def decide(self, query: Any, client: str, snapshot: Any) -> tuple[Decision, int, str]:
+        """The hot-path entry: (decision, ECS scope, how the client was located).
+
+        The client's placement is cached per network by the locator; the decision is cached per
+        place and health view, so a repeat query from a known network does no geo work.
+        """
         ecs = query.ecs
         if ecs is not None and ecs[1] > 0:
             key, located_by = ecs, "ecs"
@@ -160,22 +164,19 @@ class DynamicRecord:
         down = health.down if health is not None else NO_HEALTH
         if self.sticky_margin_km is not None or self.has_subnets or placement is None:
             decision = evaluate(self, placement, down, query.id)
+            return decision, decision.scope, located_by
+        cached = self.plan_cache.get(placement.place)
+        if cached is not None and cached[0] is down:
+            decision = cached[1]
         else:
-            cached = self.plan_cache.get(placement.place)
-            if cached is not None and cached[0] is down:
-                decision = cached[1]
-            else:
-                decision = evaluate(self, placement, down, 0)
-                if len(self.plan_cache) >= PLAN_CACHE_LIMIT:
-                    self.plan_cache.clear()
-                self.plan_cache[placement.place] = (down, decision)
-            if decision.varies:
-                decision = evaluate(self, placement, down, query.id)
-            elif decision.scope:
-                decision = _with_scope(decision, placement.prefix)
-        if decision.located_by != located_by:
-            decision = replace(decision, located_by=located_by)
-        return decision
+            decision = evaluate(self, placement, down, 0)
+            if len(self.plan_cache) >= PLAN_CACHE_LIMIT:
+                self.plan_cache.clear()
+            self.plan_cache[placement.place] = (down, decision)
+        if decision.varies:
+            decision = evaluate(self, placement, down, query.id)
+        # a cached decision holds for every network placed here; its scope is this network's
+        return decision, placement.prefix if decision.scope else 0, located_by
 
     def ranked(self, place: Place) -> tuple[tuple[Candidate, float], ...]:
         """Candidates by distance from a place; health-independent, so cached per place."""
