@@ -222,6 +222,22 @@ def load_config(path: Path | None) -> ServerConfig:
     sites_value = data.get("sites")
     sites, site_problems = parse_sites(str(path), sites_value, data.line_of("sites"))
     top.problems.extend(site_problems)
+    max_udp_size = edns.int_in("max_udp_size", 512, 4096, defaults.max_udp_size)
+    max_connections = tcp.int_in("max_connections", 1, 65535, defaults.tcp_max_connections)
+    workers = top.int_in("workers", 0, 64, defaults.workers)
+    watch_zones = top.get("watch_zones", bool, True, "true or false")
+    query_log_config = QueryLogConfig(
+        enabled=query_log.get("enabled", bool, False, "true or false"),
+        sample_rate=float(sample_rate),
+        path=query_log.get("path", str, "-", "a file path or '-' for stdout"),
+        max_bytes=query_log.int_in("max_bytes", 0, 2**40, QueryLogConfig().max_bytes),
+        backups=query_log.int_in("backups", 0, 100, QueryLogConfig().backups),
+    )
+    admin_config = AdminConfig(
+        listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),
+        socket=admin.get("socket", str, None, "a Unix socket path"),
+        token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
+    )
     if top.problems:
         raise ConfigError(top.problems)
     return ServerConfig(
@@ -229,9 +245,9 @@ def load_config(path: Path | None) -> ServerConfig:
         listen=tuple(addresses),
         port=port,
         zones_dir=(base / zones_dir).resolve() if zones_dir else defaults.zones_dir,
-        max_udp_size=edns.int_in("max_udp_size", 512, 4096, defaults.max_udp_size),
+        max_udp_size=max_udp_size,
         tcp_idle_timeout=float(idle),
-        tcp_max_connections=tcp.int_in("max_connections", 1, 65535, defaults.tcp_max_connections),
+        tcp_max_connections=max_connections,
         log_level=log_level,
         log_format=log_format,
         soa=soa,
@@ -239,21 +255,11 @@ def load_config(path: Path | None) -> ServerConfig:
         geoip_database=(base / database) if database else None,
         geoip_line=geoip.mapping.line_of("database"),
         sites=sites,
-        admin=AdminConfig(
-            listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),
-            socket=admin.get("socket", str, None, "a Unix socket path"),
-            token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
-        ),
+        admin=admin_config,
         state_file=(base / state_file) if state_file else None,
-        workers=top.int_in("workers", 0, 64, defaults.workers),
-        watch_zones=top.get("watch_zones", bool, True, "true or false"),
-        query_log=QueryLogConfig(
-            enabled=query_log.get("enabled", bool, False, "true or false"),
-            sample_rate=float(sample_rate),
-            path=query_log.get("path", str, "-", "a file path or '-' for stdout"),
-            max_bytes=query_log.int_in("max_bytes", 0, 2**40, QueryLogConfig().max_bytes),
-            backups=query_log.int_in("backups", 0, 100, QueryLogConfig().backups),
-        ),
+        workers=workers,
+        watch_zones=watch_zones,
+        query_log=query_log_config,
     )
 
 

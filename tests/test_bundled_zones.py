@@ -40,7 +40,7 @@ def test_bundled_zone_has_the_story() -> None:
     zone = populate_with_octodns(ROOT / "zones", "cdn.example.com.")
     dynamic = {r.name for r in zone.records if getattr(r, "dynamic", None)}
     assert "upload" in dynamic
-    geodns = {r.name for r in zone.records if "geodns" in (r._octodns or {})}
+    geodns = {r.name for r in zone.records if "geodns" in (r.octodns or {})}
     assert {"www", "img", "api", "account"} <= geodns
 
 
