@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from geodns.geo import GeoLocator
 from geodns.loader import build_snapshot, open_geo, zone_files
 from geodns.logs import get_logger
 from geodns.server import ServerState, TcpProtocol, UdpProtocol
+from geodns.workers import PushedHealth, WorkerPool, worker_count
 
 log = get_logger("geodns")
 WATCH_INTERVAL = 1.0
@@ -42,11 +44,25 @@ class ReloadStatus:
 
 
 class App:
-    """One running server: its config, its snapshot holder and its listeners."""
+    """One running server process: its config, its snapshot holder and its listeners.
 
-    def __init__(self, config: ServerConfig, config_path: Path | None) -> None:
+    The main process (index 0) also runs the file watchers and the worker pool; a worker
+    (index > 0) takes its health views and reload orders from the main process over `control`.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        config_path: Path | None,
+        index: int = 0,
+        control: Connection | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
+        self.index = index
+        self.control = control
+        self.pool: WorkerPool | None = None
+        self.worker_count = worker_count(config.workers)
         self.state: ServerState | None = None
         self.transports: list[Any] = []
         self.servers: list[asyncio.base_events.Server] = []
@@ -55,6 +71,7 @@ class App:
         self.generation = 0
         self.started = time.time()
         self.tasks: list[asyncio.Future[Any]] = []
+        self.worker_stats: dict[int, Any] = {}
         self.geo: GeoLocator
 
     async def start(self) -> None:
@@ -65,7 +82,15 @@ class App:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        if self.control is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the main process reloads us
+            loop.add_reader(self.control.fileno(), self._control_message)
+            self.control.send(("ready", None))
+            return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        if self.worker_count > 1 and self.config_path is not None:
+            self.pool = WorkerPool(self.config_path, self.worker_count, self._worker_stats)
+            await self.pool.start()
         log.info(
             "started",
             version=__version__,
@@ -73,10 +98,31 @@ class App:
             port=self.config.port,
             zones=sorted(snapshot.zones),
             zones_dir=str(self.config.zones_dir),
+            workers=self.worker_count,
             geoip=str(self.geo.path),
             geoip_type=self.geo.database_type,
         )
         self.tasks.append(asyncio.ensure_future(self._watch_files()))
+
+    def _control_message(self) -> None:
+        """A worker's orders from the main process: new health view, reload, stop."""
+        assert self.control is not None and self.state is not None
+        try:
+            kind, payload = self.control.recv()
+        except (EOFError, OSError):  # the main process is gone: so are we
+            asyncio.get_running_loop().remove_reader(self.control.fileno())
+            self.stopping.set()
+            return
+        if kind == "health":
+            self.state.snapshot = self.state.snapshot.with_health(PushedHealth(frozenset(payload)))
+        elif kind == "reload":
+            asyncio.ensure_future(self.reload("main process"))
+        elif kind == "stop":
+            self.stopping.set()
+
+    def _worker_stats(self, index: int, stats: Any) -> None:
+        """Counters a worker reports; the metrics endpoint adds them to the main process's."""
+        self.worker_stats[index] = stats
 
     async def _watch_files(self) -> None:
         """Re-read the GeoIP database when it changes on disk, and the zones when they do."""
@@ -103,6 +149,7 @@ class App:
         loop = asyncio.get_running_loop()
         assert self.state is not None
         config = self.config
+        shared = self.worker_count > 1  # SO_REUSEPORT only when we share ports on purpose
         bound = 0
         for address in config.listen:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -111,6 +158,7 @@ class App:
                     lambda: UdpProtocol(self.state),
                     local_addr=(address, config.port),
                     family=family,
+                    reuse_port=shared,
                 )
                 server = await loop.create_server(
                     lambda: TcpProtocol(
@@ -120,6 +168,7 @@ class App:
                     port=config.port,
                     family=family,
                     reuse_address=True,
+                    reuse_port=shared,
                     backlog=1024,
                 )
             except OSError as exc:
@@ -165,19 +214,27 @@ class App:
             successes=self.reload_status.successes + 1,
             failures=self.reload_status.failures,
         )
-        log.info("reloaded", cause=cause, zones=sorted(snapshot.zones), generation=self.generation)
+        if self.pool is not None:
+            self.pool.broadcast("reload")
+        if self.index == 0:
+            log.info(
+                "reloaded", cause=cause, zones=sorted(snapshot.zones), generation=self.generation
+            )
         return True
 
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.pool is not None:
+            await self.pool.stop()
         for transport in self.transports:
             transport.close()
         for server in self.servers:
             server.close()
         for server in self.servers:
             await server.wait_closed()
-        log.info("stopped")
+        if self.index == 0:
+            log.info("stopped")
 
 
 async def serve(config: ServerConfig, config_path: Path | None) -> int:
@@ -194,11 +251,35 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     return 0
 
 
-def run(config: ServerConfig, config_path: Path | None) -> int:
+def _runner() -> Any:
     try:
-        import uvloop  # noqa: PLC0415 - optional speed-up
+        import uvloop  # a faster event loop where it is available
 
-        runner: Any = uvloop.run
+        return uvloop.run
     except ImportError:
-        runner = asyncio.run
-    return runner(serve(config, config_path))
+        return asyncio.run
+
+
+def run(config: ServerConfig, config_path: Path | None) -> int:
+    return _runner()(serve(config, config_path))
+
+
+def run_worker(config_path: Path, control: Connection, index: int) -> int:
+    """A spawned worker: same config and zones, sockets shared with SO_REUSEPORT."""
+    from geodns.logs import configure
+
+    config = load_config(config_path)
+    configure(config.log_level, config.log_format)
+
+    async def main() -> int:
+        app = App(config, config_path, index, control)
+        try:
+            await app.start()
+        except (ConfigError, OSError) as exc:
+            log.error("worker_start_failed", worker=index, error=str(exc))
+            return 1
+        await app.stopping.wait()
+        await app.stop()
+        return 0
+
+    return _runner()(main())
