@@ -110,8 +110,9 @@ EMPTY = Sections(b"", 0, 0, 0)
 
 
 def name_of(labels: tuple[bytes, ...]) -> str:
-    """The dictionary key for wire labels; a '.' inside a label can match no zone name."""
-    return "".join(label.decode("latin-1").replace(".", "\\.") + "." for label in labels) or "."
+    """The dictionary key for wire labels. A '.' inside a label is data (RFC 2181 section 11), so
+    it becomes its escape, which no zone name contains and which does not split the name."""
+    return "".join(label.decode("latin-1").replace(".", "\\046") + "." for label in labels) or "."
 
 
 def split_wire(key: bytes) -> tuple[bytes, ...]:
@@ -159,6 +160,7 @@ class _Resolution:
     def run(self, name: str) -> Prepared:
         zone, qtype = self.zone, self.qtype
         owner = DNSLabel(self.labels)
+        visited = {name}
         for _ in range(MAX_CNAME_CHAIN):
             cut = zone.delegation_for(name)
             if cut is not None and not (cut == name and qtype == TYPE_DS):
@@ -187,12 +189,14 @@ class _Resolution:
             if qtype == TYPE_CNAME:
                 return self._positive()
             target = str(cname.rdatas[0].label).lower()
-            if not zone.contains(target):
-                return self._positive()
+            if not zone.contains(target) or target in visited:
+                return self._positive()  # out of zone, or a loop: the chain so far is the answer
+            visited.add(target)
             name, owner = target, DNSLabel(target)
         return self._positive()
 
     def _positive(self) -> Prepared:
+        self.additional = _unique(self.additional)
         full = encode(self.labels, self.qtype, self.answer, [], self.additional)
         reduced = encode(self.labels, self.qtype, self.answer, [], []) if self.additional else full
         return Prepared(RCODE_NOERROR, True, full, reduced, zone=self.zone.origin)
@@ -211,6 +215,7 @@ class _Resolution:
         glue = []
         for rdata in ns.rdatas:
             glue.extend(self._addresses_of(str(rdata.label).lower()))
+        glue = _unique(glue)
         full = encode(self.labels, self.qtype, [], authority, glue)
         return Prepared(RCODE_NOERROR, False, full, full, referral=True, zone=self.zone.origin)
 
@@ -256,6 +261,18 @@ class _Resolution:
             if rrset is not None:
                 rrs.extend(_rrs(rrset, DNSLabel(target)))
         return rrs
+
+
+def _unique(rrs: list[RR]) -> list[RR]:
+    """Each RR once (RFC 2181 section 5), e.g. when two MX records name the same host."""
+    seen: set[tuple[str, int, str]] = set()
+    result = []
+    for rr in rrs:
+        key = (str(rr.rname).lower(), rr.rtype, str(rr.rdata))
+        if key not in seen:
+            seen.add(key)
+            result.append(rr)
+    return result
 
 
 def _rrs(rrset: RRset, owner: DNSLabel) -> list[RR]:
