@@ -1,0 +1,424 @@
+"""`geodns check` (and `serve` on the same input): every mistake as `FILE:LINE: message`.
+
+Each case writes a tiny config + zone directory, runs the real command, and asserts exit code 1
+and an error line naming the right file, the right line, and a key phrase of the message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BASE_ZONES, base_config
+from server_process import REPO_ROOT, GeodnsServer
+from test_rfc_4592 import RFC4592_ZONE
+
+ERROR_LINE = re.compile(r"^(?P<path>[^\s:][^:]*):(?P<line>\d+): (?P<message>.+)$")
+
+APEX = """\
+'':
+  type: NS
+  values:
+    - ns1.example.test.
+    - ns2.example.test.
+ns1:
+  type: A
+  value: 192.0.2.53
+ns2:
+  type: A
+  value: 192.0.2.54
+"""
+
+
+def env() -> dict[str, str]:
+    environ = dict(os.environ)
+    environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT)] + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])
+    )
+    return environ
+
+
+def run_geodns(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "geodns", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def write_setup(root: Path, zones: dict[str, str], config: str | dict | None = None) -> Path:
+    """config.yaml + zones/<file> under root; zone keys are file names without .yaml."""
+    zones_dir = root / "zones"
+    zones_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in zones.items():
+        (zones_dir / f"{name}.yaml").write_text(text)
+    config_path = root / "config.yaml"
+    if config is None:
+        config = {"zones_dir": "zones"}
+    if isinstance(config, dict):
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    else:
+        config_path.write_text(config)
+    return config_path
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    """1-based line number of the n-th line containing needle."""
+    seen = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if needle in line:
+            seen += 1
+            if seen == occurrence:
+                return number
+    raise AssertionError(f"{needle!r} not in text")
+
+
+def errors(output: str) -> list[tuple[str, int, str]]:
+    found = []
+    for raw in output.splitlines():
+        match = ERROR_LINE.match(raw.strip())
+        if match:
+            found.append((match["path"], int(match["line"]), match["message"]))
+    return found
+
+
+def assert_error(
+    result: subprocess.CompletedProcess[str],
+    filename: str,
+    lines: int | set[int] | None,
+    phrase: str,
+) -> None:
+    """An error line for `filename` (any directory) at one of `lines` whose message matches."""
+    output = result.stdout + result.stderr
+    wanted = {lines} if isinstance(lines, int) else lines
+    candidates = [
+        (path, line, message)
+        for path, line, message in errors(output)
+        if Path(path).name == filename
+    ]
+    for _, line, message in candidates:
+        if (wanted is None or line in wanted) and re.search(phrase, message, re.IGNORECASE):
+            return
+    raise AssertionError(
+        f"no '{filename}:{sorted(wanted) if wanted else '*'}: ...{phrase}...' error in:\n{output}"
+    )
+
+
+def check(config_path: Path) -> subprocess.CompletedProcess[str]:
+    return run_geodns("check", "--config", str(config_path))
+
+
+def check_fails(tmp_path: Path, zone_text: str, zone: str = "example.test"):
+    result = check(write_setup(tmp_path, {zone: zone_text}))
+    assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}{result.stderr}"
+    return result
+
+
+# --------------------------------------------------------------------------- good input
+
+
+def test_good_zones_pass(tmp_path):
+    zones = dict(BASE_ZONES)
+    zones["example"] = RFC4592_ZONE
+    config = base_config(zones_dir="zones")
+    result = check(write_setup(tmp_path, zones, config))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert errors(output) == [] or all("OK" in m for _, _, m in errors(output)), output
+
+
+def test_ttl_bounds_accepted(tmp_path):
+    text = APEX + "zero:\n  type: A\n  ttl: 0\n  value: 192.0.2.1\n"
+    text += "max:\n  type: A\n  ttl: 2147483647\n  value: 192.0.2.2\n"
+    result = check(write_setup(tmp_path, {"example.test": text}))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_version():
+    result = run_geodns("--version")
+    assert result.returncode == 0
+    assert re.search(r"\d+\.\d+\.\d+", result.stdout + result.stderr)
+
+
+# ---------------------------------------------------------------------------- zone errors
+
+
+@pytest.mark.parametrize("key", ["foo.other.", "www.example.org.", "other."])
+def test_owner_outside_zone(tmp_path, key):
+    text = APEX + f"'{key}':\n  type: A\n  value: 192.0.2.1\n"
+    result = check_fails(tmp_path, text)
+    assert_error(result, "example.test.yaml", line_of(text, key), r"outside|not in|not under")
+
+
+def test_cname_beside_other_data(tmp_path):
+    text = APEX + textwrap.dedent(
+        """\
+        www:
+          - type: CNAME
+            value: other.example.test.
+          - type: A
+            value: 192.0.2.1
+        """
+    )
+    result = check_fails(tmp_path, text)
+    lines = {line_of(text, "www:"), line_of(text, "type: CNAME")}
+    assert_error(result, "example.test.yaml", lines, r"cname")
+
+
+def test_cname_beside_ns_at_apex_or_mx(tmp_path):
+    text = APEX + textwrap.dedent(
+        """\
+        mail:
+          - type: MX
+            value: {preference: 10, exchange: mx.example.test.}
+          - type: CNAME
+            value: other.example.test.
+        """
+    )
+    result = check_fails(tmp_path, text)
+    lines = {line_of(text, "mail:"), line_of(text, "type: CNAME")}
+    assert_error(result, "example.test.yaml", lines, r"cname")
+
+
+@pytest.mark.parametrize(
+    "rtype,value",
+    [
+        ("A", "192.0.2.256"),
+        ("A", "192.0.2"),
+        ("A", "2001:db8::1"),
+        ("A", "not-an-address"),
+        ("AAAA", "2001:db8::g"),
+        ("AAAA", "192.0.2.1"),
+        ("AAAA", "2001:db8:::1"),
+    ],
+)
+def test_bad_address(tmp_path, rtype, value):
+    text = APEX + f"host:\n  type: {rtype}\n  ttl: 60\n  value: '{value}'\n"
+    result = check_fails(tmp_path, text)
+    assert_error(
+        result, "example.test.yaml", line_of(text, f"value: '{value}'"), r"address|IPv4|IPv6"
+    )
+
+
+def test_bad_address_in_values_list_names_the_item_line(tmp_path):
+    text = APEX + textwrap.dedent(
+        """\
+        host:
+          type: A
+          values:
+            - 192.0.2.1
+            - 192.0.2.2
+            - 192.0.2.999
+            - 192.0.2.4
+        """
+    )
+    result = check_fails(tmp_path, text)
+    assert_error(result, "example.test.yaml", line_of(text, "192.0.2.999"), r"address|IPv4")
+
+
+@pytest.mark.parametrize("ttl", ["-1", "2147483648", "99999999999", "'sixty'"])
+def test_ttl_out_of_range(tmp_path, ttl):
+    text = APEX + f"host:\n  type: A\n  ttl: {ttl}\n  value: 192.0.2.1\n"
+    result = check_fails(tmp_path, text)
+    assert_error(result, "example.test.yaml", line_of(text, "ttl:"), r"ttl")
+
+
+def test_delegation_without_glue(tmp_path):
+    text = APEX + textwrap.dedent(
+        """\
+        sub:
+          type: NS
+          values:
+            - ns1.sub.example.test.
+            - ns.elsewhere.example.
+        """
+    )
+    result = check_fails(tmp_path, text)
+    lines = {line_of(text, "sub:"), line_of(text, "type: NS", 2), line_of(text, "ns1.sub")}
+    assert_error(result, "example.test.yaml", lines, r"glue")
+
+
+def test_delegation_with_glue_and_out_of_zone_ns_passes(tmp_path):
+    text = APEX + textwrap.dedent(
+        """\
+        sub:
+          type: NS
+          values:
+            - ns1.sub.example.test.
+            - ns.elsewhere.example.
+        ns1.sub:
+          type: AAAA
+          value: 2001:db8::1
+        """
+    )
+    result = check(write_setup(tmp_path, {"example.test": text}))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_duplicate_zones(tmp_path):
+    result = check(write_setup(tmp_path, {"example.test": APEX, "Example.Test": APEX}))
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    dup = [
+        (path, line, message)
+        for path, line, message in errors(output)
+        if Path(path).name in ("example.test.yaml", "Example.Test.yaml")
+        and re.search(r"duplicate|twice|already|more than one", message, re.IGNORECASE)
+    ]
+    assert dup, output
+
+
+def test_duplicate_zones_trailing_dot(tmp_path):
+    result = check(write_setup(tmp_path, {"example.test": APEX, "example.test.": APEX}))
+    assert result.returncode == 1, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "bad,good", [("tll", "ttl"), ("vaule", "value"), ("valeus", "values"), ("tpye", "type")]
+)
+def test_unknown_record_key_suggests(tmp_path, bad, good):
+    record = {"type": "A", "ttl": 60, "value": "192.0.2.1"}
+    if bad in ("vaule", "valeus"):
+        record.pop("value")
+        record[bad] = "192.0.2.1" if bad == "vaule" else ["192.0.2.1"]
+    elif bad == "tpye":
+        record.pop("type")
+        record[bad] = "A"
+    else:
+        record.pop("ttl")
+        record[bad] = 60
+    text = APEX + yaml.safe_dump({"host": record}, sort_keys=False)
+    result = check_fails(tmp_path, text)
+    if bad == "tpye":
+        # without a type the record may be reported as a whole; the key line or the record line
+        lines = {line_of(text, f"{bad}:"), line_of(text, "host:"), line_of(text, "host:") + 1}
+    else:
+        lines = line_of(text, f"{bad}:")
+    assert_error(result, "example.test.yaml", lines, rf"did you mean '{good}'")
+
+
+def test_missing_apex_ns(tmp_path):
+    text = "www:\n  type: A\n  value: 192.0.2.1\n"
+    result = check_fails(tmp_path, text)
+    assert_error(result, "example.test.yaml", None, r"\bNS\b")
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    text = APEX + "www:\n  type: A\n  value: [192.0.2.1\n"
+    result = check_fails(tmp_path, text)
+    assert_error(result, "example.test.yaml", None, r"yaml|expected|flow")
+
+
+def test_every_error_reported_one_per_line(tmp_path):
+    text = APEX + textwrap.dedent(
+        """\
+        a:
+          type: A
+          value: 300.1.1.1
+        b:
+          type: A
+          ttl: -5
+          value: 192.0.2.1
+        c:
+          type: A
+          tll: 60
+          value: 192.0.2.1
+        """
+    )
+    other = APEX + "'x.example.org.':\n  type: A\n  value: 192.0.2.1\n"
+    result = check(write_setup(tmp_path, {"example.test": text, "other.test": other}))
+    assert result.returncode == 1
+    assert_error(result, "example.test.yaml", line_of(text, "300.1.1.1"), r"address|IPv4")
+    assert_error(result, "example.test.yaml", line_of(text, "ttl: -5"), r"ttl")
+    assert_error(result, "example.test.yaml", line_of(text, "tll:"), r"did you mean 'ttl'")
+    assert_error(result, "other.test.yaml", line_of(other, "x.example.org."), r"outside|not in")
+
+
+# --------------------------------------------------------------------------- config errors
+
+
+def test_unknown_config_key(tmp_path):
+    config = "zones_dir: zones\nprot: 5353\nlisten: ['127.0.0.1']\n"
+    result = check(write_setup(tmp_path, {"example.test": APEX}, config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert_error(result, "config.yaml", 2, r"prot")
+    assert_error(result, "config.yaml", 2, r"did you mean 'port'")
+
+
+def test_unknown_nested_config_key(tmp_path):
+    config = "zones_dir: zones\ntcp:\n  max_connections: 10\n  idle_timout: 5\n"
+    result = check(write_setup(tmp_path, {"example.test": APEX}, config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert_error(result, "config.yaml", 4, r"idle_timout")
+
+
+@pytest.mark.parametrize(
+    "setting,line",
+    [
+        ("port: 70000", 2),
+        ("listen: ['not-an-ip']", 2),
+        ("edns: {max_udp_size: 'big'}", 2),
+        ("edns: {max_udp_size: 100}", 2),
+        ("tcp: {max_connections: 0}", 2),
+        ("tcp: {idle_timeout: -1}", 2),
+        ("soa: {minimum: -1}", 2),
+        ("logging: {level: loud}", 2),
+    ],
+)
+def test_bad_config_value(tmp_path, setting, line):
+    config = f"zones_dir: zones\n{setting}\n"
+    result = check(write_setup(tmp_path, {"example.test": APEX}, config))
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert any(Path(p).name == "config.yaml" and n == line for p, n, _ in errors(output)), output
+
+
+# ------------------------------------------------------------------------------- serve
+
+
+def test_serve_with_broken_zone_exits_nonzero_with_same_errors(tmp_path):
+    text = APEX + "host:\n  type: A\n  tll: 60\n  value: 192.0.2.1\n"
+    config_path = write_setup(tmp_path, {"example.test": text}, {"zones_dir": "zones", "port": 0})
+    checked = check(config_path)
+    assert checked.returncode == 1
+    try:
+        served = run_geodns("serve", "--config", str(config_path), timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve kept running with a broken zone")
+    assert served.returncode != 0
+    assert_error(served, "example.test.yaml", line_of(text, "tll:"), r"did you mean 'ttl'")
+    check_errors = {e for e in errors(checked.stdout + checked.stderr)}
+    serve_errors = {e for e in errors(served.stderr)}
+    assert check_errors <= serve_errors, (check_errors, serve_errors)
+
+
+def test_serve_with_bad_config_exits_nonzero(tmp_path):
+    config_path = write_setup(tmp_path, {"example.test": APEX}, "zones_dir: zones\nprot: 1\n")
+    try:
+        served = run_geodns("serve", "--config", str(config_path), timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve kept running with a broken config")
+    assert served.returncode != 0
+    assert_error(served, "config.yaml", 2, r"prot")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stops_gracefully(signum):
+    srv = GeodnsServer(base_config(), BASE_ZONES)
+    with srv:
+        assert srv.answers("www.example.test")
+        start = time.monotonic()
+        code = srv.stop(signum=signum, check=False)
+        assert code == 0, f"exit {code} after {signum!r}\n{srv.stderr_text()[-2000:]}"
+        assert time.monotonic() - start < 10

@@ -1,0 +1,266 @@
+"""DNS over TCP per RFC 7766 (and RFC 1035 4.2.2 framing).
+
+Two-octet length framing, messages split across segments, pipelining, connection reuse, the idle
+timeout and the connection cap. Every socket has a timeout and every loop a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import pytest
+from conftest import HUGE_COUNT, ZONE
+from server_process import (
+    LOOPBACK_V6,
+    build_query,
+    frame,
+    have_ipv6_loopback,
+    make_query,
+    parse_header,
+    recv_exact,
+    recv_frame,
+    wait_closed,
+)
+
+WWW = f"www.{ZONE}"
+
+
+def ask(
+    sock: socket.socket, qname: str, rdtype: str = "A", qid: int = 0x1111
+) -> dns.message.Message:
+    query = make_query(qname, rdtype)
+    query.id = qid
+    sock.sendall(frame(query.to_wire()))
+    wire = recv_frame(sock, timeout=2.0)
+    assert wire is not None, "no TCP response"
+    reply = dns.message.from_wire(wire)
+    assert reply.id == qid
+    return reply
+
+
+def a_values(reply: dns.message.Message) -> set[str]:
+    return {r.to_text() for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for r in rrset}
+
+
+# -------------------------------------------------------------------------------- framing
+
+
+def test_length_prefixed_framing(server):
+    query = build_query(WWW, 1, qid=0x3131)
+    with server.tcp_connect() as sock:
+        sock.sendall(struct.pack("!H", len(query)) + query)
+        deadline = time.monotonic() + 2
+        head = recv_exact(sock, 2, deadline)
+        assert head is not None
+        (length,) = struct.unpack("!H", head)
+        body = recv_exact(sock, length, deadline)
+        assert body is not None and len(body) == length
+        header = parse_header(body)
+        assert (header["id"], header["qr"], header["rcode"]) == (0x3131, 1, 0)
+        message = dns.message.from_wire(body)  # exactly one whole message, no trailing bytes
+        assert a_values(message) == {"192.0.2.80"}
+
+
+def test_message_split_across_segments(server):
+    data = frame(build_query(WWW, 1, qid=0x3232))
+    with server.tcp_connect() as sock:
+        for piece in (data[:1], data[1:2], data[2:9], data[9:]):
+            sock.sendall(piece)
+            time.sleep(0.05)
+        reply = recv_frame(sock)
+        assert reply is not None
+        assert parse_header(reply)["id"] == 0x3232
+
+
+def test_large_answer_over_tcp(server):
+    with server.tcp_connect() as sock:
+        reply = ask(sock, f"huge.{ZONE}", qid=0x3333)
+    assert not reply.flags & dns.flags.TC
+    assert len(a_values(reply)) == HUGE_COUNT
+
+
+def test_pipelined_queries_in_one_send(server):
+    questions = {
+        0x4001: (WWW, "A", {"192.0.2.80"}),
+        0x4002: (f"ns1.{ZONE}", "A", {"192.0.2.53"}),
+        0x4003: (f"mail.{ZONE}", "A", {"192.0.2.25"}),
+        0x4004: (f"explicit.wild.{ZONE}", "A", {"192.0.2.101"}),
+        0x4005: (f"x.wild.{ZONE}", "A", {"192.0.2.100"}),
+        0x4006: (f"nope.{ZONE}", "A", None),
+        0x4007: (f"sip.{ZONE}", "A", {"192.0.2.60"}),
+        0x4008: (f"huge.{ZONE}", "A", HUGE_COUNT),
+    }
+    data = b""
+    for qid, (qname, rdtype, _) in questions.items():
+        query = make_query(qname, rdtype)
+        query.id = qid
+        data += frame(query.to_wire())
+    replies: dict[int, dns.message.Message] = {}
+    with server.tcp_connect() as sock:
+        sock.sendall(data)  # all eight in one send()
+        for _ in range(len(questions)):
+            wire = recv_frame(sock, timeout=3.0)
+            assert wire is not None, f"only {len(replies)} of {len(questions)} answered"
+            reply = dns.message.from_wire(wire)
+            assert reply.id not in replies, "duplicate response"
+            replies[reply.id] = reply
+    assert set(replies) == set(questions)
+    for qid, (qname, _, expected) in questions.items():
+        reply = replies[qid]
+        assert reply.question[0].name == dns.name.from_text(qname)
+        if expected is None:
+            assert reply.rcode() == dns.rcode.NXDOMAIN
+        elif isinstance(expected, int):
+            assert len(a_values(reply)) == expected
+        else:
+            assert a_values(reply) == expected
+
+
+def test_connection_reused_for_sequential_queries(server):
+    with server.tcp_connect() as sock:
+        for i in range(10):
+            reply = ask(sock, WWW, qid=0x5000 + i)
+            assert a_values(reply) == {"192.0.2.80"}
+
+
+def test_default_idle_timeout_keeps_connection_open(server):
+    # the default idle timeout is 10 s: a connection idle for 1.5 s is still served
+    with server.tcp_connect() as sock:
+        ask(sock, WWW, qid=0x5100)
+        time.sleep(1.5)
+        assert a_values(ask(sock, WWW, qid=0x5101)) == {"192.0.2.80"}
+
+
+def test_client_disconnect_mid_message(server):
+    for _ in range(5):
+        with server.tcp_connect() as sock:
+            sock.sendall(b"\x00\x40" + build_query(WWW, 1)[:20])
+    with server.tcp_connect() as sock:
+        sock.sendall(b"\x00")
+    assert server.answers(WWW, tcp=True)
+    assert server.alive()
+
+
+@pytest.mark.skipif(not have_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_ipv6_loopback_listener(server, tcp):
+    reply = server.query(WWW, "A", tcp=tcp, host=LOOPBACK_V6)
+    assert a_values(reply) == {"192.0.2.80"}
+
+
+# --------------------------------------------------------------------------- idle timeout
+
+
+@pytest.fixture(scope="module")
+def idle_server():
+    from conftest import BASE_ZONES, base_config
+    from server_process import GeodnsServer
+
+    with GeodnsServer(base_config(tcp={"idle_timeout": 1}), BASE_ZONES) as srv:
+        yield srv
+
+
+def test_idle_connection_closed_by_server(idle_server):
+    with idle_server.tcp_connect() as sock:
+        start = time.monotonic()
+        assert wait_closed(sock, 3.0), "idle connection not closed within 3 s (idle_timeout: 1)"
+        elapsed = time.monotonic() - start
+    assert elapsed >= 0.5, f"closed after {elapsed:.2f}s: sooner than the 1 s idle timeout"
+
+
+def test_idle_timeout_after_a_query(idle_server):
+    with idle_server.tcp_connect() as sock:
+        ask(sock, WWW, qid=0x6001)
+        # activity restarts the timer: still usable 0.5 s later
+        time.sleep(0.5)
+        ask(sock, WWW, qid=0x6002)
+        start = time.monotonic()
+        assert wait_closed(sock, 3.0), "connection not closed after going idle"
+        assert time.monotonic() - start >= 0.5
+
+
+def test_new_connections_work_after_idle_close(idle_server):
+    with idle_server.tcp_connect() as sock:
+        assert wait_closed(sock, 3.0)
+    assert idle_server.answers(WWW, tcp=True)
+
+
+# ---------------------------------------------------------------------- connection limit
+
+
+def _served(sock: socket.socket, qid: int, timeout: float = 1.5) -> bool:
+    """True when a query on this connection gets its answer."""
+    try:
+        sock.sendall(frame(build_query(WWW, 1, qid=qid)))
+    except OSError:
+        return False
+    wire = recv_frame(sock, timeout=timeout)
+    return wire is not None and parse_header(wire)["id"] == qid
+
+
+def _connect(srv) -> socket.socket | None:
+    try:
+        return srv.tcp_connect(timeout=2.0)
+    except OSError:
+        return None
+
+
+def test_connection_cap(make_server):
+    from conftest import base_config
+
+    srv = make_server(base_config(tcp={"max_connections": 4, "idle_timeout": 30}))
+    time.sleep(0.3)  # let the server see the readiness probe's connection close
+    first: list[socket.socket] = []
+    extra: list[socket.socket | None] = []
+    try:
+        for i in range(4):
+            sock = srv.tcp_connect()
+            first.append(sock)
+            assert _served(sock, 0x7000 + i), f"connection {i + 1} of 4 not served"
+        for _ in range(3):
+            extra.append(_connect(srv))
+        for i, sock in enumerate(extra):
+            if sock is not None:
+                assert not _served(sock, 0x7100 + i), "a connection over the cap was served"
+        for i, sock in enumerate(first):
+            assert _served(sock, 0x7200 + i), "an existing connection stopped working at the cap"
+    finally:
+        for sock in first + [s for s in extra if s is not None]:
+            with contextlib.suppress(OSError):
+                sock.close()
+    # once they are closed, new connections work again (bounded retry while the server notices)
+    deadline = time.monotonic() + 3.0
+    ok = False
+    while time.monotonic() < deadline and not ok:
+        sock = _connect(srv)
+        if sock is not None:
+            with sock:
+                ok = _served(sock, 0x7300, timeout=1.0)
+        if not ok:
+            time.sleep(0.1)
+    assert ok, "no new connection served after the others closed"
+    # and the cap is back to 4 usable connections
+    again = [srv.tcp_connect() for _ in range(4)]
+    try:
+        assert all(_served(sock, 0x7400 + i) for i, sock in enumerate(again))
+    finally:
+        for sock in again:
+            sock.close()
+
+
+def test_cap_does_not_affect_udp(make_server):
+    from conftest import base_config
+
+    srv = make_server(base_config(tcp={"max_connections": 1}))
+    time.sleep(0.3)  # let the server see the readiness probe's connection close
+    with srv.tcp_connect() as sock:
+        assert _served(sock, 0x7500)
+        assert srv.answers(WWW)  # UDP is not counted against the TCP cap
