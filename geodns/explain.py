@@ -88,8 +88,11 @@ def _placement_lines(placement: Placement, geo: GeoLocator) -> list[str]:
     if place is None:
         lines.append("placed:    not located (private, unlisted or not in the database)")
         return lines
+    country = place.country
+    if country and country in geo.points and geo.points[country][3]:
+        country = f"{geo.points[country][3]} ({country})"
     where = ", ".join(
-        part for part in (place.city, place.subdivision, place.country, place.continent) if part
+        part for part in (place.city, place.subdivision, country, place.continent) if part
     )
     how = "city coordinates" if place.precision == "city" else "country's representative point"
     lines.append(f"placed:    {where} at {place.latitude:.4f}, {place.longitude:.4f} ({how})")
