@@ -1,0 +1,507 @@
+"""Prometheus metrics, counted on the query path for the price of one dictionary update.
+
+prometheus-client's `Counter.inc()` takes a lock and walks a label dictionary: about a
+microsecond, which is a measurable share of a query that costs a few. So the query path never
+touches prometheus-client: `QueryCounters.observe` (a `geodns.server.Observer`) adds one to a plain
+dict keyed by a tuple of what the engine decided, and `GeodnsCollector` turns that dict, and the
+server's other state, into metric families when Prometheus scrapes. The rules it keeps:
+
+* Counting is single-threaded (the event loop); a scrape from another thread copies the dict
+  first (an atomic C-level copy under the GIL), so it never sees it change under it.
+* Label values are bounded: zones and sites come from the config, query types outside the
+  registered ones are counted as `other`, rcodes are the handful the engine produces.
+* Everything else (health, reloads, GeoIP, packet counters) is read at scrape time from callables
+  given at construction, so nothing is pushed and nothing goes stale.
+* With `workers: N` each worker process counts its own queries and sends `worker_report()` (plain,
+  picklable data) to the main process, whose collector adds the latest report of each worker to
+  its own counts: one scrape shows the whole server.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+
+from geodns import __version__
+from geodns.logs import get_logger
+
+log = get_logger("geodns.metrics")
+
+# IANA DNS RR types (the ones anyone asks for); anything else is TYPEnnn (RFC 3597).
+QTYPE_NAMES: dict[int, str] = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    13: "HINFO",
+    15: "MX",
+    16: "TXT",
+    17: "RP",
+    18: "AFSDB",
+    24: "SIG",
+    25: "KEY",
+    28: "AAAA",
+    29: "LOC",
+    33: "SRV",
+    35: "NAPTR",
+    36: "KX",
+    37: "CERT",
+    38: "A6",
+    39: "DNAME",
+    41: "OPT",
+    43: "DS",
+    44: "SSHFP",
+    45: "IPSECKEY",
+    46: "RRSIG",
+    47: "NSEC",
+    48: "DNSKEY",
+    49: "DHCID",
+    50: "NSEC3",
+    51: "NSEC3PARAM",
+    52: "TLSA",
+    53: "SMIMEA",
+    55: "HIP",
+    59: "CDS",
+    60: "CDNSKEY",
+    61: "OPENPGPKEY",
+    62: "CSYNC",
+    63: "ZONEMD",
+    64: "SVCB",
+    65: "HTTPS",
+    99: "SPF",
+    108: "EUI48",
+    109: "EUI64",
+    249: "TKEY",
+    250: "TSIG",
+    251: "IXFR",
+    252: "AXFR",
+    255: "ANY",
+    256: "URI",
+    257: "CAA",
+}
+RCODE_NAMES: dict[int, str] = {
+    0: "NOERROR",
+    1: "FORMERR",
+    2: "SERVFAIL",
+    3: "NXDOMAIN",
+    4: "NOTIMP",
+    5: "REFUSED",
+    16: "BADVERS",
+}
+OTHER_QTYPE = -1  # the counter key of every type not in QTYPE_NAMES
+MAX_KEYS = 100_000  # a safety net; the bounded labels above keep real use far below it
+
+
+def qtype_text(qtype: int) -> str:
+    """A type's mnemonic, or its RFC 3597 form TYPEnnn."""
+    return QTYPE_NAMES.get(qtype) or f"TYPE{qtype}"
+
+
+def rcode_text(rcode: int) -> str:
+    """An rcode's mnemonic, or RCODEnn."""
+    return RCODE_NAMES.get(rcode) or f"RCODE{rcode}"
+
+
+# (zone, qtype, rcode, transport, site, located_by, truncated)
+CountKey = tuple[str | None, int, int, str, str | None, str | None, bool]
+
+
+class QueryCounters:
+    """Per-query counting on the hot path: one tuple, one dict update, no lock, no labels.
+
+    `observe` has the signature of `geodns.server.Observer`. The tuple holds everything the
+    metrics are cut by; the collector sums it into each family at scrape time.
+    """
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[CountKey, int] = {}
+
+    def observe(self, query: Any, outcome: Any, client: str, transport: str) -> None:
+        """Count one answered query (query: geodns.wire.Query, outcome: geodns.engine.Outcome)."""
+        key = (
+            outcome.zone,
+            query.qtype,
+            outcome.rcode,
+            transport,
+            outcome.site,
+            outcome.located_by,
+            outcome.truncated,
+        )
+        try:
+            self.counts[key] += 1
+        except KeyError:
+            self._first(key)
+
+    def _first(self, key: CountKey) -> None:
+        """A key not seen before: fold unregistered query types, cap the number of keys."""
+        if key[1] not in QTYPE_NAMES:
+            key = (key[0], OTHER_QTYPE) + key[2:]
+        elif len(self.counts) >= MAX_KEYS:
+            key = (None, OTHER_QTYPE, key[2], key[3], None, None, False)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def snapshot(self) -> dict[CountKey, int]:
+        """A copy of the counts, safe to iterate while queries keep being counted."""
+        return self.counts.copy()
+
+
+SERVER_COUNTERS = ("dropped", "malformed", "errors", "tcp_connections")
+QUERY_LOG_COUNTERS = ("written", "dropped", "errors")
+
+
+def worker_report(counters: QueryCounters, server_state: Any, query_log: Any = None) -> dict:
+    """What a worker process sends to the main process for the metrics endpoint (picklable).
+
+    Counters are totals since the worker started, so a lost or repeated report does no harm:
+    the main process keeps the latest one per worker.
+    """
+    report: dict[str, Any] = {
+        "counts": counters.snapshot(),
+        "server": {name: getattr(server_state, name) for name in SERVER_COUNTERS},
+    }
+    if query_log is not None:
+        report["query_log"] = {name: getattr(query_log, name) for name in QUERY_LOG_COUNTERS}
+    return report
+
+
+class GeodnsCollector:
+    """A prometheus-client collector: builds every geodns metric family at scrape time.
+
+    Sources, each optional:
+      server_state   geodns.server.ServerState (`.malformed`, `.dropped`, `.errors`,
+                     `.tcp_connections`, `.snapshot` with `.zones` and `.generation`)
+      reload_status  () -> an object with `.ok`, `.successes`, `.failures`, `.last_success`,
+                     `.last_attempt`, `.errors` (geodns.app.ReloadStatus)
+      health_status  () -> {site: {"state": "up"|"down"|..., "drained": bool,
+                     "checks": {check_key: {"ok": bool|None, "latency": seconds|None}}}}
+                     ("checks" may also be a list of such dicts with a "key")
+      geo            () -> the GeoLocator in use (`.build_epoch`, `.database_type`, `.path`)
+      query_log      () -> the QueryLog or None (`.written`, `.dropped`, `.errors`)
+      workers        () -> the latest `worker_report()` of each worker process; added to the
+                     query, packet, TCP and query log counts of this process
+    A source that raises is skipped for that scrape and logged; the rest is still served.
+    """
+
+    def __init__(
+        self,
+        counters: QueryCounters,
+        *,
+        server_state: Any = None,
+        reload_status: Callable[[], Any] | None = None,
+        health_status: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+        geo: Callable[[], Any] | None = None,
+        query_log: Callable[[], Any] | None = None,
+        workers: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+        started: float | None = None,
+    ) -> None:
+        self.counters = counters
+        self.server_state = server_state
+        self.reload_status = reload_status
+        self.health_status = health_status
+        self.geo = geo
+        self.query_log = query_log
+        self.workers = workers
+        self.started = time.time() if started is None else started
+
+    def collect(self) -> Iterator[Metric]:
+        for name, part in (
+            ("build", self._build),
+            ("queries", self._queries),
+            ("server", self._server),
+            ("reload", self._reload),
+            ("health", self._health),
+            ("geoip", self._geoip),
+            ("query_log", self._query_log),
+        ):
+            try:
+                families = list(part())
+            except Exception:  # one broken source must not empty the whole scrape
+                log.exception("metrics_source_failed", source=name)
+                continue
+            yield from families
+
+    def _build(self) -> Iterable[Metric]:
+        info = InfoMetricFamily("geodns_build", "geodns version and the Python running it")
+        info.add_metric(
+            [],
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "implementation": platform.python_implementation(),
+            },
+        )
+        start = GaugeMetricFamily(
+            "geodns_start_time_seconds", "When this server process started (Unix time)"
+        )
+        start.add_metric([], self.started)
+        return info, start
+
+    def _reports(self) -> list[Mapping[str, Any]]:
+        if self.workers is None:
+            return []
+        try:
+            return list(self.workers())
+        except Exception:  # the workers' share is missing from this scrape, the rest is not
+            log.exception("metrics_source_failed", source="workers")
+            return []
+
+    def _all_counts(self) -> dict[CountKey, int]:
+        counts = self.counters.snapshot()
+        for report in self._reports():
+            for key, count in report.get("counts", {}).items():
+                counts[key] = counts.get(key, 0) + count
+        return counts
+
+    def _queries(self) -> Iterable[Metric]:
+        queries: dict[tuple[str, str, str, str], int] = {}
+        answers: dict[tuple[str, str], int] = {}
+        located: dict[str, int] = {}
+        truncated: dict[tuple[str, str], int] = {}
+        for key, count in self._all_counts().items():
+            zone, qtype, rcode, transport, site, located_by, was_truncated = key
+            zone_label = zone or ""
+            labels = (
+                zone_label,
+                "other" if qtype == OTHER_QTYPE else qtype_text(qtype),
+                rcode_text(rcode),
+                transport,
+            )
+            queries[labels] = queries.get(labels, 0) + count
+            if site is not None:  # "ashburn,frankfurt": an answer with two sites counts for each
+                for one in site.split(","):
+                    answers[zone_label, one] = answers.get((zone_label, one), 0) + count
+            if located_by is not None:
+                located[located_by] = located.get(located_by, 0) + count
+            if was_truncated:
+                cut = (zone_label, transport)
+                truncated[cut] = truncated.get(cut, 0) + count
+        family = CounterMetricFamily(
+            "geodns_queries",
+            "Queries answered, by zone ('' when outside every zone), type, rcode and transport",
+            labels=("zone", "qtype", "rcode", "transport"),
+        )
+        for labels, count in sorted(queries.items()):
+            family.add_metric(labels, count)
+        yield family
+        family = CounterMetricFamily(
+            "geodns_answers",
+            "Geo answers, by site chosen (an answer with several sites counts for each)",
+            labels=("zone", "site"),
+        )
+        for labels, count in sorted(answers.items()):
+            family.add_metric(labels, count)
+        yield family
+        family = CounterMetricFamily(
+            "geodns_located_queries",
+            "Geo answers by how the user was located: ecs (EDNS Client Subnet) or resolver",
+            labels=("by",),
+        )
+        for by in ("ecs", "resolver"):
+            located.setdefault(by, 0)
+        for by, count in sorted(located.items()):
+            family.add_metric((by,), count)
+        yield family
+        family = CounterMetricFamily(
+            "geodns_truncated_answers",
+            "Answers sent with TC=1 because they did not fit the client's UDP size",
+            labels=("zone", "transport"),
+        )
+        for labels, count in sorted(truncated.items()):
+            family.add_metric(labels, count)
+        yield family
+
+    def _server(self) -> Iterable[Metric]:
+        state = self.server_state
+        if state is None:
+            return
+        totals = {name: getattr(state, name) for name in SERVER_COUNTERS}
+        for report in self._reports():
+            for name, count in report.get("server", {}).items():
+                totals[name] = totals.get(name, 0) + count
+        for name, attribute, text in (
+            ("geodns_dropped_packets", "dropped", "Packets dropped unanswered: short or QR=1"),
+            ("geodns_malformed_packets", "malformed", "Malformed queries answered with FORMERR"),
+            ("geodns_internal_errors", "errors", "Bugs caught at the edge (SERVFAIL or no reply)"),
+        ):
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], totals[attribute])
+            yield family
+        family = GaugeMetricFamily("geodns_tcp_connections", "TCP connections open now")
+        family.add_metric([], totals["tcp_connections"])
+        yield family
+        snapshot = getattr(state, "snapshot", None)
+        if snapshot is not None:
+            family = GaugeMetricFamily("geodns_zones", "Zones being served")
+            family.add_metric([], len(snapshot.zones))
+            yield family
+            family = GaugeMetricFamily(
+                "geodns_snapshot_generation", "Serial of the zone snapshot in use (+1 per reload)"
+            )
+            family.add_metric([], snapshot.generation)
+            yield family
+
+    def _reload(self) -> Iterable[Metric]:
+        if self.reload_status is None:
+            return
+        status = self.reload_status()
+        family = CounterMetricFamily(
+            "geodns_reloads", "Reloads of config and zones, by result", labels=("result",)
+        )
+        family.add_metric(("success",), status.successes)
+        family.add_metric(("failure",), status.failures)
+        yield family
+        family = GaugeMetricFamily(
+            "geodns_reload_ok",
+            "1 if the last reload succeeded; 0: the previous snapshot is still served",
+        )
+        family.add_metric([], 1 if status.ok else 0)
+        yield family
+        family = GaugeMetricFamily(
+            "geodns_reload_errors", "Problems found by the last reload (0 after a success)"
+        )
+        family.add_metric([], 0 if status.ok else len(status.errors))
+        yield family
+        family = GaugeMetricFamily(
+            "geodns_reload_last_success_timestamp_seconds",
+            "When config and zones were last loaded successfully (start-up counts; Unix time)",
+        )
+        family.add_metric([], status.last_success)
+        yield family
+        family = GaugeMetricFamily(
+            "geodns_reload_last_attempt_timestamp_seconds",
+            "When a reload was last attempted (Unix time)",
+        )
+        family.add_metric([], status.last_attempt)
+        yield family
+
+    def _health(self) -> Iterable[Metric]:
+        if self.health_status is None:
+            return ()
+        sites = self.health_status()
+        up = GaugeMetricFamily(
+            "geodns_site_up",
+            "1 if the site's health state is up, 0 if it is anything else (down, unknown)",
+            labels=("site",),
+        )
+        drained = GaugeMetricFamily(
+            "geodns_site_drained", "1 if an operator drained the site", labels=("site",)
+        )
+        check_up = GaugeMetricFamily(
+            "geodns_check_up",
+            "1 if the check's last probe succeeded, 0 if it failed",
+            labels=("site", "check"),
+        )
+        latency = GaugeMetricFamily(
+            "geodns_check_latency_seconds",
+            "Duration of the check's last probe",
+            labels=("site", "check"),
+        )
+        for site, info in sorted(sites.items()):
+            up.add_metric((site,), 1 if info.get("state") == "up" else 0)
+            drained.add_metric((site,), 1 if info.get("drained") else 0)
+            for key, check in _checks(info.get("checks")):
+                ok = check.get("ok")
+                if ok is not None:
+                    check_up.add_metric((site, key), 1 if ok else 0)
+                seconds = check.get("latency")
+                if seconds is not None:
+                    latency.add_metric((site, key), float(seconds))
+        return up, drained, check_up, latency
+
+    def _geoip(self) -> Iterable[Metric]:
+        if self.geo is None:
+            return
+        geo = self.geo()
+        if geo is None:
+            return
+        family = GaugeMetricFamily(
+            "geodns_geoip_build_timestamp_seconds",
+            "Build date of the GeoIP database in use (Unix time)",
+            labels=("database_type", "path"),
+        )
+        family.add_metric((str(geo.database_type), str(geo.path)), geo.build_epoch)
+        yield family
+
+    def _query_log(self) -> Iterable[Metric]:
+        if self.query_log is None:
+            return
+        query_log = self.query_log()
+        if query_log is None:
+            return
+        totals = {name: getattr(query_log, name) for name in QUERY_LOG_COUNTERS}
+        for report in self._reports():
+            for name, count in report.get("query_log", {}).items():
+                totals[name] = totals.get(name, 0) + count
+        for name, attribute, text in (
+            ("geodns_query_log_lines", "written", "Query log lines written"),
+            ("geodns_query_log_dropped", "dropped", "Query log entries dropped: queue full"),
+            ("geodns_query_log_errors", "errors", "Query log lines lost to write errors"),
+        ):
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], totals[attribute])
+            yield family
+
+
+def _checks(checks: Any) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """A site's checks as (key, details), from a mapping or a list of dicts with "key"."""
+    if isinstance(checks, Mapping):
+        return sorted((str(key), value) for key, value in checks.items())
+    if isinstance(checks, list):
+        return [(str(check.get("key", index)), check) for index, check in enumerate(checks)]
+    return []
+
+
+class Metrics:
+    """Everything GET /metrics serves: geodns's families plus process and platform metrics.
+
+    Its own CollectorRegistry, so nothing registered globally by a library leaks in and tests
+    can build as many as they like. `observe` is `QueryCounters.observe`. The process metrics
+    (memory, CPU, open files) are the main process's only.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_state: Any = None,
+        reload_status: Callable[[], Any] | None = None,
+        health_status: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
+        geo: Callable[[], Any] | None = None,
+        query_log: Callable[[], Any] | None = None,
+        workers: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+        process: bool = True,
+    ) -> None:
+        self.counters = QueryCounters()
+        self.observe = self.counters.observe
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = GeodnsCollector(
+            self.counters,
+            server_state=server_state,
+            reload_status=reload_status,
+            health_status=health_status,
+            geo=geo,
+            query_log=query_log,
+            workers=workers,
+        )
+        self.registry.register(self.collector)
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """(payload, Content-Type): Prometheus text, or OpenMetrics when `accept` asks for it."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
