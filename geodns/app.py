@@ -17,14 +17,20 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from geodns import __version__
+from geodns import __version__, sdnotify
+from geodns.admin import make_admin_app, start_admin
 from geodns.config import ServerConfig, load_config
-from geodns.errors import ConfigError
+from geodns.dynamic import records_all_down
+from geodns.errors import ConfigError, Problem
 from geodns.geo import GeoLocator
+from geodns.health.monitor import HealthMonitor
+from geodns.health.state import HealthView
 from geodns.loader import build_snapshot, open_geo, zone_files
 from geodns.logs import get_logger
-from geodns.server import ServerState, TcpProtocol, UdpProtocol
-from geodns.workers import PushedHealth, WorkerPool, worker_count
+from geodns.metrics import Metrics, worker_report
+from geodns.querylog import QueryLog
+from geodns.server import Observer, ServerState, TcpProtocol, UdpProtocol
+from geodns.workers import STATS_INTERVAL, PushedHealth, WorkerPool, worker_count
 
 log = get_logger("geodns")
 WATCH_INTERVAL = 1.0
@@ -72,12 +78,35 @@ class App:
         self.started = time.time()
         self.tasks: list[asyncio.Future[Any]] = []
         self.worker_stats: dict[int, Any] = {}
+        self.monitor: HealthMonitor | None = None
+        self.admin: Any = None
+        self.metrics: Metrics
+        self.query_log: QueryLog | None = None
         self.geo: GeoLocator
 
     async def start(self) -> None:
-        self.geo = open_geo(self.config)
-        snapshot = build_snapshot(self.config, self.geo, generation=self.generation)
+        """Load everything, bind, and (main process) start health checks, workers, admin API."""
+        config = self.config
+        self.geo = open_geo(config)
+        snapshot = build_snapshot(config, self.geo, generation=self.generation)
+        if self.control is None:
+            self.monitor = HealthMonitor(
+                snapshot.sites, config.state_file, self._health_changed, log
+            )
+            snapshot = snapshot.with_health(self.monitor.view)  # restored states and drains
         self.state = ServerState(snapshot)
+        self.metrics = Metrics(
+            server_state=self.state,
+            reload_status=lambda: self.reload_status,
+            health_status=lambda: self.monitor.status()["sites"] if self.monitor else {},
+            geo=lambda: self.geo,
+            query_log=lambda: self.query_log,
+            workers=lambda: list(self.worker_stats.values()),
+            process=self.control is None,
+        )
+        if config.query_log.enabled:
+            self.query_log = QueryLog(config.query_log, worker=self.index)
+        self.state.observer = _observer(self.metrics.observe, self.query_log)
         await self._bind()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,11 +115,22 @@ class App:
             loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the main process reloads us
             loop.add_reader(self.control.fileno(), self._control_message)
             self.control.send(("ready", None))
+            self.tasks.append(asyncio.ensure_future(self._report_stats()))
             return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        assert self.monitor is not None
+        await self.monitor.start()
         if self.worker_count > 1 and self.config_path is not None:
             self.pool = WorkerPool(self.config_path, self.worker_count, self._worker_stats)
             await self.pool.start()
+            self.pool.broadcast("health", sorted(self.monitor.view.down))
+        if config.admin.listen or config.admin.socket:
+            self.admin = await start_admin(
+                make_admin_app(self.monitor, self._admin_reload, self._status, self.metrics.render),
+                config.admin.listen,
+                config.admin.socket,
+                _read_token(config.admin.token_file),
+            )
         log.info(
             "started",
             version=__version__,
@@ -103,6 +143,59 @@ class App:
             geoip_type=self.geo.database_type,
         )
         self.tasks.append(asyncio.ensure_future(self._watch_files()))
+        self.tasks.append(asyncio.ensure_future(sdnotify.watchdog_loop()))
+        sdnotify.ready(self._status_line())
+
+    def _status_line(self) -> str:
+        assert self.state is not None
+        zones = len(self.state.snapshot.zones)
+        where = ", ".join(self.config.listen)
+        return f"serving {zones} zone(s) on {where} port {self.config.port}, generation {self.generation}"
+
+    def _health_changed(self, view: HealthView) -> None:
+        """A new health view from the monitor: swap it in here and push it to the workers."""
+        if self.state is None:
+            return
+        self.state.snapshot = self.state.snapshot.with_health(view)
+        if self.pool is not None:
+            self.pool.broadcast("health", sorted(view.down))
+        for zone, owner, rtype, mode in records_all_down(self.state.snapshot, view.down):
+            log.error("all_down", zone=zone, record=owner, type=rtype, answer=mode)
+
+    async def _admin_reload(self) -> tuple[bool, list[str]]:
+        ok = await self.reload("admin API")
+        return ok, list(self.reload_status.errors)
+
+    def _status(self) -> dict[str, Any]:
+        """What GET /status (and `geodns status`) adds to the health monitor's report."""
+        assert self.state is not None
+        status = self.reload_status
+        return {
+            "version": __version__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
+            "workers": self.worker_count,
+            "generation": self.generation,
+            "zones": sorted(self.state.snapshot.zones),
+            "geoip": {"path": str(self.geo.path), "type": self.geo.database_type},
+            "reload": {
+                "ok": status.ok,
+                "last_success": status.last_success,
+                "last_attempt": status.last_attempt,
+                "errors": list(status.errors),
+            },
+        }
+
+    async def _report_stats(self) -> None:
+        """A worker sends its counters to the main process once a second (for /metrics)."""
+        assert self.control is not None
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            try:
+                self.control.send(
+                    ("stats", worker_report(self.metrics.counters, self.state, self.query_log))
+                )
+            except OSError:
+                return
 
     def _control_message(self) -> None:
         """A worker's orders from the main process: new health view, reload, stop."""
@@ -188,6 +281,15 @@ class App:
     async def reload(self, cause: str) -> bool:
         """Re-read config and zones; swap them in whole, or keep the old snapshot and say why."""
         self.reload_status.last_attempt = time.time()
+        if self.index == 0:
+            sdnotify.reloading(f"reloading: {cause}")
+        try:
+            return self._reload(cause)
+        finally:
+            if self.index == 0:
+                sdnotify.ready(self._status_line())
+
+    def _reload(self, cause: str) -> bool:
         try:
             config = load_config(self.config_path) if self.config_path else self.config
             geo = self.geo
@@ -204,6 +306,9 @@ class App:
         assert self.state is not None
         if (config.listen, config.port) != (self.config.listen, self.config.port):
             log.warning("reload_listen_unchanged", reason="listen addresses change on restart only")
+        if self.monitor is not None:
+            self.monitor.update_sites(snapshot.sites)  # stop removed sites' checks, start new ones
+            snapshot = snapshot.with_health(self.monitor.view)
         self.config = config
         old_geo, self.geo = self.geo, geo
         self.state.snapshot = snapshot
@@ -223,8 +328,14 @@ class App:
         return True
 
     async def stop(self) -> None:
+        if self.index == 0:
+            sdnotify.stopping("stopping")
         for task in self.tasks:
             task.cancel()
+        if self.admin is not None:
+            await self.admin.cleanup()
+        if self.monitor is not None:
+            await self.monitor.stop()
         if self.pool is not None:
             await self.pool.stop()
         for transport in self.transports:
@@ -233,6 +344,8 @@ class App:
             server.close()
         for server in self.servers:
             await server.wait_closed()
+        if self.query_log is not None:
+            self.query_log.close()
         if self.index == 0:
             log.info("stopped")
 
@@ -249,6 +362,30 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     await app.stopping.wait()
     await app.stop()
     return 0
+
+
+def _observer(counters: Observer, query_log: QueryLog | None) -> Observer:
+    """The per-query observer: the metrics counters, plus the query log when it is on."""
+    if query_log is None:
+        return counters
+    log_query = query_log.observe
+
+    def both(query: Any, outcome: Any, client: str, transport: str) -> None:
+        counters(query, outcome, client, transport)
+        log_query(query, outcome, client, transport)
+
+    return both
+
+
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise ConfigError(
+            [Problem(str(path), 0, f"cannot read admin.token_file: {exc.strerror}")]
+        ) from exc
 
 
 def _runner() -> Any:

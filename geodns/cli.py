@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 from geodns import __version__
@@ -14,9 +16,17 @@ from geodns.logs import configure
 EXAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "example-config.yaml"
 
 
+SYSTEM_CONFIG = Path("/etc/geodns/geodns.yaml")
+
+
 def _config_path(value: str | None) -> Path:
-    """The --config file, or the bundled example (cdn.example.com on 127.0.0.1:5353)."""
-    return Path(value) if value else EXAMPLE_CONFIG
+    """--config, else $GEODNS_CONFIG, else /etc/geodns/geodns.yaml when it exists (an installed
+    server), else the bundled example (cdn.example.com on 127.0.0.1:5353)."""
+    if value:
+        return Path(value)
+    if os.environ.get("GEODNS_CONFIG"):
+        return Path(os.environ["GEODNS_CONFIG"])
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else EXAMPLE_CONFIG
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -86,6 +96,51 @@ def _running_health(config: object) -> tuple[frozenset[str], str]:
     return down, f"from the running server: down = {', '.join(sorted(down)) or 'none'}"
 
 
+def _admin(args: argparse.Namespace, action: str) -> int:
+    """drain / undrain / status / reload against the running server's admin API."""
+    from geodns import adminclient
+
+    try:
+        config = load_config(_config_path(args.config))
+        if action == "drain":
+            drain = adminclient.drain(config, args.site, args.reason or "", args.duration)
+            until = drain.get("until")
+            when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(until)) if until else None
+            print(f"drained {args.site}" + (f" until {when}" if when else " until undrained"))
+        elif action == "undrain":
+            result = adminclient.undrain(config, args.site)
+            print(
+                f"undrained {args.site}"
+                if result.get("was_drained")
+                else f"{args.site} was not drained"
+            )
+        elif action == "status":
+            status = adminclient.status(config)
+            if args.json:
+                import json
+
+                print(json.dumps(status, indent=2, sort_keys=True))
+            else:
+                print(adminclient.format_status(status))
+        else:
+            ok, errors = adminclient.reload(config)
+            if not ok:
+                for error in errors:
+                    print(error, file=sys.stderr)
+                print(
+                    "reload failed: the server keeps its previous config and zones", file=sys.stderr
+                )
+                return 1
+            print("reloaded")
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 1
+    except (adminclient.AdminError, ValueError) as exc:
+        print(f"geodns {action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _print_problems(exc: ConfigError) -> None:
     for problem in exc.problems:
         print(problem, file=sys.stderr)
@@ -108,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--type", "-t", default="A", choices=["A", "AAAA", "a", "aaaa"])
     explain.add_argument("--config", "-c", help="config file (default: the bundled example)")
     explain.set_defaults(func=cmd_explain)
+    drain = commands.add_parser("drain", help="take a site out of rotation (a drill, maintenance)")
+    drain.add_argument("site")
+    drain.add_argument("--reason", "-r", help="why, shown by status and in the log")
+    drain.add_argument("--for", dest="duration", help="end by itself after e.g. 30s, 10m, 2h, 1d")
+    undrain = commands.add_parser("undrain", help="put a drained site back in rotation")
+    undrain.add_argument("site")
+    status = commands.add_parser("status", help="every site's health, drains and reload state")
+    status.add_argument("--json", action="store_true", help="the raw JSON of the admin API")
+    reload = commands.add_parser("reload", help="re-read config and zones in the running server")
+    for name, sub in (
+        ("drain", drain),
+        ("undrain", undrain),
+        ("status", status),
+        ("reload", reload),
+    ):
+        sub.add_argument("--config", "-c", help="the server's config file (to find its admin API)")
+        sub.set_defaults(func=lambda args, action=name: _admin(args, action))
     return parser
 
 

@@ -475,6 +475,27 @@ def _rendezvous(
     return [pair for _, pair in scored]
 
 
+def records_all_down(snapshot: Any, down: frozenset[str]) -> list[tuple[str, str, str, str]]:
+    """Dynamic records none of whose targets is up: (zone, owner, type, all_down mode).
+
+    Called when the health view changes (never per query), to log the fail-open case once.
+    """
+    found = []
+    for origin, zone in snapshot.zones.items():
+        for node in zone.nodes.values():
+            for rrset in node.values():
+                record = rrset.dynamic
+                if record is None:
+                    continue
+                targets = list(record.values) + [
+                    t for p in record.pools.values() for t in p.targets
+                ]
+                if not any(t.up(down) for t in targets):
+                    rtype = "A" if record.rtype == TYPE_A else "AAAA"
+                    found.append((origin, record.owner, rtype, record.all_down))
+    return found
+
+
 # ---------------------------------------------------------------- compiling from the zone file
 
 

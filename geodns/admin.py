@@ -1,0 +1,225 @@
+"""The admin API of a running server: status, drains, reload and metrics, over local HTTP.
+
+`geodns drain/undrain/status/reload` (geodns.adminclient) talk to it; Prometheus scrapes
+/metrics. It listens on a TCP address (127.0.0.1:8053 by default), a Unix socket, or both. On
+TCP every request but GET /metrics must carry `Authorization: Bearer <token>` when a token is
+configured, since any local user can reach a loopback port; on the Unix socket the file's
+permissions (0660) are the access control and no token is asked for.
+
+    GET  /status                       every site's health, plus the server's own status_extra()
+    POST /drain   {site, reason?, for_s?, by?}
+    POST /undrain {site}
+    POST /reload                       200 {ok: true} or 422 {ok: false, errors: [...]}
+    GET  /metrics                      Prometheus text (when a metrics callback is given)
+
+Errors are JSON `{"error": "..."}` with 400 (bad request), 401 (token), 404 (no such site).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from geodns.errors import did_you_mean
+from geodns.logs import get_logger
+
+if TYPE_CHECKING:
+    from geodns.health.monitor import HealthMonitor
+
+log = get_logger("geodns.admin")
+
+ReloadCallback = Callable[[], Awaitable[tuple[bool, Sequence[str]]]]
+MetricsCallback = Callable[[str | None], tuple[bytes, str]]
+
+MONITOR = web.AppKey("monitor", object)
+RELOAD = web.AppKey("reload", object)
+STATUS_EXTRA = web.AppKey("status_extra", object)
+METRICS = web.AppKey("metrics", object)
+TOKEN = web.AppKey("token", object)
+SOCKET_MODE = 0o660
+
+
+def make_admin_app(
+    monitor: HealthMonitor,
+    reload_cb: ReloadCallback,
+    status_extra: Callable[[], dict[str, Any]] | None = None,
+    metrics_cb: MetricsCallback | None = None,
+) -> web.Application:
+    """The admin application; `start_admin` serves it.
+
+    `reload_cb()` reloads config and zones and returns (ok, errors). `status_extra()` adds the
+    server's own keys (version, reload status, ...) to GET /status. `metrics_cb(accept)` returns
+    (payload, content type) for GET /metrics, e.g. `geodns.metrics.Metrics.render`.
+    """
+    app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
+    app[MONITOR] = monitor
+    app[RELOAD] = reload_cb
+    app[STATUS_EXTRA] = status_extra
+    app[METRICS] = metrics_cb
+    app[TOKEN] = None
+    app.router.add_get("/status", _status)
+    app.router.add_post("/drain", _drain)
+    app.router.add_post("/undrain", _undrain)
+    app.router.add_post("/reload", _reload)
+    if metrics_cb is not None:
+        app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def start_admin(
+    app: web.Application, listen: str | None, socket_path: str | None, token: str | None
+) -> web.AppRunner:
+    """Serve `app` on `listen` ("host:port") and/or `socket_path`; stop with `runner.cleanup()`.
+
+    `token` (read from admin.token_file by the caller) is required on TCP when given. A stale
+    socket file from a crashed server is replaced; a live one (another server) is an OSError.
+    """
+    app[TOKEN] = token or None
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        if listen:
+            host, port = parse_listen(listen)
+            await web.TCPSite(runner, host, port).start()
+            if token is None and host not in ("127.0.0.1", "::1", "localhost"):
+                log.warning("admin_without_token", listen=listen)
+        if socket_path:
+            _remove_stale_socket(socket_path)
+            await web.UnixSite(runner, socket_path).start()
+            os.chmod(socket_path, SOCKET_MODE)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("admin_started", listen=listen, socket=socket_path, token=token is not None)
+    return runner
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:8053" or "[::1]:8053" -> (host, port); ValueError when it is neither."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"admin.listen: expected host:port such as 127.0.0.1:8053, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def _remove_stale_socket(path: str) -> None:
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise OSError(f"admin.socket: {path} exists and is not a socket")
+    except FileNotFoundError:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: left behind by a server that did not stop cleanly
+            return
+    raise OSError(f"admin.socket: {path} is in use by another running server")
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    token = request.app[TOKEN]
+    if token is None or _via_unix_socket(request) or request.path == "/metrics":
+        return await handler(request)
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
+    return await handler(request)
+
+
+def _via_unix_socket(request: web.Request) -> bool:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _status(request: web.Request) -> web.Response:
+    extra = request.app[STATUS_EXTRA]
+    body = dict(extra()) if extra is not None else {}
+    body.update(_monitor(request).status())
+    return web.json_response(body, dumps=_dumps)
+
+
+async def _drain(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    site = _site(request, body)
+    reason = body.get("reason") or ""
+    by = body.get("by") or "admin API"
+    duration = body.get("for_s")
+    if not isinstance(reason, str) or not isinstance(by, str):
+        raise _bad("reason and by must be strings")
+    if duration is not None and (
+        not isinstance(duration, int | float) or isinstance(duration, bool) or duration <= 0
+    ):
+        raise _bad(f"for_s must be a number of seconds > 0, got {duration!r}")
+    drain = _monitor(request).drain(site, reason, by, duration)
+    return web.json_response({"ok": True, "drain": drain.to_json()})
+
+
+async def _undrain(request: web.Request) -> web.Response:
+    site = _site(request, await _json_body(request))
+    drain = _monitor(request).undrain(site)
+    return web.json_response(
+        {"ok": True, "was_drained": drain is not None, "drain": drain and drain.to_json()}
+    )
+
+
+async def _reload(request: web.Request) -> web.Response:
+    ok, errors = await request.app[RELOAD]()
+    return web.json_response({"ok": ok, "errors": list(errors)}, status=200 if ok else 422)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    payload, content_type = request.app[METRICS](request.headers.get("Accept"))
+    return web.Response(body=payload, headers={"Content-Type": content_type})
+
+
+def _monitor(request: web.Request) -> HealthMonitor:
+    return request.app[MONITOR]  # type: ignore[return-value]
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise _bad("expected a JSON object as the request body") from None
+    if not isinstance(body, dict):
+        raise _bad("expected a JSON object as the request body")
+    return body
+
+
+def _site(request: web.Request, body: dict[str, Any]) -> str:
+    site = body.get("site")
+    if not isinstance(site, str) or not site:
+        raise _bad("'site' is required: the name of a site from the config")
+    sites = _monitor(request).health.sites
+    if site not in sites:
+        hint = did_you_mean(site, sites) or f"; sites: {', '.join(sorted(sites)) or 'none'}"
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"no site named '{site}'{hint}"}),
+            content_type="application/json",
+        )
+    return site
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=1, sort_keys=True)
