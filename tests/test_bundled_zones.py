@@ -57,6 +57,14 @@ def test_geodns_check_accepts_bundled_config_and_zones() -> None:
     assert "cdn.example.com. OK" in result.stdout
 
 
+@pytest.mark.parametrize("config", ["docs/failover-drill.yaml", "systemd/geodns.yaml"])
+def test_documented_configs_load(config: str) -> None:
+    from geodns.config import load_config
+
+    loaded = load_config(ROOT / config)
+    assert loaded.sites or config.startswith("systemd")
+
+
 def test_docs_zone_example_is_valid(tmp_path: Path) -> None:
     text = (ROOT / "docs" / "zones.md").read_text()
     block = text.split("## A complete example", 1)[1]
