@@ -177,6 +177,7 @@ class App:
             "generation": self.generation,
             "zones": sorted(self.state.snapshot.zones),
             "geoip": {"path": str(self.geo.path), "type": self.geo.database_type},
+            "last_reload": _reload_text(status),
             "reload": {
                 "ok": status.ok,
                 "last_success": status.last_success,
@@ -362,6 +363,16 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     await app.stopping.wait()
     await app.stop()
     return 0
+
+
+def _reload_text(status: ReloadStatus) -> str:
+    """One line for `geodns status`: did the last reload work, and if not, why."""
+    if status.ok:
+        return "ok"
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(status.last_attempt))
+    more = f" (+{len(status.errors) - 1} more)" if len(status.errors) > 1 else ""
+    first = status.errors[0] if status.errors else "unknown error"
+    return f"FAILED at {when}, still serving the previous config: {first}{more}"
 
 
 def _observer(counters: Observer, query_log: QueryLog | None) -> Observer:
