@@ -89,7 +89,9 @@ class Snapshot:
 def respond(query: Query, client: str, snapshot: Snapshot, tcp: bool) -> tuple[bytes, Outcome]:
     """The response to a parsed query from `client` (an IP string), over UDP or TCP."""
     if query.opcode != 0:
-        return _bare(query, RCODE_NOTIMP, snapshot), Outcome(RCODE_NOTIMP, None)
+        # header only: the sections of an opcode we do not implement (UPDATE's zone section,
+        # NOTIFY's SOA) have their own rules, so echoing them back could itself be malformed
+        return _header_only(query.id, query.flags, RCODE_NOTIMP), Outcome(RCODE_NOTIMP, None)
     if query.edns and query.version > 0:
         return _bare(query, BADVERS, snapshot), Outcome(BADVERS, None)
     qtype = query.qtype
@@ -193,4 +195,8 @@ def servfail(query: Query, snapshot: Snapshot) -> bytes:
 
 def formerr(query_id: int, flags: int) -> bytes:
     """FORMERR for a query we could not parse: ID, opcode and RD echoed, nothing else."""
-    return pack(">HHHHHH", query_id, FLAG_QR | (flags & ECHO_FLAGS) | RCODE_FORMERR, 0, 0, 0, 0)
+    return _header_only(query_id, flags, RCODE_FORMERR)
+
+
+def _header_only(query_id: int, flags: int, rcode: int) -> bytes:
+    return pack(">HHHHHH", query_id, FLAG_QR | (flags & ECHO_FLAGS) | rcode, 0, 0, 0, 0)
