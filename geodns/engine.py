@@ -91,7 +91,7 @@ def respond(query: Query, client: str, snapshot: Snapshot, tcp: bool) -> tuple[b
     if query.opcode != 0:
         # header only: the sections of an opcode we do not implement (UPDATE's zone section,
         # NOTIFY's SOA) have their own rules, so echoing them back could itself be malformed
-        return _header_only(query.id, query.flags, RCODE_NOTIMP), Outcome(RCODE_NOTIMP, None)
+        return _bare(query, RCODE_NOTIMP, snapshot, question=False), Outcome(RCODE_NOTIMP, None)
     if query.edns and query.version > 0:
         return _bare(query, BADVERS, snapshot), Outcome(BADVERS, None)
     qtype = query.qtype
@@ -181,12 +181,13 @@ def _opt(query: Query, extended_rcode: int, scope: int, udp_size: int) -> bytes:
     return pack(">BHHIH", 0, 41, udp_size, ttl, len(option)) + option
 
 
-def _bare(query: Query, rcode: int, snapshot: Snapshot) -> bytes:
-    """A reply with the question echoed and no records (NOTIMP, REFUSED, BADVERS, SERVFAIL)."""
+def _bare(query: Query, rcode: int, snapshot: Snapshot, question: bool = True) -> bytes:
+    """A reply with no records (NOTIMP, REFUSED, BADVERS, SERVFAIL): the question echoed unless
+    told not to, and an OPT when the query had one (RFC 6891 section 7 requires it)."""
     flags = FLAG_QR | (query.flags & (ECHO_FLAGS | FLAG_CD)) | (rcode & 0xF)
     opt = _opt(query, rcode >> 4, 0, snapshot.max_udp_size) if query.edns else b""
-    header = pack(">HHHHHH", query.id, flags, 1, 0, 0, 1 if opt else 0)
-    return header + query.question + opt
+    header = pack(">HHHHHH", query.id, flags, int(question), 0, 0, 1 if opt else 0)
+    return header + (query.question if question else b"") + opt
 
 
 def servfail(query: Query, snapshot: Snapshot) -> bytes:
@@ -195,8 +196,4 @@ def servfail(query: Query, snapshot: Snapshot) -> bytes:
 
 def formerr(query_id: int, flags: int) -> bytes:
     """FORMERR for a query we could not parse: ID, opcode and RD echoed, nothing else."""
-    return _header_only(query_id, flags, RCODE_FORMERR)
-
-
-def _header_only(query_id: int, flags: int, rcode: int) -> bytes:
-    return pack(">HHHHHH", query_id, FLAG_QR | (flags & ECHO_FLAGS) | rcode, 0, 0, 0, 0)
+    return pack(">HHHHHH", query_id, FLAG_QR | (flags & ECHO_FLAGS) | RCODE_FORMERR, 0, 0, 0, 0)

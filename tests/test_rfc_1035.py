@@ -18,7 +18,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 from conftest import LONG_TXT, REV_ZONE, SERIAL, ZONE
-from server_process import build_query, encode_name, make_query, parse_header
+from server_process import build_opt, build_query, encode_name, make_query, parse_header
 
 A, AAAA, NS, MX, TXT, SOA, CNAME = (
     dns.rdatatype.A,
@@ -519,6 +519,17 @@ def test_non_query_opcode_is_notimp(server, opcode):
     assert header["rcode"] == dns.rcode.NOTIMP
     assert header["ancount"] == 0
     assert server.answers(f"www.{ZONE}")
+
+
+def test_non_query_opcode_with_edns_keeps_the_opt(server):
+    """RFC 6891 section 7: a request with an OPT gets an OPT back, even when refused as NOTIMP."""
+    data = build_query(ZONE, 6, qid=0x7200, opcode=4, opt=build_opt())
+    reply = server.raw_udp(data, timeout=2)
+    assert reply is not None
+    header = parse_header(reply)
+    assert header["rcode"] == dns.rcode.NOTIMP
+    assert header["arcount"] == 1
+    assert dns.message.from_wire(reply).edns == 0
 
 
 @pytest.mark.parametrize("opcode", [2, 4, 5])

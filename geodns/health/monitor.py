@@ -9,8 +9,9 @@ published `HealthView`, and a slow or hung probe only delays its own task.
 
 Every site state change is one `site_state` event (site, old, new, cause, streak). `on_change` is
 called only when the set of down sites changes. The state file keeps the known state of every
-checked target and every drain, written atomically (temp file + rename) whenever that changes,
-and is read back in the constructor, so the first snapshot can already carry the restored view.
+checked target and every drain, written atomically (temp file, fsync, rename) in a thread
+whenever that changes, and is read back in the constructor, so the first snapshot can already
+carry the restored view.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ class HealthMonitor:
         self.session: aiohttp.ClientSession | None = None
         self.started = False
         self._timer: asyncio.TimerHandle | None = None
-        self._saved: dict[str, Any] | None = None
+        self._saved_revision = -1
+        self._writer: asyncio.Task[None] | None = None
+        self._write_error: str | None = None
         self._errors_logged: set[str] = set()
         self._published = self.health.view
         self._warn_conflicts()
@@ -100,7 +103,10 @@ class HealthMonitor:
         if self.session is not None:
             await self.session.close()
             self.session = None
-        self._save()
+        if self._writer is not None:
+            await self._writer
+        if self.state_file is not None and self.health.revision != self._saved_revision:
+            self._write(self.health.revision, self.health.to_saved())
 
     def update_sites(self, sites: Mapping[str, Site]) -> None:
         """A reload: probe new targets, stop removed ones, keep the state and drains of the rest."""
@@ -154,12 +160,12 @@ class HealthMonitor:
     async def _probe_loop(self, key: str, spec: CheckSpec) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(self.jitter() * spec.interval)
-        while True:
+        while self.running.get(key) is spec:  # a lost cancellation must not keep a loop alive
             started = loop.time()
             try:
-                result = await asyncio.wait_for(
-                    self.probe(spec, self.session), spec.timeout + GRACE
-                )
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation on 3.11
+                async with asyncio.timeout(spec.timeout + GRACE):
+                    result = await self.probe(spec, self.session)
             except TimeoutError:
                 result = (False, f"timeout after {spec.timeout:g}s", loop.time() - started)
             except Exception as exc:  # a bug in a probe must not end the checks of its target
@@ -244,12 +250,25 @@ class HealthMonitor:
         self._apply(changes, publish=False)
 
     def _save(self) -> None:
-        """Write the state file when what it keeps has changed: temp file, fsync, rename."""
-        if self.state_file is None:
+        """Have the state file written if what it keeps has changed, off the event loop."""
+        if self.state_file is None or self.health.revision == self._saved_revision:
             return
-        saved = self.health.to_saved()
-        if saved == self._saved:
-            return
+        if self._writer is not None and not self._writer.done():
+            return  # the running writer picks the new revision up when it is done
+        try:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        except RuntimeError:  # no loop yet (the constructor): write here
+            self._write(self.health.revision, self.health.to_saved())
+
+    async def _write_loop(self) -> None:
+        while self.health.revision != self._saved_revision:
+            revision, saved = self.health.revision, self.health.to_saved()
+            if not await asyncio.to_thread(self._write, revision, saved):
+                return  # retried on the next change
+
+    def _write(self, revision: int, saved: dict[str, Any]) -> bool:
+        """Write atomically: temp file, fsync, rename. A crash leaves the old file or the new."""
+        assert self.state_file is not None
         path = self.state_file
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -262,6 +281,9 @@ class HealthMonitor:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 temp.unlink()
-            self.log.error("state_file_write_failed", path=str(path), error=str(exc))
-            return
-        self._saved = saved
+            if str(exc) != self._write_error:  # retried on every change; said once
+                self._write_error = str(exc)
+                self.log.error("state_file_write_failed", path=str(path), error=str(exc))
+            return False
+        self._saved_revision, self._write_error = revision, None
+        return True

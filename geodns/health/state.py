@@ -166,7 +166,8 @@ class HealthState:
     """Every check target's machine, every drain, every site's state, and the current view.
 
     Each mutating method takes `now` and returns the site changes it caused; `view` is replaced
-    only when the set of down sites changes.
+    only when the set of down sites changes, and `revision` grows whenever what `to_saved`
+    returns may have changed, so the caller writes the state file only then.
     """
 
     def __init__(self, sites: Mapping[str, Site], now: float) -> None:
@@ -177,6 +178,7 @@ class HealthState:
         self.info: dict[str, _SiteInfo] = {}
         self.view = HealthView()
         self.conflicts: list[str] = []
+        self.revision = 0
         self.set_sites(sites, now)
 
     # -- inputs ------------------------------------------------------------------------------
@@ -209,8 +211,11 @@ class HealthState:
         state = self.checks.get(key)
         if state is None:
             return []
+        first = not state.checked
         transition = state.observe(ok, now, detail, latency)
         if transition is None:
+            if first:  # now known to be up: worth saving
+                self.revision += 1
             return []
         return self._refresh(now, f"check {key} {transition.new}: {detail}", key)
 
@@ -259,6 +264,7 @@ class HealthState:
         return reasons
 
     def _refresh(self, now: float, trigger: str, key: str | None = None) -> list[SiteChange]:
+        self.revision += 1
         own = {name: self._own_reasons(site, now) for name, site in self.sites.items()}
         changes = []
         for name, site in self.sites.items():
