@@ -21,6 +21,7 @@ from geodns import __version__, sdnotify
 from geodns.admin import make_admin_app, start_admin
 from geodns.config import ServerConfig, load_config
 from geodns.dynamic import records_all_down
+from geodns.engine import Snapshot
 from geodns.errors import ConfigError, Problem
 from geodns.geo import GeoLocator
 from geodns.health.monitor import HealthMonitor
@@ -75,6 +76,7 @@ class App:
         self.stopping = asyncio.Event()
         self.reload_status = ReloadStatus()
         self.generation = 0
+        self.reload_lock = asyncio.Lock()  # one reload at a time: SIGHUP, admin API, file watcher
         self.started = time.time()
         self.tasks: list[asyncio.Future[Any]] = []
         self.worker_stats: dict[int, Any] = {}
@@ -285,19 +287,27 @@ class App:
         if self.index == 0:
             sdnotify.reloading(f"reloading: {cause}")
         try:
-            return self._reload(cause)
+            async with self.reload_lock:
+                return await self._reload(cause)
         finally:
             if self.index == 0:
                 sdnotify.ready(self._status_line())
 
-    def _reload(self, cause: str) -> bool:
+    def _build(self) -> tuple[ServerConfig, GeoLocator, Snapshot]:
+        """Read config, zones and (if changed) the geo database into a new snapshot; no swap."""
+        assert self.state is not None
+        config = load_config(self.config_path) if self.config_path else self.config
+        geo = self.geo
+        if geo.changed_on_disk() or config.geoip_path != geo.path:
+            geo = open_geo(config)
+        snapshot = build_snapshot(config, geo, self.state.snapshot.health, self.generation + 1)
+        return config, geo, snapshot
+
+    async def _reload(self, cause: str) -> bool:
         try:
-            config = load_config(self.config_path) if self.config_path else self.config
-            geo = self.geo
-            if geo.changed_on_disk() or config.geoip_path != geo.path:
-                geo = open_geo(config)
+            # built in a thread so the event loop keeps answering from the old snapshot meanwhile
+            config, geo, snapshot = await asyncio.to_thread(self._build)
             self.generation += 1
-            snapshot = build_snapshot(config, geo, self.state.snapshot.health, self.generation)
         except ConfigError as exc:
             self.reload_status.ok = False
             self.reload_status.failures += 1
@@ -310,6 +320,8 @@ class App:
         if self.monitor is not None:
             self.monitor.update_sites(snapshot.sites)  # stop removed sites' checks, start new ones
             snapshot = snapshot.with_health(self.monitor.view)
+        else:  # a worker: keep the health the main process pushed while we were building
+            snapshot = snapshot.with_health(self.state.snapshot.health)
         self.config = config
         old_geo, self.geo = self.geo, geo
         self.state.snapshot = snapshot
