@@ -334,10 +334,11 @@ def _pool_chain(
         if up:
             if record.sticky_margin_km is not None and placement is not None and len(up) > 1:
                 chosen = _rendezvous(record, placement, [(t.address, t) for t in up])[0][1]
+                varies = False
             else:
                 chosen = _weighted(up, query_id)
+                varies = len(up) > 1
             via = f" (fallback from {pool_name})" if name != pool_name else ""
-            varies = len(up) > 1 and record.sticky_margin_km is None
             return Decision(
                 (chosen.address,), 0, chosen.site or name, rule_label + via, varies=varies
             )

@@ -33,6 +33,7 @@ ECHO_FLAGS = 0x7900  # opcode and RD are echoed
 FLAG_CD = 0x0010
 BADVERS = 16
 CACHE_LIMIT = 200_000
+RESPONSE_CACHE_LIMIT = 65_536
 
 
 class Outcome(NamedTuple):
@@ -48,6 +49,9 @@ class Outcome(NamedTuple):
     scope: int | None = None
     located_by: str | None = None
     truncated: bool = False
+    # the same query bytes always get the same reply under this snapshot: not located by the
+    # resolver's address, not chosen by weight with the query ID
+    cacheable: bool = False
 
 
 @dataclass(eq=False)
@@ -66,6 +70,9 @@ class Snapshot:
     generation: int = 0
     resolver: Resolver = field(init=False)
     cache: dict[tuple[bytes, int], Prepared] = field(init=False, default_factory=dict)
+    # whole UDP replies by query bytes after the ID: (reply after the ID, query, outcome).
+    # Health-dependent, so a new health view starts empty (init=False: replace() makes a new one)
+    responses: dict[bytes, tuple[bytes, Query, Outcome]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.resolver = Resolver(self.zones)
@@ -74,6 +81,13 @@ class Snapshot:
         clone = replace(self, health=health)
         clone.cache = self.cache
         return clone
+
+    def remember(self, data: bytes, response: bytes, query: Query, outcome: Outcome) -> None:
+        """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID."""
+        responses = self.responses
+        if len(responses) >= RESPONSE_CACHE_LIMIT:
+            responses.clear()
+        responses[data[2:]] = (response[2:], query, outcome)
 
     def prepared(self, key: bytes, qtype: int) -> Prepared:
         cache_key = (key, qtype)
@@ -155,6 +169,7 @@ def respond(query: Query, client: str, snapshot: Snapshot, tcp: bool) -> tuple[b
         scope=scope if query.ecs is not None else None,
         located_by=located_by,
         truncated=truncated,
+        cacheable=located_by == "ecs" and not outcome.varies,
     )
 
 
@@ -166,7 +181,9 @@ def _outcome(prepared: Prepared, truncated: bool) -> Outcome:
     key = (prepared.rcode, prepared.zone, truncated)
     outcome = _OUTCOMES.get(key)
     if outcome is None:
-        outcome = _OUTCOMES[key] = Outcome(prepared.rcode, prepared.zone, truncated=truncated)
+        outcome = _OUTCOMES[key] = Outcome(
+            prepared.rcode, prepared.zone, truncated=truncated, cacheable=True
+        )
     return outcome
 
 

@@ -34,6 +34,14 @@ class ServerState:
 
 def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | None:
     """One query packet -> the response packet, or None when no reply is owed."""
+    snapshot = state.snapshot
+    if not tcp:
+        cached = snapshot.responses.get(data[2:])
+        if cached is not None:  # these bytes were answered before under this snapshot
+            observer = state.observer
+            if observer is not None:
+                observer(cached[1], cached[2], client, "udp")
+            return data[:2] + cached[0]
     try:
         query = parse_query(data)
     except Drop:
@@ -46,13 +54,14 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
         state.errors += 1
         log.exception("parser_error", client=client, size=len(data))
         return None
-    snapshot = state.snapshot
     try:
         response, outcome = respond(query, client, snapshot, tcp)
     except Exception:
         state.errors += 1
         log.exception("engine_error", client=client, qtype=query.qtype, qname=query.qname.hex())
         return servfail(query, snapshot)
+    if not tcp and outcome.cacheable:
+        snapshot.remember(data, response, query, outcome)
     observer = state.observer
     if observer is not None:
         observer(query, outcome, client, "tcp" if tcp else "udp")

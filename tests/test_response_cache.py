@@ -1,0 +1,127 @@
+"""The UDP reply cache: identical query bytes are answered by patching the ID in, but only when
+the reply cannot differ between them.
+
+A reply is reused only when nothing outside the query bytes chose it: not for answers located by
+the resolver's address (two resolvers can send the same bytes), not for a weighted pick made
+with the query ID, and never across a health change or a reload (the drain and reload tests in
+test_failover.py and test_reload.py send identical ECS queries before and after).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+
+import dns.edns
+import dns.message
+import dns.rcode
+import pytest
+from mmdb_factory import city_record, write_city_db
+from server_process import GeodnsServer
+
+ZONE = "cache.test"
+
+SITES = {
+    "jkt": {"kind": "pop", "location": {"lat": -6.2, "lon": 106.8}, "addresses": ["192.0.2.1"]},
+    "fra": {"kind": "pop", "location": {"lat": 50.1, "lon": 8.7}, "addresses": ["192.0.2.4"]},
+}
+
+NETWORKS = [
+    ("36.64.0.0/16", city_record("ID", "AS", -6.2, 106.8, "Jakarta")),
+    ("85.0.0.0/16", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+    # two resolvers on loopback that the database places 11,000 km apart
+    ("127.0.0.0/25", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+    ("127.0.0.128/25", city_record("ID", "AS", -6.2, 106.8, "Jakarta")),
+]
+
+CACHE_ZONE = {
+    "": {"type": "NS", "value": "ns1.cache.test."},
+    "ns1": {"type": "A", "value": "192.0.2.53"},
+    "static": {"type": "A", "value": "192.0.2.77"},
+    "near": {
+        "type": "A",
+        "ttl": 30,
+        "values": ["192.0.2.1", "192.0.2.4"],
+        "octodns": {"geodns": {"nearest": True}},
+    },
+    "weighted": {
+        "type": "A",
+        "ttl": 30,
+        "value": "192.0.2.99",
+        "dynamic": {
+            "pools": {
+                "both": {
+                    "values": [
+                        {"value": "192.0.2.1", "weight": 1},
+                        {"value": "192.0.2.2", "weight": 1},
+                    ]
+                }
+            },
+            "rules": [{"pool": "both"}],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    db = tmp_path_factory.mktemp("geo") / "city.mmdb"
+    write_city_db(db, NETWORKS)
+    config = {"sites": SITES, "geoip": {"database": str(db)}}
+    with GeodnsServer(config, {ZONE: CACHE_ZONE}) as running:
+        yield running
+
+
+def wire(name: str, ecs: str | None = None) -> bytes:
+    options = [dns.edns.ECSOption.from_text(ecs)] if ecs else []
+    return dns.message.make_query(f"{name}.{ZONE}", "A", use_edns=0, options=options).to_wire()
+
+
+def ask_from(server: GeodnsServer, data: bytes, query_id: int, source: str) -> dns.message.Message:
+    """Send `data` with its ID replaced, from a chosen loopback source address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(2)
+        sock.sendto(query_id.to_bytes(2, "big") + data[2:], (server.host, server.port))
+        reply = dns.message.from_wire(sock.recvfrom(65535)[0])
+    assert reply.id == query_id
+    assert reply.rcode() == dns.rcode.NOERROR
+    return reply
+
+
+def addresses(reply: dns.message.Message) -> list[str]:
+    return [rr.address for rrset in reply.answer for rr in rrset]
+
+
+@pytest.mark.parametrize(("name", "ecs"), [("static", None), ("near", "36.64.9.0/24")])
+def test_repeated_bytes_get_their_own_id_and_the_same_answer(
+    server: GeodnsServer, name: str, ecs: str | None
+) -> None:
+    data = wire(name, ecs)
+    replies = [ask_from(server, data, query_id, "127.0.0.1") for query_id in (1, 0xBEEF, 0xFFFF)]
+    assert {tuple(addresses(r)) for r in replies} == {tuple(addresses(replies[0]))}
+    assert addresses(replies[0]) == (["192.0.2.77"] if name == "static" else ["192.0.2.1"])
+
+
+def test_resolver_located_answers_are_not_shared_between_resolvers(server: GeodnsServer) -> None:
+    data = wire("near")  # no ECS: the resolver's own address locates the user
+    for _ in range(3):
+        assert addresses(ask_from(server, data, 7, "127.0.0.1")) == ["192.0.2.4"]  # Frankfurt
+        assert addresses(ask_from(server, data, 7, "127.0.0.200")) == ["192.0.2.1"]  # Jakarta
+
+
+def test_ecs_source_zero_is_located_by_the_resolver_every_time(server: GeodnsServer) -> None:
+    data = wire("near", "0.0.0.0/0")
+    assert addresses(ask_from(server, data, 9, "127.0.0.1")) == ["192.0.2.4"]
+    assert addresses(ask_from(server, data, 9, "127.0.0.200")) == ["192.0.2.1"]
+
+
+def test_weighted_choice_still_varies_for_identical_ecs_queries(server: GeodnsServer) -> None:
+    data = wire("weighted", "85.0.1.0/24")
+    counts = Counter(
+        address
+        for query_id in range(0, 65536, 1024)  # 64 IDs spread over the whole range
+        for address in addresses(ask_from(server, data, query_id, "127.0.0.1"))
+    )
+    assert set(counts) == {"192.0.2.1", "192.0.2.2"}, counts
+    assert min(counts.values()) >= 16, counts
