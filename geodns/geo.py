@@ -20,9 +20,12 @@ from typing import Any
 
 import maxminddb
 
+from geodns.mmdbtree import NO_RECORD, SearchTree
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 COUNTRY_POINTS = DATA_DIR / "country_points.csv"
-PLACEMENT_CACHE_LIMIT = 500_000
+PLACEMENT_CACHE_LIMIT = 100_000  # client networks; a miss costs a short tree walk
+RECORD_CACHE_LIMIT = 1_000_000  # database records: more than any City database has
 EARTH_RADIUS_KM = 6371.0
 FIBRE_KM_PER_MS = 200.0  # light in fibre: about 200,000 km/s
 
@@ -88,7 +91,8 @@ def fibre_rtt_ms(km: float) -> float:
 
 
 class GeoLocator:
-    """Looks up client addresses in one database file; caches per network and interns places."""
+    """Looks up client addresses in one database file; caches per network, decodes each database
+    record once and interns places."""
 
     def __init__(self, path: Path, points: dict[str, tuple[str, float, float, str]] | None = None):
         self.path = path
@@ -99,8 +103,10 @@ class GeoLocator:
         self.database_type: str = metadata.database_type
         self.build_epoch: int = metadata.build_epoch
         self.ip_version: int = metadata.ip_version
+        self.tree = SearchTree(path, metadata.node_count, metadata.record_size, self.ip_version)
         self.points = load_country_points() if points is None else points
         self.places: dict[tuple[Any, ...], Place] = {}
+        self.records: dict[int, Place | None] = {NO_RECORD: None}
         self.cache: dict[Any, Placement] = {}
 
     def changed_on_disk(self) -> bool:
@@ -115,23 +121,38 @@ class GeoLocator:
         found = self.cache.get(key)
         if found is None:
             if isinstance(key, str):
-                found = self.lookup(ipaddress.ip_address(key.split("%", 1)[0]))
+                address = ipaddress.ip_address(key.split("%", 1)[0])
+                found = self.locate(address.version, int(address))
+            elif key[0] == 1:
+                found = self.locate(4, int.from_bytes(key[2].ljust(4, b"\x00")))
             else:
-                found = self.lookup(ecs_address(key))
+                found = self.locate(6, int.from_bytes(key[2].ljust(16, b"\x00")))
             if len(self.cache) >= PLACEMENT_CACHE_LIMIT:
                 self.cache.clear()
             self.cache[key] = found
         return found
 
     def lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Placement:
-        """Look one address up (uncached)."""
-        if address.version == 6 and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        family = address.version
+        """Look one address up (uncached per network; records are decoded once)."""
+        return self.locate(address.version, int(address))
+
+    def locate(self, family: int, value: int) -> Placement:
+        """The placement of an address given as its family (4 or 6) and integer value."""
+        if family == 6 and value >> 32 == 0xFFFF:  # IPv4-mapped: the IPv4 address's place
+            family, value = 4, value & 0xFFFFFFFF
         if family == 6 and self.ip_version == 4:
-            return Placement(None, 6, int(address), 0)
-        record, prefix = self.reader.get_with_prefix_len(address)
-        return Placement(self._place(record), family, int(address), prefix)
+            return Placement(None, 6, value, 0)
+        record, prefix = self.tree.lookup(family, value)
+        records = self.records
+        if record in records:
+            return Placement(records[record], family, value, prefix)
+        address = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
+        place = self._place(self.reader.get(address))
+        if len(records) >= RECORD_CACHE_LIMIT:
+            records.clear()
+            records[NO_RECORD] = None
+        records[record] = place
+        return Placement(place, family, value, prefix)
 
     def _place(self, record: Any) -> Place | None:
         if not isinstance(record, dict):
@@ -160,11 +181,4 @@ class GeoLocator:
 
     def close(self) -> None:
         self.reader.close()
-
-
-def ecs_address(ecs: tuple[int, int, bytes]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The address of an ECS option, zero-padded to its family's length."""
-    family, _source, address = ecs
-    if family == 1:
-        return ipaddress.IPv4Address(address.ljust(4, b"\x00"))
-    return ipaddress.IPv6Address(address.ljust(16, b"\x00"))
+        self.tree.close()

@@ -193,3 +193,41 @@ def write_city_db(path: str | Path, entries: Sequence[Entry], **kwargs: Any) -> 
 def write_country_db(path: str | Path, entries: Sequence[Entry], **kwargs: Any) -> Path:
     """Write a "GeoIP2-Country" database; records usually come from ``country_record``."""
     return write_db(path, entries, "GeoIP2-Country", **kwargs)
+
+
+METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"
+
+
+def rewrite_record_size(source: str | Path, target: str | Path, record_size: int) -> Path:
+    """Copy a 24-bit-record database with its search tree re-encoded in 28- or 32-bit records.
+
+    Real databases use all three sizes (the writer picks one by node count); tests need each
+    without writing millions of networks. Leaf values keep their meaning because the node count
+    and the data section do not change.
+    """
+    import maxminddb
+
+    data = Path(source).read_bytes()
+    with maxminddb.open_database(str(source)) as reader:
+        metadata = reader.metadata()
+    assert metadata.record_size == 24, "the source must use 24-bit records"
+    nodes = metadata.node_count
+    tree = bytearray()
+    for node in range(nodes):
+        raw = data[node * 6 : node * 6 + 6]
+        left, right = int.from_bytes(raw[:3]), int.from_bytes(raw[3:])
+        if record_size == 28:
+            tree += left.to_bytes(4)[1:] + bytes([(left >> 24) << 4 | right >> 24])
+            tree += right.to_bytes(4)[1:]
+        elif record_size == 32:
+            tree += left.to_bytes(4) + right.to_bytes(4)
+        else:
+            raise ValueError(f"record size {record_size}: only 28 and 32 are rewritten")
+    rest = data[nodes * 6 :]
+    marker = rest.rindex(METADATA_MARKER)
+    old = b"\x4brecord_size\xa1\x18"  # key "record_size", then uint16 of one byte: 24
+    assert rest.count(old, marker) == 1
+    rest = rest[:marker] + rest[marker:].replace(old, old[:-1] + bytes([record_size]))
+    out = Path(target)
+    out.write_bytes(bytes(tree) + rest)
+    return out
