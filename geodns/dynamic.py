@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from geodns.caching import make_room
 from geodns.errors import did_you_mean
 from geodns.geo import Place, Placement, distance_km
 from geodns.sites import CheckSpec, Site
@@ -170,8 +171,7 @@ class DynamicRecord:
             decision = cached[1]
         else:
             decision = evaluate(self, placement, down, 0)
-            if len(self.plan_cache) >= PLAN_CACHE_LIMIT:
-                self.plan_cache.clear()
+            make_room(self.plan_cache, PLAN_CACHE_LIMIT)
             self.plan_cache[placement.place] = (down, decision)
         if decision.varies:
             decision = evaluate(self, placement, down, query.id)
@@ -191,8 +191,7 @@ class DynamicRecord:
                     key=lambda item: (item[1], item[0].name),
                 )
             )
-            if len(self.rank_cache) >= PLAN_CACHE_LIMIT:
-                self.rank_cache.clear()
+            make_room(self.rank_cache, PLAN_CACHE_LIMIT)
             self.rank_cache[place] = ranking
         return ranking
 

@@ -22,6 +22,7 @@ from geodns.answer import (
     Sections,
     split_wire,
 )
+from geodns.caching import make_room
 from geodns.wire import Query
 from geodns.zone import TYPE_AXFR, TYPE_IXFR, Zone
 
@@ -85,8 +86,7 @@ class Snapshot:
     def remember(self, data: bytes, response: bytes, query: Query, outcome: Outcome) -> None:
         """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID."""
         responses = self.responses
-        if len(responses) >= RESPONSE_CACHE_LIMIT:
-            responses.clear()
+        make_room(responses, RESPONSE_CACHE_LIMIT)
         responses[data[2:]] = (response[2:], query, outcome)
 
     def prepared(self, key: bytes, qtype: int) -> Prepared:
@@ -94,8 +94,7 @@ class Snapshot:
         prepared = self.cache.get(cache_key)
         if prepared is None:
             prepared = self.resolver.resolve(split_wire(key), qtype)
-            if len(self.cache) >= CACHE_LIMIT:
-                self.cache.clear()
+            make_room(self.cache, CACHE_LIMIT)
             self.cache[cache_key] = prepared
         return prepared
 

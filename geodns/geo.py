@@ -20,6 +20,7 @@ from typing import Any
 
 import maxminddb
 
+from geodns.caching import make_room
 from geodns.mmdbtree import NO_RECORD, SearchTree
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -127,8 +128,7 @@ class GeoLocator:
                 found = self.locate(4, int.from_bytes(key[2].ljust(4, b"\x00")))
             else:
                 found = self.locate(6, int.from_bytes(key[2].ljust(16, b"\x00")))
-            if len(self.cache) >= PLACEMENT_CACHE_LIMIT:
-                self.cache.clear()
+            make_room(self.cache, PLACEMENT_CACHE_LIMIT)
             self.cache[key] = found
         return found
 
@@ -148,9 +148,7 @@ class GeoLocator:
             return Placement(records[record], family, value, prefix)
         address = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
         place = self._place(self.reader.get(address))
-        if len(records) >= RECORD_CACHE_LIMIT:
-            records.clear()
-            records[NO_RECORD] = None
+        make_room(records, RECORD_CACHE_LIMIT)
         records[record] = place
         return Placement(place, family, value, prefix)
 
