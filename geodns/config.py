@@ -62,7 +62,7 @@ class ServerConfig:
     sites: dict[str, Site] = field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
     state_file: Path | None = None
-    workers: int = 1
+    workers: int = 0  # 0: one per core this process may run on
     watch_zones: bool = True
     query_log: QueryLogConfig = QueryLogConfig()
 

@@ -139,14 +139,14 @@ class DynamicRecord:
     all_down: str = "fail_open"
     rank_cache: dict[Any, tuple[tuple[Candidate, float], ...]] = field(default_factory=dict)
     plan_cache: dict[Any, tuple[Any, Decision]] = field(default_factory=dict)
+    has_subnets: bool = field(init=False)  # a rule matches subnets: decided per network
+
+    def __post_init__(self) -> None:
+        self.has_subnets = any(rule.subnets for rule in self.rules)
 
     @property
     def family(self) -> int:
         return 4 if self.rtype == TYPE_A else 6
-
-    @property
-    def has_subnets(self) -> bool:
-        return any(rule.subnets for rule in self.rules)
 
     def decide(self, query: Any, client: str, snapshot: Any) -> tuple[Decision, int, str]:
         """The hot-path entry: (decision, ECS scope, how the client was located).

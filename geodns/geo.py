@@ -25,7 +25,7 @@ from geodns.mmdbtree import NO_RECORD, SearchTree
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 COUNTRY_POINTS = DATA_DIR / "country_points.csv"
-PLACEMENT_CACHE_LIMIT = 100_000  # client networks; a miss costs a short tree walk
+PLACEMENT_CACHE_LIMIT = 100_000  # resolver addresses
 RECORD_CACHE_LIMIT = 1_000_000  # database records: more than any City database has
 EARTH_RADIUS_KM = 6371.0
 FIBRE_KM_PER_MS = 200.0  # light in fibre: about 200,000 km/s
@@ -118,16 +118,20 @@ class GeoLocator:
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino) != self.signature
 
     def placement(self, key: Any) -> Placement:
-        """The placement of a client: `key` is an IP string or an ECS (family, source, bytes)."""
+        """The placement of a client: `key` is an IP string or an ECS (family, source, bytes).
+
+        Resolvers are few and each asks often: their placements are cached. An ECS subnet is
+        looked up each time (a short tree walk): the server caches its whole answer whenever the
+        answer depends on nothing else, so a cache here would mostly hold one-off networks.
+        """
+        if not isinstance(key, str):
+            if key[0] == 1:
+                return self.locate(4, int.from_bytes(key[2].ljust(4, b"\x00")))
+            return self.locate(6, int.from_bytes(key[2].ljust(16, b"\x00")))
         found = self.cache.get(key)
         if found is None:
-            if isinstance(key, str):
-                address = ipaddress.ip_address(key.split("%", 1)[0])
-                found = self.locate(address.version, int(address))
-            elif key[0] == 1:
-                found = self.locate(4, int.from_bytes(key[2].ljust(4, b"\x00")))
-            else:
-                found = self.locate(6, int.from_bytes(key[2].ljust(16, b"\x00")))
+            address = ipaddress.ip_address(key.split("%", 1)[0])
+            found = self.locate(address.version, int(address))
             make_room(self.cache, PLACEMENT_CACHE_LIMIT)
             self.cache[key] = found
         return found

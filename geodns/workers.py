@@ -38,8 +38,14 @@ class PushedHealth:
 
 
 def worker_count(configured: int) -> int:
-    """`workers: 0` means one per core."""
-    return configured if configured > 0 else max(1, os.cpu_count() or 1)
+    """`workers: 0` (the default) means one per core this process may run on: the CPU affinity
+    mask, so `taskset`, systemd's CPUAffinity= and container cpusets are respected."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class WorkerPool:

@@ -210,6 +210,8 @@ class GeodnsServer:
         if "port" not in cfg:
             hosts = [h for h in cfg["listen"] if h in (LOOPBACK_V4, LOOPBACK_V6)] or [LOOPBACK_V4]
             cfg["port"] = free_port(hosts)
+        # one process unless a test asks for workers: most tests need no more, and CI has 2 cores
+        cfg.setdefault("workers", 1)
         if "zones_dir" not in cfg:
             cfg["zones_dir"] = "zones"
         if "admin" not in cfg:
