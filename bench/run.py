@@ -965,6 +965,13 @@ def churn(server: Server, config: Path, datafile: Path, seconds: float) -> dict[
             failures += done.returncode != 0
             drains += 1
     load.join(timeout=seconds + 60)
+    if drains % 2:  # leave jakarta in rotation: the answer comparison follows
+        subprocess.run(
+            [sys.executable, "-m", "geodns", "undrain", "jakarta", "--config", str(config)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
     log(
         f"[{server.label}] churn: {reloads} reloads and {drains} drains/undrains under "
         f"{outcome.get('qps', 0):,.0f} qps: sent {outcome.get('sent')}, lost {outcome.get('lost')}"

@@ -55,6 +55,18 @@ class Outcome(NamedTuple):
     cacheable: bool = False
 
 
+class Asked(NamedTuple):
+    """What observers (metrics, query log) read of a query, kept with a cached reply.
+
+    A tuple of plain values rather than the Query: the collector stops tracking such tuples,
+    so thousands of cached replies cost it nothing.
+    """
+
+    qname: bytes
+    qtype: int
+    ecs: tuple[int, int, bytes] | None
+
+
 @dataclass(eq=False)
 class Snapshot:
     """Everything a query reads: zones, the geo locator, sites, health. Replaced whole on reload.
@@ -73,7 +85,7 @@ class Snapshot:
     cache: dict[tuple[bytes, int], Prepared] = field(init=False, default_factory=dict)
     # whole UDP replies by query bytes after the ID: (reply after the ID, query, outcome).
     # Health-dependent, so a new health view starts empty (init=False: replace() makes a new one)
-    responses: dict[bytes, tuple[bytes, Query, Outcome]] = field(init=False, default_factory=dict)
+    responses: dict[bytes, tuple[bytes, Asked, Outcome]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.resolver = Resolver(self.zones)
@@ -87,7 +99,7 @@ class Snapshot:
         """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID."""
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)
-        responses[data[2:]] = (response[2:], query, outcome)
+        responses[data[2:]] = (response[2:], Asked(query.qname, query.qtype, query.ecs), outcome)
 
     def prepared(self, key: bytes, qtype: int) -> Prepared:
         cache_key = (key, qtype)
