@@ -845,6 +845,23 @@ def probe_query() -> bytes:
     return b"\x12\x34" + message[2:]
 
 
+def server_command(
+    kind: str,
+    directory: Path,
+    port: int,
+    db: Path,
+    sites: dict[str, Any],
+    workers: int,
+    cpus: str,
+) -> list[str]:
+    """Write the server's configuration into `directory`; the command that starts it pinned."""
+    if kind == "geodns":
+        config = write_geodns_config(directory, port, db, sites, workers)
+        return pin(cpus) + [sys.executable, "-m", "geodns", "serve", "--config", str(config)]
+    write_gdnsd_config(directory, port, db, sites)
+    return pin(cpus) + ["gdnsd", "-c", str(directory), "start"]
+
+
 def run_server(
     label: str,
     kind: str,
@@ -859,19 +876,8 @@ def run_server(
     port = free_port()
     directory = OUT / label
     directory.mkdir(parents=True, exist_ok=True)
-    if kind == "geodns":
-        config = write_geodns_config(directory, port, db, sites, workers)
-        command = pin(server_cpus) + [
-            sys.executable,
-            "-m",
-            "geodns",
-            "serve",
-            "--config",
-            str(config),
-        ]
-    else:
-        write_gdnsd_config(directory, port, db, sites)
-        command = pin(server_cpus) + ["gdnsd", "-c", str(directory), "start"]
+    command = server_command(kind, directory, port, db, sites, workers, server_cpus)
+    config = directory / "geodns.yaml"
     server = Server(label, command, port, OUT / "logs" / f"{label}.log")
     result: dict[str, Any] = {
         "label": label,
@@ -988,19 +994,7 @@ def startup_only(
         port = free_port()
         directory = OUT / f"{label}-startup"
         directory.mkdir(parents=True, exist_ok=True)
-        if kind == "geodns":
-            config = write_geodns_config(directory, port, db, sites, 1)
-            command = pin(SERVER_CPU) + [
-                sys.executable,
-                "-m",
-                "geodns",
-                "serve",
-                "--config",
-                str(config),
-            ]
-        else:
-            write_gdnsd_config(directory, port, db, sites)
-            command = pin(SERVER_CPU) + ["gdnsd", "-c", str(directory), "start"]
+        command = server_command(kind, directory, port, db, sites, 1, SERVER_CPU)
         server = Server(label, command, port, OUT / "logs" / f"{label}-startup-{attempt}.log")
         try:
             times.append(server.start(probe_query()))

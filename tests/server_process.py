@@ -256,6 +256,17 @@ class GeodnsServer:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "geodns", "serve", "--config", str(self.config_path)]
 
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run `geodns ARGS --config <this server's config>` (drain, status, reload...)."""
+        return subprocess.run(
+            [sys.executable, "-m", "geodns", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=self.environment(),
+        )
+
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import http.server
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -315,42 +313,31 @@ def test_dc_failure_takes_its_pops_out(endpoints, db) -> None:
         wait_for_answer(server, JAKARTA, ["192.0.2.1"], INTERVAL * (RISE + 1) + SLACK)
 
 
-def geodns_cli(server: GeodnsServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "geodns", *args, "--config", str(server.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=server.environment(),
-    )
-
-
 def test_drain_undrain_and_timed_drain_via_the_cli(endpoints, db) -> None:
     with GeodnsServer(config_for(endpoints, db), {ZONE: ZONE_DATA}) as server:
-        result = geodns_cli(server, "drain", "jkt", "--reason", "failover drill")
+        result = server.cli("drain", "jkt", "--reason", "failover drill")
         assert result.returncode == 0, result.stderr
         assert answer(server, JAKARTA) == ["192.0.2.2"]  # the very next query
-        status = geodns_cli(server, "status")
+        status = server.cli("status")
         assert status.returncode == 0 and "failover drill" in status.stdout, status.stdout
         assert "jkt" in status.stdout and "down" in status.stdout
-        assert geodns_cli(server, "undrain", "jkt").returncode == 0
+        assert server.cli("undrain", "jkt").returncode == 0
         assert answer(server, JAKARTA) == ["192.0.2.1"]
-        assert geodns_cli(server, "drain", "jkt", "--for", "1s").returncode == 0
+        assert server.cli("drain", "jkt", "--for", "1s").returncode == 0
         assert answer(server, JAKARTA) == ["192.0.2.2"]
         wait_for_answer(server, JAKARTA, ["192.0.2.1"], 1.0 + SLACK)
-        unknown = geodns_cli(server, "drain", "nowhere")
+        unknown = server.cli("drain", "nowhere")
         assert unknown.returncode != 0 and "nowhere" in unknown.stderr
 
 
 def test_drains_survive_a_restart(endpoints, db, tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     with GeodnsServer(config_for(endpoints, db, state), {ZONE: ZONE_DATA}) as server:
-        assert geodns_cli(server, "drain", "jkt", "--reason", "kept").returncode == 0
+        assert server.cli("drain", "jkt", "--reason", "kept").returncode == 0
         assert answer(server, JAKARTA) == ["192.0.2.2"]
         server.restart()
         assert answer(server, JAKARTA) == ["192.0.2.2"]  # from the first query on
-        assert "kept" in geodns_cli(server, "status").stdout
+        assert "kept" in server.cli("status").stdout
 
 
 def test_all_down_modes(endpoints, db) -> None:

@@ -8,8 +8,6 @@ mix. A broken file must leave the old zones serving and be reported with file:li
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -144,25 +142,14 @@ def test_reload_with_workers_reaches_every_worker() -> None:
         assert seen == {"192.0.2.2"}
 
 
-def _cli(server: GeodnsServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "geodns", *args, "--config", str(server.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=server.environment(),
-    )
-
-
 def test_failed_reload_shows_in_status_and_metrics() -> None:
     with GeodnsServer({"watch_zones": False}, {ZONE: zone_text(1)}) as server:
         path = server.zone_path(ZONE)
         path.write_text(zone_text(1).replace("type: TXT", "type: TXTT"))
-        result = _cli(server, "reload")
+        result = server.cli("reload")
         assert result.returncode == 1
         assert f"{path}:9:" in result.stderr and "TXTT" in result.stderr
-        status = _cli(server, "status")
+        status = server.cli("status")
         assert "last_reload: FAILED" in status.stdout and f"{path}:9:" in status.stdout
         with urllib.request.urlopen(
             f"http://127.0.0.1:{server.admin_port}/metrics", timeout=5
@@ -171,8 +158,8 @@ def test_failed_reload_shows_in_status_and_metrics() -> None:
         assert 'geodns_reloads_total{result="failure"} 1.0' in metrics
         assert "geodns_reload_ok 0.0" in metrics
         path.write_text(zone_text(2))
-        assert _cli(server, "reload").returncode == 0
-        assert "last_reload: ok" in _cli(server, "status").stdout
+        assert server.cli("reload").returncode == 0
+        assert "last_reload: ok" in server.cli("status").stdout
         assert answer(server, "a", "A") == "192.0.2.2"
 
 
@@ -187,9 +174,9 @@ def test_drains_and_health_survive_a_reload() -> None:
     )
     with GeodnsServer({"watch_zones": False, "sites": sites}, {ZONE: zone}) as server:
         assert answer(server, "near", "A") == "192.0.2.1"
-        assert _cli(server, "drain", "one", "--reason", "maintenance").returncode == 0
+        assert server.cli("drain", "one", "--reason", "maintenance").returncode == 0
         assert answer(server, "near", "A") == "192.0.2.2"
         server.write_zone(ZONE, zone.replace("version-1", "version-2"))
-        assert _cli(server, "reload").returncode == 0
+        assert server.cli("reload").returncode == 0
         assert answer(server, "b", "TXT") == "version-2"
         assert answer(server, "near", "A") == "192.0.2.2"  # still drained after the reload
