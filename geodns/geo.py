@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import maxminddb
 
@@ -44,9 +44,12 @@ class Place:
     precision: str  # "city" (coordinates from the database) or "country" (representative point)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Placement:
-    """One client network looked up: its place (None if unknown) and the database network."""
+class Placement(NamedTuple):
+    """One client network looked up: its place (None if unknown) and the database network.
+
+    A NamedTuple because one is made per query from a network not seen before: a frozen
+    dataclass costs about a microsecond more to build.
+    """
 
     place: Place | None
     family: int  # 4 or 6

@@ -35,7 +35,9 @@ class SearchTree:
         self.ip_version = ip_version
         # IPv4 lives under ::/96 in an IPv6 tree
         self.ipv4_start = self._descend(0, 0, 96, 128)[0] if ip_version == 6 else 0
-        self._memo: dict[tuple[int, int], tuple[int, int]] = {}
+        # the node (or leaf) reached after an address's first bits, by those bits
+        self._memo4: dict[int, tuple[int, int]] = {}
+        self._memo6: dict[int, tuple[int, int]] = {}
 
     def close(self) -> None:
         self.buffer.close()
@@ -48,24 +50,20 @@ class SearchTree:
         then that of the empty network around it. IPv4 prefixes count from the IPv4 address.
         """
         if family == 4:
-            bits, memo_bits = 32, IPV4_MEMO_BITS
-            node = self.ipv4_start
+            bits, memo_bits, memo, node = 32, IPV4_MEMO_BITS, self._memo4, self.ipv4_start
         else:
-            bits, memo_bits = 128, IPV6_MEMO_BITS
-            node = 0
-        memo_key = (family, value >> (bits - memo_bits))
-        found = self._memo.get(memo_key)
+            bits, memo_bits, memo, node = 128, IPV6_MEMO_BITS, self._memo6, 0
+        top = value >> (bits - memo_bits)
+        found = memo.get(top)
         if found is None:
-            found = self._memo[memo_key] = self._descend(node, value, memo_bits, bits)
+            found = memo[top] = self._descend(node, value, memo_bits, bits)
         node, depth = found
-        if node < self.node_count:
+        node_count = self.node_count
+        if node < node_count:
             node, depth = self._descend(node, value, bits, bits, depth)
-        return self._result(node, depth)
-
-    def _result(self, node: int, depth: int) -> tuple[int, int]:
-        if node <= self.node_count:  # == node_count: the empty record
+        if node <= node_count:  # == node_count: the empty record
             return NO_RECORD, depth
-        return node - self.node_count - 16, depth
+        return node - node_count - 16, depth
 
     def _descend(
         self, node: int, value: int, until: int, bits: int, depth: int = 0
