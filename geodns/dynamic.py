@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from geodns.caching import make_room
-from geodns.errors import did_you_mean
+from geodns.errors import did_you_mean, report_unknown_keys
 from geodns.geo import Place, Placement, distance_km
 from geodns.sites import CheckSpec, Site
 from geodns.yamlsrc import MarkedDict, MarkedList
@@ -678,12 +678,7 @@ class DynamicCompilerForSites:
         if not isinstance(dynamic, MarkedDict):
             add(line, "dynamic: expected a mapping with pools and rules")
             return pools, rules
-        for key in dynamic:
-            if key not in ("pools", "rules"):
-                add(
-                    dynamic.line_of(key),
-                    f"dynamic: unknown key '{key}'{did_you_mean(str(key), ('pools', 'rules'))}",
-                )
+        report_unknown_keys(dynamic, ("pools", "rules"), add, "dynamic: ")
         raw_pools = dynamic.get("pools")
         if not isinstance(raw_pools, MarkedDict) or not raw_pools:
             add(dynamic.line_of("pools"), "dynamic.pools: expected a mapping of pool names")
@@ -725,12 +720,7 @@ class DynamicCompilerForSites:
         if not isinstance(raw, MarkedDict):
             add(line, f"dynamic.pools.{name}: expected a mapping with values")
             return None
-        for key in raw:
-            if key not in POOL_KEYS:
-                add(
-                    raw.line_of(key),
-                    f"dynamic.pools.{name}: unknown key '{key}'{did_you_mean(str(key), POOL_KEYS)}",
-                )
+        report_unknown_keys(raw, POOL_KEYS, add, f"dynamic.pools.{name}: ")
         raw_values = raw.get("values")
         if not isinstance(raw_values, MarkedList) or not raw_values:
             add(raw.line_of("values"), f"dynamic.pools.{name}.values: expected a list of values")
@@ -744,12 +734,7 @@ class DynamicCompilerForSites:
                     f"dynamic.pools.{name}.values: each item is {{value: ADDRESS, weight: N, status: obey}}",
                 )
                 continue
-            for key in item:
-                if key not in VALUE_KEYS:
-                    add(
-                        item.line_of(key),
-                        f"dynamic.pools.{name}: unknown key '{key}'{did_you_mean(str(key), VALUE_KEYS)}",
-                    )
+            report_unknown_keys(item, VALUE_KEYS, add, f"dynamic.pools.{name}: ")
             address = str(item["value"])
             if not _is_ip(address):
                 add(
@@ -786,12 +771,7 @@ class DynamicCompilerForSites:
         if not isinstance(raw, MarkedDict) or "pool" not in raw:
             add(line, f"dynamic.rules[{number}]: expected a mapping with a pool")
             return None
-        for key in raw:
-            if key not in RULE_KEYS:
-                add(
-                    raw.line_of(key),
-                    f"dynamic.rules[{number}]: unknown key '{key}'{did_you_mean(str(key), RULE_KEYS)}",
-                )
+        report_unknown_keys(raw, RULE_KEYS, add, f"dynamic.rules[{number}]: ")
         pool = str(raw["pool"])
         if pool not in pools:
             add(
@@ -868,12 +848,7 @@ class DynamicCompilerForSites:
         if not isinstance(sticky, MarkedDict):
             add(settings.line_of("sticky"), "sticky: expected true or {margin_km: N}")
             return None, (24, 56)
-        for key in sticky:
-            if key not in STICKY_KEYS:
-                add(
-                    sticky.line_of(key),
-                    f"sticky: unknown key '{key}'{did_you_mean(str(key), STICKY_KEYS)}",
-                )
+        report_unknown_keys(sticky, STICKY_KEYS, add, "sticky: ")
         margin = sticky.get("margin_km", 0)
         if isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0:
             add(sticky.line_of("margin_km"), "sticky.margin_km: expected kilometres >= 0")

@@ -328,18 +328,13 @@ class GeodnsCollector:
         state = self.server_state
         if state is None:
             return
-        totals = {name: getattr(state, name) for name in SERVER_COUNTERS}
-        for report in self._reports():
-            for name, count in report.get("server", {}).items():
-                totals[name] = totals.get(name, 0) + count
-        for name, attribute, text in (
+        totals = self._totals(state, SERVER_COUNTERS, "server")
+        yield from _counters(
+            totals,
             ("geodns_dropped_packets", "dropped", "Packets dropped unanswered: short or QR=1"),
             ("geodns_malformed_packets", "malformed", "Malformed queries answered with FORMERR"),
             ("geodns_internal_errors", "errors", "Bugs caught at the edge (SERVFAIL or no reply)"),
-        ):
-            family = CounterMetricFamily(name, text)
-            family.add_metric([], totals[attribute])
-            yield family
+        )
         family = GaugeMetricFamily("geodns_tcp_connections", "TCP connections open now")
         family.add_metric([], totals["tcp_connections"])
         yield family
@@ -442,18 +437,28 @@ class GeodnsCollector:
         query_log = self.query_log()
         if query_log is None:
             return
-        totals = {name: getattr(query_log, name) for name in QUERY_LOG_COUNTERS}
-        for report in self._reports():
-            for name, count in report.get("query_log", {}).items():
-                totals[name] = totals.get(name, 0) + count
-        for name, attribute, text in (
+        yield from _counters(
+            self._totals(query_log, QUERY_LOG_COUNTERS, "query_log"),
             ("geodns_query_log_lines", "written", "Query log lines written"),
             ("geodns_query_log_dropped", "dropped", "Query log entries dropped: queue full"),
             ("geodns_query_log_errors", "errors", "Query log lines lost to write errors"),
-        ):
-            family = CounterMetricFamily(name, text)
-            family.add_metric([], totals[attribute])
-            yield family
+        )
+
+    def _totals(self, source: Any, names: Iterable[str], section: str) -> dict[str, int]:
+        """This process's counters named `names` plus the workers' reports of `section`."""
+        totals = {name: getattr(source, name) for name in names}
+        for report in self._reports():
+            for name, count in report.get(section, {}).items():
+                totals[name] = totals.get(name, 0) + count
+        return totals
+
+
+def _counters(totals: Mapping[str, int], *specs: tuple[str, str, str]) -> Iterable[Metric]:
+    """One unlabelled counter family per (metric name, key in totals, help text)."""
+    for name, key, text in specs:
+        family = CounterMetricFamily(name, text)
+        family.add_metric([], totals[key])
+        yield family
 
 
 def _checks(checks: Any) -> Iterable[tuple[str, Mapping[str, Any]]]:

@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from geodns.errors import Problem, did_you_mean
+from geodns.errors import Problem, did_you_mean, report_unknown_keys
 from geodns.yamlsrc import MarkedDict, MarkedList
 
 SITE_KEYS = ("kind", "location", "addresses", "weight", "datacenters", "checks", "city", "country")
@@ -128,9 +128,7 @@ def _parse_site(path: str, name: str, spec: Any, line: int, problems: list[Probl
         add(line, "expected a mapping with kind, location and addresses")
         return None
     before = len(problems)
-    for key in spec:
-        if key not in SITE_KEYS:
-            add(spec.line_of(key), f"unknown key '{key}'{did_you_mean(str(key), SITE_KEYS)}")
+    report_unknown_keys(spec, SITE_KEYS, add)
     kind = spec.get("kind", "pop")
     if kind not in ("pop", "dc"):
         add(spec.line_of("kind"), f"kind: expected pop or dc, got {kind!r}")
@@ -204,13 +202,7 @@ def _parse_check(raw: Any, line: int, default_address: str, add: Any) -> CheckSp
     if not isinstance(raw, MarkedDict):
         add(line, "checks: each check is a mapping with a type (http, https, tcp, dns)")
         return None
-    ok = True
-    for key in raw:
-        if key not in CHECK_KEYS:
-            add(
-                raw.line_of(key), f"checks: unknown key '{key}'{did_you_mean(str(key), CHECK_KEYS)}"
-            )
-            ok = False
+    ok = not report_unknown_keys(raw, CHECK_KEYS, add, "checks: ")
     kind = raw.get("type")
     if kind not in CHECK_TYPES:
         add(
