@@ -95,11 +95,11 @@ class Snapshot:
         clone.cache = self.cache
         return clone
 
-    def remember(self, data: bytes, response: bytes, query: Query, outcome: Outcome) -> None:
+    def remember(self, key: bytes, response: bytes, query: Query, outcome: Outcome) -> None:
         """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID."""
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)
-        responses[data[2:]] = (response[2:], Asked(query.qname, query.qtype, query.ecs), outcome)
+        responses[key] = (response[2:], Asked(query.qname, query.qtype, query.ecs), outcome)
 
     def prepared(self, key: bytes, qtype: int) -> Prepared:
         cache_key = (key, qtype)

@@ -35,8 +35,10 @@ class ServerState:
 def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | None:
     """One query packet -> the response packet, or None when no reply is owed."""
     snapshot = state.snapshot
+    key = b""
     if not tcp:
-        cached = snapshot.responses.get(data[2:])
+        key = data[2:]  # the reply cache's key: the query without its ID
+        cached = snapshot.responses.get(key)
         if cached is not None:  # these bytes were answered before under this snapshot
             observer = state.observer
             if observer is not None:
@@ -61,7 +63,7 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
         log.exception("engine_error", client=client, qtype=query.qtype, qname=query.qname.hex())
         return servfail(query, snapshot)
     if not tcp and outcome.cacheable:
-        snapshot.remember(data, response, query, outcome)
+        snapshot.remember(key, response, query, outcome)
     observer = state.observer
     if observer is not None:
         observer(query, outcome, client, "tcp" if tcp else "udp")
