@@ -35,6 +35,7 @@ FLAG_CD = 0x0010
 BADVERS = 16
 CACHE_LIMIT = 200_000
 RESPONSE_CACHE_LIMIT = 65_536
+SIGHTINGS_LIMIT = 65_536  # a query must come back within this many others to be cached
 
 
 class Outcome(NamedTuple):
@@ -86,6 +87,9 @@ class Snapshot:
     # whole UDP replies by query bytes after the ID: (reply after the ID, query, outcome).
     # Health-dependent, so a new health view starts empty (init=False: replace() makes a new one)
     responses: dict[bytes, tuple[bytes, Asked, Outcome]] = field(init=False, default_factory=dict)
+    # query bytes seen once: a reply is kept from their second sighting, so the one-off queries
+    # of a cold workload (a new client subnet each) cost a key here rather than a cached reply
+    sighted: dict[bytes, None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.resolver = Resolver(self.zones)
@@ -96,7 +100,15 @@ class Snapshot:
         return clone
 
     def remember(self, key: bytes, response: bytes, query: Query, outcome: Outcome) -> None:
-        """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID."""
+        """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID.
+
+        Only from the second time the bytes are seen: most one-off queries never come back.
+        """
+        sighted = self.sighted
+        if key not in sighted:
+            make_room(sighted, SIGHTINGS_LIMIT)
+            sighted[key] = None
+            return
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)
         responses[key] = (response[2:], Asked(query.qname, query.qtype, query.ecs), outcome)

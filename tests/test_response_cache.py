@@ -19,6 +19,9 @@ import pytest
 from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
+from geodns.engine import Outcome, Snapshot
+from geodns.wire import parse_query
+
 ZONE = "cache.test"
 
 SITES = {
@@ -125,3 +128,16 @@ def test_weighted_choice_still_varies_for_identical_ecs_queries(server: GeodnsSe
     )
     assert set(counts) == {"192.0.2.1", "192.0.2.2"}, counts
     assert min(counts.values()) >= 16, counts
+
+
+def test_a_reply_is_kept_from_the_second_sighting_of_its_bytes() -> None:
+    """One-off queries (a cold workload's new subnets) must not fill the cache of whole replies."""
+    snapshot = Snapshot(zones={})
+    data = wire("static")
+    query, key = parse_query(data), data[2:]
+    outcome = Outcome(0, ZONE, cacheable=True)
+    reply = data[:2] + b"reply"
+    snapshot.remember(key, reply, query, outcome)
+    assert key not in snapshot.responses
+    snapshot.remember(key, reply, query, outcome)
+    assert snapshot.responses[key][0] == b"reply"
