@@ -23,6 +23,7 @@ from geodns.answer import (
     split_wire,
 )
 from geodns.caching import make_room
+from geodns.subnet_templates import SubnetTemplates
 from geodns.wire import Query
 from geodns.zone import TYPE_AXFR, TYPE_IXFR, Zone
 
@@ -90,6 +91,8 @@ class Snapshot:
     # query bytes seen once: a reply is kept from their second sighting, so the one-off queries
     # of a cold workload (a new client subnet each) cost a key here rather than a cached reply
     sighted: dict[bytes, None] = field(init=False, default_factory=dict)
+    # replies to reuse for queries that differ only in their ECS address (health-dependent too)
+    templates: SubnetTemplates = field(init=False, default_factory=SubnetTemplates)
 
     def __post_init__(self) -> None:
         self.resolver = Resolver(self.zones)
@@ -99,7 +102,7 @@ class Snapshot:
         clone.cache = self.cache
         return clone
 
-    def remember(self, key: bytes, response: bytes, query: Query, outcome: Outcome) -> None:
+    def remember(self, key: bytes, response: bytes, asked: Asked, outcome: Outcome) -> None:
         """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID.
 
         Only from the second time the bytes are seen: most one-off queries never come back.
@@ -111,7 +114,22 @@ class Snapshot:
             return
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)
-        responses[key] = (response[2:], Asked(query.qname, query.qtype, query.ecs), outcome)
+        responses[key] = (response[2:], asked, outcome)
+
+    def from_template(self, data: bytes) -> tuple[bytes, Asked, Outcome] | None:
+        """The reply to a UDP query that differs from one answered before only in its ECS
+        address (geodns.subnet_templates), or None."""
+        found = self.templates.answer(data, self.geo)
+        if found is None:
+            return None
+        reply, template, ecs, outcome = found
+        return reply, Asked(template.qname, template.qtype, ecs), outcome
+
+    def learn_template(self, data: bytes, query: Query, response: bytes, outcome: Outcome) -> None:
+        """Offer a fully answered UDP query to the templates."""
+        prepared = self.cache.get((query.key, query.qtype))
+        if prepared is not None:
+            self.templates.learn(data, query, response, outcome, prepared, self.geo)
 
     def prepared(self, key: bytes, qtype: int) -> Prepared:
         cache_key = (key, qtype)

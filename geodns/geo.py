@@ -28,6 +28,7 @@ COUNTRY_POINTS = DATA_DIR / "country_points.csv"
 PLACEMENT_CACHE_LIMIT = 100_000  # resolver addresses
 RECORD_CACHE_LIMIT = 1_000_000  # database records: more than any City database has
 EARTH_RADIUS_KM = 6371.0
+_UNSEEN: Any = object()  # a database record not decoded yet
 FIBRE_KM_PER_MS = 200.0  # light in fibre: about 200,000 km/s
 
 
@@ -147,17 +148,21 @@ class GeoLocator:
         """The placement of an address given as its family (4 or 6) and integer value."""
         if family == 6 and value >> 32 == 0xFFFF:  # IPv4-mapped: the IPv4 address's place
             family, value = 4, value & 0xFFFFFFFF
-        if family == 6 and self.ip_version == 4:
-            return Placement(None, 6, value, 0)
-        record, prefix = self.tree.lookup(family, value)
-        records = self.records
-        if record in records:
-            return Placement(records[record], family, value, prefix)
-        address = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
-        place = self._place(self.reader.get(address))
-        make_room(records, RECORD_CACHE_LIMIT)
-        records[record] = place
+        place, prefix = self.place_of(family, value)
         return Placement(place, family, value, prefix)
+
+    def place_of(self, family: int, value: int) -> tuple[Place | None, int]:
+        """(place, prefix length of its database network) of an address; no IPv4 mapping."""
+        if family == 6 and self.ip_version == 4:
+            return None, 0
+        record, prefix = self.tree.lookup(family, value)
+        place = self.records.get(record, _UNSEEN)
+        if place is _UNSEEN:
+            address = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
+            place = self._place(self.reader.get(address))
+            make_room(self.records, RECORD_CACHE_LIMIT)
+            self.records[record] = place
+        return place, prefix
 
     def _place(self, record: Any) -> Place | None:
         if not isinstance(record, dict):

@@ -38,6 +38,8 @@ class SearchTree:
         # the node (or leaf) reached after an address's first bits, by those bits
         self._memo4: dict[int, tuple[int, int]] = {}
         self._memo6: dict[int, tuple[int, int]] = {}
+        # the rest of a walk, one loop per record size: the hot part of a never-seen network
+        self._walk = {24: self._walk24, 28: self._walk28, 32: self._walk32}[record_size]
 
     def close(self) -> None:
         self.buffer.close()
@@ -60,10 +62,44 @@ class SearchTree:
         node, depth = found
         node_count = self.node_count
         if node < node_count:
-            node, depth = self._descend(node, value, bits, bits, depth)
+            node, shift = self._walk(node, value, bits - 1 - depth)
+            depth = bits - 1 - shift
         if node <= node_count:  # == node_count: the empty record
             return NO_RECORD, depth
         return node - node_count - 16, depth
+
+    # Each walk follows the bits of `value` from bit `shift` down (31 or 127 is the first bit)
+    # until it reaches a leaf or runs out of bits; it returns (node or leaf, shift after it).
+
+    def _walk24(self, node: int, value: int, shift: int) -> tuple[int, int]:
+        buffer, node_count = self.buffer, self.node_count
+        while node < node_count and shift >= 0:
+            offset = node * 6 + ((value >> shift) & 1) * 3
+            node = (buffer[offset] << 16) | (buffer[offset + 1] << 8) | buffer[offset + 2]
+            shift -= 1
+        return node, shift
+
+    def _walk28(self, node: int, value: int, shift: int) -> tuple[int, int]:
+        buffer, node_count = self.buffer, self.node_count
+        while node < node_count and shift >= 0:
+            offset = node * 7
+            if (value >> shift) & 1:  # the middle byte's low nibble leads the right record
+                node = ((buffer[offset + 3] & 0x0F) << 24) | (
+                    (buffer[offset + 4] << 16) | (buffer[offset + 5] << 8) | buffer[offset + 6]
+                )
+            else:
+                node = ((buffer[offset + 3] & 0xF0) << 20) | (
+                    (buffer[offset] << 16) | (buffer[offset + 1] << 8) | buffer[offset + 2]
+                )
+            shift -= 1
+        return node, shift
+
+    def _walk32(self, node: int, value: int, shift: int) -> tuple[int, int]:
+        buffer, node_count = self.buffer, self.node_count
+        while node < node_count and shift >= 0:
+            node = unpack_from(">I", buffer, node * 8 + ((value >> shift) & 1) * 4)[0]
+            shift -= 1
+        return node, shift
 
     def _descend(
         self, node: int, value: int, until: int, bits: int, depth: int = 0

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from geodns.engine import Outcome, Snapshot, formerr, respond, servfail
+from geodns.engine import Asked, Outcome, Snapshot, formerr, respond, servfail
 from geodns.logs import get_logger
 from geodns.wire import Drop, FormError, Query, parse_query
 
@@ -44,6 +44,14 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
             if observer is not None:
                 observer(cached[1], cached[2], client, "udp")
             return data[:2] + cached[0]
+        reused = snapshot.from_template(data)
+        if reused is not None:  # the same question before, from another client subnet
+            response, asked, outcome = reused
+            snapshot.remember(key, response, asked, outcome)
+            observer = state.observer
+            if observer is not None:
+                observer(asked, outcome, client, "udp")
+            return response
     try:
         query = parse_query(data)
     except Drop:
@@ -63,7 +71,8 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
         log.exception("engine_error", client=client, qtype=query.qtype, qname=query.qname.hex())
         return servfail(query, snapshot)
     if not tcp and outcome.cacheable:
-        snapshot.remember(key, response, query, outcome)
+        snapshot.remember(key, response, Asked(query.qname, query.qtype, query.ecs), outcome)
+        snapshot.learn_template(data, query, response, outcome)
     observer = state.observer
     if observer is not None:
         observer(query, outcome, client, "tcp" if tcp else "udp")

@@ -44,6 +44,7 @@ class Query:
         "udp_size",
         "do",
         "ecs",
+        "ecs_at_end",
     )
 
     id: int
@@ -59,6 +60,7 @@ class Query:
     udp_size: int
     do: bool
     ecs: tuple[int, int, bytes] | None
+    ecs_at_end: bool  # the ECS address is the packet's last bytes (geodns.subnet_templates)
 
 
 def parse_query(data: bytes) -> Query:
@@ -92,6 +94,7 @@ def parse_query(data: bytes) -> Query:
     query.udp_size = 512
     query.do = False
     query.ecs = None
+    query.ecs_at_end = False
     for _ in range(ancount + nscount):
         offset = _skip_record(data, offset, query_id, flags)
     for _ in range(arcount):
@@ -190,6 +193,7 @@ def _read_additional(data: bytes, offset: int, query: Query, query_id: int, flag
             raise FormError(query_id, flags, "EDNS option runs past the OPT record")
         if code == ECS_OPTION and query.ecs is None:
             query.ecs = _parse_ecs(data[position : position + length], query_id, flags)
+            query.ecs_at_end = position + length == len(data)
         position += length
     return end
 

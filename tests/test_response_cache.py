@@ -19,7 +19,7 @@ import pytest
 from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
-from geodns.engine import Outcome, Snapshot
+from geodns.engine import Asked, Outcome, Snapshot
 from geodns.wire import parse_query
 
 ZONE = "cache.test"
@@ -135,9 +135,10 @@ def test_a_reply_is_kept_from_the_second_sighting_of_its_bytes() -> None:
     snapshot = Snapshot(zones={})
     data = wire("static")
     query, key = parse_query(data), data[2:]
+    asked = Asked(query.qname, query.qtype, query.ecs)
     outcome = Outcome(0, ZONE, cacheable=True)
     reply = data[:2] + b"reply"
-    snapshot.remember(key, reply, query, outcome)
+    snapshot.remember(key, reply, asked, outcome)
     assert key not in snapshot.responses
-    snapshot.remember(key, reply, query, outcome)
+    snapshot.remember(key, reply, asked, outcome)
     assert snapshot.responses[key][0] == b"reply"
