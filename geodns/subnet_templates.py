@@ -62,7 +62,11 @@ class SubnetTemplates:
             return None
         address = data[-length:]
         if template.static:
-            place, prefix = STATIC, 0
+            parts = template.replies.get(STATIC)
+            if parts is None:
+                return None
+            head, _, _, outcome = parts
+            scope = 0
         else:
             value = int.from_bytes(address) << template.shift
             if template.family == 4:
@@ -70,13 +74,10 @@ class SubnetTemplates:
             else:  # through locate(), which places IPv4-mapped addresses as IPv4
                 placement = geo.locate(6, value)
                 place, prefix = placement.place, placement.prefix
-        parts = template.replies.get(place)
-        if parts is None:
-            return None
-        head, scoped, outcomes, base = parts
-        if template.static:
-            scope, outcome = 0, base
-        else:
+            parts = template.replies.get(place)
+            if parts is None:
+                return None
+            head, scoped, outcomes, base = parts
             scope = prefix if scoped else 0
             outcome = outcomes.get(scope)
             if outcome is None:
