@@ -166,17 +166,23 @@ class DynamicRecord:
         if self.sticky_margin_km is not None or self.has_subnets or placement is None:
             decision = evaluate(self, placement, down, query.id)
             return decision, decision.scope, located_by
-        cached = self.plan_cache.get(placement.place)
-        if cached is not None and cached[0] is down:
-            decision = cached[1]
-        else:
-            decision = evaluate(self, placement, down, 0)
-            make_room(self.plan_cache, PLAN_CACHE_LIMIT)
-            self.plan_cache[placement.place] = (down, decision)
+        decision = self.placed(placement, down)
         if decision.varies:
             decision = evaluate(self, placement, down, query.id)
         # a cached decision holds for every network placed here; its scope is this network's
         return decision, placement.prefix if decision.scope else 0, located_by
+
+    def placed(self, placement: Placement, down: frozenset[str]) -> Decision:
+        """The decision for a located client under a health view, for query ID 0 (a decision
+        that `varies` is made again per query). Cached per place: it holds for every network
+        placed there. Not for records with `subnets` rules or `sticky`, decided per network."""
+        cached = self.plan_cache.get(placement.place)
+        if cached is not None and cached[0] is down:
+            return cached[1]
+        decision = evaluate(self, placement, down, 0)
+        make_room(self.plan_cache, PLAN_CACHE_LIMIT)
+        self.plan_cache[placement.place] = (down, decision)
+        return decision
 
     def ranked(self, place: Place) -> tuple[tuple[Candidate, float], ...]:
         """Candidates by distance from a place; health-independent, so cached per place."""

@@ -36,6 +36,7 @@ FLAG_CD = 0x0010
 BADVERS = 16
 CACHE_LIMIT = 200_000
 RESPONSE_CACHE_LIMIT = 65_536
+NOTHING_DOWN: frozenset[str] = frozenset()
 SIGHTINGS_LIMIT = 65_536  # a query must come back within this many others to be cached
 
 
@@ -97,6 +98,11 @@ class Snapshot:
     def __post_init__(self) -> None:
         self.resolver = Resolver(self.zones)
 
+    @property
+    def down(self) -> frozenset[str]:
+        """The sites and addresses the health view has out of rotation."""
+        return self.health.down if self.health is not None else NOTHING_DOWN
+
     def with_health(self, health: Any) -> Snapshot:
         clone = replace(self, health=health)
         clone.cache = self.cache
@@ -119,7 +125,7 @@ class Snapshot:
     def from_template(self, data: bytes) -> tuple[bytes, Asked, Outcome] | None:
         """The reply to a UDP query that differs from one answered before only in its ECS
         address (geodns.subnet_templates), or None."""
-        found = self.templates.answer(data, self.geo)
+        found = self.templates.answer(data, self.geo, self.down)
         if found is None:
             return None
         reply, template, ecs, outcome = found
@@ -129,7 +135,7 @@ class Snapshot:
         """Offer a fully answered UDP query to the templates."""
         prepared = self.cache.get((query.key, query.qtype))
         if prepared is not None:
-            self.templates.learn(data, query, response, outcome, prepared, self.geo)
+            self.templates.learn(data, query, response, outcome, prepared, self.geo, self.down)
 
     def prepared(self, key: bytes, qtype: int) -> Prepared:
         cache_key = (key, qtype)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from geodns.caching import make_room
+from geodns.geo import Placement
 
 TEMPLATE_LIMIT = 4_096  # distinct questions (name, type, flags, EDNS) asked with ECS
 PLACES_PER_TEMPLATE = 65_536
@@ -37,6 +38,8 @@ class Template(NamedTuple):
     qtype: int
     static: bool  # the answer does not depend on the client's place
     replies: dict[Any, tuple[bytes, bool, dict[int, Any], Any]]  # place -> reply parts
+    record: Any  # the DynamicRecord that decides the answer (None when static)
+    by_answer: dict[Any, tuple[bytes, bool, dict[int, Any], Any]]  # answer -> reply parts
 
 
 class SubnetTemplates:
@@ -47,10 +50,11 @@ class SubnetTemplates:
         self.lengths: tuple[int, ...] = ()  # ECS address lengths seen, to cut the key
 
     def answer(
-        self, data: bytes, geo: Any
+        self, data: bytes, geo: Any, down: frozenset[str]
     ) -> tuple[bytes, Template, tuple[int, int, bytes], Any] | None:
         """(reply, template, ECS as parsed, outcome) from a template, or None to take the full
-        path (no template for these bytes, or none yet for the client's place)."""
+        path (no template for these bytes, or no reply yet with the answer for the client's
+        place under the health view `down`)."""
         templates = self.templates
         template = None
         length = 0
@@ -69,6 +73,7 @@ class SubnetTemplates:
             scope = 0
         else:
             value = int.from_bytes(address) << template.shift
+            placement = None
             if template.family == 4:
                 place, prefix = geo.place_of(4, value)
             else:  # through locate(), which places IPv4-mapped addresses as IPv4
@@ -76,7 +81,11 @@ class SubnetTemplates:
                 place, prefix = placement.place, placement.prefix
             parts = template.replies.get(place)
             if parts is None:
-                return None
+                if placement is None:
+                    placement = Placement(place, 4, value, prefix)
+                parts = self._first_in_place(template, placement, down)
+                if parts is None:
+                    return None
             head, scoped, outcomes, base = parts
             scope = prefix if scoped else 0
             outcome = outcomes.get(scope)
@@ -85,8 +94,33 @@ class SubnetTemplates:
         ecs = (1 if template.family == 4 else 2, template.source, address)
         return data[:2] + head + SCOPE_BYTES[scope] + address, template, ecs, outcome
 
+    def _first_in_place(
+        self, template: Template, placement: Placement, down: frozenset[str]
+    ) -> tuple[bytes, bool, dict[int, Any], Any] | None:
+        """The reply parts for a place no query of this template came from yet: those of a
+        place with the same answer, if one was seen. A decision taken by weight per query, or
+        a network of prefix 0, leaves it to the full path."""
+        if placement.prefix == 0:
+            return None
+        decision = template.record.placed(placement, down)
+        if decision.varies or decision.servfail:
+            return None
+        parts = template.by_answer.get(_answer_key(decision))
+        if parts is not None:
+            replies = template.replies
+            make_room(replies, PLACES_PER_TEMPLATE)
+            replies[placement.place] = parts
+        return parts
+
     def learn(
-        self, data: bytes, query: Any, response: bytes, outcome: Any, prepared: Any, geo: Any
+        self,
+        data: bytes,
+        query: Any,
+        response: bytes,
+        outcome: Any,
+        prepared: Any,
+        geo: Any,
+        down: frozenset[str],
     ) -> None:
         """Keep the reply to a fully answered query as a template, when it is safe to reuse."""
         ecs = query.ecs
@@ -110,7 +144,15 @@ class SubnetTemplates:
         if template is None:
             make_room(self.templates, TEMPLATE_LIMIT)
             template = self.templates[key] = Template(
-                family, source, bits - 8 * length, query.qname, query.qtype, dynamic is None, {}
+                family,
+                source,
+                bits - 8 * length,
+                query.qname,
+                query.qtype,
+                dynamic is None,
+                {},
+                dynamic,
+                {},
             )
             if length not in self.lengths:
                 self.lengths = (*self.lengths, length)
@@ -129,4 +171,15 @@ class SubnetTemplates:
         if place not in replies:
             make_room(replies, PLACES_PER_TEMPLATE)
             head = response[2 : -(length + 1)]
-            replies[place] = (head, scoped, {outcome.scope: outcome}, outcome)
+            parts = replies[place] = (head, scoped, {outcome.scope: outcome}, outcome)
+            if dynamic is not None:
+                decision = dynamic.placed(placement, down)
+                if bool(decision.scope) == scoped and not decision.varies:
+                    by_answer = template.by_answer
+                    make_room(by_answer, PLACES_PER_TEMPLATE)
+                    by_answer.setdefault(_answer_key(decision), parts)
+
+
+def _answer_key(decision: Any) -> tuple[Any, ...]:
+    """What a reply's bytes before the ECS scope depend on: the answer, not the place."""
+    return (decision.addresses, decision.site, decision.rule, bool(decision.scope))

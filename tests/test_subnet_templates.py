@@ -21,6 +21,7 @@ from server_process import GeodnsServer
 
 from geodns.config import load_config
 from geodns.engine import respond
+from geodns.health.state import HealthView
 from geodns.loader import build_snapshot, open_geo
 from geodns.server import ServerState, handle
 from geodns.wire import parse_query
@@ -101,6 +102,34 @@ def test_template_replies_are_the_full_path_replies_byte_for_byte(server: Geodns
         probe = wire("near", "36.64.1.0/24")
         assert snapshot.from_template(probe) is not None
         assert snapshot.with_health(snapshot.health).from_template(probe) is None
+    finally:
+        geo.close()
+
+
+def test_a_new_place_reuses_the_reply_of_a_place_with_the_same_answer(
+    server: GeodnsServer,
+) -> None:
+    config = load_config(Path(server.config_path))
+    geo = open_geo(config)
+    try:
+        for down in (frozenset(), frozenset({"jkt"})):
+            snapshot = build_snapshot(config, geo).with_health(HealthView(down))
+            state = ServerState(snapshot)
+            handle(state, wire("near", "36.64.1.0/24"), "127.0.0.1", False)  # Jakarta: learned
+            # Bandung: never asked from, but its answer is Jakarta's (under this health view)
+            bandung = wire("near", "36.65.1.0/24", query_id=7)
+            reused = snapshot.from_template(bandung)
+            assert reused is not None
+            full, outcome = respond(parse_query(bandung), "127.0.0.1", snapshot, False)
+            assert (reused[0], reused[2]) == (full, outcome)
+            assert outcome.scope == 20  # Bandung's own network, not Jakarta's /16
+            # Berlin is answered from Frankfurt: the same reply only when Jakarta is drained
+            berlin = snapshot.from_template(wire("near", "85.1.1.0/24"))
+            if down:
+                assert berlin is not None
+                assert berlin[2].scope == 22
+            else:
+                assert berlin is None
     finally:
         geo.close()
 
