@@ -33,13 +33,22 @@ class SearchTree:
         self._file: BinaryIO = path.open("rb")
         self.buffer = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self.ip_version = ip_version
+        self._fault_in(node_count * self.node_bytes)
         # IPv4 lives under ::/96 in an IPv6 tree
         self.ipv4_start = self._descend(0, 0, 96, 128)[0] if ip_version == 6 else 0
-        # the node (or leaf) reached after an address's first bits, by those bits
-        self._memo4: dict[int, tuple[int, int]] = {}
+        # the node (or leaf) reached after an address's first bits, by those bits: for IPv4
+        # every one of them, found at load (a few tens of ms); for IPv6 as addresses come
+        self._memo4 = self._first_steps(self.ipv4_start, IPV4_MEMO_BITS)
         self._memo6: dict[int, tuple[int, int]] = {}
         # the rest of a walk, one loop per record size: the hot part of a never-seen network
         self._walk = {24: self._walk24, 28: self._walk28, 32: self._walk32}[record_size]
+
+    def _fault_in(self, size: int) -> None:
+        """Touch every page of the tree once, so that no query pays for a page fault (a
+        first walk through a never-touched page cost several microseconds)."""
+        buffer = self.buffer
+        for offset in range(0, min(size, len(buffer)), mmap.PAGESIZE):
+            buffer[offset]
 
     def close(self) -> None:
         self.buffer.close()
@@ -52,14 +61,15 @@ class SearchTree:
         then that of the empty network around it. IPv4 prefixes count from the IPv4 address.
         """
         if family == 4:
-            bits, memo_bits, memo, node = 32, IPV4_MEMO_BITS, self._memo4, self.ipv4_start
+            bits = 32
+            node, depth = self._memo4[value >> (32 - IPV4_MEMO_BITS)]
         else:
-            bits, memo_bits, memo, node = 128, IPV6_MEMO_BITS, self._memo6, 0
-        top = value >> (bits - memo_bits)
-        found = memo.get(top)
-        if found is None:
-            found = memo[top] = self._descend(node, value, memo_bits, bits)
-        node, depth = found
+            bits = 128
+            top = value >> (128 - IPV6_MEMO_BITS)
+            found = self._memo6.get(top)
+            if found is None:
+                found = self._memo6[top] = self._descend(0, value, IPV6_MEMO_BITS, 128)
+            node, depth = found
         node_count = self.node_count
         if node < node_count:
             node, shift = self._walk(node, value, bits - 1 - depth)
@@ -100,6 +110,26 @@ class SearchTree:
             node = unpack_from(">I", buffer, node * 8 + ((value >> shift) & 1) * 4)[0]
             shift -= 1
         return node, shift
+
+    def _first_steps(self, start: int, memo_bits: int) -> list[tuple[int, int]]:
+        """(node or leaf, depth) after each of the 2**memo_bits first-bit patterns from `start`:
+        the tree's top levels walked once, depth first."""
+        node_count, span_bits = self.node_count, memo_bits
+        memo: list[tuple[int, int]] = [(start, 0)] * (1 << span_bits)
+        stack = [(start, 0, 0)]  # node, depth, the bits followed to reach it
+        while stack:
+            node, depth, prefix = stack.pop()
+            if depth == span_bits or node >= node_count:
+                width = span_bits - depth
+                memo[prefix << width : (prefix + 1) << width] = [(node, depth)] * (1 << width)
+                continue
+            stack.append((self._child(node, 1), depth + 1, prefix << 1 | 1))
+            stack.append((self._child(node, 0), depth + 1, prefix << 1))
+        return memo
+
+    def _child(self, node: int, bit: int) -> int:
+        """The left (bit 0) or right (bit 1) record of a node."""
+        return self._descend(node, bit, 1, 1)[0]
 
     def _descend(
         self, node: int, value: int, until: int, bits: int, depth: int = 0
