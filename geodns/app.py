@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from geodns import __version__, sdnotify
+from geodns import __version__, sdnotify, udpbatch
 from geodns.admin import make_admin_app, start_admin
 from geodns.config import ServerConfig, load_config
 from geodns.dynamic import records_all_down
@@ -253,12 +253,7 @@ class App:
         for address in config.listen:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self.state),
-                    local_addr=(address, config.port),
-                    family=family,
-                    reuse_port=shared,
-                )
+                transport = await self._bind_udp(address, family, shared)
                 server = await loop.create_server(
                     lambda: TcpProtocol(
                         self.state, config.tcp_idle_timeout, config.tcp_max_connections
@@ -283,6 +278,28 @@ class App:
             bound += 1
         if not bound:
             raise OSError(errno.EADDRNOTAVAIL, "no listen address could be bound")
+
+    async def _bind_udp(self, address: str, family: int, shared: bool) -> Any:
+        """A UDP listener: batched system calls where the platform has them (geodns.udpbatch),
+        asyncio's datagram transport otherwise or when `udp.batch` is 0."""
+        loop = asyncio.get_running_loop()
+        assert self.state is not None
+        port = self.config.port
+        if self.config.udp_batch and udpbatch.available():
+            listener = udpbatch.BatchedUdp(
+                udpbatch.open_socket(address, port, family, shared),
+                self.state,
+                self.config.udp_batch,
+            )
+            listener.start(loop)
+            return listener
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(self.state),
+            local_addr=(address, port),
+            family=family,
+            reuse_port=shared,
+        )
+        return transport
 
     async def reload(self, cause: str) -> bool:
         """Re-read config and zones; swap them in whole, or keep the old snapshot and say why."""

@@ -53,6 +53,7 @@ class ServerConfig:
     max_udp_size: int = 1232
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 256
+    udp_batch: int = 32  # datagrams per recvmmsg/sendmmsg; 0: one at a time through asyncio
     log_level: str = "info"
     log_format: str = "auto"
     soa: SoaSettings = SoaSettings()
@@ -80,6 +81,7 @@ TOP_KEYS = (
     "zones_dir",
     "edns",
     "tcp",
+    "udp",
     "logging",
     "soa",
     "zones",
@@ -225,6 +227,7 @@ def load_config(path: Path | None) -> ServerConfig:
     max_udp_size = edns.int_in("max_udp_size", 512, 4096, defaults.max_udp_size)
     max_connections = tcp.int_in("max_connections", 1, 65535, defaults.tcp_max_connections)
     workers = top.int_in("workers", 0, 64, defaults.workers)
+    udp_batch = top.section("udp", ("batch",)).int_in("batch", 0, 1024, defaults.udp_batch)
     watch_zones = top.get("watch_zones", bool, True, "true or false")
     query_log_config = QueryLogConfig(
         enabled=query_log.get("enabled", bool, False, "true or false"),
@@ -248,6 +251,7 @@ def load_config(path: Path | None) -> ServerConfig:
         max_udp_size=max_udp_size,
         tcp_idle_timeout=float(idle),
         tcp_max_connections=max_connections,
+        udp_batch=udp_batch,
         log_level=log_level,
         log_format=log_format,
         soa=soa,

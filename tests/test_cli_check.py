@@ -372,6 +372,8 @@ def test_unknown_nested_config_key(tmp_path):
         ("edns: {max_udp_size: 100}", 2),
         ("tcp: {max_connections: 0}", 2),
         ("tcp: {idle_timeout: -1}", 2),
+        ("udp: {batch: 5000}", 2),
+        ("udp: {batch: many}", 2),
         ("soa: {minimum: -1}", 2),
         ("logging: {level: loud}", 2),
     ],
