@@ -331,7 +331,11 @@ class GeodnsCollector:
         totals = self._totals(state, SERVER_COUNTERS, "server")
         yield from _counters(
             totals,
-            ("geodns_dropped_packets", "dropped", "Packets dropped unanswered: short or QR=1"),
+            (
+                "geodns_dropped_packets",
+                "dropped",
+                "Packets dropped unanswered: short, QR=1, oversized, or a reply the kernel refused",
+            ),
             ("geodns_malformed_packets", "malformed", "Malformed queries answered with FORMERR"),
             ("geodns_internal_errors", "errors", "Bugs caught at the edge (SERVFAIL or no reply)"),
         )

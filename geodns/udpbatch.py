@@ -20,7 +20,6 @@ import asyncio
 import ctypes
 import errno
 import socket
-import sys
 from typing import Any
 
 from geodns.logs import get_logger
@@ -29,7 +28,7 @@ from geodns.server import ServerState, handle
 log = get_logger("geodns.udpbatch")
 
 RECV_SLOT = 4096  # bytes per datagram read: a larger one is no query we answer (dropped)
-SEND_SLOT = 4096  # bytes per reply: edns.max_udp_size is at most 4096 (larger ones go singly)
+SEND_SLOT = 4096  # bytes per reply: edns.max_udp_size is at most 4096
 NAME_SLOT = 32  # bytes per peer address: a sockaddr_in6 is 28
 ROUNDS = 8  # batches per readable event before the loop runs its other work
 CLIENT_CACHE_LIMIT = 65_536  # peer address bytes -> the address as text
@@ -98,7 +97,6 @@ class BatchedUdp:
         self.state = state
         self.batch = batch
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.send_dropped = 0
         # the address's bytes inside a sockaddr_in (after family and port) or a sockaddr_in6
         # (after family, port and flow label); the family of a socket never changes
         self.family = sock.family
@@ -149,9 +147,7 @@ class BatchedUdp:
         self.name_pointer = _MsgHdr.msg_name.offset // pointer
         self.iov_len_pointer = _IoVec.iov_len.offset // pointer
         self.pointers_per_iovec = ctypes.sizeof(_IoVec) // pointer
-        self.recv_view = memoryview(self.recv_buffer).cast("B")
         self.send_view = memoryview(self.send_buffer).cast("B")
-        self.names_view = memoryview(self.names).cast("B")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -224,8 +220,8 @@ class BatchedUdp:
             if response is None:
                 continue
             size = len(response)
-            if size > SEND_SLOT:
-                self._send_one(response, i)
+            if size > SEND_SLOT:  # never: UDP replies are cut to edns.max_udp_size (<= 4096)
+                state.dropped += 1
                 continue
             start = replies * SEND_SLOT
             send_view[start : start + size] = response
@@ -247,37 +243,11 @@ class BatchedUdp:
                 continue
             error = ctypes.get_errno()
             if error in EAGAIN:  # the kernel's send buffer is full: drop, do not wait
-                self.send_dropped += replies - sent
                 self.state.dropped += replies - sent
                 return
             if error != errno.EINTR:  # anything else is that one reply's problem: skip it
                 self.state.dropped += 1
                 sent += 1
-
-    def _send_one(self, response: bytes, i: int) -> None:
-        """A reply too large for a send slot (never under the config's limits): sent alone."""
-        name = i * NAME_SLOT
-        family_address = self.names_view[
-            name : name + self.recv_words[i * self.words_per_header + self.namelen_word]
-        ].tobytes()
-        peer = _peer(self.family, family_address)
-        try:
-            self.sock.sendto(response, peer)
-        except OSError:
-            self.state.dropped += 1
-
-
-def _peer(family: int, sockaddr: bytes) -> tuple[Any, ...]:
-    """A sockaddr's bytes as the address tuple socket.sendto takes."""
-    port = int.from_bytes(sockaddr[2:4])
-    if family == socket.AF_INET:
-        return (socket.inet_ntop(family, sockaddr[4:8]), port)
-    return (
-        socket.inet_ntop(family, sockaddr[8:24]),
-        port,
-        int.from_bytes(sockaddr[4:8]),
-        int.from_bytes(sockaddr[24:28], sys.byteorder),  # the scope ID, in host order
-    )
 
 
 def open_socket(address: str, port: int, family: int, reuse_port: bool) -> socket.socket:
