@@ -8,6 +8,9 @@ same fact). So the first such query goes through the parser and the engine, and 
 kept as a template: everything up to the ECS scope byte, per place. A later query with the same
 bytes before its address costs a dictionary look-up, the walk of the database tree, and a join:
 the query ID, the template, the scope of the client's database network, and the address.
+A place no query came from yet is decided once (the per-place decision cache) and takes the
+reply kept for any place that got the same answer, so a cold workload meeting thousands of
+places needs one full answer per distinct answer, not per place.
 
 Only what is provably the same is reused: the ECS option must end the packet, its source prefix
 must be a whole number of octets (so no address bits need checking), the reply must not have
