@@ -22,6 +22,7 @@ import errno
 import socket
 from typing import Any
 
+from geodns.caching import make_room
 from geodns.logs import get_logger
 from geodns.server import ServerState, handle
 
@@ -160,10 +161,9 @@ class BatchedUdp:
         self.sock.close()
 
     def _client(self, key: bytes) -> str:
-        clients = self.clients
-        if len(clients) >= CLIENT_CACHE_LIMIT:
-            clients.clear()  # peer strings are cheap to remake; rarely more than this many
-        client = clients[key] = socket.inet_ntop(self.family, key)
+        """A peer address as text, kept for its next datagram (bounded like every cache)."""
+        make_room(self.clients, CLIENT_CACHE_LIMIT)
+        client = self.clients[key] = socket.inet_ntop(self.family, key)
         return client
 
     def _readable(self) -> None:
