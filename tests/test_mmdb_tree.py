@@ -118,3 +118,12 @@ def test_large_record_values_decode_in_every_size(
     assert tree.lookup(4, 0x00000001) == (left - 1 - 16, 1)  # first bit 0: left
     assert tree.lookup(4, 0x80000000) == (right - 1 - 16, 1)  # first bit 1: right
     tree.close()
+
+
+def test_a_search_tree_cut_short_is_refused_at_load(tmp_path: Path) -> None:
+    """A file shorter than its metadata's node count says is an error when opened, not a
+    failed query later."""
+    path = tmp_path / "tree.bin"
+    path.write_bytes(bytes(6 * 2 - 1))  # two 24-bit nodes need 12 bytes
+    with pytest.raises(ValueError, match="cut short"):
+        SearchTree(path, node_count=2, record_size=24, ip_version=4)
