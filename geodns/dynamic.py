@@ -27,7 +27,7 @@ from typing import Any
 
 from geodns.caching import make_room
 from geodns.errors import did_you_mean, report_unknown_keys
-from geodns.geo import Place, Placement, distance_km
+from geodns.geo import Place, Placement, distances_km, haversine_point
 from geodns.sites import CheckSpec, Site
 from geodns.yamlsrc import MarkedDict, MarkedList
 from geodns.zone import TYPE_A
@@ -140,9 +140,13 @@ class DynamicRecord:
     rank_cache: dict[Any, tuple[tuple[Candidate, float], ...]] = field(default_factory=dict)
     plan_cache: dict[Any, tuple[Any, Decision]] = field(default_factory=dict)
     has_subnets: bool = field(init=False)  # a rule matches subnets: decided per network
+    points: tuple[tuple[float, float, float], ...] = field(init=False)  # candidates, for distances
+    up_for: tuple[Any, frozenset[str]] = field(init=False)  # (health view, candidates up in it)
 
     def __post_init__(self) -> None:
         self.has_subnets = any(rule.subnets for rule in self.rules)
+        self.points = tuple(haversine_point(c.latitude, c.longitude) for c in self.candidates)
+        self.up_for = (None, frozenset())
 
     @property
     def family(self) -> int:
@@ -188,22 +192,31 @@ class DynamicRecord:
         """Candidates by distance from a place; health-independent, so cached per place."""
         ranking = self.rank_cache.get(place)
         if ranking is None:
-            ranking = tuple(
-                sorted(
-                    (
-                        (c, distance_km(place.latitude, place.longitude, c.latitude, c.longitude))
-                        for c in self.candidates
-                    ),
-                    key=lambda item: (item[1], item[0].name),
-                )
+            candidates = self.candidates
+            distances = distances_km(place.latitude, place.longitude, self.points)
+            by_distance = sorted(
+                zip(distances, [c.name for c in candidates], range(len(candidates)), strict=True)
             )
+            ranking = tuple((candidates[i], distance) for distance, _, i in by_distance)
             make_room(self.rank_cache, PLAN_CACHE_LIMIT)
             self.rank_cache[place] = ranking
         return ranking
 
+    def up_names(self, down: frozenset[str]) -> frozenset[str]:
+        """The names of the candidates with a value up under a health view (kept for the
+        last view asked about: a view is one object shared by every query until it changes)."""
+        view, names = self.up_for
+        if view is not down:
+            names = frozenset(c.name for c in self.candidates if any(t.up(down) for t in c.targets))
+            self.up_for = (down, names)
+        return names
+
 
 def _with_scope(decision: Decision, scope: int) -> Decision:
-    return decision if decision.scope == scope else replace(decision, scope=scope)
+    if decision.scope == scope:
+        return decision
+    d = decision  # built directly: dataclasses.replace costs several microseconds
+    return Decision(d.addresses, scope, d.site, d.rule, d.located_by, d.servfail, d.varies)
 
 
 def evaluate(
@@ -362,7 +375,8 @@ def _nearest(
     trace: Trace | None,
 ) -> Decision | None:
     ranking = record.ranked(place)
-    up = [(c, d) for c, d in ranking if any(t.up(down) for t in c.targets)]
+    up_names = record.up_names(down)
+    up = [(c, d) for c, d in ranking if c.name in up_names]
     if trace is not None:
         for candidate, distance in ranking:
             is_up = any(t.up(down) for t in candidate.targets)

@@ -90,6 +90,37 @@ def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
 
 
+def haversine_point(latitude: float, longitude: float) -> tuple[float, float, float]:
+    """A point as `distances_km` takes it: its latitude's radians and cosine, its longitude."""
+    phi = math.radians(latitude)
+    return phi, math.cos(phi), longitude
+
+
+def distances_km(
+    latitude: float, longitude: float, points: tuple[tuple[float, float, float], ...]
+) -> list[float]:
+    """The distance_km from one place to each of `points` (see haversine_point): the same
+    arithmetic, so the very same values, with each point's trigonometry done once rather than
+    per call (a new client place is ranked against every site)."""
+    phi1 = math.radians(latitude)
+    cos1 = math.cos(phi1)
+    sin, radians = math.sin, math.radians
+    return [
+        2
+        * EARTH_RADIUS_KM
+        * math.asin(
+            min(
+                1.0,
+                math.sqrt(
+                    sin((phi2 - phi1) / 2) ** 2
+                    + cos1 * cos2 * sin(radians(lon2 - longitude) / 2) ** 2
+                ),
+            )
+        )
+        for phi2, cos2, lon2 in points
+    ]
+
+
 def fibre_rtt_ms(km: float) -> float:
     """The round trip that a distance implies over fibre (both ways at ~200,000 km/s)."""
     return 2 * km / FIBRE_KM_PER_MS
