@@ -189,11 +189,19 @@ class GeoLocator:
         record, prefix = self.tree.lookup(family, value)
         place = self.records.get(record, _UNSEEN)
         if place is _UNSEEN:
+            place = self.place_of_record(record, family, value)
+        return place, prefix
+
+    def place_of_record(self, record: int, family: int, value: int) -> Place | None:
+        """The place of a database record (as `tree.lookup` names it) that holds the address
+        `value`: decoded the first time, then cached."""
+        place = self.records.get(record, _UNSEEN)
+        if place is _UNSEEN:
             address = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
             place = self._place(self.reader.get(address))
             make_room(self.records, RECORD_CACHE_LIMIT)
             self.records[record] = place
-        return place, prefix
+        return place
 
     def _place(self, record: Any) -> Place | None:
         if not isinstance(record, dict):

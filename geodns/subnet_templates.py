@@ -27,6 +27,7 @@ from geodns.geo import Placement
 
 TEMPLATE_LIMIT = 4_096  # distinct questions (name, type, flags, EDNS) asked with ECS
 PLACES_PER_TEMPLATE = 65_536
+RECORDS_PER_TEMPLATE = 131_072  # database records, each with its place's reply parts
 SCOPE_BYTES = tuple(bytes((n,)) for n in range(129))
 STATIC = object()  # the place key of an answer that does not depend on the client's place
 
@@ -43,6 +44,9 @@ class Template(NamedTuple):
     replies: dict[Any, tuple[bytes, bool, dict[int, Any], Any]]  # place -> reply parts
     record: Any  # the DynamicRecord that decides the answer (None when static)
     by_answer: dict[Any, tuple[bytes, bool, dict[int, Any], Any]]  # answer -> reply parts
+    # IPv4 database record -> its place's reply parts: a client lands in a record, so the
+    # place need not be looked up again once its record has answered
+    by_record: dict[int, tuple[bytes, bool, dict[int, Any], Any]]
 
 
 class SubnetTemplates:
@@ -76,19 +80,27 @@ class SubnetTemplates:
             scope = 0
         else:
             value = int.from_bytes(address) << template.shift
-            placement = None
             if template.family == 4:
-                place, prefix = geo.place_of(4, value)
+                record, prefix = geo.tree.lookup(4, value)
+                parts = template.by_record.get(record)
+                if parts is None:
+                    place = geo.place_of_record(record, 4, value)
+                    parts = template.replies.get(place)
+                    if parts is None:
+                        placement = Placement(place, 4, value, prefix)
+                        parts = self._first_in_place(template, placement, down)
+                        if parts is None:
+                            return None
+                    make_room(template.by_record, RECORDS_PER_TEMPLATE)
+                    template.by_record[record] = parts
             else:  # through locate(), which places IPv4-mapped addresses as IPv4
                 placement = geo.locate(6, value)
-                place, prefix = placement.place, placement.prefix
-            parts = template.replies.get(place)
-            if parts is None:
-                if placement is None:
-                    placement = Placement(place, 4, value, prefix)
-                parts = self._first_in_place(template, placement, down)
+                prefix = placement.prefix
+                parts = template.replies.get(placement.place)
                 if parts is None:
-                    return None
+                    parts = self._first_in_place(template, placement, down)
+                    if parts is None:
+                        return None
             head, scoped, outcomes, base = parts
             scope = prefix if scoped else 0
             outcome = outcomes.get(scope)
@@ -155,6 +167,7 @@ class SubnetTemplates:
                 dynamic is None,
                 {},
                 dynamic,
+                {},
                 {},
             )
             if length not in self.lengths:
