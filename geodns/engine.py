@@ -37,7 +37,11 @@ BADVERS = 16
 CACHE_LIMIT = 200_000
 RESPONSE_CACHE_LIMIT = 65_536
 NOTHING_DOWN: frozenset[str] = frozenset()
-SIGHTINGS_LIMIT = 65_536  # a query must come back within this many others to be cached
+# sightings: one tag byte per slot of a table indexed by the query's hash; a query is seen
+# again when its slot still holds its tag (a one-in-255 chance of a false "again" only
+# keeps a reply one sighting early)
+SIGHTING_BITS = 17
+SIGHTING_SLOTS = 1 << SIGHTING_BITS
 
 
 class Outcome(NamedTuple):
@@ -90,8 +94,8 @@ class Snapshot:
     # Health-dependent, so a new health view starts empty (init=False: replace() makes a new one)
     responses: dict[bytes, tuple[bytes, Asked, Outcome]] = field(init=False, default_factory=dict)
     # query bytes seen once: a reply is kept from their second sighting, so the one-off queries
-    # of a cold workload (a new client subnet each) cost a key here rather than a cached reply
-    sighted: dict[bytes, None] = field(init=False, default_factory=dict)
+    # of a cold workload (a new client subnet each) cost a byte here rather than a cached reply
+    sighted: bytearray = field(init=False, default_factory=lambda: bytearray(SIGHTING_SLOTS))
     # replies to reuse for queries that differ only in their ECS address (health-dependent too)
     templates: SubnetTemplates = field(init=False, default_factory=SubnetTemplates)
 
@@ -112,11 +116,16 @@ class Snapshot:
         """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID.
 
         Only from the second time the bytes are seen: most one-off queries never come back.
+        A sighting is a tag byte in a fixed table (no key kept, nothing to evict); it is
+        forgotten when another query's hash takes its slot, typically after about a hundred
+        thousand others.
         """
+        hashed = hash(key)  # computed once per bytes object, by the reply cache's look-up
+        slot = hashed & (SIGHTING_SLOTS - 1)
+        tag = (hashed >> SIGHTING_BITS) % 255 + 1  # never 0, which is an empty slot
         sighted = self.sighted
-        if key not in sighted:
-            make_room(sighted, SIGHTINGS_LIMIT)
-            sighted[key] = None
+        if sighted[slot] != tag:
+            sighted[slot] = tag
             return
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)

@@ -19,7 +19,7 @@ import pytest
 from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
-from geodns.engine import Asked, Outcome, Snapshot
+from geodns.engine import SIGHTING_SLOTS, Asked, Outcome, Snapshot
 from geodns.wire import parse_query
 
 ZONE = "cache.test"
@@ -141,4 +141,24 @@ def test_a_reply_is_kept_from_the_second_sighting_of_its_bytes() -> None:
     snapshot.remember(key, reply, asked, outcome)
     assert key not in snapshot.responses
     snapshot.remember(key, reply, asked, outcome)
+    assert snapshot.responses[key][0] == b"reply"
+
+
+def test_one_off_queries_keep_no_replies_and_a_repeat_is_still_seen() -> None:
+    """Ten thousand one-off queries between two sightings of the same bytes: the repeat is
+    still recognised, and the one-offs leave (next to) nothing in the reply cache; a false
+    "seen before" is a one-in-255 tag match and only keeps a reply one sighting early."""
+    snapshot = Snapshot(zones={})
+    data = wire("static")
+    query, key = parse_query(data), data[2:]
+    asked = Asked(query.qname, query.qtype, query.ecs)
+    outcome = Outcome(0, ZONE, cacheable=True)
+    snapshot.remember(key, data[:2] + b"reply", asked, outcome)
+    slot = hash(key) % SIGHTING_SLOTS
+    for index in range(10_000):
+        other = key + index.to_bytes(4, "big")
+        if hash(other) % SIGHTING_SLOTS != slot:  # one that took the slot would make it forget
+            snapshot.remember(other, data[:2] + b"other", asked, outcome)
+    assert len(snapshot.responses) <= 20
+    snapshot.remember(key, data[:2] + b"reply", asked, outcome)
     assert snapshot.responses[key][0] == b"reply"
