@@ -110,7 +110,10 @@ class App:
         )
         if config.query_log.enabled:
             self.query_log = QueryLog(config.query_log, worker=self.index)
-        self.state.observer = _observer(self.metrics.observe, self.query_log)
+        if self.query_log is None:  # counting only: cached replies carry their counter slot
+            self.state.count_with(self.metrics.counters)
+        else:
+            self.state.observer = _observer(self.metrics.observe, self.query_log)
         await self._bind()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -423,10 +426,8 @@ def _reload_text(status: ReloadStatus) -> str:
     return f"FAILED at {when}, still serving the previous config: {first}{more}"
 
 
-def _observer(counters: Observer, query_log: QueryLog | None) -> Observer:
-    """The per-query observer: the metrics counters, plus the query log when it is on."""
-    if query_log is None:
-        return counters
+def _observer(counters: Observer, query_log: QueryLog) -> Observer:
+    """The per-query observer when the query log is on: the metrics counters, then the log."""
     log_query = query_log.observe
 
     def both(query: Any, outcome: Any, client: str, transport: str) -> None:

@@ -8,6 +8,7 @@ consults the client's location and the health view.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from struct import pack
 from typing import Any, NamedTuple
@@ -92,7 +93,10 @@ class Snapshot:
     cache: dict[tuple[bytes, int], Prepared] = field(init=False, default_factory=dict)
     # whole UDP replies by query bytes after the ID: (reply after the ID, query, outcome).
     # Health-dependent, so a new health view starts empty (init=False: replace() makes a new one)
-    responses: dict[bytes, tuple[bytes, Asked, Outcome]] = field(init=False, default_factory=dict)
+    # and the reply's counter slot (geodns.metrics.QueryCounters.slot; -1 when nothing counts)
+    responses: dict[bytes, tuple[bytes, Asked, Outcome, int]] = field(
+        init=False, default_factory=dict
+    )
     # query bytes seen once: a reply is kept from their second sighting, so the one-off queries
     # of a cold workload (a new client subnet each) cost a byte here rather than a cached reply
     sighted: bytearray = field(init=False, default_factory=lambda: bytearray(SIGHTING_SLOTS))
@@ -112,7 +116,14 @@ class Snapshot:
         clone.cache = self.cache
         return clone
 
-    def remember(self, key: bytes, response: bytes, asked: Asked, outcome: Outcome) -> None:
+    def remember(
+        self,
+        key: bytes,
+        response: bytes,
+        asked: Asked,
+        outcome: Outcome,
+        slot_of: Callable[[int, Outcome, str], int] | None = None,
+    ) -> None:
         """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID.
 
         Only from the second time the bytes are seen: most one-off queries never come back.
@@ -129,7 +140,8 @@ class Snapshot:
             return
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)
-        responses[key] = (response[2:], asked, outcome)
+        slot = slot_of(asked.qtype, outcome, "udp") if slot_of is not None else -1
+        responses[key] = (response[2:], asked, outcome, slot)
 
     def from_template(self, data: bytes) -> tuple[bytes, Asked, Outcome] | None:
         """The reply to a UDP query that differs from one answered before only in its ECS

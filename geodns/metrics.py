@@ -119,44 +119,57 @@ CountKey = tuple[str | None, int, int, str, str | None, str | None, bool]
 
 
 class QueryCounters:
-    """Per-query counting on the hot path: one tuple, one dict update, no lock, no labels.
+    """Per-query counting on the hot path: no lock, no labels, one list increment per query.
 
-    `observe` has the signature of `geodns.server.Observer`. The tuple holds everything the
-    metrics are cut by; the collector sums it into each family at scrape time.
+    Each distinct key (the tuple of everything the metrics are cut by) gets a slot in a flat
+    list of counts; the collector sums the keys into each family at scrape time. `observe` has
+    the signature of `geodns.server.Observer`; `slot` gives a key's slot once, so that a reply
+    kept in the reply cache carries it and a repeat of its query is counted by
+    `tally[slot] += 1` alone (geodns.server.handle).
     """
 
-    __slots__ = ("counts",)
+    __slots__ = ("slots", "tally")
 
     def __init__(self) -> None:
-        self.counts: dict[CountKey, int] = {}
+        self.slots: dict[CountKey, int] = {}
+        self.tally: list[int] = []
 
     def observe(self, query: Any, outcome: Any, client: str, transport: str) -> None:
         """Count one answered query (query: geodns.wire.Query, outcome: geodns.engine.Outcome)."""
+        self.tally[self.slot(query.qtype, outcome, transport)] += 1
+
+    def slot(self, qtype: int, outcome: Any, transport: str) -> int:
+        """The slot in `tally` of the queries of this type, outcome and transport."""
         key = (
             outcome.zone,
-            query.qtype,
+            qtype,
             outcome.rcode,
             transport,
             outcome.site,
             outcome.located_by,
             outcome.truncated,
         )
-        try:
-            self.counts[key] += 1
-        except KeyError:
-            self._first(key)
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self._new_slot(key)
+        return slot
 
-    def _first(self, key: CountKey) -> None:
+    def _new_slot(self, key: CountKey) -> int:
         """A key not seen before: fold unregistered query types, cap the number of keys."""
         if key[1] not in QTYPE_NAMES:
             key = (key[0], OTHER_QTYPE) + key[2:]
-        elif len(self.counts) >= MAX_KEYS:
+        elif len(self.slots) >= MAX_KEYS:
             key = (None, OTHER_QTYPE, key[2], key[3], None, None, False)
-        self.counts[key] = self.counts.get(key, 0) + 1
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = len(self.tally)
+            self.tally.append(0)
+        return slot
 
     def snapshot(self) -> dict[CountKey, int]:
-        """A copy of the counts, safe to iterate while queries keep being counted."""
-        return self.counts.copy()
+        """The counts by key (a new dict, safe to iterate while queries keep being counted)."""
+        tally = self.tally
+        return {key: tally[slot] for key, slot in list(self.slots.items()) if tally[slot]}
 
 
 SERVER_COUNTERS = ("dropped", "malformed", "errors", "tcp_connections")

@@ -26,10 +26,20 @@ class ServerState:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.observer: Observer | None = None
+        # when the observer only counts (no query log): its counts and their slots, so that a
+        # reply from the reply cache is counted by one list increment (geodns.metrics)
+        self.tally: list[int] | None = None
+        self.slot_of: Callable[[int, Any, str], int] | None = None
         self.malformed = 0
         self.dropped = 0
         self.errors = 0
         self.tcp_connections = 0
+
+    def count_with(self, counters: Any) -> None:
+        """Make `counters` (geodns.metrics.QueryCounters) the observer, with its fast path."""
+        self.observer = counters.observe
+        self.tally = counters.tally
+        self.slot_of = counters.slot
 
 
 def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | None:
@@ -40,14 +50,16 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
         key = data[2:]  # the reply cache's key: the query without its ID
         cached = snapshot.responses.get(key)
         if cached is not None:  # these bytes were answered before under this snapshot
-            observer = state.observer
-            if observer is not None:
-                observer(cached[1], cached[2], client, "udp")
+            tally = state.tally
+            if tally is not None and cached[3] >= 0:
+                tally[cached[3]] += 1
+            elif state.observer is not None:
+                state.observer(cached[1], cached[2], client, "udp")
             return data[:2] + cached[0]
         reused = snapshot.from_template(data)
         if reused is not None:  # the same question before, from another client subnet
             response, asked, outcome = reused
-            snapshot.remember(key, response, asked, outcome)
+            snapshot.remember(key, response, asked, outcome, state.slot_of)
             observer = state.observer
             if observer is not None:
                 observer(asked, outcome, client, "udp")
@@ -71,7 +83,8 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
         log.exception("engine_error", client=client, qtype=query.qtype, qname=query.qname.hex())
         return servfail(query, snapshot)
     if not tcp and outcome.cacheable:
-        snapshot.remember(key, response, Asked(query.qname, query.qtype, query.ecs), outcome)
+        asked = Asked(query.qname, query.qtype, query.ecs)
+        snapshot.remember(key, response, asked, outcome, state.slot_of)
         snapshot.learn_template(data, query, response, outcome)
     observer = state.observer
     if observer is not None:

@@ -238,7 +238,28 @@ def test_query_counters_keys_are_plain_and_bounded() -> None:
     }
     copy = counters.snapshot()
     counters.observe(parse_query(wire("x.cdn.example.com")), outcome, RESOLVER, "udp")
-    assert len(copy) == 1 and len(counters.counts) == 2  # the copy is detached
+    assert len(copy) == 1 and len(counters.snapshot()) == 2  # the copy is detached
+
+
+def test_replies_from_the_reply_cache_are_counted(state: ServerState) -> None:
+    """A repeat query answered from the reply cache is counted through its reply's counter
+    slot (no observer call): the counts must be those of the observer, query for query."""
+    metrics = Metrics(server_state=state, process=False)
+    state.count_with(metrics.counters)
+    repeated = wire("www.cdn.example.com", ecs="36.64.0.0/24")  # Jakarta, cached from 2nd
+    for _ in range(5):
+        handle(state, repeated, RESOLVER, False)
+    for subnet in ("36.64.1.0/24", "36.64.2.0/24", "36.64.3.0/24"):  # subnet templates
+        handle(state, wire("www.cdn.example.com", ecs=subnet), RESOLVER, False)
+    for _ in range(4):  # a static answer, cached from its second sighting
+        handle(state, wire("mx1.cdn.example.com"), RESOLVER, False)
+    assert len(state.snapshot.responses) == 2
+    found = samples(metrics.render()[0])
+    zone = "cdn.example.com."
+    assert value(found, "geodns_answers_total", zone=zone, site="jakarta") == 8
+    assert value(found, "geodns_located_queries_total", by="ecs") == 8
+    labels = {"zone": zone, "qtype": "A", "rcode": "NOERROR", "transport": "udp"}
+    assert value(found, "geodns_queries_total", **labels) == 12
 
 
 def test_openmetrics_negotiation(state: ServerState) -> None:
@@ -284,8 +305,9 @@ def test_render_is_fast_enough_to_scrape_often(state: ServerState) -> None:
 
 def test_worker_reports_are_added_to_the_main_process(state: ServerState) -> None:
     """With `workers: N` each worker sends worker_report() over a pipe; one scrape sums them."""
-    main = Metrics(server_state=state, process=False)
-    state.observer = main.observe
+    reports: dict[int, dict] = {}
+    main = Metrics(server_state=state, workers=lambda: reports.values(), process=False)
+    state.count_with(main.counters)
     handle(state, wire("mx1.cdn.example.com"), RESOLVER, False)
     handle(state, b"\x00", RESOLVER, False)
 
@@ -299,10 +321,8 @@ def test_worker_reports_are_added_to_the_main_process(state: ServerState) -> Non
     worker_state.tcp_connections = 3
     report = pickle.loads(pickle.dumps(worker_report(worker, worker_state)))  # the pipe
 
-    reports = {1: report}
-    both = Metrics(server_state=state, workers=lambda: reports.values(), process=False)
-    both.counters.counts.update(main.counters.counts)
-    found = samples(both.render()[0])
+    reports[1] = report
+    found = samples(main.render()[0])
     zone = "cdn.example.com."
     labels = {"zone": zone, "qtype": "A", "rcode": "NOERROR"}
     assert value(found, "geodns_queries_total", transport="udp", **labels) == 5
