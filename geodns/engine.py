@@ -91,9 +91,9 @@ class Snapshot:
     generation: int = 0
     resolver: Resolver = field(init=False)
     cache: dict[tuple[bytes, int], Prepared] = field(init=False, default_factory=dict)
-    # whole UDP replies by query bytes after the ID: (reply after the ID, query, outcome).
+    # whole UDP replies by query bytes after the ID: (reply after the ID, query, outcome, the
+    # metrics counter slot: geodns.metrics.QueryCounters.slot, -1 when nothing counts).
     # Health-dependent, so a new health view starts empty (init=False: replace() makes a new one)
-    # and the reply's counter slot (geodns.metrics.QueryCounters.slot; -1 when nothing counts)
     responses: dict[bytes, tuple[bytes, Asked, Outcome, int]] = field(
         init=False, default_factory=dict
     )
@@ -132,11 +132,11 @@ class Snapshot:
         thousand others.
         """
         hashed = hash(key)  # computed once per bytes object, by the reply cache's look-up
-        slot = hashed & (SIGHTING_SLOTS - 1)
+        at = hashed & (SIGHTING_SLOTS - 1)
         tag = (hashed >> SIGHTING_BITS) % 255 + 1  # never 0, which is an empty slot
         sighted = self.sighted
-        if sighted[slot] != tag:
-            sighted[slot] = tag
+        if sighted[at] != tag:
+            sighted[at] = tag
             return
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)
