@@ -1051,7 +1051,7 @@ def startup_only(
     if kind == "geodns":  # what dominates: the interpreter, the imports, or loading
         for what, code in (
             ("python_s", "pass"),
-            ("python_and_imports_s", "import geodns.app, geodns.loader"),
+            ("python_and_imports_s", "import geodns.daemon.app, geodns.config.loader"),
         ):
             began = time.monotonic()
             subprocess.run(
@@ -1350,7 +1350,7 @@ def machine() -> dict[str, Any]:
 
 def geodns_supports_workers() -> bool:
     try:
-        from geodns import config as geodns_config
+        from geodns.config import server as geodns_config
     except ImportError:
         return False
     return "workers" in getattr(geodns_config, "TOP_KEYS", ())

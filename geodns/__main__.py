@@ -1,5 +1,5 @@
 """Allow ``python -m geodns``."""
 
-from geodns.cli import main
+from geodns.control.cli import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The admin API on a loopback port and on a Unix socket, driven through geodns.adminclient.
+"""The admin API on a loopback port and on a Unix socket, driven through geodns.control.adminclient.
 
 The server runs in the test's event loop; the client functions are blocking (each runs its own
 short event loop), so the tests call them in a thread, as the CLI would from another process.
@@ -19,13 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from geodns import adminclient
-from geodns.admin import make_admin_app, parse_listen, start_admin
-from geodns.adminclient import AdminError, format_status, parse_duration
-from geodns.config import AdminConfig, ServerConfig
+from geodns.config.server import AdminConfig, ServerConfig
+from geodns.control import adminclient
+from geodns.control.adminclient import AdminError, format_status, parse_duration
+from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
+from geodns.geo.sites import Site
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
-from geodns.sites import Site
 
 TOKEN = "s3cret-token"
 METRICS = b"# TYPE geodns_up gauge\ngeodns_up 1\n"

@@ -59,7 +59,7 @@ def test_geodns_check_accepts_bundled_config_and_zones() -> None:
 
 @pytest.mark.parametrize("config", ["docs/failover-drill.yaml", "systemd/geodns.yaml"])
 def test_documented_configs_load(config: str) -> None:
-    from geodns.config import load_config
+    from geodns.config.server import load_config
 
     loaded = load_config(ROOT / config)
     assert loaded.sites or config.startswith("systemd")

@@ -1,7 +1,7 @@
 """Property-based fuzzing of the packet path with Hypothesis.
 
 (a) random and mutated datagrams at the running server over UDP, (b) the same as framed TCP
-messages and as raw TCP byte streams, (c) the query parser `geodns.wire.parse_query` in-process.
+messages and as raw TCP byte streams, (c) the query parser `geodns.dns.wire.parse_query` in-process.
 Each example is followed by a valid probe query, so "the server still answers" is checked after
 every packet, not only at the end. Everything is bounded: example counts, sizes and timeouts.
 """
@@ -284,14 +284,14 @@ def test_server_healthy_after_fuzzing(server):
 # --------------------------------------------------------------- the parser in-process
 
 try:
-    from geodns import wire
+    from geodns.dns import wire
 except ImportError:  # the parser module is not there: only (c) is skipped
     wire = None
 parse_query = getattr(wire, "parse_query", None)
 FormError = getattr(wire, "FormError", None)
 Drop = getattr(wire, "Drop", None)
 needs_parser = pytest.mark.skipif(
-    parse_query is None or FormError is None, reason="geodns.wire has no parse_query/FormError"
+    parse_query is None or FormError is None, reason="geodns.dns.wire has no parse_query/FormError"
 )
 EXPECTED = tuple(e for e in (FormError, Drop) if e is not None)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from test_health_probes import LOOPBACK, HttpEndpoint, hung_server
 
+from geodns.geo.sites import CheckSpec, Site
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
-from geodns.sites import CheckSpec, Site
 
 INTERVAL = 0.2
 

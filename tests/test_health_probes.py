@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
+from geodns.geo.sites import CheckSpec
 from geodns.health.probes import ProbeResult, new_session, run_probe
-from geodns.sites import CheckSpec
 
 LOOPBACK = "127.0.0.1"
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
+from geodns.geo.sites import CheckSpec, Site
 from geodns.health.state import CheckState, HealthState, HealthView
-from geodns.sites import CheckSpec, Site
 
 T0 = 1_700_000_000.0
 

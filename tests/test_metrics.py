@@ -24,14 +24,14 @@ from mmdb_writer import MMDBWriter
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
-from geodns.app import ReloadStatus
-from geodns.config import ServerConfig, load_config
-from geodns.engine import Outcome
-from geodns.geo import GeoLocator
-from geodns.loader import build_snapshot, open_geo
-from geodns.metrics import OTHER_QTYPE, Metrics, QueryCounters, worker_report
-from geodns.server import ServerState, handle
-from geodns.wire import parse_query
+from geodns.config.loader import open_geo
+from geodns.config.server import ServerConfig, load_config
+from geodns.daemon.app import ReloadStatus
+from geodns.dns.wire import parse_query
+from geodns.geo.locator import GeoLocator
+from geodns.observe.metrics import OTHER_QTYPE, Metrics, QueryCounters, worker_report
+from geodns.serving.engine import Outcome, build_snapshot
+from geodns.serving.server import ServerState, handle
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "geodns" / "data" / "example-config.yaml"

@@ -15,8 +15,8 @@ import maxminddb
 import pytest
 from mmdb_factory import city_record, rewrite_record_size, write_city_db
 
-from geodns.geo import GeoLocator
-from geodns.mmdbtree import SearchTree
+from geodns.geo.locator import GeoLocator
+from geodns.geo.mmdbtree import SearchTree
 
 BUNDLED = Path(__file__).resolve().parent.parent / "geodns" / "data" / "geodns-country.mmdb"
 
@@ -59,7 +59,7 @@ def assert_same_as_the_reader(path: Path, addresses: list) -> None:
     with maxminddb.open_database(str(path)) as reader:
         for address in addresses:
             record, prefix = reader.get_with_prefix_len(address)
-            placement = locator.lookup(address)
+            placement = locator.locate(address.version, int(address))
             assert placement.prefix == prefix, f"{address}: prefix {placement.prefix} != {prefix}"
             expected = locator._place(record)
             got = placement.place
@@ -85,8 +85,8 @@ def test_the_bundled_database_matches_the_reader() -> None:
 
 def test_ipv4_mapped_addresses_are_placed_as_ipv4(tmp_path: Path) -> None:
     locator = GeoLocator(write_city_db(tmp_path / "city.mmdb", NETWORKS))
-    mapped = locator.lookup(ipaddress.IPv6Address("::ffff:1.2.3.4"))
-    plain = locator.lookup(ipaddress.IPv4Address("1.2.3.4"))
+    mapped = locator.locate(6, int(ipaddress.IPv6Address("::ffff:1.2.3.4")))
+    plain = locator.locate(4, int(ipaddress.IPv4Address("1.2.3.4")))
     assert (mapped.family, mapped.prefix, mapped.place) == (4, 24, plain.place)
     assert plain.place is not None and plain.place.city == "Seoul"
     locator.close()

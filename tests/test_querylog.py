@@ -1,6 +1,6 @@
 """The query log: sampling, the JSON line, stdout and rotated files, and a full queue.
 
-Queries are real packets parsed by geodns.wire; outcomes are the engine's Outcome. The writer is
+Queries are real packets parsed by geodns.dns.wire; outcomes are the engine's Outcome. The writer is
 the real background thread: each test closes the log (which drains it) before reading.
 """
 
@@ -14,10 +14,17 @@ from pathlib import Path
 import dns.edns
 import dns.message
 
-from geodns.config import QueryLogConfig
-from geodns.engine import Outcome
-from geodns.querylog import PIPE_BUF, QueryLog, ecs_text, format_entry, name_text, worker_path
-from geodns.wire import parse_query
+from geodns.config.server import QueryLogConfig
+from geodns.dns.wire import parse_query
+from geodns.observe.querylog import (
+    PIPE_BUF,
+    QueryLog,
+    ecs_text,
+    format_entry,
+    name_text,
+    worker_path,
+)
+from geodns.serving.engine import Outcome
 
 FIELDS = {
     "time",

@@ -1,6 +1,6 @@
 """Ranking a place against a record's sites: nearest first by great-circle distance, ties by name.
 
-`DynamicRecord.ranked` computes each site's trigonometry once per record (geodns.geo.distances_km)
+`DynamicRecord.ranked` computes each site's trigonometry once per record (geodns.geo.locator.distances_km)
 rather than per call; these properties hold it to `distance_km` exactly, value for value, and
 check that the candidates taken as up follow each new health view.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geodns.dynamic import Candidate, DynamicRecord, Target, evaluate
-from geodns.geo import Place, Placement, distance_km
-from geodns.zone import TYPE_A
+from geodns.dns.zone import TYPE_A
+from geodns.geo.dynamic import Candidate, DynamicRecord, Target, evaluate
+from geodns.geo.locator import Place, Placement, distance_km
 
 latitudes = st.floats(min_value=-90, max_value=90, allow_nan=False)
 longitudes = st.floats(min_value=-180, max_value=180, allow_nan=False)

@@ -19,8 +19,8 @@ import pytest
 from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
-from geodns.engine import SIGHTING_SLOTS, Asked, Outcome, Snapshot
-from geodns.wire import parse_query
+from geodns.dns.wire import parse_query
+from geodns.serving.engine import SIGHTING_SLOTS, Asked, Outcome, Snapshot
 
 ZONE = "cache.test"
 

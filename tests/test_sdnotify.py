@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from server_process import GeodnsServer
 
-from geodns import sdnotify
+from geodns.daemon import sdnotify
 
 
 @pytest.fixture
@@ -165,12 +165,12 @@ www:
 def test_serve_sends_ready_after_it_answers(tmp_path: Path) -> None:
     """`geodns serve` under a NOTIFY_SOCKET: READY=1 with a STATUS, watchdog pings, STOPPING=1.
 
-    Active once geodns.app imports geodns.sdnotify (the wiring described in docs/operations.md).
+    Active once geodns.daemon.app imports geodns.daemon.sdnotify (the wiring described in docs/operations.md).
     """
-    import geodns.app
+    import geodns.daemon.app
 
-    if not hasattr(geodns.app, "sdnotify"):
-        pytest.skip("geodns.app does not send notifications yet (see docs/operations.md)")
+    if not hasattr(geodns.daemon.app, "sdnotify"):
+        pytest.skip("geodns.daemon.app does not send notifications yet (see docs/operations.md)")
     path = tmp_path / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(path))

@@ -1,6 +1,6 @@
 """Sticky answers (rendezvous hashing): a property test over many user networks.
 
-`geodns.dynamic.evaluate` is the pure decision function the server calls; with `sticky`, users
+`geodns.geo.dynamic.evaluate` is the pure decision function the server calls; with `sticky`, users
 keep their site, and when a site leaves only that site's users move.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geodns.dynamic import Candidate, DynamicRecord, Target, evaluate
-from geodns.geo import Place, Placement
-from geodns.zone import TYPE_A
+from geodns.dns.zone import TYPE_A
+from geodns.geo.dynamic import Candidate, DynamicRecord, Target, evaluate
+from geodns.geo.locator import Place, Placement
 
 SITES = {"jkt": (-6.2, 106.8), "sin": (1.35, 103.8), "kul": (3.14, 101.7), "bkk": (13.7, 100.5)}
 JAKARTA_USER = Place("AS", "ID", None, "Jakarta", -6.2, 106.8, "city")

@@ -1,4 +1,4 @@
-"""Reply templates for queries that differ only in their ECS address (geodns.subnet_templates).
+"""Reply templates for queries that differ only in their ECS address (geodns.serving.subnet_templates).
 
 The template path must give, byte for byte, the reply the full path gives, and must never be
 used where the answer depends on more than the client's place. These tests compare the two
@@ -19,12 +19,12 @@ import pytest
 from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
-from geodns.config import load_config
-from geodns.engine import respond
+from geodns.config.loader import open_geo
+from geodns.config.server import load_config
+from geodns.dns.wire import parse_query
 from geodns.health.state import HealthView
-from geodns.loader import build_snapshot, open_geo
-from geodns.server import ServerState, handle
-from geodns.wire import parse_query
+from geodns.serving.engine import build_snapshot, respond
+from geodns.serving.server import ServerState, handle
 
 ZONE = "tpl.test"
 SITES = {

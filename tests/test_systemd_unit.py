@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from geodns.config import load_config
-from geodns.loader import build_snapshot, open_geo
+from geodns.config.loader import open_geo
+from geodns.config.server import load_config
+from geodns.serving.engine import build_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "geodns.service"

@@ -1,4 +1,4 @@
-"""Batched UDP (geodns.udpbatch): many datagrams per system call, each reply to its sender.
+"""Batched UDP (geodns.serving.udpbatch): many datagrams per system call, each reply to its sender.
 
 One read takes datagrams from several clients at once, so the replies of one batch go to
 different sockets: every reply must reach the socket that asked, with its own ID and answer.
@@ -20,10 +20,10 @@ import pytest
 import yaml
 from server_process import LOOPBACK_V4, LOOPBACK_V6, GeodnsServer, have_ipv6_loopback
 
-from geodns import udpbatch
-from geodns.config import ServerConfig
-from geodns.loader import build_snapshot
-from geodns.server import ServerState
+from geodns.config.server import ServerConfig
+from geodns.serving import udpbatch
+from geodns.serving.engine import build_snapshot
+from geodns.serving.server import ServerState
 
 ZONE = "batch.test"
 NAMES = 10

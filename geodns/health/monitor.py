@@ -28,10 +28,10 @@ from typing import Any
 
 import aiohttp
 
+from geodns.common.logs import get_logger
+from geodns.geo.sites import CheckSpec, Site
 from geodns.health.probes import ProbeResult, new_session, run_probe
 from geodns.health.state import DOWN, Drain, HealthState, HealthView, SiteChange
-from geodns.logs import get_logger
-from geodns.sites import CheckSpec, Site
 
 Probe = Callable[[CheckSpec, aiohttp.ClientSession | None], Awaitable[ProbeResult]]
 GRACE = 1.0  # beyond a probe's own timeout, before the monitor gives up on it
@@ -121,7 +121,7 @@ class HealthMonitor:
     def drain(
         self, site: str, reason: str = "", by: str = "", duration_s: float | None = None
     ) -> Drain:
-        """Take a site out of rotation now, for `duration_s` or until undrained. KeyError: no site."""
+        """Take a site out of rotation now, for `duration_s` or until undrained. UnknownSiteError: no such site."""
         now = self.clock()
         until = now + duration_s if duration_s is not None else None
         drain, changes = self.health.drain(site, now, reason, by, until)
@@ -131,7 +131,7 @@ class HealthMonitor:
         return drain
 
     def undrain(self, site: str) -> Drain | None:
-        """End a site's drain; the drain that ended, or None. KeyError: no such site."""
+        """End a site's drain; the drain that ended, or None. UnknownSiteError: no such site."""
         drain, changes = self.health.undrain(site, self.clock())
         if drain is not None:
             self.log.info("undrained", site=site)

@@ -27,7 +27,7 @@ import aiohttp
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from geodns import __version__
-from geodns.sites import CheckSpec
+from geodns.geo.sites import CheckSpec
 
 BODY_LIMIT = 64 * 1024
 USER_AGENT = f"geodns-health/{__version__}"

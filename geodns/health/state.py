@@ -30,7 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from geodns.sites import CheckSpec, Site
+from geodns.common.errors import UnknownSiteError
+from geodns.geo.sites import CheckSpec, Site
 
 UP = "up"
 DOWN = "down"
@@ -222,17 +223,17 @@ class HealthState:
     def drain(
         self, site: str, now: float, reason: str = "", by: str = "", until: float | None = None
     ) -> tuple[Drain, list[SiteChange]]:
-        """Drain a site (again: the new reason and end replace the old). KeyError: no such site."""
+        """Drain a site (again: the new reason and end replace the old). UnknownSiteError: no such site."""
         if site not in self.sites:
-            raise KeyError(site)
+            raise UnknownSiteError(site)
         drain = Drain(site, reason, by, now, until)
         self.drains[site] = drain
         return drain, self._refresh(now, drain.describe())
 
     def undrain(self, site: str, now: float) -> tuple[Drain | None, list[SiteChange]]:
-        """End a site's drain; (None, []) when it was not drained. KeyError: no such site."""
+        """End a site's drain; (None, []) when it was not drained. UnknownSiteError: no such site."""
         if site not in self.sites:
-            raise KeyError(site)
+            raise UnknownSiteError(site)
         drain = self.drains.pop(site, None)
         if drain is None:
             return None, []

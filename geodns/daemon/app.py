@@ -18,21 +18,23 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from geodns import __version__, sdnotify, udpbatch
-from geodns.admin import make_admin_app, start_admin
-from geodns.config import ServerConfig, load_config
-from geodns.dynamic import records_all_down
-from geodns.engine import Snapshot
-from geodns.errors import ConfigError, Problem
-from geodns.geo import GeoLocator
+from geodns import __version__
+from geodns.common.errors import ConfigError, Problem
+from geodns.common.logs import get_logger
+from geodns.config.loader import open_geo, zone_files
+from geodns.config.server import ServerConfig, load_config
+from geodns.daemon import sdnotify
+from geodns.daemon.admin import make_admin_app, start_admin
+from geodns.daemon.workers import STATS_INTERVAL, PushedHealth, WorkerPool, worker_count
+from geodns.geo.dynamic import records_all_down
+from geodns.geo.locator import GeoLocator
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
-from geodns.loader import build_snapshot, open_geo, zone_files
-from geodns.logs import get_logger
-from geodns.metrics import Metrics, worker_report
-from geodns.querylog import QueryLog
-from geodns.server import Observer, ServerState, TcpProtocol, UdpProtocol
-from geodns.workers import STATS_INTERVAL, PushedHealth, WorkerPool, worker_count
+from geodns.observe.metrics import Metrics, worker_report
+from geodns.observe.querylog import QueryLog
+from geodns.serving import udpbatch
+from geodns.serving.engine import Snapshot, build_snapshot
+from geodns.serving.server import Observer, ServerState, TcpProtocol, UdpProtocol
 
 log = get_logger("geodns")
 GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython: 10)
@@ -128,7 +130,9 @@ class App:
         assert self.monitor is not None
         await self.monitor.start()
         if self.worker_count > 1 and self.config_path is not None:
-            self.pool = WorkerPool(self.config_path, self.worker_count, self._worker_stats)
+            self.pool = WorkerPool(
+                self.config_path, self.worker_count, self._worker_stats, run_worker
+            )
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
         if config.admin.listen or config.admin.socket:
@@ -249,7 +253,8 @@ class App:
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self.state is not None
+        state = self.state
+        assert state is not None
         config = self.config
         shared = self.worker_count > 1  # SO_REUSEPORT only when we share ports on purpose
         bound = 0
@@ -258,9 +263,7 @@ class App:
             try:
                 transport = await self._bind_udp(address, family, shared)
                 server = await loop.create_server(
-                    lambda: TcpProtocol(
-                        self.state, config.tcp_idle_timeout, config.tcp_max_connections
-                    ),
+                    lambda: TcpProtocol(state, config.tcp_idle_timeout, config.tcp_max_connections),
                     host=address,
                     port=config.port,
                     family=family,
@@ -283,21 +286,22 @@ class App:
             raise OSError(errno.EADDRNOTAVAIL, "no listen address could be bound")
 
     async def _bind_udp(self, address: str, family: int, shared: bool) -> Any:
-        """A UDP listener: batched system calls where the platform has them (geodns.udpbatch),
+        """A UDP listener: batched system calls where the platform has them (geodns.serving.udpbatch),
         asyncio's datagram transport otherwise or when `udp.batch` is 0."""
         loop = asyncio.get_running_loop()
-        assert self.state is not None
+        state = self.state
+        assert state is not None
         port = self.config.port
         if self.config.udp_batch and udpbatch.available():
             listener = udpbatch.BatchedUdp(
                 udpbatch.open_socket(address, port, family, shared),
-                self.state,
+                state,
                 self.config.udp_batch,
             )
             listener.start(loop)
             return listener
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpProtocol(self.state),
+            lambda: UdpProtocol(state),
             local_addr=(address, port),
             family=family,
             reuse_port=shared,
@@ -463,7 +467,7 @@ def run(config: ServerConfig, config_path: Path | None) -> int:
 
 def run_worker(config_path: Path, control: Connection, index: int) -> int:
     """A spawned worker: same config and zones, sockets shared with SO_REUSEPORT."""
-    from geodns.logs import configure
+    from geodns.common.logs import configure
 
     config = load_config(config_path)
     configure(config.log_level, config.log_format)

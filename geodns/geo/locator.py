@@ -20,10 +20,10 @@ from typing import Any, NamedTuple
 
 import maxminddb
 
-from geodns.caching import make_room
-from geodns.mmdbtree import NO_RECORD, SearchTree
+from geodns.common.caching import make_room
+from geodns.geo.mmdbtree import NO_RECORD, SearchTree
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 COUNTRY_POINTS = DATA_DIR / "country_points.csv"
 PLACEMENT_CACHE_LIMIT = 100_000  # resolver addresses
 RECORD_CACHE_LIMIT = 1_000_000  # database records: more than any City database has
@@ -170,10 +170,6 @@ class GeoLocator:
             make_room(self.cache, PLACEMENT_CACHE_LIMIT)
             self.cache[key] = found
         return found
-
-    def lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Placement:
-        """Look one address up (uncached per network; records are decoded once)."""
-        return self.locate(address.version, int(address))
 
     def locate(self, family: int, value: int) -> Placement:
         """The placement of an address given as its family (4 or 6) and integer value."""

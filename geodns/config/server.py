@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from geodns.errors import ConfigError, Problem, did_you_mean
-from geodns.sites import Site, parse_sites
-from geodns.yamlsrc import MarkedDict, MarkedList, load_yaml
-from geodns.zonefile import MAX_TTL, SoaSettings, check_name
+from geodns.common.errors import ConfigError, Problem
+from geodns.common.reader import Reader
+from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
+from geodns.config.zonefile import MAX_TTL, SoaSettings, check_name
+from geodns.geo.sites import Site, parse_sites
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 BUNDLED_ZONES = PACKAGE_DIR.parent / "zones"
 BUNDLED_GEOIP = PACKAGE_DIR / "data" / "geodns-country.mmdb"
 
@@ -95,65 +96,6 @@ TOP_KEYS = (
 )
 
 
-class _Reader:
-    """Typed access to one mapping of the config with file:line errors."""
-
-    def __init__(
-        self,
-        path: str,
-        mapping: MarkedDict,
-        where: str,
-        keys: tuple[str, ...],
-        problems: list[Problem] | None = None,
-    ) -> None:
-        self.path, self.mapping, self.where = path, mapping, where
-        self.problems: list[Problem] = [] if problems is None else problems
-        for key in mapping:
-            if key not in keys:
-                self.add(
-                    mapping.line_of(key),
-                    f"unknown key '{key}' in {where}{did_you_mean(str(key), keys)}; "
-                    f"expected one of {', '.join(keys)}",
-                )
-
-    def add(self, line: int, message: str) -> None:
-        self.problems.append(Problem(self.path, line, message))
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any, what: str) -> Any:
-        if key not in self.mapping:
-            return default
-        value = self.mapping[key]
-        ok = False if isinstance(value, bool) and kind is not bool else isinstance(value, kind)
-        if not ok:
-            self.add(
-                self.mapping.line_of(key), f"{self.where}.{key}: expected {what}, got {value!r}"
-            )
-            return default
-        return value
-
-    def int_in(self, key: str, low: int, high: int, default: int) -> int:
-        value = self.get(key, int, default, f"a whole number from {low} to {high}")
-        if not low <= value <= high:
-            self.add(
-                self.mapping.line_of(key),
-                f"{self.where}.{key}: expected a whole number from {low} to {high}, got {value}",
-            )
-            return default
-        return value
-
-    def section(self, key: str, keys: tuple[str, ...]) -> _Reader:
-        value = self.mapping.get(key)
-        if value is None:
-            value = MarkedDict()
-            value.line, value.key_lines = self.mapping.line_of(key), {}
-        elif not isinstance(value, MarkedDict):
-            self.add(self.mapping.line_of(key), f"{self.where}.{key}: expected a mapping")
-            value = MarkedDict()
-            value.line, value.key_lines = self.mapping.line_of(key), {}
-        where = f"{self.where}.{key}" if self.where != "config" else key
-        return _Reader(self.path, value, where, keys, self.problems)
-
-
 def load_config(path: Path | None) -> ServerConfig:
     """Read and check a config file (None: the built-in defaults); raise ConfigError."""
     if path is None:
@@ -161,12 +103,11 @@ def load_config(path: Path | None) -> ServerConfig:
     path = path.resolve()
     data = load_yaml(path)
     if data is None:
-        data = MarkedDict()
-        data.line, data.key_lines = 1, {}
+        data = MarkedDict(line=1)
     if not isinstance(data, MarkedDict):
         raise ConfigError([Problem(str(path), 1, "expected a mapping of settings")])
     base = path.parent
-    top = _Reader(str(path), data, "config", TOP_KEYS)
+    top = Reader(str(path), data, "config", TOP_KEYS)
     defaults = ServerConfig()
 
     listen = data.get("listen", list(defaults.listen))
@@ -270,7 +211,7 @@ def load_config(path: Path | None) -> ServerConfig:
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))
 
 
-def _soa(section: _Reader, base: SoaSettings) -> SoaSettings:
+def _soa(section: Reader, base: SoaSettings) -> SoaSettings:
     changes: dict[str, Any] = {}
     for key in ("mname", "rname"):
         value = section.get(key, str, None, "a fully qualified name")

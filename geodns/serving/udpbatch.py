@@ -5,7 +5,7 @@ wrappers per query: about 8 µs of CPU on our benchmark VM, more than most answe
 other C servers read and write in batches with recvmmsg(2) and sendmmsg(2). CPython's socket
 module offers neither, so this transport calls them through ctypes, on buffers and message
 headers allocated once per socket, and hands each datagram to the same `handle` as the asyncio
-transport (geodns.server). Where the C library lacks them (not Linux), or `udp.batch` is 0,
+transport (geodns.serving.server). Where the C library lacks them (not Linux), or `udp.batch` is 0,
 geodns uses asyncio's datagram transport instead.
 
 The socket is read when the event loop says it is readable, at most ROUNDS batches at a time, so
@@ -22,11 +22,11 @@ import errno
 import socket
 from typing import Any
 
-from geodns.caching import make_room
-from geodns.logs import get_logger
-from geodns.server import ServerState, handle
+from geodns.common.caching import make_room
+from geodns.common.logs import get_logger
+from geodns.serving.server import ServerState, handle
 
-log = get_logger("geodns.udpbatch")
+log = get_logger("geodns.serving.udpbatch")
 
 RECV_SLOT = 4096  # bytes per datagram read: a larger one is no query we answer (dropped)
 SEND_SLOT = 4096  # bytes per reply: edns.max_udp_size is at most 4096
@@ -205,9 +205,9 @@ class BatchedUdp:
                 state.dropped += 1  # larger than a slot: no DNS query is this large
                 continue
             start = i * RECV_SLOT
-            data = recv_buffer[start : start + words[base + length_word]]
+            data: bytes = recv_buffer[start : start + words[base + length_word]]  # type: ignore[assignment]
             name = i * NAME_SLOT
-            key = names[name + address_from : name + address_to]
+            key: bytes = names[name + address_from : name + address_to]  # type: ignore[assignment]
             client = clients.get(key)
             if client is None:
                 client = self._client(key)

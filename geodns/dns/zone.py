@@ -7,7 +7,7 @@ locks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from dnslib import QTYPE
@@ -35,7 +35,7 @@ ADDRESS_TYPES = (TYPE_A, TYPE_AAAA)
 class RRset:
     """All records of one type at one owner name, with their dnslib rdata objects.
 
-    `dynamic` is set on A/AAAA RRsets whose answer is chosen per query (see geodns.dynamic); their
+    `dynamic` is set on A/AAAA RRsets whose answer is chosen per query (see geodns.geo.dynamic); their
     `rdatas` are then the record's plain values, the last resort.
     """
 
@@ -58,7 +58,6 @@ class Zone:
     delegations: frozenset[str]
     empty_non_terminals: frozenset[str]
     negative_ttl: int
-    labels: int = field(default=0)
 
     def contains(self, name: str) -> bool:
         return name == self.origin or name.endswith("." + self.origin)
@@ -87,14 +86,3 @@ class Zone:
             if self.exists(candidate):
                 return candidate
         return self.origin
-
-
-def parent_names(name: str, origin: str) -> list[str]:
-    """Every name strictly between `name` and `origin` (exclusive of both), nearest first."""
-    result = []
-    candidate = name
-    while True:
-        candidate = candidate.split(".", 1)[1] if "." in candidate[:-1] else "."
-        if candidate == origin or not candidate.endswith(origin):
-            return result
-        result.append(candidate)

@@ -9,15 +9,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from geodns.engine import Asked, Outcome, Snapshot, formerr, respond, servfail
-from geodns.logs import get_logger
-from geodns.wire import Drop, FormError, Query, parse_query
+from geodns.common.logs import get_logger
+from geodns.dns.wire import Drop, FormError, parse_query
+from geodns.serving.engine import Asked, Outcome, Snapshot, formerr, respond, servfail
 
-log = get_logger("geodns.server")
+log = get_logger("geodns.serving.server")
 
-Observer = Callable[[Query, Outcome, str, str], None]
+
+class Asking(Protocol):
+    """What an observer reads of a query: a parsed `Query` or the `Asked` kept with a cached reply."""
+
+    @property
+    def qname(self) -> bytes: ...
+    @property
+    def qtype(self) -> int: ...
+    @property
+    def ecs(self) -> tuple[int, int, bytes] | None: ...
+
+
+Observer = Callable[[Asking, Outcome, str, str], None]
+"""Called once per answered query: (what was asked, what was decided, client, "udp" or "tcp")."""
 
 
 class ServerState:
@@ -27,7 +40,7 @@ class ServerState:
         self.snapshot = snapshot
         self.observer: Observer | None = None
         # when the observer only counts (no query log): its counts and their slots, so that a
-        # reply from the reply cache is counted by one list increment (geodns.metrics)
+        # reply from the reply cache is counted by one list increment (geodns.observe.metrics)
         self.tally: list[int] | None = None
         self.slot_of: Callable[[int, Any, str], int] | None = None
         self.malformed = 0
@@ -36,7 +49,7 @@ class ServerState:
         self.tcp_connections = 0
 
     def count_with(self, counters: Any) -> None:
-        """Make `counters` (geodns.metrics.QueryCounters) the observer, with its fast path."""
+        """Make `counters` (geodns.observe.metrics.QueryCounters) the observer, with its fast path."""
         self.observer = counters.observe
         self.tally = counters.tally
         self.slot_of = counters.slot

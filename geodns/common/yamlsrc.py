@@ -11,27 +11,47 @@ from typing import Any
 
 import yaml
 
-from geodns.errors import ConfigError, Problem
+from geodns.common.errors import ConfigError, Problem
 
 
-class MarkedDict(dict):
-    """A mapping that knows its own line and the line of each key."""
+class MarkedDict(dict[Any, Any]):
+    """A mapping that knows its own line and the line (and column) of each key."""
 
-    line: int
+    line: int = 0
+    column: int = 0
     key_lines: dict[Any, int]
+    key_columns: dict[Any, int]
+
+    def __init__(self, *args: Any, line: int = 0, column: int = 0) -> None:
+        super().__init__(*args)
+        self.line, self.column = line, column
+        self.key_lines, self.key_columns = {}, {}
 
     def line_of(self, key: Any) -> int:
         return self.key_lines.get(key, self.line)
 
+    def column_of(self, key: Any) -> int:
+        return self.key_columns.get(key, self.column)
 
-class MarkedList(list):
-    """A sequence that knows its own line and the line of each item."""
 
-    line: int
+class MarkedList(list[Any]):
+    """A sequence that knows its own line and the line (and column) of each item."""
+
+    line: int = 0
+    column: int = 0
     item_lines: list[int]
+    item_columns: list[int]
+
+    def __init__(self, *args: Any, line: int = 0, column: int = 0) -> None:
+        super().__init__(*args)
+        self.line, self.column = line, column
+        self.item_lines, self.item_columns = [], []
 
     def line_of(self, index: int) -> int:
         return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
+
+    def column_of(self, index: int) -> int:
+        return self.item_columns[index] if 0 <= index < len(self.item_columns) else self.column
 
 
 class _Loader(yaml.SafeLoader):
@@ -40,9 +60,7 @@ class _Loader(yaml.SafeLoader):
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:
     loader.flatten_mapping(node)
-    result = MarkedDict()
-    result.line = node.start_mark.line + 1
-    result.key_lines = {}
+    result = MarkedDict(line=node.start_mark.line + 1, column=node.start_mark.column + 1)
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str | int | float | bool) and key is not None:
@@ -55,13 +73,18 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:
             )
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
+        result.key_columns[key] = key_node.start_mark.column + 1
     return result
 
 
 def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> MarkedList:
-    result = MarkedList(loader.construct_object(child, deep=True) for child in node.value)
-    result.line = node.start_mark.line + 1
+    result = MarkedList(
+        (loader.construct_object(child, deep=True) for child in node.value),
+        line=node.start_mark.line + 1,
+        column=node.start_mark.column + 1,
+    )
     result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    result.item_columns = [child.start_mark.column + 1 for child in node.value]
     return result
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from dnslib import AAAA, QTYPE, RD, RR, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
-from geodns.zone import (
+from geodns.dns.zone import (
     ADDRESS_TYPES,
     TYPE_A,
     TYPE_AAAA,

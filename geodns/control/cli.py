@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 from geodns import __version__
-from geodns.config import load_config
-from geodns.errors import ConfigError
-from geodns.logs import configure
+from geodns.common.errors import ConfigError
+from geodns.common.logs import configure
+from geodns.config.server import load_config
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "example-config.yaml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "example-config.yaml"
 
 
 SYSTEM_CONFIG = Path("/etc/geodns/geodns.yaml")
@@ -30,7 +30,7 @@ def _config_path(value: str | None) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from geodns.app import run
+    from geodns.daemon.app import run
 
     path = _config_path(args.config)
     try:
@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from geodns.loader import load_zones, open_geo
+    from geodns.config.loader import load_zones, open_geo
 
     path = _config_path(args.config)
     try:
@@ -67,7 +67,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from geodns.explain import explain
+    from geodns.control.explain import explain
 
     try:
         config = load_config(_config_path(args.config))
@@ -85,7 +85,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _running_health(config: object) -> tuple[frozenset[str], str]:
     """The running server's view of which sites are down, or all up when it is not running."""
     try:
-        from geodns import adminclient
+        from geodns.control import adminclient
 
         status = adminclient.status(config)
     except Exception:  # no server, no admin API: explain still works
@@ -98,7 +98,7 @@ def _running_health(config: object) -> tuple[frozenset[str], str]:
 
 def _admin(args: argparse.Namespace, action: str) -> int:
     """drain / undrain / status / reload against the running server's admin API."""
-    from geodns import adminclient
+    from geodns.control import adminclient
 
     try:
         config = load_config(_config_path(args.config))

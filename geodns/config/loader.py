@@ -1,23 +1,21 @@
-"""Build a complete Snapshot from the config: every zone file, the geo database, the sites.
+"""Load what the config names: every zone file and the geo database.
 
-All or nothing: the snapshot is returned only when every file is valid; otherwise ConfigError
+All or nothing: the zones are returned only when every file is valid; otherwise ConfigError
 carries every problem of every file, and the caller keeps serving whatever it had.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import maxminddb
 
-from geodns.config import ServerConfig
-from geodns.dynamic import DynamicCompilerForSites
-from geodns.engine import Snapshot
-from geodns.errors import ConfigError, Problem
-from geodns.geo import GeoLocator
-from geodns.zone import Zone
-from geodns.zonefile import load_zone_file, zone_name_from_file
+from geodns.common.errors import ConfigError, Problem
+from geodns.config.server import ServerConfig
+from geodns.config.zonefile import load_zone_file, zone_name_from_file
+from geodns.dns.zone import Zone
+from geodns.geo.compile import DynamicCompilerForSites
+from geodns.geo.locator import GeoLocator
 
 ZONE_SUFFIXES = (".yaml", ".yml")
 
@@ -71,23 +69,3 @@ def open_geo(config: ServerConfig) -> GeoLocator:
         raise ConfigError(
             [Problem(where, line, f"cannot open GeoIP database {path}: {exc}")]
         ) from exc
-
-
-def build_snapshot(
-    config: ServerConfig, geo: GeoLocator | None, health: Any = None, generation: int = 0
-) -> Snapshot:
-    """Zones + geo + health -> a new immutable Snapshot ready to be swapped in.
-
-    The snapshot's sites are the config's plus one per value probed by an octoDNS
-    `healthcheck`, so the health monitor can check those too.
-    """
-    compiler = DynamicCompilerForSites(config.sites)
-    zones = load_zones(config, compiler)
-    return Snapshot(
-        zones=zones,
-        max_udp_size=config.max_udp_size,
-        geo=geo,
-        health=health,
-        sites={**config.sites, **compiler.implicit_sites},
-        generation=generation,
-    )

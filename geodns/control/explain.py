@@ -1,7 +1,7 @@
 """`geodns explain`: what the server would answer a user, and why.
 
 It loads the same config, zones and database as `geodns serve` and runs the same decision code
-(`geodns.dynamic.evaluate`) with a trace, so what it prints is what the server does. Health comes
+(`geodns.geo.dynamic.evaluate`) with a trace, so what it prints is what the server does. Health comes
 from the running server's admin API when it is reachable; otherwise every site counts as up.
 """
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from geodns.answer import split_wire
-from geodns.config import ServerConfig
-from geodns.dynamic import DynamicRecord, Trace, evaluate
-from geodns.geo import GeoLocator, Placement, fibre_rtt_ms
-from geodns.loader import build_snapshot, open_geo
-from geodns.zone import TYPE_A, TYPE_AAAA
+from geodns.config.loader import open_geo
+from geodns.config.server import ServerConfig
+from geodns.dns.resolve import split_wire
+from geodns.dns.zone import TYPE_A, TYPE_AAAA
+from geodns.geo.dynamic import DynamicRecord, Trace, evaluate
+from geodns.geo.locator import GeoLocator, Placement, fibre_rtt_ms
+from geodns.serving.engine import build_snapshot
 
 
 def client_key(text: str) -> tuple[Any, bool]:

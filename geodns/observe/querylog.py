@@ -33,13 +33,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-from geodns.config import QueryLogConfig
-from geodns.logs import get_logger
-from geodns.metrics import qtype_text, rcode_text
+from geodns.common.logs import get_logger
+from geodns.config.server import QueryLogConfig
+from geodns.observe.metrics import qtype_text, rcode_text
 
-log = get_logger("geodns.querylog")
+log = get_logger("geodns.observe.querylog")
 
 QUEUE_SIZE = 65_536
 NUL = b"\x00"
@@ -53,7 +53,7 @@ Entry = tuple[float, str, tuple[int, int, bytes] | None, bytes, int, Any, str]
 class QueryLog:
     """Samples queries into a bounded queue; a daemon thread formats and writes them.
 
-    `observe` has the signature of `geodns.server.Observer`. Counters for metrics: `written`
+    `observe` has the signature of `geodns.serving.server.Observer`. Counters for metrics: `written`
     (lines written), `dropped` (queue full), `errors` (lines lost to write errors). `worker` is
     the worker process index (0: the main process). A file that cannot be opened raises OSError
     here, at start-up, rather than losing every line later.
@@ -259,7 +259,7 @@ class _RotatingFile(_Output):
         self.size = self.handle.tell()
 
     def _open(self, mode: str) -> TextIO:
-        return open(self.path, mode, encoding="ascii", newline="\n")  # noqa: SIM115
+        return cast(TextIO, open(self.path, mode, encoding="ascii", newline="\n"))  # noqa: SIM115
 
     def write(self, lines: list[str]) -> None:
         chunk: list[str] = []

@@ -8,11 +8,13 @@ belongs to a site takes that site's location and health.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from geodns.errors import Problem, did_you_mean, report_unknown_keys
-from geodns.yamlsrc import MarkedDict, MarkedList
+from geodns.common.errors import Problem, did_you_mean
+from geodns.common.reader import Reader
+from geodns.common.yamlsrc import MarkedDict, MarkedList
 
 SITE_KEYS = ("kind", "location", "addresses", "weight", "datacenters", "checks", "city", "country")
 CHECK_KEYS = (
@@ -77,9 +79,6 @@ class Site:
     city: str | None = None
     country: str | None = None
 
-    def addresses(self, family: int) -> tuple[str, ...]:
-        return self.ipv4 if family == 4 else self.ipv6
-
 
 def parse_sites(path: str, value: Any, line: int) -> tuple[dict[str, Site], list[Problem]]:
     """Check the config's `sites:` mapping; return the sites and every problem found."""
@@ -121,60 +120,39 @@ def parse_sites(path: str, value: Any, line: int) -> tuple[dict[str, Site], list
 
 
 def _parse_site(path: str, name: str, spec: Any, line: int, problems: list[Problem]) -> Site | None:
-    def add(at: int, message: str) -> None:
-        problems.append(Problem(path, at, f"sites.{name}: {message}"))
-
     if not isinstance(spec, MarkedDict):
-        add(line, "expected a mapping with kind, location and addresses")
+        problems.append(
+            Problem(
+                path, line, f"sites.{name}: expected a mapping with kind, location and addresses"
+            )
+        )
         return None
     before = len(problems)
-    report_unknown_keys(spec, SITE_KEYS, add)
-    kind = spec.get("kind", "pop")
-    if kind not in ("pop", "dc"):
-        add(spec.line_of("kind"), f"kind: expected pop or dc, got {kind!r}")
-    location = spec.get("location")
-    latitude = longitude = 0.0
-    if isinstance(location, MarkedDict) and {"lat", "lon"} <= set(location):
-        latitude, longitude = location["lat"], location["lon"]
-    elif isinstance(location, MarkedList) and len(location) == 2:
-        latitude, longitude = location
-    else:
-        add(spec.line_of("location"), "location: expected {lat: ..., lon: ...} in degrees")
-    if not (_number(latitude) and -90 <= latitude <= 90):
-        add(spec.line_of("location"), f"location: latitude must be -90..90, got {latitude!r}")
-    if not (_number(longitude) and -180 <= longitude <= 180):
-        add(spec.line_of("location"), f"location: longitude must be -180..180, got {longitude!r}")
+    site = Reader(path, spec, f"sites.{name}", SITE_KEYS, problems)
+    kind = site.choice("kind", ("pop", "dc"), "pop")
+    latitude, longitude = _location(site)
     ipv4: list[str] = []
     ipv6: list[str] = []
-    addresses = spec.get("addresses")
-    if not isinstance(addresses, MarkedList) or not addresses:
-        add(spec.line_of("addresses"), "addresses: expected a list of IPv4/IPv6 addresses")
-        addresses = MarkedList()
-        addresses.line, addresses.item_lines = line, []
+    addresses = site.items("addresses", "a list of IPv4/IPv6 addresses")
+    if not addresses:
+        site.problem("addresses", "expected a list of IPv4/IPv6 addresses")
     for index, address in enumerate(addresses):
         try:
             parsed = ipaddress.ip_address(str(address))
         except ValueError:
-            add(addresses.line_of(index), f"addresses: {address!r} is not an IP address")
+            site.add(
+                addresses.line_of(index),
+                f"{site.where}.addresses: {address!r} is not an IP address",
+            )
             continue
         (ipv4 if parsed.version == 4 else ipv6).append(str(parsed))
-    weight = spec.get("weight", 1)
-    if not isinstance(weight, int) or isinstance(weight, bool) or not 0 < weight <= 1_000_000:
-        add(spec.line_of("weight"), f"weight: expected a whole number from 1, got {weight!r}")
-    datacenters = spec.get("datacenters", [])
-    if isinstance(datacenters, str):
-        datacenters = [datacenters]
-    if not isinstance(datacenters, list) or not all(isinstance(d, str) for d in datacenters):
-        add(spec.line_of("datacenters"), "datacenters: expected a list of dc site names")
-        datacenters = []
+    weight = site.int_in("weight", 1, 1_000_000, 1)
+    datacenters = site.strings("datacenters", [], "a list of dc site names")
     default_address = (ipv4 or ipv6 or ["127.0.0.1"])[0]
     checks = []
-    raw_checks = spec.get("checks", MarkedList())
-    if not isinstance(raw_checks, MarkedList):
-        add(spec.line_of("checks"), "checks: expected a list of checks")
-        raw_checks = []
+    raw_checks = site.items("checks", "a list of checks")
     for index, raw in enumerate(raw_checks):
-        check = _parse_check(raw, raw_checks.line_of(index), default_address, add)
+        check = _parse_check(site, raw, raw_checks.line_of(index), default_address)
         if check is not None:
             checks.append(check)
     if len(problems) > before:
@@ -182,78 +160,90 @@ def _parse_site(path: str, name: str, spec: Any, line: int, problems: list[Probl
     return Site(
         name=name,
         kind=kind,
-        latitude=float(latitude),
-        longitude=float(longitude),
+        latitude=latitude,
+        longitude=longitude,
         ipv4=tuple(ipv4),
         ipv6=tuple(ipv6),
         weight=weight,
         datacenters=tuple(datacenters),
         checks=tuple(checks),
-        city=spec.get("city"),
-        country=spec.get("country"),
+        city=site.text("city", None),
+        country=site.text("country", None),
     )
 
 
+def _location(site: Reader) -> tuple[float, float]:
+    """`location: {lat: .., lon: ..}` (or `[lat, lon]`) in degrees, each in its range."""
+    location = site.mapping.get("location")
+    if isinstance(location, MarkedDict) and {"lat", "lon"} <= set(location):
+        latitude, longitude = location["lat"], location["lon"]
+    elif isinstance(location, MarkedList) and len(location) == 2:
+        latitude, longitude = location
+    else:
+        site.problem("location", "expected {lat: ..., lon: ...} in degrees")
+        return 0.0, 0.0
+    if not (_number(latitude) and -90 <= latitude <= 90):
+        site.problem("location", f"latitude must be -90..90, got {latitude!r}")
+        latitude = 0.0
+    if not (_number(longitude) and -180 <= longitude <= 180):
+        site.problem("location", f"longitude must be -180..180, got {longitude!r}")
+        longitude = 0.0
+    return float(latitude), float(longitude)
+
+
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse_check(raw: Any, line: int, default_address: str, add: Any) -> CheckSpec | None:
+def _parse_check(site: Reader, raw: Any, line: int, default_address: str) -> CheckSpec | None:
+    where = f"{site.where}.checks"
     if not isinstance(raw, MarkedDict):
-        add(line, "checks: each check is a mapping with a type (http, https, tcp, dns)")
+        site.add(line, f"{where}: each check is a mapping with a type (http, https, tcp, dns)")
         return None
-    ok = not report_unknown_keys(raw, CHECK_KEYS, add, "checks: ")
-    kind = raw.get("type")
-    if kind not in CHECK_TYPES:
-        add(
-            raw.line_of("type"),
-            f"checks: type must be one of {', '.join(CHECK_TYPES)}, got {kind!r}",
-        )
+    before = len(site.errors())
+    check = Reader(site.path, raw, where, CHECK_KEYS, site.problems)
+    if "type" not in raw:
+        check.add(raw.line, f"{where}: type is required: one of {', '.join(CHECK_TYPES)}")
         return None
-    default_port = {"http": 80, "https": 443, "tcp": 80, "dns": 53}[kind]
+    kind = check.choice("type", CHECK_TYPES, "")
+    if not kind:
+        return None
     address = str(raw.get("address", default_address))
     try:
         address = str(ipaddress.ip_address(address))
     except ValueError:
-        add(raw.line_of("address"), f"checks: address must be an IP address, got {address!r}")
-        ok = False
-    values: dict[str, Any] = {}
-    for key, low, high in (("port", 1, 65535), ("fall", 1, 100), ("rise", 1, 100)):
-        value = raw.get(key, {"port": default_port, "fall": 3, "rise": 2}[key])
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            add(raw.line_of(key), f"checks: {key} must be a whole number from {low} to {high}")
-            ok = False
-        values[key] = value
-    for key, default in (("interval", 5.0), ("timeout", 2.0)):
-        value = raw.get(key, default)
-        if not _number(value) or not 0 < value <= 3600:
-            add(raw.line_of(key), f"checks: {key} must be seconds (0 < s <= 3600)")
-            ok = False
-        values[key] = float(value) if _number(value) else default
-    if ok and values["timeout"] > values["interval"]:
-        add(raw.line_of("timeout"), "checks: timeout must not be longer than interval")
-        ok = False
+        check.problem("address", f"must be an IP address, got {address!r}")
+    default_port = {"http": 80, "https": 443, "tcp": 80, "dns": 53}[kind]
+    port = check.int_in("port", 1, 65535, default_port)
+    fall = check.int_in("fall", 1, 100, 3)
+    rise = check.int_in("rise", 1, 100, 2)
+    interval = check.number_in("interval", 0.001, 3600, 5.0)
+    timeout = check.number_in("timeout", 0.001, 3600, 2.0)
+    if timeout > interval:
+        check.problem("timeout", "must not be longer than interval")
     statuses = raw.get("expect_status", [200])
     if isinstance(statuses, int):
         statuses = [statuses]
-    if not isinstance(statuses, list) or not all(isinstance(s, int) for s in statuses):
-        add(raw.line_of("expect_status"), "checks: expect_status must be a list of status codes")
-        ok = False
-    if not ok:
+    if not isinstance(statuses, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in statuses
+    ):
+        check.problem("expect_status", "must be a list of status codes")
+        statuses = [200]
+    if len(site.errors()) > before:
         return None
     return CheckSpec(
         type=kind,
         address=address,
-        port=values["port"],
+        port=port,
         path=str(raw.get("path", "/")),
-        host=raw.get("host"),
+        host=check.text("host", None),
         expect_status=tuple(statuses),
-        body=raw.get("body"),
-        verify_tls=bool(raw.get("verify_tls", True)),
-        interval=values["interval"],
-        timeout=values["timeout"],
-        fall=values["fall"],
-        rise=values["rise"],
+        body=check.text("body", None),
+        verify_tls=check.boolean("verify_tls", True),
+        interval=interval,
+        timeout=timeout,
+        fall=fall,
+        rise=rise,
         query_name=str(raw.get("query_name", ".")),
         query_type=str(raw.get("query_type", "SOA")).upper(),
     )

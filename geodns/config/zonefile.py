@@ -17,9 +17,9 @@ from typing import Any
 
 from dnslib import AAAA, CAA, CNAME, MX, NS, PTR, SOA, SRV, TXT, A, DNSLabel
 
-from geodns.errors import ConfigError, Problem, did_you_mean
-from geodns.yamlsrc import MarkedDict, MarkedList, load_yaml
-from geodns.zone import (
+from geodns.common.errors import ConfigError, Problem, did_you_mean
+from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
+from geodns.dns.zone import (
     TYPE_A,
     TYPE_AAAA,
     TYPE_CAA,
@@ -109,8 +109,7 @@ def load_zone_file(path: Path, soa: SoaSettings, compile_dynamic: DynamicCompile
         raise ConfigError([Problem(str(path), 0, f"file name is not a zone name: {error}")])
     data = load_yaml(path)
     if data is None:
-        data = MarkedDict()
-        data.line, data.key_lines = 1, {}
+        data = MarkedDict(line=1)
     if not isinstance(data, MarkedDict):
         raise ConfigError([Problem(str(path), 1, "expected a mapping of record names to records")])
     rrsets: dict[str, dict[int, RRset]] = {}
@@ -285,8 +284,7 @@ def _values(
         problems.add(record.line_of("values"), f"{rtype_name} takes one 'value', not 'values'")
         return None
     if not isinstance(values, MarkedList):
-        values_list = MarkedList([values])
-        values_list.line, values_list.item_lines = record.line_of("values"), []
+        values_list = MarkedList([values], line=record.line_of("values"))
         values = values_list
     if not values:
         problems.add(record.line_of("values"), "'values' is empty")
@@ -453,7 +451,6 @@ def _assemble(
         delegations=delegations,
         empty_non_terminals=frozenset(ents),
         negative_ttl=min(soa.ttl, soa.minimum),
-        labels=origin.count("."),
     )
 
 

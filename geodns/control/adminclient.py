@@ -1,6 +1,6 @@
 """The CLI side of the admin API: drain, undrain, status and reload of a running server.
 
-Each function takes the server's config (geodns.config.ServerConfig) and finds the server the way
+Each function takes the server's config (geodns.config.server.ServerConfig) and finds the server the way
 it listens: the Unix socket `admin.socket` when configured (no token needed), otherwise the TCP
 address `admin.listen` with the token read from `admin.token_file`. The functions are blocking
 (one short asyncio run each) and raise AdminError with a message fit for the terminal.
@@ -19,16 +19,13 @@ from typing import Any
 
 import aiohttp
 
-from geodns.admin import parse_listen
+from geodns.common.errors import AdminError
+from geodns.daemon.admin import parse_listen
 
 TIMEOUT = 10.0
 RELOAD_TIMEOUT = 120.0  # a reload parses every zone file
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-
-
-class AdminError(Exception):
-    """The admin API could not be reached or refused the request; the message says why."""
 
 
 def drain(

@@ -2,7 +2,7 @@
 
 Pure apart from caches derived from the snapshot: no sockets, no clock, no logging. The common
 query costs a dictionary look-up of its pre-encoded answer and a header patch; only a name never
-seen before in this snapshot goes through the resolver (geodns.answer), and only a dynamic answer
+seen before in this snapshot goes through the resolver (geodns.dns.resolve), and only a dynamic answer
 consults the client's location and the health view.
 """
 
@@ -13,7 +13,10 @@ from dataclasses import dataclass, field, replace
 from struct import pack
 from typing import Any, NamedTuple
 
-from geodns.answer import (
+from geodns.common.caching import make_room
+from geodns.config.loader import load_zones
+from geodns.config.server import ServerConfig
+from geodns.dns.resolve import (
     RCODE_FORMERR,
     RCODE_NOTIMP,
     RCODE_REFUSED,
@@ -23,10 +26,11 @@ from geodns.answer import (
     Sections,
     split_wire,
 )
-from geodns.caching import make_room
-from geodns.subnet_templates import SubnetTemplates
-from geodns.wire import Query
-from geodns.zone import TYPE_AXFR, TYPE_IXFR, Zone
+from geodns.dns.wire import Query
+from geodns.dns.zone import TYPE_AXFR, TYPE_IXFR, Zone
+from geodns.geo.compile import DynamicCompilerForSites
+from geodns.geo.locator import GeoLocator
+from geodns.serving.subnet_templates import SubnetTemplates
 
 CLASS_IN = 1
 FLAG_QR = 0x8000
@@ -92,7 +96,7 @@ class Snapshot:
     resolver: Resolver = field(init=False)
     cache: dict[tuple[bytes, int], Prepared] = field(init=False, default_factory=dict)
     # whole UDP replies by query bytes after the ID: (reply after the ID, query, outcome, the
-    # metrics counter slot: geodns.metrics.QueryCounters.slot, -1 when nothing counts).
+    # metrics counter slot: geodns.observe.metrics.QueryCounters.slot, -1 when nothing counts).
     # Health-dependent, so a new health view starts empty (init=False: replace() makes a new one)
     responses: dict[bytes, tuple[bytes, Asked, Outcome, int]] = field(
         init=False, default_factory=dict
@@ -145,7 +149,7 @@ class Snapshot:
 
     def from_template(self, data: bytes) -> tuple[bytes, Asked, Outcome] | None:
         """The reply to a UDP query that differs from one answered before only in its ECS
-        address (geodns.subnet_templates), or None."""
+        address (geodns.serving.subnet_templates), or None."""
         found = self.templates.answer(data, self.geo, self.down)
         if found is None:
             return None
@@ -282,3 +286,23 @@ def servfail(query: Query, snapshot: Snapshot) -> bytes:
 def formerr(query_id: int, flags: int) -> bytes:
     """FORMERR for a query we could not parse: ID, opcode and RD echoed, nothing else."""
     return pack(">HHHHHH", query_id, FLAG_QR | (flags & ECHO_FLAGS) | RCODE_FORMERR, 0, 0, 0, 0)
+
+
+def build_snapshot(
+    config: ServerConfig, geo: GeoLocator | None, health: Any = None, generation: int = 0
+) -> Snapshot:
+    """Zones + geo + health -> a new immutable Snapshot ready to be swapped in.
+
+    The snapshot's sites are the config's plus one per value probed by an octoDNS
+    `healthcheck`, so the health monitor can check those too.
+    """
+    compiler = DynamicCompilerForSites(config.sites)
+    zones = load_zones(config, compiler)
+    return Snapshot(
+        zones=zones,
+        max_udp_size=config.max_udp_size,
+        geo=geo,
+        health=health,
+        sites={**config.sites, **compiler.implicit_sites},
+        generation=generation,
+    )

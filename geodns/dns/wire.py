@@ -9,22 +9,11 @@ from __future__ import annotations
 
 from struct import unpack_from
 
+from geodns.common.errors import Drop, FormError
+
 OPT_TYPE = 41
 ECS_OPTION = 8
 ECS_MAX_BITS = {1: 32, 2: 128}
-
-
-class Drop(Exception):
-    """The packet gets no reply at all."""
-
-
-class FormError(Exception):
-    """The packet is malformed; the reply is FORMERR with this ID and these flags echoed."""
-
-    def __init__(self, query_id: int, flags: int, reason: str) -> None:
-        super().__init__(reason)
-        self.query_id = query_id
-        self.flags = flags
 
 
 class Query:
@@ -60,7 +49,7 @@ class Query:
     udp_size: int
     do: bool
     ecs: tuple[int, int, bytes] | None
-    ecs_at_end: bool  # the ECS address is the packet's last bytes (geodns.subnet_templates)
+    ecs_at_end: bool  # the ECS address is the packet's last bytes (geodns.serving.subnet_templates)
 
 
 def parse_query(data: bytes) -> Query:

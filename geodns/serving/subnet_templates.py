@@ -3,7 +3,7 @@
 A resolver behind many client networks sends the same question again and again, each time with
 another Client Subnet address at the very end of the packet. Under one snapshot, such a query
 parses exactly like the one before it except for that address, and the decision depends only
-on where the address is placed (the per-place decision cache in geodns.dynamic relies on the
+on where the address is placed (the per-place decision cache in geodns.geo.dynamic relies on the
 same fact). So the first such query goes through the parser and the engine, and its reply is
 kept as a template: everything up to the ECS scope byte, per place. A later query with the same
 bytes before its address costs a dictionary look-up, the walk of the database tree, and a join:
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from geodns.caching import make_room
-from geodns.geo import Placement
+from geodns.common.caching import make_room
+from geodns.geo.locator import Placement
 
 TEMPLATE_LIMIT = 4_096  # distinct questions (name, type, flags, EDNS) asked with ECS
 PLACES_PER_TEMPLATE = 65_536

@@ -24,9 +24,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from geodns.logs import get_logger
+from geodns.common.errors import WorkerError
+from geodns.common.logs import get_logger
 
-log = get_logger("geodns.workers")
+log = get_logger("geodns.daemon.workers")
+WorkerEntry = Callable[[Path, Connection, int], int]
+"""What a worker process runs: (config path, pipe to the main process, worker index) -> exit code."""
 STATS_INTERVAL = 1.0
 
 
@@ -51,8 +54,15 @@ def worker_count(configured: int) -> int:
 class WorkerPool:
     """The main process's handle on its workers: start, broadcast, collect stats, stop."""
 
-    def __init__(self, config_path: Path, count: int, on_stats: Callable[[int, Any], None]) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        count: int,
+        on_stats: Callable[[int, Any], None],
+        entry: WorkerEntry,
+    ) -> None:
         self.config_path = config_path
+        self.entry = entry
         self.count = count
         self.on_stats = on_stats
         self.processes: list[Any] = []
@@ -68,7 +78,7 @@ class WorkerPool:
             parent, child = context.Pipe()
             process = context.Process(
                 target=worker_main,
-                args=(str(self.config_path), child, index),
+                args=(self.entry, str(self.config_path), child, index),
                 name=f"geodns-worker-{index}",
                 daemon=True,
             )
@@ -80,10 +90,10 @@ class WorkerPool:
         deadline = loop.time() + timeout
         while self.ready < self.count - 1:
             if loop.time() > deadline:
-                raise RuntimeError("workers did not start in time")
+                raise WorkerError("workers did not start in time")
             dead = [p for p in self.processes if p.exitcode is not None]
             if dead:
-                raise RuntimeError(f"worker exited during start-up with code {dead[0].exitcode}")
+                raise WorkerError(f"worker exited during start-up with code {dead[0].exitcode}")
             await asyncio.sleep(0.05)
 
     def _receive(self, index: int, connection: Connection) -> None:
@@ -122,9 +132,8 @@ class WorkerPool:
             connection.close()
 
 
-def worker_main(config_path: str, connection: Connection, index: int) -> None:
-    """Entry point of a spawned worker process."""
-    from geodns.app import run_worker  # the worker imports the server only once spawned
-
+def worker_main(entry: WorkerEntry, config_path: str, connection: Connection, index: int) -> None:
+    """Entry point of a spawned worker process: `entry` (a module-level function, pickled by
+    name, so the worker imports the server only once spawned) runs the worker's server."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
-    raise SystemExit(run_worker(Path(config_path), connection, index))
+    raise SystemExit(entry(Path(config_path), connection, index))

@@ -1,6 +1,6 @@
 """The admin API of a running server: status, drains, reload and metrics, over local HTTP.
 
-`geodns drain/undrain/status/reload` (geodns.adminclient) talk to it; Prometheus scrapes
+`geodns drain/undrain/status/reload` (geodns.control.adminclient) talk to it; Prometheus scrapes
 /metrics. It listens on a TCP address (127.0.0.1:8053 by default), a Unix socket, or both. On
 TCP every request but GET /metrics must carry `Authorization: Bearer <token>` when a token is
 configured, since any local user can reach a loopback port; on the Unix socket the file's
@@ -23,26 +23,26 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from geodns.errors import did_you_mean
-from geodns.logs import get_logger
+from geodns.common.errors import did_you_mean
+from geodns.common.logs import get_logger
+from geodns.health.monitor import HealthMonitor
 
-if TYPE_CHECKING:
-    from geodns.health.monitor import HealthMonitor
-
-log = get_logger("geodns.admin")
+log = get_logger("geodns.daemon.admin")
 
 ReloadCallback = Callable[[], Awaitable[tuple[bool, Sequence[str]]]]
 MetricsCallback = Callable[[str | None], tuple[bytes, str]]
 
-MONITOR = web.AppKey("monitor", object)
-RELOAD = web.AppKey("reload", object)
-STATUS_EXTRA = web.AppKey("status_extra", object)
-METRICS = web.AppKey("metrics", object)
-TOKEN = web.AppKey("token", object)
+StatusCallback = Callable[[], dict[str, Any]]
+
+MONITOR: web.AppKey[HealthMonitor] = web.AppKey("monitor")
+RELOAD: web.AppKey[ReloadCallback] = web.AppKey("reload")
+STATUS_EXTRA: web.AppKey[StatusCallback | None] = web.AppKey("status_extra")
+METRICS: web.AppKey[MetricsCallback | None] = web.AppKey("metrics")
+TOKEN: web.AppKey[str | None] = web.AppKey("token")
 SOCKET_MODE = 0o660
 
 
@@ -56,7 +56,7 @@ def make_admin_app(
 
     `reload_cb()` reloads config and zones and returns (ok, errors). `status_extra()` adds the
     server's own keys (version, reload status, ...) to GET /status. `metrics_cb(accept)` returns
-    (payload, content type) for GET /metrics, e.g. `geodns.metrics.Metrics.render`.
+    (payload, content type) for GET /metrics, e.g. `geodns.observe.metrics.Metrics.render`.
     """
     app = web.Application(middlewares=[_auth], client_max_size=64 * 1024)
     app[MONITOR] = monitor
@@ -185,12 +185,15 @@ async def _reload(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    payload, content_type = request.app[METRICS](request.headers.get("Accept"))
+    render = request.app[METRICS]
+    if render is None:
+        raise web.HTTPNotFound()
+    payload, content_type = render(request.headers.get("Accept"))
     return web.Response(body=payload, headers={"Content-Type": content_type})
 
 
 def _monitor(request: web.Request) -> HealthMonitor:
-    return request.app[MONITOR]  # type: ignore[return-value]
+    return request.app[MONITOR]
 
 
 def _bad(message: str) -> web.HTTPBadRequest:

@@ -2,7 +2,7 @@
 
 prometheus-client's `Counter.inc()` takes a lock and walks a label dictionary: about a
 microsecond, which is a measurable share of a query that costs a few. So the query path never
-touches prometheus-client: `QueryCounters.observe` (a `geodns.server.Observer`) adds one to a plain
+touches prometheus-client: `QueryCounters.observe` (a `geodns.serving.server.Observer`) adds one to a plain
 dict keyed by a tuple of what the engine decided, and `GeodnsCollector` turns that dict, and the
 server's other state, into metric families when Prometheus scrapes. The rules it keeps:
 
@@ -34,9 +34,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 
 from geodns import __version__
-from geodns.logs import get_logger
+from geodns.common.logs import get_logger
 
-log = get_logger("geodns.metrics")
+log = get_logger("geodns.observe.metrics")
 
 # IANA DNS RR types (the ones anyone asks for); anything else is TYPEnnn (RFC 3597).
 QTYPE_NAMES: dict[int, str] = {
@@ -123,9 +123,9 @@ class QueryCounters:
 
     Each distinct key (the tuple of everything the metrics are cut by) gets a slot in a flat
     list of counts; the collector sums the keys into each family at scrape time. `observe` has
-    the signature of `geodns.server.Observer`; `slot` gives a key's slot once, so that a reply
+    the signature of `geodns.serving.server.Observer`; `slot` gives a key's slot once, so that a reply
     kept in the reply cache carries it and a repeat of its query is counted by
-    `tally[slot] += 1` alone (geodns.server.handle).
+    `tally[slot] += 1` alone (geodns.serving.server.handle).
     """
 
     __slots__ = ("slots", "tally")
@@ -135,7 +135,7 @@ class QueryCounters:
         self.tally: list[int] = []
 
     def observe(self, query: Any, outcome: Any, client: str, transport: str) -> None:
-        """Count one answered query (query: geodns.wire.Query, outcome: geodns.engine.Outcome)."""
+        """Count one answered query (query: geodns.dns.wire.Query, outcome: geodns.serving.engine.Outcome)."""
         self.tally[self.slot(query.qtype, outcome, transport)] += 1
 
     def slot(self, qtype: int, outcome: Any, transport: str) -> int:
@@ -195,10 +195,10 @@ class GeodnsCollector:
     """A prometheus-client collector: builds every geodns metric family at scrape time.
 
     Sources, each optional:
-      server_state   geodns.server.ServerState (`.malformed`, `.dropped`, `.errors`,
+      server_state   geodns.serving.server.ServerState (`.malformed`, `.dropped`, `.errors`,
                      `.tcp_connections`, `.snapshot` with `.zones` and `.generation`)
       reload_status  () -> an object with `.ok`, `.successes`, `.failures`, `.last_success`,
-                     `.last_attempt`, `.errors` (geodns.app.ReloadStatus)
+                     `.last_attempt`, `.errors` (geodns.daemon.app.ReloadStatus)
       health_status  () -> {site: {"state": "up"|"down"|..., "drained": bool,
                      "checks": {check_key: {"ok": bool|None, "latency": seconds|None}}}}
                      ("checks" may also be a list of such dicts with a "key")
@@ -302,21 +302,21 @@ class GeodnsCollector:
             if was_truncated:
                 cut = (zone_label, transport)
                 truncated[cut] = truncated.get(cut, 0) + count
-        family = CounterMetricFamily(
+        queries_family = CounterMetricFamily(
             "geodns_queries",
             "Queries answered, by zone ('' when outside every zone), type, rcode and transport",
             labels=("zone", "qtype", "rcode", "transport"),
         )
         for labels, count in sorted(queries.items()):
-            family.add_metric(labels, count)
-        yield family
+            queries_family.add_metric(labels, count)
+        yield queries_family
         family = CounterMetricFamily(
             "geodns_answers",
             "Geo answers, by site chosen (an answer with several sites counts for each)",
             labels=("zone", "site"),
         )
-        for labels, count in sorted(answers.items()):
-            family.add_metric(labels, count)
+        for site_labels, count in sorted(answers.items()):
+            family.add_metric(site_labels, count)
         yield family
         family = CounterMetricFamily(
             "geodns_located_queries",
@@ -333,8 +333,8 @@ class GeodnsCollector:
             "Answers sent with TC=1 because they did not fit the client's UDP size",
             labels=("zone", "transport"),
         )
-        for labels, count in sorted(truncated.items()):
-            family.add_metric(labels, count)
+        for cut_labels, count in sorted(truncated.items()):
+            family.add_metric(cut_labels, count)
         yield family
 
     def _server(self) -> Iterable[Metric]:
@@ -370,12 +370,12 @@ class GeodnsCollector:
         if self.reload_status is None:
             return
         status = self.reload_status()
-        family = CounterMetricFamily(
+        reloads = CounterMetricFamily(
             "geodns_reloads", "Reloads of config and zones, by result", labels=("result",)
         )
-        family.add_metric(("success",), status.successes)
-        family.add_metric(("failure",), status.failures)
-        yield family
+        reloads.add_metric(("success",), status.successes)
+        reloads.add_metric(("failure",), status.failures)
+        yield reloads
         family = GaugeMetricFamily(
             "geodns_reload_ok",
             "1 if the last reload succeeded; 0: the previous snapshot is still served",

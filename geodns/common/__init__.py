@@ -1,0 +1,1 @@
+"""Foundations every layer uses: the error family, YAML with line numbers, bounded caches, logging."""

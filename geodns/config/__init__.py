@@ -1,0 +1,1 @@
+"""Reading files: the server config and octoDNS zone files, validated with file:line errors."""

@@ -1,0 +1,1 @@
+"""The running process: start-up, reload, shutdown, worker processes, the admin API, systemd."""

@@ -1,0 +1,1 @@
+"""What operators see of the query path: metrics and the query log."""

@@ -1,0 +1,1 @@
+"""The answer path (bytes in, bytes out) and the UDP/TCP transports around it."""
