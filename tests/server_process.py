@@ -478,6 +478,14 @@ class GeodnsServer:
                 return None
             return reply
 
+    def metrics_text(self, timeout: float = 5.0) -> str:
+        """GET /metrics from this server's admin API (no token configured)."""
+        import urllib.request
+
+        url = f"http://{LOOPBACK_V4}:{self.admin_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.read().decode()
+
     def tcp_connect(self, timeout: float = 2.0, *, host: str | None = None) -> socket.socket:
         """A connected TCP socket to the server (caller closes it)."""
         sock = socket.create_connection((host or self.host, self.port), timeout=timeout)

@@ -49,3 +49,33 @@ def test_ci_runs_the_readmes_second_command() -> None:
 def test_the_readme_commands_need_no_sudo_as_root() -> None:
     for command in _readme_commands():
         assert not re.search(r"(^|&& |; )sudo ", command), command
+
+
+IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
+
+
+def test_declared_dependencies_are_the_ones_geodns_imports() -> None:
+    """pyproject's runtime dependencies and geodns/'s third-party imports are the same set."""
+    import ast
+    import sys as _sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = {
+        IMPORT_NAMES.get(name, name.replace("-", "_"))
+        for name in (
+            re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0].lower()
+            for spec in project["dependencies"]
+        )
+    }
+    imported: set[str] = set()
+    for path in (ROOT / "geodns").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = {
+        name for name in imported if name not in _sys.stdlib_module_names and name != "geodns"
+    }
+    assert third_party == declared, f"imported {sorted(third_party)}, declared {sorted(declared)}"

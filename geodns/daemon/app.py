@@ -39,7 +39,7 @@ from geodns.common.logs import get_logger
 from geodns.config.loader import cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
-from geodns.daemon.admin import make_admin_app, start_admin
+from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import build_and_save, load_index
@@ -116,6 +116,7 @@ class App:
         self.index_build: asyncio.Future[Any] | None = None
         self.pending_down: frozenset[str] | None = None
         self.index_ready_at: float | None = None
+        self.failed_database: tuple[int, int, int] | None = None  # its stat signature
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -182,12 +183,18 @@ class App:
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
         if config.admin.listen or config.admin.socket:
-            self.admin = await start_admin(
-                make_admin_app(self.monitor, self._admin_reload, self._status, self.metrics.render),
-                config.admin.listen,
-                config.admin.socket,
-                _read_token(config.admin.token_file),
-            )
+            try:
+                self.admin = await start_admin(
+                    make_admin_app(
+                        self.monitor, self._admin_reload, self._status, self.metrics.render
+                    ),
+                    config.admin.listen,
+                    config.admin.socket,
+                    _read_token(config.admin.token_file),
+                )
+            except OSError as exc:
+                host, port = parse_listen(config.admin.listen or ":0")
+                raise _bind_error(exc, host, "admin API, tcp", port) from None
         self._start_index_build()
         log.info(
             "started",
@@ -409,6 +416,8 @@ class App:
             config, geo, snapshot = await asyncio.to_thread(self._build)
             self.generation += 1
         except ConfigError as exc:
+            if self.geo is not None and self.geo.changed_on_disk():
+                self.failed_database = _signature(self.geo.path)
             self.reload_status.ok = False
             self.reload_status.failures += 1
             self.reload_status.errors = tuple(str(p) for p in exc.problems)
@@ -509,7 +518,7 @@ class App:
         zones_seen = self._zones_signature()
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            if self.geo is not None and self.geo.changed_on_disk():
+            if self._database_changed():
                 await asyncio.sleep(WATCH_DEBOUNCE)  # let a copy finish
                 await self.reload("geoip database changed")
             if self.config.watch_zones:
@@ -518,6 +527,14 @@ class App:
                     await asyncio.sleep(WATCH_DEBOUNCE)  # let an editor or rsync finish
                     zones_seen = self._zones_signature()
                     await self.reload("zone files changed")
+
+    def _database_changed(self) -> bool:
+        """The database file is not the one in use, nor one that already failed to load (a
+        copy in progress or a broken file is tried once, then again when it changes)."""
+        geo = self.geo
+        if geo is None or not geo.changed_on_disk():
+            return False
+        return _signature(geo.path) != self.failed_database
 
     def _zones_signature(self) -> tuple[tuple[str, int, int], ...]:
         try:
@@ -614,6 +631,14 @@ def read_cookie_secret(path: Path) -> bytes:
             [Problem(str(path), 1, f"cookies.secret_file: expected 16 octets, got {len(secret)}")]
         )
     return secret
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def settle_heap() -> None:

@@ -172,7 +172,18 @@ class QueryCounters:
         return {key: tally[slot] for key, slot in list(self.slots.items()) if tally[slot]}
 
 
-SERVER_COUNTERS = ("dropped", "malformed", "errors", "tcp_connections")
+SERVER_COUNTERS = (
+    "dropped",
+    "malformed",
+    "errors",
+    "tcp_connections",
+    "rrl_dropped",
+    "rrl_slipped",
+    "badcookie",
+    "cookies_valid",
+    "cookies_invalid",
+    "cookies_new",
+)
 QUERY_LOG_COUNTERS = ("written", "dropped", "errors")
 
 
@@ -355,6 +366,24 @@ class GeodnsCollector:
         family = GaugeMetricFamily("geodns_tcp_connections", "TCP connections open now")
         family.add_metric([], totals["tcp_connections"])
         yield family
+        rrl = CounterMetricFamily(
+            "geodns_rrl_responses",
+            "Responses held back by response rate limiting: dropped, sent truncated (slipped), "
+            "or BADCOOKIE to a client that sent a cookie",
+            labels=("action",),
+        )
+        rrl.add_metric(("dropped",), totals["rrl_dropped"])
+        rrl.add_metric(("slipped",), totals["rrl_slipped"])
+        rrl.add_metric(("badcookie",), totals["badcookie"])
+        yield rrl
+        cookies = CounterMetricFamily(
+            "geodns_cookies",
+            "DNS cookies seen: a valid server cookie, an invalid one, or a new one made",
+            labels=("result",),
+        )
+        for result in ("valid", "invalid", "new"):
+            cookies.add_metric((result,), totals[f"cookies_{result}"])
+        yield cookies
         snapshot = getattr(state, "snapshot", None)
         if snapshot is not None:
             family = GaugeMetricFamily("geodns_zones", "Zones being served")

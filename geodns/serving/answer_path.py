@@ -83,6 +83,18 @@ class ServerState:
         self.tcp_connections = 0
         self.error_log = RateLimitedLog(log)
 
+    @property
+    def cookies_valid(self) -> int:
+        return self.cookies.valid if self.cookies is not None else 0
+
+    @property
+    def cookies_invalid(self) -> int:
+        return self.cookies.invalid if self.cookies is not None else 0
+
+    @property
+    def cookies_new(self) -> int:
+        return self.cookies.new if self.cookies is not None else 0
+
     def count_with(self, counters: object) -> None:
         """Make `counters` (geodns.observe.metrics.QueryCounters) the observer, with its
         slot-counting fast path."""
@@ -117,7 +129,7 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
                     return slip_copy(reply) if verdict != DROP else None
             ecs = (template.ecs_family, template.source, hit.address)
             asked = Asked(template.qname, template.qtype, ecs)
-            if state.tally is None:
+            if state.observer is not None and state.tally is None:  # the query log reads it
                 outcome = outcome._replace(scope=hit.scope)
             _remember(state, snapshot, key, reply, asked, outcome)
             _count(state, asked, outcome, template.slots[hit.answer], client, "udp")

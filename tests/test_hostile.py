@@ -1,0 +1,237 @@
+"""Safe on the open internet (issue 12): files changed under a running server, a second
+instance on the same port, a fast stop, response rate limiting and DNS cookies, on a real server
+over loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+from mmdb_factory import city_record, write_city_db
+from server_process import GeodnsServer, free_port, free_tcp_port
+
+ZONE = "hostile.test"
+SITES = {
+    "jkt": {"kind": "pop", "location": {"lat": -6.2, "lon": 106.8}, "addresses": ["192.0.2.1"]},
+    "fra": {"kind": "pop", "location": {"lat": 50.1, "lon": 8.7}, "addresses": ["192.0.2.4"]},
+}
+JAKARTA_HERE = [("36.64.0.0/16", city_record("ID", "AS", -6.2, 106.8, "Jakarta"))]
+FRANKFURT_HERE = [("36.64.0.0/16", city_record("DE", "EU", 50.1, 8.7, "Frankfurt"))]
+ZONE_DATA = {
+    "": {"type": "NS", "value": "ns1.hostile.test."},
+    "ns1": {"type": "A", "value": "192.0.2.53"},
+    "www": {
+        "type": "A",
+        "ttl": 30,
+        "values": ["192.0.2.1", "192.0.2.4"],
+        "octodns": {"geodns": {"nearest": True}},
+    },
+}
+
+
+def ask(server: GeodnsServer, subnet: str, timeout: float = 2.0) -> list[str]:
+    query = dns.message.make_query(
+        f"www.{ZONE}", "A", use_edns=0, options=[dns.edns.ECSOption.from_text(subnet)]
+    )
+    reply = dns.query.udp(query, server.host, port=server.port, timeout=timeout)
+    return [rr.address for rrset in reply.answer for rr in rrset]
+
+
+def wait_for(check, seconds: float, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step)
+    return bool(check())
+
+
+def test_a_database_overwritten_in_place_never_kills_the_server(tmp_path: Path) -> None:
+    """issue 12.1: `cp other.mmdb the-file` (a truncated copy first) under a running server:
+    it keeps answering from the database it read, then takes the good copy."""
+    good = write_city_db(tmp_path / "jakarta.mmdb", JAKARTA_HERE)
+    other = write_city_db(tmp_path / "frankfurt.mmdb", FRANKFURT_HERE)
+    live = tmp_path / "live.mmdb"
+    shutil.copyfile(good, live)
+    config = {"sites": SITES, "geoip": {"database": str(live)}}
+    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
+        assert ask(server, "36.64.1.0/24") == ["192.0.2.1"]
+        data = other.read_bytes()
+        with open(live, "r+b") as handle:  # in place, as cp does: same inode, truncated
+            handle.truncate(0)
+            handle.write(data[: len(data) // 3])
+        for third in range(2, 40):  # keeps answering while the file is garbage
+            assert ask(server, f"36.64.{third}.0/24") == ["192.0.2.1"]
+            time.sleep(0.05)
+        assert server.proc is not None and server.proc.poll() is None
+        with open(live, "r+b") as handle:  # now the whole copy, still in place
+            handle.truncate(0)
+            handle.write(data)
+        assert wait_for(lambda: ask(server, "36.64.99.0/24") == ["192.0.2.4"], 10)
+        tmp = tmp_path / "next.mmdb"  # and atomically, as geoipupdate does
+        shutil.copyfile(good, tmp)
+        tmp.replace(live)
+        assert wait_for(lambda: ask(server, "36.64.100.0/24") == ["192.0.2.1"], 10)
+        log = server.stderr_path.read_text()
+        assert "reload_failed" in log and "Traceback" not in log
+
+
+def test_a_second_instance_on_a_held_port_refuses_to_start(tmp_path: Path) -> None:
+    """issue 12.8: with SO_REUSEPORT (workers > 1) a second server would share the port and
+    split the traffic. It must refuse, naming the address, the protocol and the port."""
+    port = free_port()
+    config = {"port": port, "listen": ["127.0.0.1"], "workers": 2, "sites": SITES}
+    with GeodnsServer(config, {ZONE: ZONE_DATA}):
+        second = GeodnsServer(dict(config), {ZONE: ZONE_DATA})
+        try:
+            result = subprocess.run(second.command(), capture_output=True, text=True, timeout=60)
+        finally:
+            second.cleanup()
+        assert result.returncode != 0
+        assert f"127.0.0.1 port {port} (udp) is already in use" in result.stderr
+
+
+def test_an_admin_port_clash_names_the_admin_address() -> None:
+    admin_port = free_tcp_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", admin_port))
+        holder.listen()
+        server = GeodnsServer(
+            {"admin": {"listen": f"127.0.0.1:{admin_port}"}, "sites": SITES}, {ZONE: ZONE_DATA}
+        )
+        try:
+            result = subprocess.run(server.command(), capture_output=True, text=True, timeout=60)
+        finally:
+            server.cleanup()
+    assert result.returncode != 0
+    assert f"127.0.0.1 port {admin_port} (admin API, tcp)" in result.stderr
+
+
+def test_sigterm_stops_within_a_couple_of_seconds_with_connections_open() -> None:
+    """issue 12.9: open DNS-over-TCP and admin keep-alive connections must not hold a stop."""
+    server = GeodnsServer({"sites": SITES}, {ZONE: ZONE_DATA})
+    server.start()
+    try:
+        dns_tcp = server.tcp_connect()
+        admin = socket.create_connection(("127.0.0.1", server.admin_port or 0))
+        admin.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        time.sleep(0.2)
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=15)
+        elapsed = time.monotonic() - started
+        assert server.proc.returncode == 0
+        assert elapsed < 3.0, f"stopping took {elapsed:.1f} s"
+        for sock in (dns_tcp, admin):
+            sock.close()
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+        server.cleanup()
+
+
+# -- response rate limiting and cookies --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited() -> GeodnsServer:
+    config = {"rrl": {"rate": 5, "slip": 2, "exempt": []}, "sites": SITES}
+    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
+        yield server
+
+
+def _burst(server: GeodnsServer, count: int, options: list | None = None) -> list[bytes | None]:
+    """`count` identical queries as fast as they go; the replies (None: dropped)."""
+    query = dns.message.make_query(f"ns1.{ZONE}", "A", use_edns=0, options=options or [])
+    replies: list[bytes | None] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.3)
+        for number in range(count):
+            query.id = number
+            sock.sendto(query.to_wire(), (server.host, server.port))
+            try:
+                replies.append(sock.recv(4096))
+            except TimeoutError:
+                replies.append(None)
+    return replies
+
+
+def test_response_rate_limiting_drops_and_slips_a_flood(limited: GeodnsServer) -> None:
+    replies = _burst(limited, 60)
+    answered = [r for r in replies if r is not None and not r[2] & 0x02]
+    truncated = [r for r in replies if r is not None and r[2] & 0x02]
+    dropped = replies.count(None)
+    assert 5 <= len(answered) <= 20, len(answered)
+    assert truncated and dropped, (len(truncated), dropped)
+    assert abs(len(truncated) - dropped) <= 3  # slip 2: every other limited response
+    metrics = limited.metrics_text()
+    assert "geodns_rrl_responses_total" in metrics and 'action="dropped"' in metrics
+    # TCP is never limited
+    query = dns.message.make_query(f"ns1.{ZONE}", "A")
+    reply = dns.query.tcp(query, limited.host, port=limited.port, timeout=2)
+    assert reply.rcode() == dns.rcode.NOERROR and reply.answer
+
+
+COOKIE = 10
+
+
+def _cookie_of(reply: dns.message.Message) -> bytes | None:
+    for option in reply.options:
+        if option.otype == COOKIE:
+            return option.to_wire()
+    return None
+
+
+def test_a_client_cookie_gets_a_server_cookie_that_lets_it_through_rrl(
+    limited: GeodnsServer,
+) -> None:
+    client = bytes.fromhex("0102030405060708")
+    query = dns.message.make_query(
+        f"www.{ZONE}", "A", use_edns=0, options=[dns.edns.GenericOption(COOKIE, client)]
+    )
+    reply = dns.query.udp(query, limited.host, port=limited.port, timeout=2)
+    cookie = _cookie_of(reply)
+    assert cookie is not None and cookie[:8] == client and len(cookie) == 24
+    assert cookie[8] == 1  # RFC 9018 version 1
+    with_server = [dns.edns.GenericOption(COOKIE, cookie)]
+    replies = _burst(limited, 40, with_server)
+    assert all(r is not None and not r[2] & 0x02 for r in replies), "a valid cookie was limited"
+    # a wrong server cookie is not trusted: answered with a fresh one, and limited again
+    forged = [dns.edns.GenericOption(COOKIE, cookie[:-1] + bytes([cookie[-1] ^ 1]))]
+    replies = _burst(limited, 40, forged)
+    rcodes = {dns.message.from_wire(r).rcode() for r in replies if r is not None}
+    assert dns.rcode.BADCOOKIE in rcodes  # limited clients with a cookie are told to use ours
+
+
+def test_dig_shows_a_good_cookie(limited: GeodnsServer) -> None:
+    if shutil.which("dig") is None:
+        pytest.skip("dig is not installed")
+    out = subprocess.run(
+        ["dig", f"@{limited.host}", "-p", str(limited.port), f"www.{ZONE}", "+cookie"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    assert "COOKIE:" in out and "(good)" in out, out
+
+
+@pytest.mark.parametrize("length", [7, 9, 15, 41])
+def test_a_malformed_cookie_is_formerr(limited: GeodnsServer, length: int) -> None:
+    query = dns.message.make_query(
+        f"www.{ZONE}", "A", use_edns=0, options=[dns.edns.GenericOption(COOKIE, bytes(length))]
+    )
+    reply = dns.query.udp(query, limited.host, port=limited.port, timeout=2)
+    assert reply.rcode() == dns.rcode.FORMERR
