@@ -99,6 +99,27 @@ class ProcessMemory:
         return dataclasses.asdict(self)
 
 
+def role_of(command_line: str, index: int) -> str:
+    """What a server's process is, from its command line: the main one (the first), a worker
+    (multiprocessing's spawned children), or a helper such as multiprocessing's resource tracker
+    (a small process of its own that a spawn start brings along)."""
+    if index == 0:
+        return "main"
+    if "resource_tracker" in command_line:
+        return "helper (resource tracker)"
+    if "spawn_main" in command_line:
+        return "worker"
+    return "other"
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def memory_per_process(pids: list[int]) -> list[ProcessMemory]:
     """RSS, PSS (with its anonymous and file-backed parts) and peak RSS of each process, in MB
     (1,048,576 bytes); the first pid is the main process."""
@@ -110,7 +131,7 @@ def memory_per_process(pids: list[int]) -> list[ProcessMemory]:
         out.append(
             ProcessMemory(
                 pid=pid,
-                role="main" if index == 0 else f"worker {index}",
+                role=role_of(command_line(pid), index),
                 rss_mb=round(rollup.get("Rss", 0) / 1024, 1),
                 pss_mb=round(rollup.get("Pss", 0) / 1024, 1),
                 pss_anon_mb=round(rollup.get("Pss_Anon", 0) / 1024, 1),

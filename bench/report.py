@@ -65,11 +65,16 @@ def markdown(headers: list[str], rows: list[Row]) -> str:
 
 
 def process_memory(memory: Any) -> str:
-    """'RSS / PSS' of each process after the cold run, in MB ('+' between processes)."""
+    """'RSS / PSS' of each process after the cold run, in MB ('+' between processes; a helper
+    process such as multiprocessing's resource tracker is marked)."""
     processes = get(memory, "processes") or []
     if not processes:
         return "-"
-    return " + ".join(f"{fmt(p.get('rss_mb'))} / {fmt(p.get('pss_mb'))}" for p in processes)
+    return " + ".join(
+        f"{fmt(p.get('rss_mb'))} / {fmt(p.get('pss_mb'))}"
+        + (" (helper)" if str(p.get("role", "")).startswith("helper") else "")
+        for p in processes
+    )
 
 
 def index_seconds(run: Any) -> Any:

@@ -215,3 +215,20 @@ def test_the_report_names_each_databases_source_and_the_answer_checks(tmp_path: 
     path = tmp_path / "r.json"
     report.write_json(path, results())
     assert report.main([str(path)]) == 0
+
+
+def test_processes_are_told_apart_by_their_command_line() -> None:
+    from bench.procstat import role_of
+
+    spawn = "python -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5)"
+    tracker = "python -c from multiprocessing.resource_tracker import main;main(4)"
+    assert role_of("python -m geodns serve", 0) == "main"
+    assert role_of(spawn, 2) == "worker"
+    assert role_of(tracker, 1) == "helper (resource tracker)"
+    memory = {
+        "processes": [
+            {"rss_mb": 90.0, "pss_mb": 70.0},
+            {"rss_mb": 12.0, "pss_mb": 7.0, "role": "helper (resource tracker)"},
+        ]
+    }
+    assert report.process_memory(memory) == "90.0 / 70.0 + 12.0 / 7.0 (helper)"
