@@ -104,11 +104,12 @@ def compare_geo(
     label: str,
 ) -> dict[str, Any]:
     """Same A answer for every subnet? Each difference with both PoPs' distances from the
-    client's database location, so a near tie between two PoPs can be told from a bug."""
+    client's database location, so a near tie between two PoPs can be told from a bug, or
+    marked `no_location` when the database gives the client no coordinates."""
     by_address = pops.by_ipv4()
     reader = maxminddb.open_database(str(db))
     mismatches: list[dict[str, Any]] = []
-    near_ties = missing = 0
+    near_ties = missing = unlocated = 0
     try:
         for subnet, mine in first.items():
             theirs = second.get(subnet)
@@ -125,7 +126,17 @@ def compare_geo(
             }
             record = reader.get(address)
             location = record.get("location") if isinstance(record, dict) else None
-            if isinstance(location, dict) and "latitude" in location:
+            if not (isinstance(location, dict) and "latitude" in location):
+                # e.g. a GeoLite2 record with only registered_country: gdnsd answers its first
+                # datacenter, geodns places the client at its country's representative point
+                unlocated += 1
+                row["no_location"] = True
+                row["record_countries"] = sorted(
+                    str(value.get("iso_code"))
+                    for key, value in (record.items() if isinstance(record, dict) else ())
+                    if key in ("country", "registered_country") and isinstance(value, dict)
+                )
+            else:
                 lat, lon = float(str(location["latitude"])), float(str(location["longitude"]))
                 row["location"] = [lat, lon]
                 distances = {}
@@ -153,6 +164,7 @@ def compare_geo(
         "same": compared - len(mismatches),
         "mismatches": len(mismatches),
         "near_ties": near_ties,
+        "no_location": unlocated,
         "missing": missing,
         "examples": mismatches[:25],
     }

@@ -316,7 +316,8 @@ def check_lines(results: dict[str, Any]) -> list[str]:
                 lines.append(
                     f"answers, {where}: {check['same']:,} of {check['compared']:,} subnets "
                     f"identical; {check['mismatches']:,} differ ({check['near_ties']:,} near ties "
-                    f"within 1 km / 0.1 %); {check['missing']:,} not asked"
+                    f"within 1 km / 0.1 %, {check.get('no_location', 0):,} where the database "
+                    f"has no coordinates); {check['missing']:,} not asked"
                 )
                 lines += [f"  {example}" for example in check.get("examples", [])[:3]]
     return lines

@@ -159,3 +159,31 @@ def test_both_servers_get_the_same_pops_and_the_big_zone(tmp_path: Path) -> None
     assert "datacenters => [ ashburn, frankfurt, singapore," in text
     zone = (tmp_path / "gdnsd" / "zones" / "big.example.com").read_text()
     assert "n4 30 DYNA geoip!www" in zone and '"generation 3"' in zone
+
+
+def test_answer_differences_are_told_apart_by_distance_or_a_missing_location(
+    tmp_path: Path,
+) -> None:
+    from bench.answers import compare_geo
+    from bench.dnswire import GeoReply
+
+    path = write_city_db(
+        tmp_path / "city.mmdb",
+        [
+            ("1.0.0.0/24", city_record("DE", "EU", 50.0, 8.0)),
+            ("1.0.1.0/24", city_record("DE", "EU", 50.0, 8.0)),
+            ("1.0.2.0/24", {"registered_country": {"iso_code": "NL"}}),
+        ],
+    )
+    six = popsets.six_pops()
+    frankfurt, ashburn = ("198.51.100.21",), ("198.51.100.31",)
+    mine = {0x01000000: GeoReply(frankfurt, 16), 0x01000100: GeoReply(frankfurt, 16)}
+    mine[0x01000200] = GeoReply(frankfurt, 24)
+    theirs = {0x01000000: GeoReply(frankfurt, 14), 0x01000100: GeoReply(ashburn, 14)}
+    theirs[0x01000200] = GeoReply(ashburn, 24)
+    check = compare_geo(path, mine, theirs, six, "warm")
+    assert (check["compared"], check["same"], check["mismatches"]) == (3, 1, 2)
+    assert (check["near_ties"], check["no_location"]) == (0, 1)
+    far, unlocated = check["examples"]
+    assert far["km"]["geodns"] < 100 < far["km"]["gdnsd"]
+    assert unlocated["no_location"] and unlocated["record_countries"] == ["NL"]
