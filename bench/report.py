@@ -247,7 +247,7 @@ def reload_latency(run: Any) -> Any:
 
 def memory_rows(table: Table, memory: dict[str, Any]) -> None:
     one, two = memory.get("1"), memory.get("2")
-    db = get(one, "database") or get(two, "database") or ""
+    db = memory.get("database") or get(one, "database") or ""
     table.section(f"geodns memory after a cold run, {db} ({fmt(memory.get('database_mb'))} MB)")
     for label, run in (("workers: 1", one), ("workers: 2", two)):
         if run is None:

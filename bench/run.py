@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -208,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         "profile": profile.name,
         "machine": machine(),
         "settings": {
-            **profile.__dict__,
+            **dataclasses.asdict(profile),
             "saturate_dnsperf": SATURATE,
             "fixed_dnsperf": FIXED,
             "server_cpu": SERVER_CPU,
         },
-        "pops": {p.label: [p.__dict__ for p in p.pops] for p in pop_sets},
+        "pops": {pops.label: [dataclasses.asdict(p) for p in pops.pops] for pops in pop_sets},
         "databases": {},
     }
     first: tuple[databases.Database, workloads.Workloads] | None = None
