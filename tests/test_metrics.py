@@ -20,18 +20,20 @@ import dns.edns
 import dns.message
 import netaddr
 import pytest
+from inprocess import ask
 from mmdb_writer import MMDBWriter
 from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
-from geodns.config.loader import open_geo
+from geodns.config.loader import load_geo
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon.app import ReloadStatus
 from geodns.dns.wire import parse_query
-from geodns.geo.locator import GeoLocator
+from geodns.geo.locator import Geo
 from geodns.observe.metrics import OTHER_QTYPE, Metrics, QueryCounters, worker_report
-from geodns.serving.engine import Outcome, build_snapshot
-from geodns.serving.server import ServerState, handle
+from geodns.serving.answer_path import ServerState
+from geodns.serving.engine import Outcome
+from geodns.serving.snapshot import build_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "geodns" / "data" / "example-config.yaml"
@@ -61,14 +63,14 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> ServerConfig:
 
 
 @pytest.fixture(scope="module")
-def geo(config: ServerConfig) -> Iterator[GeoLocator]:
-    locator = open_geo(config)
+def geo(config: ServerConfig) -> Iterator[Geo]:
+    locator = load_geo(config, build=True)
     yield locator
     locator.close()
 
 
 @pytest.fixture
-def state(config: ServerConfig, geo: GeoLocator) -> ServerState:
+def state(config: ServerConfig, geo: Geo) -> ServerState:
     return ServerState(build_snapshot(config, geo))
 
 
@@ -85,7 +87,7 @@ def value(found: dict[Any, float], name: str, **labels: str) -> float | None:
     return found.get((name, frozenset(labels.items())))
 
 
-def test_counts_from_real_queries(state: ServerState, geo: GeoLocator) -> None:
+def test_counts_from_real_queries(state: ServerState, geo: Geo) -> None:
     health = {
         "jakarta": {
             "state": "up",
@@ -122,7 +124,7 @@ def test_counts_from_real_queries(state: ServerState, geo: GeoLocator) -> None:
         (wire("www.cdn.example.com")[:-3], False),  # cut short: FORMERR
     ]
     for data, tcp in traffic:
-        handle(state, data, RESOLVER, tcp)
+        ask(state, data, RESOLVER, tcp)
     state.tcp_connections = 2  # as TcpProtocol keeps it
 
     payload, content_type = metrics.render()
@@ -248,12 +250,12 @@ def test_replies_from_the_reply_cache_are_counted(state: ServerState) -> None:
     state.count_with(metrics.counters)
     repeated = wire("www.cdn.example.com", ecs="36.64.0.0/24")  # Jakarta, cached from 2nd
     for _ in range(5):
-        handle(state, repeated, RESOLVER, False)
+        ask(state, repeated, RESOLVER, False)
     for subnet in ("36.64.1.0/24", "36.64.2.0/24", "36.64.3.0/24"):  # subnet templates
-        handle(state, wire("www.cdn.example.com", ecs=subnet), RESOLVER, False)
+        ask(state, wire("www.cdn.example.com", ecs=subnet), RESOLVER, False)
     for _ in range(4):  # a static answer, cached from its second sighting
-        handle(state, wire("mx1.cdn.example.com"), RESOLVER, False)
-    assert len(state.snapshot.responses) == 2
+        ask(state, wire("mx1.cdn.example.com"), RESOLVER, False)
+    assert len(state.snapshot.replies) == 2
     found = samples(metrics.render()[0])
     zone = "cdn.example.com."
     assert value(found, "geodns_answers_total", zone=zone, site="jakarta") == 8
@@ -264,9 +266,9 @@ def test_replies_from_the_reply_cache_are_counted(state: ServerState) -> None:
 
 def test_openmetrics_negotiation(state: ServerState) -> None:
     metrics = Metrics(server_state=state, process=False)
-    handle(state, wire("mx1.cdn.example.com"), RESOLVER, False)
+    ask(state, wire("mx1.cdn.example.com"), RESOLVER, False)
     state.observer = metrics.observe
-    handle(state, wire("mx1.cdn.example.com"), RESOLVER, False)
+    ask(state, wire("mx1.cdn.example.com"), RESOLVER, False)
     payload, content_type = metrics.render("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert payload.endswith(b"# EOF\n")
@@ -308,16 +310,16 @@ def test_worker_reports_are_added_to_the_main_process(state: ServerState) -> Non
     reports: dict[int, dict] = {}
     main = Metrics(server_state=state, workers=lambda: reports.values(), process=False)
     state.count_with(main.counters)
-    handle(state, wire("mx1.cdn.example.com"), RESOLVER, False)
-    handle(state, b"\x00", RESOLVER, False)
+    ask(state, wire("mx1.cdn.example.com"), RESOLVER, False)
+    ask(state, b"\x00", RESOLVER, False)
 
     worker_state = ServerState(state.snapshot)
     worker = QueryCounters()
     worker_state.observer = worker.observe
     for _ in range(4):
-        handle(worker_state, wire("mx1.cdn.example.com"), RESOLVER, False)
-    handle(worker_state, wire("www.cdn.example.com", ecs="36.64.0.0/24"), RESOLVER, True)
-    handle(worker_state, wire("www.cdn.example.com")[:-1], RESOLVER, False)
+        ask(worker_state, wire("mx1.cdn.example.com"), RESOLVER, False)
+    ask(worker_state, wire("www.cdn.example.com", ecs="36.64.0.0/24"), RESOLVER, True)
+    ask(worker_state, wire("www.cdn.example.com")[:-1], RESOLVER, False)
     worker_state.tcp_connections = 3
     report = pickle.loads(pickle.dumps(worker_report(worker, worker_state)))  # the pipe
 

@@ -1,18 +1,22 @@
 """Ranking a place against a record's sites: nearest first by great-circle distance, ties by name.
 
-`DynamicRecord.ranked` computes each site's trigonometry once per record (geodns.geo.locator.distances_km)
-rather than per call; these properties hold it to `distance_km` exactly, value for value, and
+Two implementations rank: `DynamicRecord.ranked` per place in Python (the reference, what
+`geodns explain` prints) and geodns.geo.ranking.rank for every place of a database at once with
+numpy (what the answer maps use). These properties hold them to `distance_km` and to each other,
+order for order, and
 check that the candidates taken as up follow each new health view.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geodns.dns.zone import TYPE_A
 from geodns.geo.dynamic import Candidate, DynamicRecord, Target, evaluate
-from geodns.geo.locator import Place, Placement, distance_km
+from geodns.geo.places import Place, Placement, distance_km
+from geodns.geo.ranking import DISTANCE_DECIMALS, rank
 
 latitudes = st.floats(min_value=-90, max_value=90, allow_nan=False)
 longitudes = st.floats(min_value=-180, max_value=180, allow_nan=False)
@@ -36,11 +40,36 @@ def test_ranking_matches_distance_km_exactly(
     record = record_for(points)
     place = Place("AS", "ID", None, "Somewhere", latitude, longitude, "city")
     expected = sorted(
-        (distance_km(latitude, longitude, c.latitude, c.longitude), c.name)
+        (
+            round(distance_km(latitude, longitude, c.latitude, c.longitude), DISTANCE_DECIMALS),
+            c.name,
+        )
         for c in record.candidates
     )
-    got = [(distance, c.name) for c, distance in record.ranked(place)]
+    got = [(round(distance, DISTANCE_DECIMALS), c.name) for c, distance in record.ranked(place)]
     assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    points=sites,
+    places=st.lists(st.tuples(latitudes, longitudes), min_size=1, max_size=20),
+)
+def test_numpy_ranking_of_all_places_equals_the_python_ranking_of_each(
+    points: list[tuple[float, float]], places: list[tuple[float, float]]
+) -> None:
+    record = record_for(points)
+    names = [c.name for c in record.candidates]
+    matrix = rank(
+        np.array([p[0] for p in places]),
+        np.array([p[1] for p in places]),
+        points,
+        names,
+        len(points),
+    )
+    for row, (latitude, longitude) in zip(matrix, places, strict=True):
+        place = Place("AS", "ID", None, None, latitude, longitude, "city")
+        assert [names[i] for i in row] == [c.name for c, _ in record.ranked(place)]
 
 
 def test_sites_at_the_same_distance_rank_by_name() -> None:

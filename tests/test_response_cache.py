@@ -20,7 +20,9 @@ from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
 from geodns.dns.wire import parse_query
-from geodns.serving.engine import SIGHTING_SLOTS, Asked, Outcome, Snapshot
+from geodns.serving.answer_path import ServerState, _remember
+from geodns.serving.engine import Outcome
+from geodns.serving.snapshot import SIGHTING_SLOTS, Asked, Snapshot
 
 ZONE = "cache.test"
 
@@ -138,10 +140,10 @@ def test_a_reply_is_kept_from_the_second_sighting_of_its_bytes() -> None:
     asked = Asked(query.qname, query.qtype, query.ecs)
     outcome = Outcome(0, ZONE, cacheable=True)
     reply = data[:2] + b"reply"
-    snapshot.remember(key, reply, asked, outcome)
-    assert key not in snapshot.responses
-    snapshot.remember(key, reply, asked, outcome)
-    assert snapshot.responses[key][0] == b"reply"
+    _remember(ServerState(snapshot), snapshot, key, reply, asked, outcome)
+    assert key not in snapshot.replies
+    _remember(ServerState(snapshot), snapshot, key, reply, asked, outcome)
+    assert snapshot.replies[key].body == b"reply"
 
 
 def test_one_off_queries_keep_no_replies_and_a_repeat_is_still_seen() -> None:
@@ -153,12 +155,12 @@ def test_one_off_queries_keep_no_replies_and_a_repeat_is_still_seen() -> None:
     query, key = parse_query(data), data[2:]
     asked = Asked(query.qname, query.qtype, query.ecs)
     outcome = Outcome(0, ZONE, cacheable=True)
-    snapshot.remember(key, data[:2] + b"reply", asked, outcome)
+    _remember(ServerState(snapshot), snapshot, key, data[:2] + b"reply", asked, outcome)
     slot = hash(key) % SIGHTING_SLOTS
     for index in range(10_000):
         other = key + index.to_bytes(4, "big")
         if hash(other) % SIGHTING_SLOTS != slot:  # one that took the slot would make it forget
-            snapshot.remember(other, data[:2] + b"other", asked, outcome)
-    assert len(snapshot.responses) <= 20
-    snapshot.remember(key, data[:2] + b"reply", asked, outcome)
-    assert snapshot.responses[key][0] == b"reply"
+            _remember(ServerState(snapshot), snapshot, other, data[:2] + b"other", asked, outcome)
+    assert len(snapshot.replies) <= 20
+    _remember(ServerState(snapshot), snapshot, key, data[:2] + b"reply", asked, outcome)
+    assert snapshot.replies[key].body == b"reply"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from geodns.dns.zone import TYPE_A
 from geodns.geo.dynamic import Candidate, DynamicRecord, Target, evaluate
-from geodns.geo.locator import Place, Placement
+from geodns.geo.places import Place, Placement
 
 SITES = {"jkt": (-6.2, 106.8), "sin": (1.35, 103.8), "kul": (3.14, 101.7), "bkk": (13.7, 100.5)}
 JAKARTA_USER = Place("AS", "ID", None, "Jakarta", -6.2, 106.8, "city")

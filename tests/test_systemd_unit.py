@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from geodns.config.loader import open_geo
+from geodns.config.loader import load_geo
 from geodns.config.server import load_config
-from geodns.serving.engine import build_snapshot
+from geodns.serving.snapshot import build_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "systemd" / "geodns.service"
@@ -152,7 +152,7 @@ def test_example_config_serves_the_bundled_zone(tmp_path: Path) -> None:
     config_path = tmp_path / "geodns.yaml"
     config_path.write_text(text)
     config = load_config(config_path)
-    geo = open_geo(config)
+    geo = load_geo(config, build=True)
     try:
         snapshot = build_snapshot(config, geo)
     finally:

@@ -213,46 +213,108 @@ def _connect(srv) -> socket.socket | None:
         return None
 
 
-def test_connection_cap(make_server):
+def _connect_from(srv, source: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.settimeout(2.0)
+    sock.connect((srv.host, srv.port))
+    return sock
+
+
+def test_a_full_server_makes_room_by_closing_the_least_useful_connection(make_server):
+    """At the cap, a new connection takes the place of the one that has gone longest without
+    completing a message: the server never holds more than the cap, and slots held by clients
+    that do not send whole queries cannot lock everyone else out."""
     from conftest import base_config
 
     srv = make_server(base_config(tcp={"max_connections": 4, "idle_timeout": 30}))
     time.sleep(0.3)  # let the server see the readiness probe's connection close
-    first: list[socket.socket] = []
-    extra: list[socket.socket | None] = []
+    first = [srv.tcp_connect() for _ in range(4)]
+    newcomer = None
     try:
-        for i in range(4):
-            sock = srv.tcp_connect()
-            first.append(sock)
-            assert _served(sock, 0x7000 + i), f"connection {i + 1} of 4 not served"
-        for _ in range(3):
-            extra.append(_connect(srv))
-        for i, sock in enumerate(extra):
-            if sock is not None:
-                assert not _served(sock, 0x7100 + i), "a connection over the cap was served"
         for i, sock in enumerate(first):
-            assert _served(sock, 0x7200 + i), "an existing connection stopped working at the cap"
+            assert _served(sock, 0x7000 + i), f"connection {i + 1} of 4 not served"
+            time.sleep(0.05)  # connection 0 is the one that went longest without a message
+        newcomer = srv.tcp_connect()
+        assert _served(newcomer, 0x7100), "a new connection at the cap was not served"
+        assert wait_closed(first[0], 3.0), "the least recently useful connection stayed open"
+        for i, sock in enumerate(first[1:], start=1):
+            assert _served(sock, 0x7200 + i), "a recently useful connection was closed"
     finally:
-        for sock in first + [s for s in extra if s is not None]:
+        for sock in [*first, newcomer]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def test_slow_clients_are_evicted_before_clients_that_send_whole_queries(make_server):
+    from conftest import base_config
+
+    srv = make_server(base_config(tcp={"max_connections": 4, "idle_timeout": 30}))
+    time.sleep(0.3)
+    useful = srv.tcp_connect()
+    slow = []
+    try:
+        assert _served(useful, 0x7300)
+        for _ in range(3):  # connect and start a message that never ends
+            sock = srv.tcp_connect()
+            sock.sendall(b"\x00")
+            slow.append(sock)
+        time.sleep(0.2)
+        newcomers = [srv.tcp_connect() for _ in range(3)]
+        try:
+            assert all(_served(sock, 0x7400 + i) for i, sock in enumerate(newcomers))
+            assert all(wait_closed(sock, 3.0) for sock in slow), "a slow client kept its slot"
+            assert _served(useful, 0x7500), "the useful connection was evicted"
+        finally:
+            for sock in newcomers:
+                sock.close()
+    finally:
+        for sock in [useful, *slow]:
             with contextlib.suppress(OSError):
                 sock.close()
-    # once they are closed, new connections work again (bounded retry while the server notices)
-    deadline = time.monotonic() + 3.0
-    ok = False
-    while time.monotonic() < deadline and not ok:
-        sock = _connect(srv)
-        if sock is not None:
-            with sock:
-                ok = _served(sock, 0x7300, timeout=1.0)
-        if not ok:
-            time.sleep(0.1)
-    assert ok, "no new connection served after the others closed"
-    # and the cap is back to 4 usable connections
-    again = [srv.tcp_connect() for _ in range(4)]
+
+
+def test_a_message_must_arrive_whole_within_its_time_limit(make_server):
+    """Dripping one byte at a time does not keep a connection: the limit runs from the first
+    byte of a message and is not reset by each byte (issue 12.2)."""
+    from conftest import base_config
+
+    srv = make_server(base_config(tcp={"message_timeout": 0.8, "idle_timeout": 30}))
+    message = frame(build_query(WWW, 1, qid=0x7600))
+    with srv.tcp_connect() as sock:
+        started = time.monotonic()
+        closed = False
+        for byte in message:  # one byte every 0.2 s: the message would take seconds
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            if wait_closed(sock, 0.2):
+                closed = True
+                break
+        assert closed, "a dripping client kept its connection"
+        assert time.monotonic() - started < 3.0
+    assert srv.answers(WWW, tcp=True)
+
+
+def test_one_address_cannot_hold_more_than_its_share(make_server):
+    from conftest import base_config
+
+    srv = make_server(base_config(tcp={"max_per_address": 2, "idle_timeout": 30}))
+    time.sleep(0.3)
+    held = [_connect_from(srv, "127.0.0.5") for _ in range(2)]
     try:
-        assert all(_served(sock, 0x7400 + i) for i, sock in enumerate(again))
+        assert all(_served(sock, 0x7700 + i) for i, sock in enumerate(held))
+        third = _connect_from(srv, "127.0.0.5")
+        with third:
+            assert not _served(third, 0x7710), "a third connection from one address was served"
+        other = _connect_from(srv, "127.0.0.6")
+        with other:
+            assert _served(other, 0x7720), "another address was refused"
     finally:
-        for sock in again:
+        for sock in held:
             sock.close()
 
 

@@ -22,8 +22,9 @@ from server_process import LOOPBACK_V4, LOOPBACK_V6, GeodnsServer, have_ipv6_loo
 
 from geodns.config.server import ServerConfig
 from geodns.serving import udpbatch
-from geodns.serving.engine import build_snapshot
-from geodns.serving.server import ServerState
+from geodns.serving.answer_path import ServerState
+from geodns.serving.client import ClientFactory
+from geodns.serving.snapshot import build_snapshot
 
 ZONE = "batch.test"
 NAMES = 10
@@ -110,7 +111,7 @@ def test_one_readable_event_answers_a_burst_in_batches_and_drops_an_oversized_da
     snapshot = build_snapshot(ServerConfig(zones_dir=tmp_path), None)
     state = ServerState(snapshot)
     listener = udpbatch.BatchedUdp(
-        udpbatch.open_socket(LOOPBACK_V4, 0, socket.AF_INET, False), state, batch=4
+        udpbatch.open_socket(LOOPBACK_V4, 0, socket.AF_INET, False), state, 4, ClientFactory()
     )
     port = listener.sock.getsockname()[1]
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]

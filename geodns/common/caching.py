@@ -1,21 +1,172 @@
-"""Bounded caches for the query path that never pause it.
+"""Every cache of geodns: one table (CACHES) and one bounded dict type for all of them.
 
-The caches are plain dicts (the fastest lookup CPython has) kept in insertion order. Emptying a
-full one at once frees all its entries in one go, which for 100,000 entries stalls the event
-loop for tens of milliseconds: a p99 spike for every query waiting behind it. Making room by
-dropping the oldest sixty-fourth instead spreads that cost thinly over the inserts.
+A nameserver on the internet meets millions of distinct names, subnets and clients; a cache
+without a bound is a memory leak with extra steps. So every cache is a `BoundedCache` made
+from a `CacheSpec` of the table below: a bound in entries and in bytes (each insert says how
+big its entry is), a lifetime, and what it saves. docs/architecture.md prints the table, and
+tests/test_caches.py holds the two together and fills each cache past its bound.
+
+The caches are dicts (the fastest lookup CPython has) kept in insertion order; `get` is dict's
+own. Emptying a full cache at once would free all its entries in one go, which for 100,000
+entries stalls the event loop for tens of milliseconds; making room by dropping the oldest
+sixty-fourth spreads that cost thinly over the inserts.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 EVICT_SHARE = 64
+ENTRY_OVERHEAD = 200  # bytes a dict slot, its key and value objects cost beyond their data
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """One line of the table of caches."""
+
+    name: str
+    key: str
+    holds: str
+    max_entries: int
+    max_bytes: int
+    lifetime: str
+    saves: str
+
+
+MB = 1 << 20
+
+CACHES: dict[str, CacheSpec] = {
+    spec.name: spec
+    for spec in (
+        CacheSpec(
+            "prepared",
+            "(lower-case query name, type)",
+            "the answer's encoded sections (geodns.dns.resolve.Prepared)",
+            100_000,
+            64 * MB,
+            "a zone set (kept across health changes, new on reload)",
+            "the resolution and dnslib encoding of a name (100-300 us)",
+        ),
+        CacheSpec(
+            "replies",
+            "the UDP query's bytes after its ID",
+            "the reply's bytes after the ID, with what metrics and RRL need",
+            65_536,
+            48 * MB,
+            "a snapshot (new on every health change or reload)",
+            "parsing and answering a repeat query (about 5 us of 7)",
+        ),
+        CacheSpec(
+            "templates",
+            "the UDP query's bytes between its ID and its ECS address",
+            "per answer id, the reply's bytes up to the ECS scope",
+            4_096,
+            32 * MB,
+            "a snapshot",
+            "parsing and answering a question asked from a new client subnet",
+        ),
+        CacheSpec(
+            "place_decisions",
+            "(dynamic record, place)",
+            "the decision for a place, on the slow path (no answer map)",
+            100_000,
+            32 * MB,
+            "a snapshot",
+            "evaluate() per query for records without an answer map",
+        ),
+        CacheSpec(
+            "clients",
+            "a UDP peer's address bytes",
+            "the peer as text, family, integer and network",
+            65_536,
+            24 * MB,
+            "a socket",
+            "formatting a peer address per datagram",
+        ),
+        CacheSpec(
+            "direct_places",
+            "(family, address)",
+            "a Placement looked up in the database itself",
+            65_536,
+            24 * MB,
+            "the seconds before a new database's place index is built",
+            "a record decode per query while the index builds",
+        ),
+        CacheSpec(
+            "rrl",
+            "(client network, response kind)",
+            "a token bucket: balance, last refill, limited responses",
+            262_144,
+            96 * MB,
+            "until pushed out by newer accounts (a flood of new networks recycles it)",
+            "nothing: it is the rate limiter's memory of who was answered",
+        ),
+        CacheSpec(
+            "cookies",
+            "(client address, client cookie, server cookie)",
+            "that the server cookie was valid, and until when",
+            65_536,
+            16 * MB,
+            "a process; an entry lives until its cookie ages",
+            "a SipHash-2-4 per query with a cookie (about 10 us)",
+        ),
+    )
+}
+
+
+class BoundedCache(dict[K, V], Generic[K, V]):
+    """A dict with a bound in entries and bytes, from its CacheSpec. Read it with `get` (the
+    dict's own, so as fast as a plain dict); write with `put`, which makes room first."""
+
+    def __init__(self, spec: CacheSpec | str) -> None:
+        super().__init__()
+        self.spec = CACHES[spec] if isinstance(spec, str) else spec
+        self.max_entries = self.spec.max_entries
+        self.max_bytes = self.spec.max_bytes
+        self.bytes = 0
+        self.sizes: dict[K, int] = {}
+        self.evictions = 0
+
+    def put(self, key: K, value: V, size: int) -> None:
+        """Insert (or replace) an entry of about `size` bytes of data."""
+        size += ENTRY_OVERHEAD
+        old = self.sizes.get(key)
+        if old is not None:
+            self.bytes -= old
+        elif len(self) >= self.max_entries or self.bytes + size > self.max_bytes:
+            self._make_room(size)
+        self[key] = value
+        self.sizes[key] = size
+        self.bytes += size
+
+    def _make_room(self, size: int) -> None:
+        share = max(1, self.max_entries // EVICT_SHARE)
+        while self and (len(self) >= self.max_entries or self.bytes + size > self.max_bytes):
+            for key in list(islice(self, share)):
+                del self[key]
+                self.bytes -= self.sizes.pop(key)
+                self.evictions += 1
+
+    def discard(self, key: K) -> None:
+        if key in self.sizes:
+            del self[key]
+            self.bytes -= self.sizes.pop(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.sizes.clear()
+        self.bytes = 0
 
 
 def make_room(cache: dict[Any, Any], limit: int) -> None:
-    """If `cache` holds `limit` entries or more, drop its oldest entries (1/64 of the limit)."""
+    """If `cache` holds `limit` entries or more, drop its oldest entries (1/64 of the limit).
+    For small internal memos whose entries are of one fixed size; caches of the table use
+    BoundedCache."""
     if len(cache) >= limit:
         for key in list(islice(cache, max(1, limit // EVICT_SHARE))):
             del cache[key]

@@ -139,7 +139,9 @@ class Reader:
 
     def strings(self, key: str, default: Sequence[str], what: str) -> list[str]:
         """A list of strings; a single string counts as a list of one."""
-        value = self.mapping.get(key, default)
+        if key not in self.mapping:
+            return list(default)
+        value = self.mapping[key]
         if isinstance(value, str):
             return [value]
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):

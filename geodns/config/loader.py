@@ -6,18 +6,22 @@ carries every problem of every file, and the caller keeps serving whatever it ha
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
-
-import maxminddb
 
 from geodns.common.errors import ConfigError, Problem
 from geodns.config.server import ServerConfig
 from geodns.config.zonefile import load_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
 from geodns.geo.compile import DynamicCompilerForSites
-from geodns.geo.locator import GeoLocator
+from geodns.geo.database import GeoDatabase
+from geodns.geo.index import build_index, load_index, save_index
+from geodns.geo.locator import Geo
+from geodns.geo.places import continent_of
 
 ZONE_SUFFIXES = (".yaml", ".yml")
+SYNC_BUILD_BYTES = 16 << 20  # databases up to this size get their index at start, in < 1 s
 
 
 def zone_files(zones_dir: Path) -> list[Path]:
@@ -58,14 +62,39 @@ def load_zones(
     return zones
 
 
-def open_geo(config: ServerConfig) -> GeoLocator:
-    """Open the configured (or bundled) database; a ConfigError names the file when it cannot."""
+def open_database(config: ServerConfig) -> GeoDatabase:
+    """Open the configured (or bundled) database, schema checked; ConfigError names the file
+    (and the config line that names it) when it cannot be used."""
     path = config.geoip_path
-    try:
-        return GeoLocator(path)
-    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
-        where = str(config.path) if config.path else str(path)
-        line = config.geoip_line if config.geoip_database else 0
-        raise ConfigError(
-            [Problem(where, line, f"cannot open GeoIP database {path}: {exc}")]
-        ) from exc
+    where = str(config.path) if config.path and config.geoip_database else str(path)
+    line = config.geoip_line if config.geoip_database else 0
+    return GeoDatabase(path, where, line, continent_of)
+
+
+def cache_directory(config: ServerConfig) -> Path:
+    """Where the geo index is kept: `cache_dir`, else systemd's CACHE_DIRECTORY, else
+    $XDG_CACHE_HOME/geodns (~/.cache/geodns)."""
+    if config.cache_dir is not None:
+        return config.cache_dir
+    systemd = os.environ.get("CACHE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "geodns"
+
+
+def load_geo(config: ServerConfig, build: bool | None = None) -> Geo:
+    """The geography for a config: the database's cached place index when there is one; else
+    the index built now when `build` (None: when the database is small enough to build in a
+    moment), else the database itself, for the caller to build the index in the background."""
+    database = open_database(config)
+    directory = cache_directory(config)
+    index = load_index(directory, database.digest)
+    if index is None and (build or (build is None and len(database.data) <= SYNC_BUILD_BYTES)):
+        index = build_index(database)
+        with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
+            save_index(index, directory)
+    if index is None:
+        return Geo.from_database(database)
+    database.close()
+    return Geo.from_index(database, index)

@@ -44,6 +44,37 @@ class QueryLogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpSettings:
+    """Limits on TCP connections, per process (geodns.serving.transports explains each)."""
+
+    idle_timeout: float = 10.0
+    message_timeout: float = 5.0
+    max_connections: int = 256
+    max_per_address: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RrlSettings:
+    """Response rate limiting (geodns.serving.rrl): on by default, loopback exempt."""
+
+    enabled: bool = True
+    rate: float = 200.0
+    window: float = 15.0
+    slip: int = 2
+    prefix_v4: int = 24
+    prefix_v6: int = 56
+    exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
+class CookieSettings:
+    """DNS cookies (geodns.serving.cookies): on by default; a fleet shares `secret_file`."""
+
+    enabled: bool = True
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything `geodns serve` needs besides the zone files themselves."""
 
@@ -52,8 +83,10 @@ class ServerConfig:
     port: int = 5353
     zones_dir: Path = BUNDLED_ZONES
     max_udp_size: int = 1232
-    tcp_idle_timeout: float = 10.0
-    tcp_max_connections: int = 256
+    tcp: TcpSettings = TcpSettings()
+    rrl: RrlSettings = RrlSettings()
+    cookies: CookieSettings = CookieSettings()
+    cache_dir: Path | None = None  # where the geo index is kept (None: see cache_directory())
     udp_batch: int = 32  # datagrams per recvmmsg/sendmmsg; 0: one at a time through asyncio
     log_level: str = "info"
     log_format: str = "auto"
@@ -93,6 +126,9 @@ TOP_KEYS = (
     "workers",
     "watch_zones",
     "query_log",
+    "rrl",
+    "cookies",
+    "cache_dir",
 )
 
 
@@ -126,7 +162,9 @@ def load_config(path: Path | None) -> ServerConfig:
     port = top.int_in("port", 0, 65535, defaults.port)
     zones_dir = top.get("zones_dir", str, None, "a directory path")
     edns = top.section("edns", ("max_udp_size",))
-    tcp = top.section("tcp", ("idle_timeout", "max_connections"))
+    tcp = top.section(
+        "tcp", ("idle_timeout", "message_timeout", "max_connections", "max_per_address")
+    )
     logging = top.section("logging", ("level", "format"))
     log_level = logging.get("level", str, "info", "a level name").lower()
     if log_level not in ("debug", "info", "warning", "error"):
@@ -139,9 +177,20 @@ def load_config(path: Path | None) -> ServerConfig:
         logging.add(
             logging.mapping.line_of("format"), "logging.format: expected auto, json or console"
         )
-    idle = tcp.get("idle_timeout", (int, float), defaults.tcp_idle_timeout, "seconds")
-    if idle <= 0:
-        tcp.add(tcp.mapping.line_of("idle_timeout"), "tcp.idle_timeout: expected seconds > 0")
+    tcp_settings = TcpSettings(
+        idle_timeout=tcp.number_in("idle_timeout", 0.001, 86400, _TCP.idle_timeout),
+        message_timeout=tcp.number_in("message_timeout", 0.001, 3600, _TCP.message_timeout),
+        max_connections=tcp.int_in("max_connections", 1, 65535, _TCP.max_connections),
+        max_per_address=tcp.int_in("max_per_address", 1, 65535, _TCP.max_per_address),
+    )
+    rrl_settings = _rrl(top.section("rrl", RRL_KEYS))
+    cookies = top.section("cookies", ("enabled", "secret_file"))
+    secret = cookies.text("secret_file", None, "a path to a file of 16 random octets (hex)")
+    cookie_settings = CookieSettings(
+        enabled=cookies.boolean("enabled", True),
+        secret_file=(base / secret) if secret else None,
+    )
+    cache_dir = top.text("cache_dir", None, "a directory path")
     soa = _soa(top.section("soa", SOA_KEYS), SoaSettings())
     zone_soa: dict[str, SoaSettings] = {}
     zones = top.section("zones", tuple(str(k) for k in data.get("zones") or {}))
@@ -166,7 +215,6 @@ def load_config(path: Path | None) -> ServerConfig:
     sites, site_problems = parse_sites(str(path), sites_value, data.line_of("sites"))
     top.problems.extend(site_problems)
     max_udp_size = edns.int_in("max_udp_size", 512, 4096, defaults.max_udp_size)
-    max_connections = tcp.int_in("max_connections", 1, 65535, defaults.tcp_max_connections)
     workers = top.int_in("workers", 0, 64, defaults.workers)
     udp_batch = top.section("udp", ("batch",)).int_in("batch", 0, 1024, defaults.udp_batch)
     watch_zones = top.get("watch_zones", bool, True, "true or false")
@@ -190,8 +238,10 @@ def load_config(path: Path | None) -> ServerConfig:
         port=port,
         zones_dir=(base / zones_dir).resolve() if zones_dir else defaults.zones_dir,
         max_udp_size=max_udp_size,
-        tcp_idle_timeout=float(idle),
-        tcp_max_connections=max_connections,
+        tcp=tcp_settings,
+        rrl=rrl_settings,
+        cookies=cookie_settings,
+        cache_dir=(base / cache_dir) if cache_dir else None,
         udp_batch=udp_batch,
         log_level=log_level,
         log_format=log_format,
@@ -209,6 +259,27 @@ def load_config(path: Path | None) -> ServerConfig:
 
 
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))
+_TCP = TcpSettings()
+_RRL = RrlSettings()
+RRL_KEYS = tuple(f.name for f in fields(RrlSettings))
+
+
+def _rrl(section: Reader) -> RrlSettings:
+    exempt = section.strings("exempt", _RRL.exempt, "a list of networks")
+    for index, text in enumerate(exempt):
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            section.problem("exempt", f"item {index + 1}: {text!r} is not a network")
+    return RrlSettings(
+        enabled=section.boolean("enabled", True),
+        rate=section.number_in("rate", 1, 1_000_000, _RRL.rate),
+        window=section.number_in("window", 1, 3600, _RRL.window),
+        slip=section.int_in("slip", 0, 10, _RRL.slip),
+        prefix_v4=section.int_in("prefix_v4", 8, 32, _RRL.prefix_v4),
+        prefix_v6=section.int_in("prefix_v6", 16, 128, _RRL.prefix_v6),
+        exempt=tuple(exempt),
+    )
 
 
 def _soa(section: Reader, base: SoaSettings) -> SoaSettings:

@@ -49,17 +49,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from geodns.config.loader import load_zones, open_geo
+    from geodns.config.loader import load_zones, open_database
 
     path = _config_path(args.config)
     try:
         config = load_config(path)
         zones = load_zones(config)
-        geo = open_geo(config)
+        database = open_database(config)
     except ConfigError as exc:
         _print_problems(exc)
         return 1
-    print(f"{geo.path}: GeoIP database OK ({geo.database_type})")
+    print(
+        f"{database.path}: GeoIP database OK ({database.database_type}, {database.schema} schema)"
+    )
+    database.close()
     for origin, zone in sorted(zones.items()):
         count = sum(len(node) for node in zone.nodes.values())
         print(f"{zone.path}: zone {origin} OK ({count} RRsets)")

@@ -1,8 +1,10 @@
 """`geodns explain`: what the server would answer a user, and why.
 
-It loads the same config, zones and database as `geodns serve` and runs the same decision code
-(`geodns.geo.dynamic.evaluate`) with a trace, so what it prints is what the server does. Health comes
-from the running server's admin API when it is reachable; otherwise every site counts as up.
+It loads the same config, zones and database as `geodns serve` (the cached place index when
+there is one), runs the reference decision (`geodns.geo.dynamic.evaluate`) with a trace, and
+asks the record's answer map for the ECS scope the server returns, so what it prints is what the
+server does. Health comes from the running server's admin API when it is reachable; otherwise
+every site counts as up.
 """
 
 from __future__ import annotations
@@ -10,24 +12,22 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from geodns.config.loader import open_geo
+from geodns.config.loader import load_geo
 from geodns.config.server import ServerConfig
-from geodns.dns.resolve import split_wire
 from geodns.dns.zone import TYPE_A, TYPE_AAAA
 from geodns.geo.dynamic import DynamicRecord, Trace, evaluate
-from geodns.geo.locator import GeoLocator, Placement, fibre_rtt_ms
-from geodns.serving.engine import build_snapshot
+from geodns.geo.locator import Geo
+from geodns.geo.places import Placement, fibre_rtt_ms, load_country_points
+from geodns.serving.snapshot import answer_maps, build_snapshot
 
 
-def client_key(text: str) -> tuple[Any, bool]:
-    """An address ('192.0.2.1') or a subnet ('192.0.2.0/24') -> (placement key, is_ecs)."""
+def client_address(text: str) -> tuple[int, int, bool]:
+    """An address ('192.0.2.1') or a subnet ('192.0.2.0/24') -> (family, value, is_ecs)."""
     if "/" not in text:
-        return str(ipaddress.ip_address(text)), False
+        address = ipaddress.ip_address(text)
+        return address.version, int(address), False
     network = ipaddress.ip_network(text, strict=False)
-    family = 1 if network.version == 4 else 2
-    length = (network.prefixlen + 7) // 8
-    address = network.network_address.packed[:length]
-    return (family, network.prefixlen, address), True
+    return network.version, int(network.network_address), True
 
 
 def wire_name(name: str) -> bytes:
@@ -38,16 +38,16 @@ def wire_name(name: str) -> bytes:
 def explain(
     config: ServerConfig, who: str, name: str, qtype: str, down: frozenset[str], health_note: str
 ) -> str:
-    geo: GeoLocator = open_geo(config)
-    snapshot = build_snapshot(config, geo)
+    geo = load_geo(config, build=False)
+    snapshot = build_snapshot(config, geo, down)
     rtype = TYPE_AAAA if qtype.upper() == "AAAA" else TYPE_A
-    key, is_ecs = client_key(who)
-    placement = geo.placement(key)
+    family, value, is_ecs = client_address(who)
+    placement = geo.locate(family, value)
     lines = [
         f"query:     {name} {qtype.upper()} from {who} ({'ECS subnet' if is_ecs else 'resolver address'})"
     ]
     lines += _placement_lines(placement, geo)
-    prepared = snapshot.prepared(wire_name(name), rtype)
+    prepared = snapshot.prepare(wire_name(name), rtype)
     record = prepared.dynamic
     if not isinstance(record, DynamicRecord):
         rcode = {0: "NOERROR", 3: "NXDOMAIN", 5: "REFUSED"}.get(prepared.rcode, str(prepared.rcode))
@@ -67,7 +67,8 @@ def explain(
                 f"  {label:16} {distance:8.0f} km  ~{fibre_rtt_ms(distance):6.1f} ms fibre RTT  {state}"
             )
     for note in trace.notes:
-        lines.append(f"note:      {note}")
+        if not note.startswith("ECS scope"):
+            lines.append(f"note:      {note}")
     lines.append(f"decided:   {decision.rule}")
     lines.append(
         f"answer:    {', '.join(decision.addresses) or '(none: NODATA)'}"
@@ -76,22 +77,44 @@ def explain(
     if decision.servfail:
         lines.append("answer:    SERVFAIL (all_down: servfail)")
     lines.append(f"ttl:       {record.ttl}")
-    scope = decision.scope if is_ecs else None
-    lines.append(
-        f"ECS scope: /{scope}" if scope is not None else "ECS scope: (no ECS in this query)"
-    )
+    lines.append(_scope_line(snapshot, geo, record, family, value, is_ecs, decision.scope, down))
     return "\n".join(lines)
 
 
-def _placement_lines(placement: Placement, geo: GeoLocator) -> list[str]:
+def _scope_line(
+    snapshot: Any,
+    geo: Geo,
+    record: DynamicRecord,
+    family: int,
+    value: int,
+    is_ecs: bool,
+    placement_scope: int,
+    down: frozenset[str],
+) -> str:
+    if not is_ecs:
+        return "ECS scope: (no ECS in this query)"
+    shape = snapshot.shapes.get(record)
+    if shape is None or geo.index is None:
+        return f"ECS scope: /{placement_scope} (the block with this place)"
+    maps = answer_maps(geo, [shape], down)
+    _, scope = maps[shape.key].lookup(family, value)
+    return f"ECS scope: /{scope} (every address in it gets this answer now)"
+
+
+def _placement_lines(placement: Placement, geo: Geo) -> list[str]:
     place = placement.place
-    lines = [f"database:  {geo.path.name} ({geo.database_type}), network {placement.network}"]
+    how_placed = "place index" if geo.index is not None else "database lookup"
+    lines = [
+        f"database:  {geo.path.name} ({geo.database_type}, {how_placed}), "
+        f"same place over {placement.network}"
+    ]
     if place is None:
         lines.append("placed:    not located (private, unlisted or not in the database)")
         return lines
     country = place.country
-    if country and country in geo.points and geo.points[country][3]:
-        country = f"{geo.points[country][3]} ({country})"
+    points = load_country_points()
+    if country and country in points and points[country][3]:
+        country = f"{points[country][3]} ({country})"
     where = ", ".join(
         part for part in (place.city, place.subdivision, country, place.continent) if part
     )
@@ -100,4 +123,4 @@ def _placement_lines(placement: Placement, geo: GeoLocator) -> list[str]:
     return lines
 
 
-__all__ = ["explain", "client_key", "split_wire"]
+__all__ = ["explain", "client_address"]

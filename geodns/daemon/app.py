@@ -1,45 +1,70 @@
 """Start-up, signals, reload and shutdown of `geodns serve`.
 
-Start-up is all or nothing: the config and every zone are loaded before any socket is bound, so a
-broken file stops the server with the same errors `geodns check` prints. A reload builds a new
-snapshot beside the old one and swaps one reference; if anything is wrong the old one stays.
+Start-up is all or nothing: the config, every zone and the GeoIP database are loaded (and the
+ports checked) before any socket is bound, so a broken file stops the server with the errors
+`geodns check` prints. A change of any input builds the next snapshot beside the current one,
+the expensive parts in a thread, and swaps one reference (geodns.serving.snapshot):
+- a reload (SIGHUP, the admin API, a changed zone file or database): config, zones, and the
+  database when it changed; if anything is wrong the old snapshot stays and says why;
+- a health change: the answer maps of the shapes whose sites changed state;
+- a new database's place index, built in a background process the first time a database is
+  seen (geodns.geo.index): until it is ready that database answers through its direct locator.
+
+The main process (index 0) also runs the health monitor, the admin API, the file watchers and
+the worker pool; a worker (index > 0) takes its health views, reloads and index notices from
+the main process over `control`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
+import ipaddress
+import multiprocessing
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from geodns import __version__
-from geodns.common.errors import ConfigError, Problem
+from geodns.common.errors import ConfigError, GeodnsError, Problem
 from geodns.common.logs import get_logger
-from geodns.config.loader import open_geo, zone_files
+from geodns.config.loader import cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
 from geodns.daemon.admin import make_admin_app, start_admin
-from geodns.daemon.workers import STATS_INTERVAL, PushedHealth, WorkerPool, worker_count
+from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
 from geodns.geo.dynamic import records_all_down
-from geodns.geo.locator import GeoLocator
+from geodns.geo.index import build_and_save, load_index
+from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
 from geodns.observe.metrics import Metrics, worker_report
 from geodns.observe.querylog import QueryLog
 from geodns.serving import udpbatch
-from geodns.serving.engine import Snapshot, build_snapshot
-from geodns.serving.server import Observer, ServerState, TcpProtocol, UdpProtocol
+from geodns.serving.answer_path import Observer, ServerState
+from geodns.serving.client import ClientFactory
+from geodns.serving.cookies import CookieJar
+from geodns.serving.rrl import ResponseRateLimiter
+from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot
+from geodns.serving.transports import TcpProtocol, TcpRegistry, UdpProtocol
 
 log = get_logger("geodns")
 GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython: 10)
 WATCH_INTERVAL = 1.0
 WATCH_DEBOUNCE = 0.5
+STOP_GRACE = 1.0  # seconds a stopping server gives open connections and tasks
+
+
+class PortInUse(GeodnsError):
+    """A listen address and port is held by another process."""
 
 
 @dataclass
@@ -55,11 +80,7 @@ class ReloadStatus:
 
 
 class App:
-    """One running server process: its config, its snapshot holder and its listeners.
-
-    The main process (index 0) also runs the file watchers and the worker pool; a worker
-    (index > 0) takes its health views and reload orders from the main process over `control`.
-    """
+    """One running server process: its config, its server state and its listeners."""
 
     def __init__(
         self,
@@ -67,20 +88,23 @@ class App:
         config_path: Path | None,
         index: int = 0,
         control: Connection | None = None,
+        cookie_secret: bytes | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.index = index
         self.control = control
+        self.cookie_secret = cookie_secret
         self.pool: WorkerPool | None = None
         self.worker_count = worker_count(config.workers)
         self.state: ServerState | None = None
+        self.geo: Geo | None = None
         self.transports: list[Any] = []
         self.servers: list[asyncio.base_events.Server] = []
         self.stopping = asyncio.Event()
         self.reload_status = ReloadStatus()
         self.generation = 0
-        self.reload_lock = asyncio.Lock()  # one reload at a time: SIGHUP, admin API, file watcher
+        self.reload_lock = asyncio.Lock()  # one rebuild at a time: reloads, health, index
         self.started = time.time()
         self.tasks: list[asyncio.Future[Any]] = []
         self.worker_stats: dict[int, Any] = {}
@@ -88,19 +112,36 @@ class App:
         self.admin: Any = None
         self.metrics: Metrics
         self.query_log: QueryLog | None = None
-        self.geo: GeoLocator
+        self.tcp: TcpRegistry | None = None
+        self.index_build: asyncio.Future[Any] | None = None
+        self.pending_down: frozenset[str] | None = None
+        self.index_ready_at: float | None = None
+
+    # -- start ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load everything, bind, and (main process) start health checks, workers, admin API."""
         config = self.config
-        self.geo = open_geo(config)
-        snapshot = build_snapshot(config, self.geo, generation=self.generation)
+        if self.control is None:
+            check_ports_free(config)
+        self.geo = await asyncio.to_thread(load_geo, config)
+        down: frozenset[str] = frozenset()
+        snapshot = await asyncio.to_thread(build_snapshot, config, self.geo, down)
         if self.control is None:
             self.monitor = HealthMonitor(
                 snapshot.sites, config.state_file, self._health_changed, log
             )
-            snapshot = snapshot.with_health(self.monitor.view)  # restored states and drains
-        self.state = ServerState(snapshot)
+            down = self.monitor.view.down  # restored states and drains
+            if down:
+                maps = answer_maps(self.geo, snapshot.shapes.values(), down, snapshot.maps)
+                snapshot = snapshot.with_view(down, self.geo, maps)
+        self.state = ServerState(
+            snapshot,
+            ResponseRateLimiter(config.rrl) if config.rrl.enabled else None,
+            self._cookie_jar(),
+        )
+        clients = client_factory(config)
+        self.tcp = TcpRegistry(config.tcp, clients)
         self.metrics = Metrics(
             server_state=self.state,
             reload_status=lambda: self.reload_status,
@@ -116,7 +157,7 @@ class App:
             self.state.count_with(self.metrics.counters)
         else:
             self.state.observer = _observer(self.metrics.observe, self.query_log)
-        await self._bind()
+        await self._bind(clients)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -125,13 +166,18 @@ class App:
             loop.add_reader(self.control.fileno(), self._control_message)
             self.control.send(("ready", None))
             self.tasks.append(asyncio.ensure_future(self._report_stats()))
+            settle_heap()
             return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         assert self.monitor is not None
         await self.monitor.start()
         if self.worker_count > 1 and self.config_path is not None:
             self.pool = WorkerPool(
-                self.config_path, self.worker_count, self._worker_stats, run_worker
+                self.config_path,
+                self.worker_count,
+                self._worker_stats,
+                run_worker,
+                self.state.cookies.secret if self.state.cookies else None,
             )
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
@@ -142,6 +188,7 @@ class App:
                 config.admin.socket,
                 _read_token(config.admin.token_file),
             )
+        self._start_index_build()
         log.info(
             "started",
             version=__version__,
@@ -152,11 +199,21 @@ class App:
             workers=self.worker_count,
             geoip=str(self.geo.path),
             geoip_type=self.geo.database_type,
+            geo_index=self.geo.index is not None,
         )
         self.tasks.append(asyncio.ensure_future(self._watch_files()))
         self.tasks.append(asyncio.ensure_future(sdnotify.watchdog_loop()))
         settle_heap()
         sdnotify.ready(self._status_line())
+
+    def _cookie_jar(self) -> CookieJar | None:
+        settings = self.config.cookies
+        if not settings.enabled:
+            return None
+        secret = self.cookie_secret
+        if settings.secret_file is not None:
+            secret = read_cookie_secret(settings.secret_file)
+        return CookieJar(secret)
 
     def _status_line(self) -> str:
         assert self.state is not None
@@ -164,23 +221,234 @@ class App:
         where = ", ".join(self.config.listen)
         return f"serving {zones} zone(s) on {where} port {self.config.port}, generation {self.generation}"
 
+    async def _bind(self, clients: ClientFactory) -> None:
+        loop = asyncio.get_running_loop()
+        state, registry = self.state, self.tcp
+        assert state is not None and registry is not None
+        config = self.config
+        shared = self.worker_count > 1  # SO_REUSEPORT only when our workers share the ports
+        clock = loop.time
+        bound = 0
+        for address in config.listen:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            try:
+                transport = await self._bind_udp(address, family, shared, clients)
+            except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno in (
+                    errno.EADDRNOTAVAIL,
+                    errno.EAFNOSUPPORT,
+                ):
+                    log.warning("listen_skipped", address=address, reason=exc.strerror)
+                    continue
+                raise _bind_error(exc, address, "udp", config.port) from None
+            try:
+                server = await loop.create_server(
+                    lambda: TcpProtocol(state, registry, clock),
+                    host=address,
+                    port=config.port,
+                    family=family,
+                    reuse_address=True,
+                    reuse_port=shared,
+                    backlog=1024,
+                )
+            except OSError as exc:
+                transport.close()
+                raise _bind_error(exc, address, "tcp", config.port) from None
+            self.transports.append(transport)
+            self.servers.append(server)
+            bound += 1
+        if not bound:
+            raise OSError(errno.EADDRNOTAVAIL, "no listen address could be bound")
+
+    async def _bind_udp(
+        self, address: str, family: int, shared: bool, clients: ClientFactory
+    ) -> Any:
+        """A UDP listener: batched system calls where the platform has them (geodns.serving.
+        udpbatch), asyncio's datagram transport otherwise or when `udp.batch` is 0."""
+        loop = asyncio.get_running_loop()
+        state = self.state
+        assert state is not None
+        port = self.config.port
+        if self.config.udp_batch and udpbatch.available():
+            listener = udpbatch.BatchedUdp(
+                udpbatch.open_socket(address, port, family, shared),
+                state,
+                self.config.udp_batch,
+                clients,
+            )
+            listener.start(loop)
+            return listener
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: UdpProtocol(state, clients),
+            local_addr=(address, port),
+            family=family,
+            reuse_port=shared,
+        )
+        return transport
+
+    # -- rebuilding the snapshot ---------------------------------------------------------------
+
+    def _swap(self, snapshot: Snapshot) -> None:
+        assert self.state is not None
+        self.state.snapshot = snapshot
+        settle_heap()
+
     def _health_changed(self, view: HealthView) -> None:
-        """A new health view from the monitor: swap it in here and push it to the workers."""
+        """A new health view from the monitor: rebuild the affected answer maps off the event
+        loop, then swap; push it to the workers at once (they do the same)."""
         if self.state is None:
             return
-        self.state.snapshot = self.state.snapshot.with_health(view)
         if self.pool is not None:
             self.pool.broadcast("health", sorted(view.down))
-        for zone, owner, rtype, mode in records_all_down(self.state.snapshot, view.down):
+        self._apply_down(view.down)
+        for zone, owner, rtype, mode in records_all_down(self.state.snapshot.zones, view.down):
             log.error("all_down", zone=zone, record=owner, type=rtype, answer=mode)
+
+    def _apply_down(self, down: frozenset[str]) -> None:
+        """Swap in a health view; views that arrive while one is being applied are coalesced
+        (the newest wins)."""
+        if self.pending_down is not None:
+            self.pending_down = down
+            return
+        self.pending_down = down
+        self.tasks.append(asyncio.ensure_future(self._apply_pending()))
+
+    async def _apply_pending(self) -> None:
+        async with self.reload_lock:
+            while self.pending_down is not None:
+                assert self.state is not None
+                down = self.pending_down
+                current = self.state.snapshot
+                maps = await asyncio.to_thread(
+                    answer_maps, current.geo, current.shapes.values(), down, current.maps
+                )
+                if self.pending_down == down:
+                    self.pending_down = None
+                self._swap(self.state.snapshot.with_view(down, current.geo, maps))
+
+    def _start_index_build(self) -> None:
+        """The first start with a new database: build its place index in a background process
+        (niced), then switch every process to it."""
+        geo = self.geo
+        if geo is None or geo.index is not None or self.index_build is not None:
+            return
+        directory = cache_directory(self.config)
+        self.index_build = asyncio.ensure_future(self._build_index(geo.path, directory))
+
+    async def _build_index(self, path: Path, directory: Path) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                digest = await loop.run_in_executor(pool, build_and_save, str(path), str(directory))
+        except Exception as exc:  # the direct locator keeps serving; the next reload retries
+            log.error("geo_index_failed", path=str(path), error=str(exc))
+            self.index_build = None
+            return
+        self.index_build = None
+        seconds = time.perf_counter() - started
+        if await self._use_index(directory, digest):
+            log.info("geo_index_ready", path=str(path), seconds=round(seconds, 3))
+            if self.pool is not None:
+                self.pool.broadcast("index", digest)
+
+    async def _use_index(self, directory: Path, digest: str) -> bool:
+        """Switch to the cached index of the database in use (if it still is the one)."""
+        async with self.reload_lock:
+            assert self.state is not None
+            geo = self.geo
+            if geo is None or geo.digest != digest or geo.index is not None:
+                return False
+            index = await asyncio.to_thread(load_index, directory, digest)
+            if index is None:
+                return False
+            new_geo = geo.with_index(index)
+            current = self.state.snapshot
+            maps = await asyncio.to_thread(
+                answer_maps, new_geo, current.shapes.values(), current.down, None
+            )
+            self.geo = new_geo
+            self._swap(current.with_view(current.down, new_geo, maps))
+            geo.close()
+            self.index_ready_at = time.time()
+            return True
 
     async def _admin_reload(self) -> tuple[bool, list[str]]:
         ok = await self.reload("admin API")
         return ok, list(self.reload_status.errors)
 
+    async def reload(self, cause: str) -> bool:
+        """Re-read config, zones and (if changed) the database; swap them in whole, or keep the
+        old snapshot and say why."""
+        self.reload_status.last_attempt = time.time()
+        if self.index == 0:
+            sdnotify.reloading(f"reloading: {cause}")
+        try:
+            async with self.reload_lock:
+                return await self._reload(cause)
+        finally:
+            if self.index == 0:
+                sdnotify.ready(self._status_line())
+
+    def _build(self) -> tuple[ServerConfig, Geo, Snapshot]:
+        """Read config, zones and (if changed) the database into a new snapshot; no swap."""
+        assert self.state is not None and self.geo is not None
+        config = load_config(self.config_path) if self.config_path else self.config
+        geo = self.geo
+        if config.geoip_path != geo.path or geo.changed_on_disk():
+            geo = load_geo(config)
+        current = self.state.snapshot
+        previous = current.maps if geo is current.geo else None
+        snapshot = build_snapshot(config, geo, current.down, self.generation + 1, previous)
+        return config, geo, snapshot
+
+    async def _reload(self, cause: str) -> bool:
+        try:
+            # built in a thread so the event loop keeps answering from the old snapshot meanwhile
+            config, geo, snapshot = await asyncio.to_thread(self._build)
+            self.generation += 1
+        except ConfigError as exc:
+            self.reload_status.ok = False
+            self.reload_status.failures += 1
+            self.reload_status.errors = tuple(str(p) for p in exc.problems)
+            log.error("reload_failed", cause=cause, errors=list(self.reload_status.errors))
+            return False
+        assert self.state is not None
+        if (config.listen, config.port) != (self.config.listen, self.config.port):
+            log.warning("reload_listen_unchanged", reason="listen addresses change on restart only")
+        if self.monitor is not None:
+            self.monitor.update_sites(snapshot.sites)  # stop removed sites' checks, start new ones
+            down = self.monitor.view.down
+            if down != snapshot.down:
+                maps = await asyncio.to_thread(
+                    answer_maps, geo, snapshot.shapes.values(), down, snapshot.maps
+                )
+                snapshot = snapshot.with_view(down, geo, maps)
+        self.config = config
+        old_geo, self.geo = self.geo, geo
+        self._swap(snapshot)
+        if old_geo is not None and old_geo is not geo:
+            old_geo.close()  # no query holds it: the loop is single-threaded and just swapped
+        self.reload_status = ReloadStatus(
+            ok=True,
+            successes=self.reload_status.successes + 1,
+            failures=self.reload_status.failures,
+        )
+        if self.pool is not None:
+            self.pool.broadcast("reload")
+        if self.index == 0:
+            self._start_index_build()
+            log.info(
+                "reloaded", cause=cause, zones=sorted(snapshot.zones), generation=self.generation
+            )
+        return True
+
+    # -- status, stats, workers ----------------------------------------------------------------
+
     def _status(self) -> dict[str, Any]:
         """What GET /status (and `geodns status`) adds to the health monitor's report."""
-        assert self.state is not None
+        assert self.state is not None and self.geo is not None
         status = self.reload_status
         return {
             "version": __version__,
@@ -188,7 +456,11 @@ class App:
             "workers": self.worker_count,
             "generation": self.generation,
             "zones": sorted(self.state.snapshot.zones),
-            "geoip": {"path": str(self.geo.path), "type": self.geo.database_type},
+            "geoip": {
+                "path": str(self.geo.path),
+                "type": self.geo.database_type,
+                "index": "ready" if self.geo.index is not None else "building",
+            },
             "last_reload": _reload_text(status),
             "reload": {
                 "ok": status.ok,
@@ -211,7 +483,7 @@ class App:
                 return
 
     def _control_message(self) -> None:
-        """A worker's orders from the main process: new health view, reload, stop."""
+        """A worker's orders from the main process: new health view, reload, index, stop."""
         assert self.control is not None and self.state is not None
         try:
             kind, payload = self.control.recv()
@@ -220,9 +492,11 @@ class App:
             self.stopping.set()
             return
         if kind == "health":
-            self.state.snapshot = self.state.snapshot.with_health(PushedHealth(frozenset(payload)))
+            self._apply_down(frozenset(payload))
         elif kind == "reload":
             asyncio.ensure_future(self.reload("main process"))
+        elif kind == "index":
+            asyncio.ensure_future(self._use_index(cache_directory(self.config), payload))
         elif kind == "stop":
             self.stopping.set()
 
@@ -235,7 +509,8 @@ class App:
         zones_seen = self._zones_signature()
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
-            if self.geo.changed_on_disk():
+            if self.geo is not None and self.geo.changed_on_disk():
+                await asyncio.sleep(WATCH_DEBOUNCE)  # let a copy finish
                 await self.reload("geoip database changed")
             if self.config.watch_zones:
                 signature = self._zones_signature()
@@ -251,156 +526,104 @@ class App:
         except OSError:
             return ()
 
-    async def _bind(self) -> None:
-        loop = asyncio.get_running_loop()
-        state = self.state
-        assert state is not None
-        config = self.config
-        shared = self.worker_count > 1  # SO_REUSEPORT only when we share ports on purpose
-        bound = 0
-        for address in config.listen:
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            try:
-                transport = await self._bind_udp(address, family, shared)
-                server = await loop.create_server(
-                    lambda: TcpProtocol(state, config.tcp_idle_timeout, config.tcp_max_connections),
-                    host=address,
-                    port=config.port,
-                    family=family,
-                    reuse_address=True,
-                    reuse_port=shared,
-                    backlog=1024,
-                )
-            except OSError as exc:
-                if family == socket.AF_INET6 and exc.errno in (
-                    errno.EADDRNOTAVAIL,
-                    errno.EAFNOSUPPORT,
-                ):
-                    log.warning("listen_skipped", address=address, reason=exc.strerror)
-                    continue
-                raise
-            self.transports.append(transport)
-            self.servers.append(server)
-            bound += 1
-        if not bound:
-            raise OSError(errno.EADDRNOTAVAIL, "no listen address could be bound")
-
-    async def _bind_udp(self, address: str, family: int, shared: bool) -> Any:
-        """A UDP listener: batched system calls where the platform has them (geodns.serving.udpbatch),
-        asyncio's datagram transport otherwise or when `udp.batch` is 0."""
-        loop = asyncio.get_running_loop()
-        state = self.state
-        assert state is not None
-        port = self.config.port
-        if self.config.udp_batch and udpbatch.available():
-            listener = udpbatch.BatchedUdp(
-                udpbatch.open_socket(address, port, family, shared),
-                state,
-                self.config.udp_batch,
-            )
-            listener.start(loop)
-            return listener
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpProtocol(state),
-            local_addr=(address, port),
-            family=family,
-            reuse_port=shared,
-        )
-        return transport
-
-    async def reload(self, cause: str) -> bool:
-        """Re-read config and zones; swap them in whole, or keep the old snapshot and say why."""
-        self.reload_status.last_attempt = time.time()
-        if self.index == 0:
-            sdnotify.reloading(f"reloading: {cause}")
-        try:
-            async with self.reload_lock:
-                return await self._reload(cause)
-        finally:
-            if self.index == 0:
-                sdnotify.ready(self._status_line())
-
-    def _build(self) -> tuple[ServerConfig, GeoLocator, Snapshot]:
-        """Read config, zones and (if changed) the geo database into a new snapshot; no swap."""
-        assert self.state is not None
-        config = load_config(self.config_path) if self.config_path else self.config
-        geo = self.geo
-        if geo.changed_on_disk() or config.geoip_path != geo.path:
-            geo = open_geo(config)
-        snapshot = build_snapshot(config, geo, self.state.snapshot.health, self.generation + 1)
-        return config, geo, snapshot
-
-    async def _reload(self, cause: str) -> bool:
-        try:
-            # built in a thread so the event loop keeps answering from the old snapshot meanwhile
-            config, geo, snapshot = await asyncio.to_thread(self._build)
-            self.generation += 1
-        except ConfigError as exc:
-            self.reload_status.ok = False
-            self.reload_status.failures += 1
-            self.reload_status.errors = tuple(str(p) for p in exc.problems)
-            log.error("reload_failed", cause=cause, errors=list(self.reload_status.errors))
-            return False
-        assert self.state is not None
-        if (config.listen, config.port) != (self.config.listen, self.config.port):
-            log.warning("reload_listen_unchanged", reason="listen addresses change on restart only")
-        if self.monitor is not None:
-            self.monitor.update_sites(snapshot.sites)  # stop removed sites' checks, start new ones
-            snapshot = snapshot.with_health(self.monitor.view)
-        else:  # a worker: keep the health the main process pushed while we were building
-            snapshot = snapshot.with_health(self.state.snapshot.health)
-        self.config = config
-        old_geo, self.geo = self.geo, geo
-        self.state.snapshot = snapshot
-        settle_heap()
-        if old_geo is not geo:
-            old_geo.close()  # no query holds it: the loop is single-threaded and just swapped
-        self.reload_status = ReloadStatus(
-            ok=True,
-            successes=self.reload_status.successes + 1,
-            failures=self.reload_status.failures,
-        )
-        if self.pool is not None:
-            self.pool.broadcast("reload")
-        if self.index == 0:
-            log.info(
-                "reloaded", cause=cause, zones=sorted(snapshot.zones), generation=self.generation
-            )
-        return True
+    # -- stop ------------------------------------------------------------------------------------
 
     async def stop(self) -> None:
+        """Stop serving within about STOP_GRACE seconds: listeners first, then everything else."""
         if self.index == 0:
             sdnotify.stopping("stopping")
-        for task in self.tasks:
-            task.cancel()
-        if self.admin is not None:
-            await self.admin.cleanup()
-        if self.monitor is not None:
-            await self.monitor.stop()
-        if self.pool is not None:
-            await self.pool.stop()
         for transport in self.transports:
             transport.close()
         for server in self.servers:
             server.close()
-        for server in self.servers:
-            await server.wait_closed()
+        if self.tcp is not None:
+            self.tcp.close_all()
+        for task in self.tasks:
+            task.cancel()
+        if self.index_build is not None:
+            self.index_build.cancel()
+        steps: list[Awaitable[Any]] = []
+        if self.admin is not None:
+            steps.append(self.admin.cleanup())
+        if self.monitor is not None:
+            steps.append(self.monitor.stop())
+        if self.pool is not None:
+            steps.append(self.pool.stop())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_GRACE + 1.0):
+                await asyncio.gather(*steps, return_exceptions=True)
         if self.query_log is not None:
-            self.query_log.close()
+            self.query_log.close(timeout=STOP_GRACE)
         if self.index == 0:
             log.info("stopped")
+
+
+def check_ports_free(config: ServerConfig) -> None:
+    """Refuse to start on an address and port another process holds: bound exclusively (no
+    SO_REUSEPORT) for a moment, each listen address on UDP and TCP. Without this, a second
+    geodns with `workers` above 1 would share the port through SO_REUSEPORT and silently take
+    half the traffic, with its own drains."""
+    for address in config.listen:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        for kind, name in ((socket.SOCK_DGRAM, "udp"), (socket.SOCK_STREAM, "tcp")):
+            with socket.socket(family, kind) as probe:
+                if kind == socket.SOCK_STREAM:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((address, config.port))
+                except OSError as exc:
+                    if family == socket.AF_INET6 and exc.errno in (
+                        errno.EADDRNOTAVAIL,
+                        errno.EAFNOSUPPORT,
+                    ):
+                        break
+                    raise _bind_error(exc, address, name, config.port) from None
+
+
+def _bind_error(exc: OSError, address: str, protocol: str, port: int) -> PortInUse | OSError:
+    where = f"{address} port {port} ({protocol})"
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUse(
+            f"{where} is already in use by another process (another geodns?); "
+            "stop it or choose another listen address or port"
+        )
+    if exc.errno == errno.EACCES:
+        return PortInUse(
+            f"{where}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        )
+    return OSError(exc.errno, f"{where}: {exc.strerror}")
+
+
+def client_factory(config: ServerConfig) -> ClientFactory:
+    rrl = config.rrl
+    exempt = tuple(ipaddress.ip_network(text, strict=False) for text in rrl.exempt)
+    return ClientFactory(exempt, rrl.prefix_v4, rrl.prefix_v6)
+
+
+def read_cookie_secret(path: Path) -> bytes:
+    """A cookie secret file: 32 hex digits (16 octets), as `openssl rand -hex 16` writes them."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        secret = bytes.fromhex(text)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            [Problem(str(path), 0, f"cookies.secret_file: cannot read 32 hex digits: {exc}")]
+        ) from None
+    if len(secret) != 16:
+        raise ConfigError(
+            [Problem(str(path), 1, f"cookies.secret_file: expected 16 octets, got {len(secret)}")]
+        )
+    return secret
 
 
 def settle_heap() -> None:
     """Keep the cyclic garbage collector's full collections off the query path.
 
-    What start-up (or a reload) loaded, the zones, the database's places, the pre-encoded
-    answers, is moved out of the collector's sight (`gc.freeze`; an old snapshot is still freed
-    by reference counting when it is dropped). Young collections keep CPython's default
-    pace, which keeps each one short (well under a millisecond); full collections, which would
-    rescan every cached client network (over 100 ms with a few hundred thousand), wait for
-    GC_FULL_EVERY young-generation rounds instead of 10. Measured in-process on a cold workload
-    of 400,000 new client networks: mean 32 -> 19 us per query, worst pause 475 -> 6 ms.
+    What start-up (or a reload) loaded, the zones, the prepared answers, the maps, is moved out
+    of the collector's sight (`gc.freeze`; an old snapshot is still freed by reference
+    counting when it is dropped). Young collections keep CPython's default pace, which keeps
+    each one short; full collections, which would rescan every cached reply, wait for
+    GC_FULL_EVERY young-generation rounds instead of 10.
     """
     gc.freeze()
     gc.set_threshold(700, 10, GC_FULL_EVERY)
@@ -411,9 +634,11 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     try:
         await app.start()
     except ConfigError:
+        await app.stop()
         raise
-    except OSError as exc:
-        log.error("listen_failed", error=str(exc), port=config.port)
+    except (OSError, GeodnsError) as exc:
+        log.error("listen_failed", error=str(exc))
+        await app.stop()
         return 1
     await app.stopping.wait()
     await app.stop()
@@ -452,7 +677,7 @@ def _read_token(path: Path | None) -> str | None:
         ) from exc
 
 
-def _runner() -> Any:
+def _runner() -> Callable[..., Any]:
     try:
         import uvloop  # a faster event loop where it is available
 
@@ -462,10 +687,13 @@ def _runner() -> Any:
 
 
 def run(config: ServerConfig, config_path: Path | None) -> int:
-    return _runner()(serve(config, config_path))
+    result: int = _runner()(serve(config, config_path))
+    return result
 
 
-def run_worker(config_path: Path, control: Connection, index: int) -> int:
+def run_worker(
+    config_path: Path, control: Connection, index: int, cookie_secret: bytes | None = None
+) -> int:
     """A spawned worker: same config and zones, sockets shared with SO_REUSEPORT."""
     from geodns.common.logs import configure
 
@@ -473,14 +701,15 @@ def run_worker(config_path: Path, control: Connection, index: int) -> int:
     configure(config.log_level, config.log_format)
 
     async def main() -> int:
-        app = App(config, config_path, index, control)
+        app = App(config, config_path, index, control, cookie_secret)
         try:
             await app.start()
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, GeodnsError) as exc:
             log.error("worker_start_failed", worker=index, error=str(exc))
             return 1
         await app.stopping.wait()
         await app.stop()
         return 0
 
-    return _runner()(main())
+    result: int = _runner()(main())
+    return result

@@ -28,8 +28,9 @@ from geodns.common.errors import WorkerError
 from geodns.common.logs import get_logger
 
 log = get_logger("geodns.daemon.workers")
-WorkerEntry = Callable[[Path, Connection, int], int]
-"""What a worker process runs: (config path, pipe to the main process, worker index) -> exit code."""
+WorkerEntry = Callable[[Path, Connection, int, bytes | None], int]
+"""What a worker process runs: (config path, pipe to the main process, worker index, the DNS
+cookie secret shared by every process) -> exit code."""
 STATS_INTERVAL = 1.0
 
 
@@ -60,9 +61,11 @@ class WorkerPool:
         count: int,
         on_stats: Callable[[int, Any], None],
         entry: WorkerEntry,
+        cookie_secret: bytes | None = None,
     ) -> None:
         self.config_path = config_path
         self.entry = entry
+        self.cookie_secret = cookie_secret  # handed over in memory, never on a command line
         self.count = count
         self.on_stats = on_stats
         self.processes: list[Any] = []
@@ -78,7 +81,7 @@ class WorkerPool:
             parent, child = context.Pipe()
             process = context.Process(
                 target=worker_main,
-                args=(self.entry, str(self.config_path), child, index),
+                args=(self.entry, str(self.config_path), child, index, self.cookie_secret),
                 name=f"geodns-worker-{index}",
                 daemon=True,
             )
@@ -132,8 +135,14 @@ class WorkerPool:
             connection.close()
 
 
-def worker_main(entry: WorkerEntry, config_path: str, connection: Connection, index: int) -> None:
+def worker_main(
+    entry: WorkerEntry,
+    config_path: str,
+    connection: Connection,
+    index: int,
+    cookie_secret: bytes | None,
+) -> None:
     """Entry point of a spawned worker process: `entry` (a module-level function, pickled by
     name, so the worker imports the server only once spawned) runs the worker's server."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
-    raise SystemExit(entry(Path(config_path), connection, index))
+    raise SystemExit(entry(Path(config_path), connection, index, cookie_secret))

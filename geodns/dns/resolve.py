@@ -34,6 +34,7 @@ RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
 MAX_CNAME_CHAIN = 8
+MAX_VARIANTS = 256  # encoded decisions kept per dynamic answer (a record has a few)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,11 @@ class Prepared:
     negative: tuple[RR, ...] = ()
     variants: dict[tuple[str, ...], Sections] = field(default_factory=dict)
 
+    @property
+    def size(self) -> int:
+        """About how many bytes this answer keeps (for the prepared cache's bound)."""
+        return 512 + len(self.full.body) + len(self.reduced.body) + 128 * len(self.variants)
+
     def variant(self, addresses: tuple[str, ...]) -> Sections:
         """The encoded sections for one dynamic decision, cached per address tuple."""
         sections = self.variants.get(addresses)
@@ -82,7 +88,7 @@ class Prepared:
                 sections = encode(
                     self.labels, self.qtype, list(self.prefix), list(self.negative), []
                 )
-            if len(self.variants) < 4096:
+            if len(self.variants) < MAX_VARIANTS:
                 self.variants[addresses] = sections
         return sections
 

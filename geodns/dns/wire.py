@@ -13,6 +13,7 @@ from geodns.common.errors import Drop, FormError
 
 OPT_TYPE = 41
 ECS_OPTION = 8
+COOKIE_OPTION = 10  # RFC 7873
 ECS_MAX_BITS = {1: 32, 2: 128}
 
 
@@ -34,6 +35,7 @@ class Query:
         "do",
         "ecs",
         "ecs_at_end",
+        "cookie",
     )
 
     id: int
@@ -49,7 +51,8 @@ class Query:
     udp_size: int
     do: bool
     ecs: tuple[int, int, bytes] | None
-    ecs_at_end: bool  # the ECS address is the packet's last bytes (geodns.serving.subnet_templates)
+    ecs_at_end: bool  # the ECS address is the packet's last bytes (geodns.serving.templates)
+    cookie: bytes | None  # the COOKIE option's data: 8 (client) or 16-40 octets (+ server)
 
 
 def parse_query(data: bytes) -> Query:
@@ -84,6 +87,7 @@ def parse_query(data: bytes) -> Query:
     query.do = False
     query.ecs = None
     query.ecs_at_end = False
+    query.cookie = None
     for _ in range(ancount + nscount):
         offset = _skip_record(data, offset, query_id, flags)
     for _ in range(arcount):
@@ -180,9 +184,17 @@ def _read_additional(data: bytes, offset: int, query: Query, query_id: int, flag
         position += 4
         if position + length > end:
             raise FormError(query_id, flags, "EDNS option runs past the OPT record")
-        if code == ECS_OPTION and query.ecs is None:
+        if code == ECS_OPTION:
+            if query.ecs is not None:  # RFC 7871 section 7.1.1: at most one
+                raise FormError(query_id, flags, "more than one Client Subnet option")
             query.ecs = _parse_ecs(data[position : position + length], query_id, flags)
             query.ecs_at_end = position + length == len(data)
+        elif code == COOKIE_OPTION:
+            if query.cookie is not None:
+                raise FormError(query_id, flags, "more than one COOKIE option")
+            if length != 8 and not 16 <= length <= 40:  # RFC 7873 section 5.2
+                raise FormError(query_id, flags, f"COOKIE option of {length} octets")
+            query.cookie = data[position : position + length]
         position += length
     return end
 
@@ -191,7 +203,9 @@ def _parse_ecs(option: bytes, query_id: int, flags: int) -> tuple[int, int, byte
     """Validate an RFC 7871 option; return (family, source prefix, address bytes)."""
     if len(option) < 4:
         raise FormError(query_id, flags, "Client Subnet option shorter than 4 octets")
-    family, source, _scope = unpack_from(">HBB", option)
+    family, source, scope = unpack_from(">HBB", option)
+    if scope:  # RFC 7871 section 6: in queries it MUST be 0
+        raise FormError(query_id, flags, "Client Subnet SCOPE PREFIX-LENGTH is not 0 in a query")
     max_bits = ECS_MAX_BITS.get(family)
     if max_bits is None:
         raise FormError(query_id, flags, f"Client Subnet family {family} is unknown")

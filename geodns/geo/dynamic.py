@@ -20,14 +20,14 @@ Semantics (docs/geo.md has the user's version):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from geodns.common.caching import make_room
 from geodns.dns.zone import TYPE_A
-from geodns.geo.locator import Place, Placement, distances_km, haversine_point
+from geodns.geo.places import Place, Placement, distance_km
+from geodns.geo.ranking import DISTANCE_DECIMALS
 
-PLAN_CACHE_LIMIT = 100_000
 NO_HEALTH: frozenset[str] = frozenset()
 
 
@@ -110,8 +110,14 @@ class Trace:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class DynamicRecord:
+    """One dynamic A/AAAA record as compiled from its zone file: frozen, shared by snapshots.
+
+    Nothing is cached on it: the memos of the query path live in the snapshot (see
+    geodns.geo.answers and docs/architecture.md's table of caches).
+    """
+
     owner: str
     rtype: int
     ttl: int
@@ -125,79 +131,49 @@ class DynamicRecord:
     sticky_prefix: tuple[int, int] = (24, 56)
     default_order: tuple[str, ...] = ()
     all_down: str = "fail_open"
-    rank_cache: dict[Any, tuple[tuple[Candidate, float], ...]] = field(default_factory=dict)
-    plan_cache: dict[Any, tuple[Any, Decision]] = field(default_factory=dict)
     has_subnets: bool = field(init=False)  # a rule matches subnets: decided per network
-    points: tuple[tuple[float, float, float], ...] = field(init=False)  # candidates, for distances
-    up_for: tuple[Any, frozenset[str]] = field(init=False)  # (health view, candidates up in it)
 
     def __post_init__(self) -> None:
-        self.has_subnets = any(rule.subnets for rule in self.rules)
-        self.points = tuple(haversine_point(c.latitude, c.longitude) for c in self.candidates)
-        self.up_for = (None, frozenset())
+        object.__setattr__(self, "has_subnets", any(rule.subnets for rule in self.rules))
 
     @property
     def family(self) -> int:
         return 4 if self.rtype == TYPE_A else 6
 
-    def decide(self, query: Any, client: str, snapshot: Any) -> tuple[Decision, int, str]:
-        """The hot-path entry: (decision, ECS scope, how the client was located).
+    @property
+    def per_network(self) -> bool:
+        """Decided per client network (sticky hashing, subnet rules), not per place."""
+        return self.sticky_margin_km is not None or self.has_subnets
 
-        The client's placement is cached per network by the locator; the decision is cached per
-        place and health view, so a repeat query from a known network does no geo work.
-        """
-        ecs = query.ecs
-        if ecs is not None and ecs[1] > 0:
-            key, located_by = ecs, "ecs"
-        else:
-            key, located_by = client, "resolver"
-        geo = snapshot.geo
-        placement = geo.placement(key) if geo is not None else None
-        health = snapshot.health
-        down = health.down if health is not None else NO_HEALTH
-        if self.sticky_margin_km is not None or self.has_subnets or placement is None:
-            decision = evaluate(self, placement, down, query.id)
-            return decision, decision.scope, located_by
-        decision = self.placed(placement, down)
-        if decision.varies:
-            decision = evaluate(self, placement, down, query.id)
-        # a cached decision holds for every network placed here; its scope is this network's
-        return decision, placement.prefix if decision.scope else 0, located_by
-
-    def placed(self, placement: Placement, down: frozenset[str]) -> Decision:
-        """The decision for a located client under a health view, for query ID 0 (a decision
-        that `varies` is made again per query). Cached per place: it holds for every network
-        placed there. Not for records with `subnets` rules or `sticky`, decided per network."""
-        cached = self.plan_cache.get(placement.place)
-        if cached is not None and cached[0] is down:
-            return cached[1]
-        decision = evaluate(self, placement, down, 0)
-        make_room(self.plan_cache, PLAN_CACHE_LIMIT)
-        self.plan_cache[placement.place] = (down, decision)
-        return decision
+    @property
+    def depends_on_place(self) -> bool:
+        return self.nearest or any(rule.geos for rule in self.rules)
 
     def ranked(self, place: Place) -> tuple[tuple[Candidate, float], ...]:
-        """Candidates by distance from a place; health-independent, so cached per place."""
-        ranking = self.rank_cache.get(place)
-        if ranking is None:
-            candidates = self.candidates
-            distances = distances_km(place.latitude, place.longitude, self.points)
-            by_distance = sorted(
-                zip(distances, [c.name for c in candidates], range(len(candidates)), strict=True)
-            )
-            ranking = tuple((candidates[i], distance) for distance, _, i in by_distance)
-            make_room(self.rank_cache, PLAN_CACHE_LIMIT)
-            self.rank_cache[place] = ranking
-        return ranking
+        """Candidates by distance from a place, nearest first; equal distances (to the metre's
+        millionth, see geodns.geo.ranking) by name."""
+        distances = [
+            distance_km(place.latitude, place.longitude, c.latitude, c.longitude)
+            for c in self.candidates
+        ]
+        order = sorted(
+            range(len(self.candidates)),
+            key=lambda i: (round(distances[i], DISTANCE_DECIMALS), self.candidates[i].name),
+        )
+        return tuple((self.candidates[i], distances[i]) for i in order)
 
-    def up_names(self, down: frozenset[str]) -> frozenset[str]:
-        """The names of the candidates with a value up under a health view (kept for the
-        last view asked about: a view is one object shared by every query until it changes)."""
-        view, names = self.up_for
-        if view is not down:
-            names = frozenset(c.name for c in self.candidates if any(t.up(down) for t in c.targets))
-            self.up_for = (down, names)
-        return names
+    def targets(self) -> tuple[Target, ...]:
+        """Every target of the record once, in a fixed order: values, pools, candidates."""
+        seen: dict[int, Target] = {}
+        for target in self.values:
+            seen.setdefault(id(target), target)
+        for pool in self.pools.values():
+            for target in pool.targets:
+                seen.setdefault(id(target), target)
+        for candidate in self.candidates:
+            for target in candidate.targets:
+                seen.setdefault(id(target), target)
+        return tuple(seen.values())
 
 
 def _with_scope(decision: Decision, scope: int) -> Decision:
@@ -285,6 +261,11 @@ def _rule_matches(rule: Rule, placement: Placement | None, place: Place | None) 
     return True
 
 
+def rule_matches_place(rule: Rule, place: Place) -> bool:
+    """Whether a rule without subnets matches a located place (the catch-all always does)."""
+    return rule.catch_all or any(_geo_matches(geo, place) for geo in rule.geos)
+
+
 def _geo_matches(geo: str, place: Place) -> bool:
     parts = geo.split("-")
     if parts[0] != place.continent:
@@ -363,8 +344,7 @@ def _nearest(
     trace: Trace | None,
 ) -> Decision | None:
     ranking = record.ranked(place)
-    up_names = record.up_names(down)
-    up = [(c, d) for c, d in ranking if c.name in up_names]
+    up = [(c, d) for c, d in ranking if any(t.up(down) for t in c.targets)]
     if trace is not None:
         for candidate, distance in ranking:
             is_up = any(t.up(down) for t in candidate.targets)
@@ -460,7 +440,7 @@ def _all_down(
         "servfail",
     )
     decision = evaluate(everything_up, placement, NO_HEALTH, query_id, trace)
-    return replace(decision, scope=0, rule=f"all down, fail open: {decision.rule}")
+    return replace(decision, rule=f"all down, fail open: {decision.rule}")
 
 
 def _sticky_prefix(record: DynamicRecord, placement: Placement) -> int:
@@ -483,13 +463,15 @@ def _rendezvous(
     return [pair for _, pair in scored]
 
 
-def records_all_down(snapshot: Any, down: frozenset[str]) -> list[tuple[str, str, str, str]]:
+def records_all_down(
+    zones: Mapping[str, Any], down: frozenset[str]
+) -> list[tuple[str, str, str, str]]:
     """Dynamic records none of whose targets is up: (zone, owner, type, all_down mode).
 
     Called when the health view changes (never per query), to log the fail-open case once.
     """
     found = []
-    for origin, zone in snapshot.zones.items():
+    for origin, zone in zones.items():
         for node in zone.nodes.values():
             for rrset in node.values():
                 record = rrset.dynamic

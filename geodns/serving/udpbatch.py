@@ -4,8 +4,8 @@ Answering one datagram per recvfrom/sendto costs one CPython process two system 
 wrappers per query: about 8 µs of CPU on our benchmark VM, more than most answers cost. gdnsd and
 other C servers read and write in batches with recvmmsg(2) and sendmmsg(2). CPython's socket
 module offers neither, so this transport calls them through ctypes, on buffers and message
-headers allocated once per socket, and hands each datagram to the same `handle` as the asyncio
-transport (geodns.serving.server). Where the C library lacks them (not Linux), or `udp.batch` is 0,
+headers allocated once per socket, and hands each datagram to the same answer path as the
+asyncio transport (geodns.serving.answer_path.answer). Where the C library lacks them (not Linux), or `udp.batch` is 0,
 geodns uses asyncio's datagram transport instead.
 
 The socket is read when the event loop says it is readable, at most ROUNDS batches at a time, so
@@ -20,11 +20,13 @@ import asyncio
 import ctypes
 import errno
 import socket
+import time
 from typing import Any
 
-from geodns.common.caching import make_room
+from geodns.common.caching import BoundedCache
 from geodns.common.logs import get_logger
-from geodns.serving.server import ServerState, handle
+from geodns.serving.answer_path import ServerState, answer
+from geodns.serving.client import Client, ClientFactory
 
 log = get_logger("geodns.serving.udpbatch")
 
@@ -32,7 +34,6 @@ RECV_SLOT = 4096  # bytes per datagram read: a larger one is no query we answer 
 SEND_SLOT = 4096  # bytes per reply: edns.max_udp_size is at most 4096
 NAME_SLOT = 32  # bytes per peer address: a sockaddr_in6 is 28
 ROUNDS = 8  # batches per readable event before the loop runs its other work
-CLIENT_CACHE_LIMIT = 65_536  # peer address bytes -> the address as text
 EAGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 # plain ints: the socket module's flags are enum members, whose `&` runs Python code
 MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
@@ -90,7 +91,9 @@ def available() -> bool:
 class BatchedUdp:
     """One bound, non-blocking UDP socket answered in batches of up to `batch` datagrams."""
 
-    def __init__(self, sock: socket.socket, state: ServerState, batch: int) -> None:
+    def __init__(
+        self, sock: socket.socket, state: ServerState, batch: int, clients: ClientFactory
+    ) -> None:
         assert _CALLS is not None
         self.recvmmsg, self.sendmmsg = _CALLS
         self.sock = sock
@@ -102,7 +105,8 @@ class BatchedUdp:
         # (after family, port and flow label); the family of a socket never changes
         self.family = sock.family
         self.address_at = (4, 8) if sock.family == socket.AF_INET else (8, 24)
-        self.clients: dict[bytes, str] = {}
+        self.factory = clients
+        self.clients: BoundedCache[bytes, Client] = BoundedCache("clients")
         self._allocate(batch)
 
     def _allocate(self, batch: int) -> None:
@@ -160,10 +164,10 @@ class BatchedUdp:
             self.loop = None
         self.sock.close()
 
-    def _client(self, key: bytes) -> str:
-        """A peer address as text, kept for its next datagram (bounded like every cache)."""
-        make_room(self.clients, CLIENT_CACHE_LIMIT)
-        client = self.clients[key] = socket.inet_ntop(self.family, key)
+    def _client(self, key: bytes) -> Client:
+        """A peer, made once and kept for its next datagram (bounded like every cache)."""
+        client = self.factory.from_text(socket.inet_ntop(self.family, key))
+        self.clients.put(key, client, 2 * len(key) + 64)
         return client
 
     def _readable(self) -> None:
@@ -198,6 +202,7 @@ class BatchedUdp:
         name_addresses = self.name_addresses
         address_from, address_to = self.address_at
         clients = self.clients
+        now = time.time()
         replies = 0
         for i in range(count):
             base = i * per_header
@@ -212,10 +217,10 @@ class BatchedUdp:
             if client is None:
                 client = self._client(key)
             try:
-                response = handle(state, data, client, False)
-            except Exception:  # a bug outside handle's own guards must not stop the loop
+                response = answer(state, data, client, False, now)
+            except Exception:  # a bug outside the answer path's own guards must not stop us
                 state.errors += 1
-                log.exception("udp_error", client=client, size=len(data))
+                state.error_log.exception("udp_error", client=client.text, size=len(data))
                 continue
             if response is None:
                 continue

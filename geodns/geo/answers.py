@@ -1,0 +1,314 @@
+"""Answer maps: for one shape of dynamic record under one health view, the answer of every
+address in the world, as runs of equal answers. One bisection per query gives the decision and
+the widest ECS scope that is true for it.
+
+gdnsd precomputes, per geo map, the ranked data centres of every database network and merges
+neighbours with the same ranking. geodns goes one step further and merges by *answer*: the
+place index (geodns.geo.index) already has runs of one place each; each place gets an answer
+slot under the current health view, computed for all places at once with numpy; runs with the
+same answer are merged. So the scope a resolver is given is the largest block in which every
+address gets the same answer right now: never wider (a drained site's users get blocks of
+their new answer, narrower or wider than before), and as wide as the database allows.
+
+How a place's slot is found, without calling `evaluate` per place:
+- the first rule whose geos match the place's codes (the distinct (continent, country,
+  subdivision) codes are few: ~4,400 in a City database) gives its rule;
+- under a catch-all rule of a `nearest` record, the first `answers` candidates that are up in
+  the place's ranking (geodns.geo.ranking) give its nearest choice; when no candidate is up,
+  the ranking as if all were up is kept too (`all_down: fail_open` answers by it);
+- places with the same (rule, choice) are one slot, and one representative place per slot is
+  decided by `evaluate()` itself: the map answers what the reference decision answers.
+
+Records are grouped into shapes: the record with every target replaced by a placeholder of its
+position. 10,000 names served by the same sites are one shape, so one map; a concrete record
+turns the shape's placeholder answer into its own addresses by position. Records decided per
+network (sticky, subnet rules) or not by place at all have no map.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geodns.geo.dynamic import (
+    Candidate,
+    Decision,
+    DynamicRecord,
+    Pool,
+    Target,
+    evaluate,
+    rule_matches_place,
+)
+from geodns.geo.index import UNLOCATED, PlaceIndex
+from geodns.geo.places import Place, Placement
+from geodns.geo.ranking import rank
+from geodns.geo.runs import ALIAS_BASE, Runs4, Runs6, alias_prefix, merge
+
+RANK_DEPTH = 16  # nearest sites ranked per place ahead of time (deeper on demand)
+NO_PLACE = Placement(None, 4, 0, 0)
+
+
+@dataclass(frozen=True, eq=False)
+class Shape:
+    """A record's decision structure without its addresses: records of one shape share maps."""
+
+    key: Hashable
+    canonical: DynamicRecord  # targets' addresses replaced by "#<position>"
+
+
+def shape_of(record: DynamicRecord) -> Shape | None:
+    """The shape of a record decided by place alone, or None (per network, or not by place)."""
+    if record.per_network or not record.depends_on_place:
+        return None
+    positions = {id(target): index for index, target in enumerate(record.targets())}
+
+    def canon(target: Target) -> Target:
+        return Target(f"#{positions[id(target)]}", target.site, target.weight, target.status)
+
+    pools = {
+        name: Pool(pool.name, tuple(canon(t) for t in pool.targets), *_pool_rest(pool))
+        for name, pool in record.pools.items()
+    }
+    candidates = tuple(
+        Candidate(
+            c.name,
+            c.latitude,
+            c.longitude,
+            tuple(canon(t) for t in c.targets),
+            pools[c.pool.name] if c.pool is not None else None,
+        )
+        for c in record.candidates
+    )
+    canonical = DynamicRecord(
+        owner="",
+        rtype=record.rtype,
+        ttl=0,
+        values=tuple(canon(t) for t in record.values),
+        pools=pools,
+        rules=record.rules,
+        nearest=record.nearest,
+        candidates=candidates,
+        answers=record.answers,
+        default_order=record.default_order,
+        all_down=record.all_down,
+    )
+    key = (
+        canonical.values,
+        tuple(sorted(pools.items())),
+        tuple((r.number, r.pool, r.geos) for r in record.rules),
+        record.nearest,
+        candidates,
+        record.answers,
+        record.default_order,
+        record.all_down,
+    )
+    return Shape(key, canonical)
+
+
+def _pool_rest(pool: Pool) -> tuple[Any, ...]:
+    return pool.fallback, pool.location, pool.site
+
+
+@dataclass(frozen=True, eq=False)
+class AnswerMap:
+    """Which answer every address gets, for one shape under one health view.
+
+    `answers[i]` is answer i's decision for the shape's canonical record (placeholder
+    addresses) and the place that represents it (None: unlocated addresses).
+    """
+
+    runs4: Runs4
+    runs6: Runs6 | None
+    answers: tuple[tuple[Decision, int | None], ...]
+    unlocated: int  # the answer id of addresses the database does not place
+    down: frozenset[str]
+    index: PlaceIndex
+    build_seconds: float
+    decisions: dict[DynamicRecord, list[Decision | None]] = field(default_factory=dict)
+
+    def lookup(self, family: int, value: int) -> tuple[int, int]:
+        """(answer id, ECS scope) of an address."""
+        if family == 4:
+            return self.runs4.lookup(value)
+        if self.runs6 is None:
+            return self.unlocated, 0
+        label, prefix = self.runs6.lookup(value)
+        if label > ALIAS_BASE:
+            return label, prefix
+        offset = alias_prefix(label)
+        inner = (value >> (96 - offset)) & 0xFFFFFFFF if offset <= 96 else 0
+        label, prefix4 = self.runs4.lookup(inner)
+        return label, offset + prefix4
+
+    def decision(self, record: DynamicRecord, answer: int) -> Decision:
+        """A concrete record's decision for an answer id: the canonical one with the record's
+        own addresses (memoised per record; bounded by the map's few answers)."""
+        made = self.decisions.get(record)
+        if made is None:
+            made = self.decisions[record] = [None] * len(self.answers)
+        decision = made[answer]
+        if decision is None:
+            canonical = self.answers[answer][0]
+            targets = record.targets()
+            addresses = tuple(targets[int(a[1:])].address for a in canonical.addresses)
+            decision = made[answer] = Decision(
+                addresses,
+                0,
+                canonical.site,
+                canonical.rule,
+                servfail=canonical.servfail,
+                varies=canonical.varies,
+            )
+        return decision
+
+    def placement(self, answer: int, family: int, value: int, prefix: int) -> Placement:
+        """The placement `evaluate` needs to decide a varying answer per query: the answer's
+        representative place, at the client's address."""
+        place_id = self.answers[answer][1]
+        place = self.index.place(place_id) if place_id is not None else None
+        return Placement(place, family, value, prefix)
+
+    @property
+    def nbytes(self) -> int:
+        return self.runs4.nbytes + (self.runs6.nbytes if self.runs6 is not None else 0)
+
+
+class Rankings:
+    """Per place index: the ranked candidates of every place, per set of candidate sites."""
+
+    def __init__(self, index: PlaceIndex) -> None:
+        self.index = index
+        self.matrices: dict[tuple[tuple[str, float, float], ...], np.ndarray] = {}
+
+    def of(self, candidates: tuple[Candidate, ...], depth: int) -> np.ndarray:
+        key = tuple((c.name, c.latitude, c.longitude) for c in candidates)
+        matrix = self.matrices.get(key)
+        if matrix is None or matrix.shape[1] < min(depth, len(candidates)):
+            matrix = self.matrices[key] = rank(
+                self.index.latitude,
+                self.index.longitude,
+                [(c.latitude, c.longitude) for c in candidates],
+                [c.name for c in candidates],
+                max(depth, RANK_DEPTH),
+            )
+        return matrix
+
+
+def build_map(
+    shape: Shape, index: PlaceIndex, rankings: Rankings, down: frozenset[str]
+) -> AnswerMap:
+    """The answer map of a shape under the health view `down` (tens of ms for a City index)."""
+    started = time.perf_counter()
+    record = shape.canonical
+    slot_keys = _slot_keys(record, index, rankings, down)
+    keys, representative, slot_of_place = np.unique(
+        slot_keys, axis=0, return_index=True, return_inverse=True
+    )
+    slot_of_place = slot_of_place.reshape(-1)
+    answers: list[tuple[Decision, int | None]] = []
+    answer_of: dict[tuple[Any, ...], int] = {}
+
+    def answer_id(decision: Decision, place_id: int | None) -> int:
+        merge_key = (
+            decision.addresses,
+            decision.site,
+            decision.servfail,
+            decision.varies,
+            decision.rule if decision.varies else None,
+        )
+        found = answer_of.get(merge_key)
+        if found is None:
+            found = answer_of[merge_key] = len(answers)
+            answers.append((decision, place_id))
+        return found
+
+    slot_answer = np.empty(len(keys), dtype=np.int32)
+    for slot, place_id in enumerate(representative.tolist()):
+        placement = Placement(index.place(place_id), 4, 0, 0)
+        slot_answer[slot] = answer_id(evaluate(record, placement, down, 0), place_id)
+    # unlocated addresses: decided without a place; merged with a located answer when equal
+    unlocated = answer_id(evaluate(record, NO_PLACE, down, 0), None)
+    answer_of_place = slot_answer[slot_of_place]
+    labels4 = _relabel(index.runs4.labels, answer_of_place, unlocated)
+    runs4 = Runs4(*merge(labels4, index.runs4.starts))
+    runs6 = None
+    if index.runs6 is not None:
+        labels6 = _relabel(index.runs6.labels, answer_of_place, unlocated)
+        runs6 = Runs6(*merge(labels6, index.runs6.hi, index.runs6.lo))
+    seconds = time.perf_counter() - started
+    return AnswerMap(runs4, runs6, tuple(answers), unlocated, down, index, seconds)
+
+
+def _relabel(labels: np.ndarray, answer_of_place: np.ndarray, unlocated: int) -> np.ndarray:
+    out = np.asarray(labels, dtype=np.int32).copy()
+    located = out >= 0
+    out[located] = answer_of_place[out[located]]
+    out[out == UNLOCATED] = unlocated
+    return out
+
+
+def _slot_keys(
+    record: DynamicRecord, index: PlaceIndex, rankings: Rankings, down: frozenset[str]
+) -> np.ndarray:
+    """One row per place: [rule, nearest choice under `down`..., choice if all up...], -1
+    where a part does not apply. Places with equal rows get the same decision."""
+    rule_of_code = np.array([_first_rule(record, codes) for codes in index.codes], dtype=np.int32)
+    rule = rule_of_code[np.asarray(index.code)]
+    columns = [rule[:, None]]
+    if record.nearest and record.candidates:
+        catch_all = np.array(
+            [True] + [r.catch_all for r in record.rules], dtype=bool
+        )  # index 0: no rule matched (a record without rules)
+        nearest_places = catch_all[rule + 1]
+        up = np.array([any(t.up(down) for t in c.targets) for c in record.candidates])
+        want = min(record.answers, int(up.sum()))
+        if want:
+            columns.append(_first_up(rankings, record, up, want, nearest_places))
+        else:  # nothing up: fail_open answers as if everything were up
+            everything = np.ones(len(record.candidates), dtype=bool)
+            choice = _first_up(rankings, record, everything, record.answers, nearest_places)
+            columns.append(choice)
+    return np.concatenate(columns, axis=1)
+
+
+def _first_rule(record: DynamicRecord, codes: tuple[Any, ...]) -> int:
+    """The index (from 0) of the first rule matching a place with these codes, -1 for none."""
+    continent, country, subdivision = codes
+    place = Place(continent, country, subdivision, None, 0.0, 0.0, "country")
+    for number, rule in enumerate(record.rules):
+        if rule_matches_place(rule, place):
+            return number
+    return -1
+
+
+def _first_up(
+    rankings: Rankings,
+    record: DynamicRecord,
+    up: np.ndarray,
+    want: int,
+    rows: np.ndarray,
+) -> np.ndarray:
+    """Per place: the first `want` candidates that are up in its ranking (-1 where `rows`
+    is False, and -1 padding). Ranked deeper when the ranking ahead of time is too short."""
+    count = len(record.candidates)
+    down_count = int((~up).sum())
+    depth = min(count, want + down_count)
+    ranking = rankings.of(record.candidates, depth)[:, :depth]
+    up_in_rank = up[ranking]
+    first = np.argsort(~up_in_rank, axis=1, kind="stable")[:, :want]
+    chosen = np.take_along_axis(ranking, first, axis=1).astype(np.int32)
+    chosen[~rows] = -1
+    return chosen
+
+
+def shapes_in(records: Iterable[DynamicRecord]) -> dict[Hashable, Shape]:
+    shapes: dict[Hashable, Shape] = {}
+    for record in records:
+        shape = shape_of(record)
+        if shape is not None:
+            shapes.setdefault(shape.key, shape)
+    return shapes

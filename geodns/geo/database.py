@@ -1,0 +1,163 @@
+"""Opening a GeoIP database safely: a private copy, its metadata, its schema checked.
+
+Operators replace database files in place (`cp new.mmdb GeoLite2-City.mmdb`) as often as
+atomically (geoipupdate). A file mapped into memory and truncated or rewritten under a running
+process kills it with SIGBUS, so geodns never maps the operator's file: it reads the bytes once
+and maps a private, anonymous copy (a memfd on Linux, an unlinked temporary file elsewhere)
+that no other process can change. A copy read while the file was being rewritten is caught by
+maxminddb's own checks or by the schema check below, and the previous database keeps serving.
+
+The schema is checked when the database is opened (`geodns check`, start, reload): records
+sampled across the address space must hold something geodns can place a user by (see
+geodns.geo.places.schema_of); an ASN or anonymous-IP database is refused with a message naming
+its type and what it lacks, never served as "nobody is located".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import itertools
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import maxminddb
+
+from geodns.common.errors import ConfigError, Problem
+from geodns.geo.places import (
+    CountryPoints,
+    Place,
+    PlaceReader,
+    load_country_points,
+    schema_of,
+)
+
+SAMPLES = 512  # addresses looked up to learn the schema
+ContinentOf = Callable[[str], str | None]
+
+
+class GeoDatabase:
+    """One MaxMind DB file, read into a private mapping. Raises ConfigError when it cannot be
+    used (unreadable, not a MaxMind DB, no location fields)."""
+
+    def __init__(self, path: Path, where: str, line: int, continent_of: ContinentOf) -> None:
+        self.path = path
+        self.where, self.line = where, line
+        try:
+            stat = path.stat()
+            data = path.read_bytes()
+        except OSError as exc:
+            raise self._error(f"cannot read GeoIP database {path}: {exc.strerror}") from None
+        self.signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        self.digest = hashlib.sha256(data).hexdigest()
+        self.data = data
+        try:
+            self.reader = _open_private(data)
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+            raise self._error(f"cannot open GeoIP database {path}: {exc}") from None
+        metadata = self.reader.metadata()
+        self.database_type: str = metadata.database_type
+        self.build_epoch: int = metadata.build_epoch
+        self.ip_version: int = metadata.ip_version
+        self.node_count: int = metadata.node_count
+        self.record_size: int = metadata.record_size
+        self.schema = self._check_schema()
+        self.points: CountryPoints = load_country_points()
+        self.places = PlaceReader(self.schema, self.points, continent_of)
+
+    def _error(self, message: str) -> ConfigError:
+        return ConfigError([Problem(self.where, self.line, message)])
+
+    def _check_schema(self) -> str:
+        """The schema most sampled records have; ConfigError when none has location fields."""
+        schemas: Counter[str] = Counter()
+        keys: Counter[str] = Counter()
+        for record in self._sample_records():
+            schema = schema_of(record)
+            if schema is not None:
+                schemas[schema] += 1
+            if isinstance(record, dict):
+                keys.update(list(record))
+        if schemas:
+            return schemas.most_common(1)[0][0]
+        held = ", ".join(sorted(keys)) or "nothing at the sampled addresses"
+        raise self._error(
+            f"GeoIP database {self.path} is a {self.database_type!r} database without location "
+            "fields: geodns needs a City or Country database (country and/or latitude and "
+            "longitude: MaxMind GeoIP2/GeoLite2 or DB-IP City/Country, or ip-location-db's "
+            f"flat city/country schema); its records hold {held}"
+        )
+
+    def _sample_records(self) -> list[Any]:
+        """Records at addresses spread over the space, and those of the first networks (a
+        small database may have nothing at the spread addresses)."""
+        records = []
+        try:
+            for address in _sample_addresses(self.ip_version):
+                record = self.reader.get(address)
+                if record is not None:
+                    records.append(record)
+            records += [record for _, record in itertools.islice(iter(self.reader), SAMPLES)]
+        except (ValueError, maxminddb.InvalidDatabaseError) as exc:
+            raise self._error(f"GeoIP database {self.path} is corrupt: {exc}") from None
+        return records
+
+    def place_at(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Place | None:
+        """The place of the database record holding one address (decoded now)."""
+        return self.places.place(self.reader.get(address))
+
+    def place_and_prefix(
+        self, address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> tuple[Place | None, int]:
+        record, prefix = self.reader.get_with_prefix_len(address)
+        return self.places.place(record), prefix
+
+    def release_bytes(self) -> None:
+        """Drop the bytes read from the file (the private mapping stays): after the index build."""
+        self.data = b""
+
+    def close(self) -> None:
+        self.data = b""
+        with contextlib.suppress(Exception):
+            self.reader.close()
+
+
+def _open_private(data: bytes) -> Any:
+    """A maxminddb reader over an anonymous copy of `data` that nobody else can change."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("geodns-geoip", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, data)
+            return maxminddb.open_database(f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP_EXT)
+        finally:
+            os.close(fd)
+    with tempfile.NamedTemporaryFile(prefix="geodns-geoip-") as handle:  # not Linux
+        handle.write(data)
+        handle.flush()
+        return maxminddb.open_database(handle.name, maxminddb.MODE_MMAP)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _sample_addresses(ip_version: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Addresses spread over the space: IPv4 evenly, IPv6 over the global unicast 2000::/3."""
+    step4 = (1 << 32) // SAMPLES
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [
+        ipaddress.IPv4Address(i * step4 + step4 // 3) for i in range(SAMPLES)
+    ]
+    if ip_version == 6:
+        step6 = (1 << 125) // SAMPLES
+        addresses += [
+            ipaddress.IPv6Address((1 << 125) + i * step6 + step6 // 3) for i in range(SAMPLES)
+        ]
+    return addresses

@@ -1,0 +1,124 @@
+"""Address runs: the whole IPv4 or IPv6 address space cut into consecutive blocks, each with a
+label, looked up by bisection. The one lookup structure of the geo layer.
+
+A database's search tree, a place index and an answer map are all the same thing seen from a
+query: "which label does this address have, and over which block around it does that label
+hold". A sorted array of block starts answers both: bisection finds the block, and the widest
+CIDR prefix around the address that stays inside the block is the ECS scope a resolver may
+cache the answer for (`widest_prefix`). Neighbouring blocks with the same label are always
+merged, so that prefix is as wide as the labelling allows: gdnsd's merged networks, computed
+by arithmetic at query time instead of stored.
+
+Arrays are numpy at build time and plain `memoryview`s at query time (indexing a memoryview
+gives Python ints, which `bisect` compares fast); IPv6 starts are two 64-bit halves. IPv4 runs
+carry an index of the first 16 bits so a lookup bisects a few entries, not a million.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+import numpy as np
+
+V4_INDEX_BITS = 16
+ALIAS_BASE = -2  # IPv6 labels at or below this: an alias of IPv4 space (see Runs6.lookup)
+
+
+def widest_prefix(value: int, start: int, end: int, bits: int) -> int:
+    """The shortest prefix length whose block around `value` lies within [start, end).
+
+    The block of 2**k addresses holding `value` starts at or after `start` exactly when
+    `value` and `start - 1` differ above bit k, and ends at or before `end` exactly when
+    `value` and `end` differ above bit k; so k is bounded by the highest differing bits.
+    """
+    k = bits
+    if start > 0:
+        k = min(k, (value ^ (start - 1)).bit_length() - 1)
+    if end < 1 << bits:
+        k = min(k, (value ^ end).bit_length() - 1)
+    return bits - k
+
+
+def merge(labels: np.ndarray, *starts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Drop every start whose label equals the previous block's: neighbours with one label
+    become one block. Returns (*starts, labels) kept; IPv6 passes its two halves."""
+    keep = np.ones(len(labels), dtype=bool)
+    keep[1:] = labels[1:] != labels[:-1]
+    return (*(s[keep] for s in starts), labels[keep])
+
+
+class Runs4:
+    """IPv4 blocks: starts (uint32, ascending, the first is 0) and an int32 label each."""
+
+    __slots__ = ("starts", "labels", "_starts", "_labels", "_index", "_count")
+
+    def __init__(self, starts: np.ndarray, labels: np.ndarray) -> None:
+        self.starts, self.labels = starts, labels
+        index = np.searchsorted(
+            starts, np.arange((1 << V4_INDEX_BITS) + 1, dtype=np.uint64) << 16, "right"
+        )
+        self._starts = _view(starts, np.uint32)
+        self._labels = _view(labels, np.int32)
+        self._index = _view(index, np.uint32)
+        self._count = len(starts)
+
+    def lookup(self, value: int) -> tuple[int, int]:
+        """(label, prefix) of an IPv4 address given as an int."""
+        starts, index = self._starts, self._index
+        top = value >> 16
+        i = bisect_right(starts, value, max(index[top] - 1, 0), index[top + 1]) - 1
+        end = starts[i + 1] if i + 1 < self._count else 1 << 32
+        return self._labels[i], widest_prefix(value, starts[i], end, 32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.starts.nbytes + self.labels.nbytes) + 4 * ((1 << V4_INDEX_BITS) + 1)
+
+
+class Runs6:
+    """IPv6 blocks: starts as two uint64 halves (ascending as pairs), an int32 label each.
+
+    A label at or below ALIAS_BASE marks IPv4 space seen through IPv6 (::/96, ::ffff:0:0/96,
+    6to4, Teredo in MaxMind databases): ALIAS_BASE - label is the alias's prefix length P,
+    and the 32 bits after it are the IPv4 address to look up.
+    """
+
+    __slots__ = ("hi", "lo", "labels", "_hi", "_lo", "_labels", "_count")
+
+    def __init__(self, hi: np.ndarray, lo: np.ndarray, labels: np.ndarray) -> None:
+        self.hi, self.lo, self.labels = hi, lo, labels
+        self._hi = _view(hi, np.uint64)
+        self._lo = _view(lo, np.uint64)
+        self._labels = _view(labels, np.int32)
+        self._count = len(labels)
+
+    def lookup(self, value: int) -> tuple[int, int]:
+        """(label, prefix) of an IPv6 address given as an int."""
+        hi_view, lo_view = self._hi, self._lo
+        hi, lo = value >> 64, value & 0xFFFFFFFFFFFFFFFF
+        upper = bisect_right(hi_view, hi)
+        lower = bisect_left(hi_view, hi, 0, upper)
+        i = bisect_right(lo_view, lo, lower, upper) - 1
+        if i < lower:  # no block with this hi starts at or below lo: the last one before it
+            i = lower - 1
+        start = hi_view[i] << 64 | lo_view[i]
+        end = (hi_view[i + 1] << 64 | lo_view[i + 1]) if i + 1 < self._count else 1 << 128
+        return self._labels[i], widest_prefix(value, start, end, 128)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.hi.nbytes + self.lo.nbytes + self.labels.nbytes)
+
+
+def alias_prefix(label: int) -> int:
+    """The prefix length of an IPv6 alias of IPv4 space, from its label."""
+    return ALIAS_BASE - label
+
+
+def alias_label(prefix: int) -> int:
+    return ALIAS_BASE - prefix
+
+
+def _view(array: np.ndarray, dtype: type) -> memoryview:
+    """A memoryview of `array` as `dtype` in native order: indexing it gives Python ints."""
+    return np.ascontiguousarray(array, dtype=dtype).data

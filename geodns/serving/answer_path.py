@@ -1,0 +1,240 @@
+"""The answer path: one query's bytes in, the reply's bytes out. Everything a query meets, in
+the order it meets it, lives in `answer()`:
+
+1. the reply cache: UDP query bytes answered before under this snapshot -> the same reply with
+   the query's ID (the repeat of a warm query costs one dict look-up);
+2. the templates: the same question from another client subnet -> the learned reply, cut at
+   the ECS scope, joined with the scope and address of this query (geodns.serving.templates);
+3. the full path: parse (geodns.dns.wire), DNS cookies, the engine (geodns.serving.engine);
+   what it answers may teach 1 and 2;
+and, for UDP, response rate limiting (geodns.serving.rrl) before anything leaves.
+
+Bad input is handled here and only here: a packet shorter than a header or with QR=1 is
+dropped; a malformed one gets FORMERR; a bug in geodns gets SERVFAIL and one log event (rate
+limited: a flood of one bad packet cannot flood the log), and the server goes on.
+
+No sockets, no clock: the transports pass the client, `now` and the per-process state (counts,
+limiter, cookie jar) in. The snapshot's caches fill as queries come; they derive only from the
+snapshot, so the same bytes always get the same reply from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from geodns.common.errors import Drop, FormError
+from geodns.common.lograte import RateLimitedLog
+from geodns.common.logs import get_logger
+from geodns.dns.wire import Query, parse_query
+from geodns.serving.client import Client
+from geodns.serving.cookies import CookieJar
+from geodns.serving.engine import BADCOOKIE, Outcome, bare, formerr, respond, servfail
+from geodns.serving.engine import truncated_copy as slip_copy
+from geodns.serving.rrl import DROP, SEND, ResponseRateLimiter
+from geodns.serving.snapshot import SIGHTING_BITS, SIGHTING_SLOTS, Asked, CachedReply, Snapshot
+
+log = get_logger("geodns.serving.answer_path")
+MAX_CACHED_QUERY = 512  # bytes: longer queries are answered but not kept
+
+
+class Asking(Protocol):
+    """What an observer reads of a query: a parsed `Query` or the `Asked` kept with a reply."""
+
+    @property
+    def qname(self) -> bytes: ...
+    @property
+    def qtype(self) -> int: ...
+    @property
+    def ecs(self) -> tuple[int, int, bytes] | None: ...
+
+
+Observer = Callable[[Asking, Outcome, str, str], None]
+"""Called once per answered query: (what was asked, what was decided, client, "udp"/"tcp")."""
+
+SlotOf = Callable[[int, Outcome, str], int]
+"""Gives the counter slot of (query type, outcome, transport) (geodns.observe.metrics)."""
+
+
+class ServerState:
+    """What one process keeps for the answer path: the current snapshot (the one reference a
+    reload or health change swaps), the counts, and the guards (rate limiter, cookies)."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        limiter: ResponseRateLimiter | None = None,
+        cookies: CookieJar | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.limiter = limiter
+        self.cookies = cookies
+        self.observer: Observer | None = None
+        # when the observer only counts (no query log): its counts and their slots, so that a
+        # reply from a cache is counted by one list increment (geodns.observe.metrics)
+        self.tally: list[int] | None = None
+        self.slot_of: SlotOf | None = None
+        self.malformed = 0
+        self.dropped = 0
+        self.errors = 0
+        self.rrl_dropped = 0
+        self.rrl_slipped = 0
+        self.badcookie = 0
+        self.tcp_connections = 0
+        self.error_log = RateLimitedLog(log)
+
+    def count_with(self, counters: object) -> None:
+        """Make `counters` (geodns.observe.metrics.QueryCounters) the observer, with its
+        slot-counting fast path."""
+        self.observer = counters.observe  # type: ignore[attr-defined]
+        self.tally = counters.tally  # type: ignore[attr-defined]
+        self.slot_of = counters.slot  # type: ignore[attr-defined]
+
+
+def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: float) -> bytes | None:
+    """One query packet -> the reply packet, or None when nothing is to be sent."""
+    snapshot = state.snapshot
+    if not tcp:
+        key = data[2:]
+        cached = snapshot.replies.get(key)
+        if cached is not None:  # these bytes were answered before under this snapshot
+            outcome = cached.outcome
+            reply = data[:2] + cached.body
+            if state.limiter is not None and not client.exempt:
+                verdict = _limit(state, client, outcome, now)
+                if verdict != SEND:
+                    return slip_copy(reply) if verdict != DROP else None
+            _count(state, cached.asked, outcome, cached.slot, client, "udp")
+            return reply
+        hit = snapshot.templates.answer(data)
+        if hit is not None:  # the same question before, from another client subnet
+            template = hit.template
+            outcome = template.outcomes[hit.answer]
+            reply = hit.reply
+            if state.limiter is not None and not client.exempt:
+                verdict = _limit(state, client, outcome, now)
+                if verdict != SEND:
+                    return slip_copy(reply) if verdict != DROP else None
+            ecs = (template.ecs_family, template.source, hit.address)
+            asked = Asked(template.qname, template.qtype, ecs)
+            if state.tally is None:
+                outcome = outcome._replace(scope=hit.scope)
+            _remember(state, snapshot, key, reply, asked, outcome)
+            _count(state, asked, outcome, template.slots[hit.answer], client, "udp")
+            return reply
+    try:
+        query = parse_query(data)
+    except Drop:
+        state.dropped += 1
+        return None
+    except FormError as exc:
+        state.malformed += 1
+        return formerr(exc.query_id, exc.flags)
+    except Exception:  # a bug in the parser must not stop the server
+        state.errors += 1
+        state.error_log.exception("parser_error", client=client.text, size=len(data))
+        return None
+    try:
+        return _full_path(state, snapshot, data, query, client, tcp, now)
+    except Exception:
+        state.errors += 1
+        state.error_log.exception(
+            "engine_error", client=client.text, qtype=query.qtype, qname=_name_text(query.qname)
+        )
+        return servfail(query, snapshot)
+
+
+def _full_path(
+    state: ServerState,
+    snapshot: Snapshot,
+    data: bytes,
+    query: Query,
+    client: Client,
+    tcp: bool,
+    now: float,
+) -> bytes | None:
+    cookie = b""
+    cookie_valid = False
+    if query.cookie is not None and state.cookies is not None:
+        checked = state.cookies.check(query.cookie, _packed(client), int(now))
+        cookie, cookie_valid = checked.reply, checked.valid
+    response, outcome = respond(query, client, snapshot, tcp, cookie)
+    if not tcp:
+        limiter = state.limiter
+        if limiter is not None and not client.exempt and not cookie_valid:
+            verdict = _limit(state, client, outcome, now)
+            if verdict != SEND:
+                if cookie:  # a client with a cookie is told to come back with ours
+                    state.badcookie += 1
+                    return bare(query, BADCOOKIE, snapshot, cookie)
+                return slip_copy(response, query) if verdict != DROP else None
+        if outcome.cacheable and not cookie and len(data) <= MAX_CACHED_QUERY:
+            asked = Asked(query.qname, query.qtype, query.ecs)
+            _remember(state, snapshot, data[2:], response, asked, outcome)
+            if query.ecs is not None and query.ecs_at_end and not outcome.truncated:
+                record = snapshot.prepare(query.key, query.qtype).dynamic
+                answer_map = snapshot.answer_map(record) if record is not None else None
+                if record is None or answer_map is not None:
+                    slot_of = state.slot_of
+                    slot = slot_of(query.qtype, outcome, "udp") if slot_of is not None else -1
+                    snapshot.templates.learn(data, query, response, outcome, answer_map, slot)
+    _count(state, query, outcome, -1, client, "tcp" if tcp else "udp")
+    return response
+
+
+def _limit(state: ServerState, client: Client, outcome: Outcome, now: float) -> int:
+    limiter = state.limiter
+    assert limiter is not None
+    verdict = limiter.check(client.network, outcome.rrl, now)
+    if verdict == DROP:
+        state.rrl_dropped += 1
+    elif verdict != SEND:
+        state.rrl_slipped += 1
+    return verdict
+
+
+def _remember(
+    state: ServerState, snapshot: Snapshot, key: bytes, reply: bytes, asked: Asked, outcome: Outcome
+) -> None:
+    """Keep a cacheable UDP reply, from the second time its query bytes are seen: most
+    one-off queries (a cold workload's new subnets) never come back. A sighting is a tag byte
+    in a fixed table indexed by the bytes' hash: no key kept, nothing to evict."""
+    hashed = hash(key)  # computed once per bytes object, by the reply cache's look-up
+    at = hashed & (SIGHTING_SLOTS - 1)
+    tag = (hashed >> SIGHTING_BITS) % 255 + 1  # never 0, which is an empty slot
+    sighted = snapshot.sightings
+    if sighted[at] != tag:
+        sighted[at] = tag
+        return
+    slot_of = state.slot_of
+    slot = slot_of(asked.qtype, outcome, "udp") if slot_of is not None else -1
+    snapshot.replies.put(key, CachedReply(reply[2:], asked, outcome, slot), len(key) + len(reply))
+
+
+def _count(
+    state: ServerState, asked: Asking, outcome: Outcome, slot: int, client: Client, transport: str
+) -> None:
+    tally = state.tally
+    if tally is not None:
+        if slot < 0:
+            assert state.slot_of is not None
+            slot = state.slot_of(asked.qtype, outcome, transport)
+        tally[slot] += 1
+    elif state.observer is not None:
+        state.observer(asked, outcome, client.text, transport)
+
+
+def _packed(client: Client) -> bytes:
+    return client.value.to_bytes(4 if client.family == 4 else 16, "big")
+
+
+def _name_text(qname: bytes) -> str:
+    """A wire name as text for a log line (dots between labels, escapes for odd octets)."""
+    labels = []
+    position = 0
+    while position < len(qname) and qname[position]:
+        length = qname[position]
+        label = qname[position + 1 : position + 1 + length]
+        labels.append("".join(chr(b) if 33 <= b < 127 and b != 46 else f"\\{b:03d}" for b in label))
+        position += 1 + length
+    return ".".join(labels) + "."

@@ -1,0 +1,181 @@
+"""The snapshot: everything a query reads, replaced whole by a reload or a health change.
+
+A snapshot is zones + geography + the health view + the answer maps of that view, plus the
+caches derived from them (geodns.common.caching's table says which). The answer path reads the
+one snapshot the server state points at; a reload, a new database index or a health change
+builds the next snapshot beside it (the expensive parts in a thread) and swaps one reference,
+so a query sees either the old world or the new one, never a mix.
+
+What survives a swap: the prepared answers (per zone set) and the answer maps whose inputs did
+not change (a shape none of whose sites changed state keeps its map). Everything health- or
+geography-dependent (replies, templates, place decisions) starts empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from geodns.common.caching import BoundedCache
+from geodns.config.loader import load_zones
+from geodns.config.server import ServerConfig
+from geodns.dns.resolve import Prepared, Resolver, split_wire
+from geodns.dns.zone import Zone
+from geodns.geo.answers import AnswerMap, Shape, build_map, shape_of
+from geodns.geo.compile import DynamicCompilerForSites
+from geodns.geo.dynamic import Decision, DynamicRecord
+from geodns.geo.locator import Geo
+from geodns.geo.places import Place
+from geodns.geo.sites import Site
+from geodns.serving.templates import Templates
+
+if TYPE_CHECKING:
+    from geodns.serving.engine import Outcome
+
+SIGHTING_BITS = 17
+SIGHTING_SLOTS = 1 << SIGHTING_BITS
+
+
+class Asked:
+    """What observers read of a query whose reply came from a cache: a few plain values."""
+
+    __slots__ = ("qname", "qtype", "ecs")
+
+    def __init__(self, qname: bytes, qtype: int, ecs: tuple[int, int, bytes] | None) -> None:
+        self.qname, self.qtype, self.ecs = qname, qtype, ecs
+
+
+class CachedReply:
+    """A reply in the reply cache: its bytes after the ID and what counting and RRL need."""
+
+    __slots__ = ("body", "asked", "outcome", "slot")
+
+    def __init__(self, body: bytes, asked: Asked, outcome: Outcome, slot: int) -> None:
+        self.body, self.asked, self.outcome, self.slot = body, asked, outcome, slot
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """One consistent world: read by every query, never changed (its caches only fill)."""
+
+    zones: Mapping[str, Zone]
+    geo: Geo | None = None
+    down: frozenset[str] = frozenset()
+    max_udp_size: int = 1232
+    sites: Mapping[str, Site] = field(default_factory=dict)
+    generation: int = 0
+    shapes: Mapping[DynamicRecord, Shape] = field(default_factory=dict)
+    maps: Mapping[Hashable, AnswerMap] = field(default_factory=dict)
+    resolver: Resolver = field(init=False)
+    prepared: BoundedCache[tuple[bytes, int], Prepared] = field(init=False)
+    # health- and geography-dependent caches: new with every snapshot
+    replies: BoundedCache[bytes, CachedReply] = field(init=False)
+    sightings: bytearray = field(init=False)
+    templates: Templates = field(init=False)
+    place_decisions: BoundedCache[tuple[DynamicRecord, Place], Decision] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resolver", Resolver(dict(self.zones)))
+        object.__setattr__(self, "prepared", BoundedCache("prepared"))
+        self._fresh_caches()
+
+    def _fresh_caches(self) -> None:
+        object.__setattr__(self, "replies", BoundedCache("replies"))
+        object.__setattr__(self, "sightings", bytearray(SIGHTING_SLOTS))
+        object.__setattr__(self, "templates", Templates())
+        object.__setattr__(self, "place_decisions", BoundedCache("place_decisions"))
+
+    def answer_map(self, record: DynamicRecord) -> AnswerMap | None:
+        shape = self.shapes.get(record)
+        return self.maps.get(shape.key) if shape is not None else None
+
+    def prepare(self, key: bytes, qtype: int) -> Prepared:
+        """The resolved, encoded answer for a (lower-case wire name, type), cached."""
+        cache_key = (key, qtype)
+        prepared = self.prepared.get(cache_key)
+        if prepared is None:
+            prepared = self.resolver.resolve(split_wire(key), qtype)
+            self.prepared.put(cache_key, prepared, len(key) + prepared.size)
+        return prepared
+
+    def with_view(
+        self, down: frozenset[str], geo: Geo | None, maps: Mapping[Hashable, AnswerMap]
+    ) -> Snapshot:
+        """The same zones under another health view or geography (maps built by the caller
+        with `answer_maps`); prepared answers carry over, every other cache starts empty."""
+        clone = replace(self, down=down, geo=geo, maps=maps)
+        object.__setattr__(clone, "resolver", self.resolver)
+        object.__setattr__(clone, "prepared", self.prepared)
+        return clone
+
+
+def dynamic_records(zones: Mapping[str, Zone]) -> Iterable[DynamicRecord]:
+    for zone in zones.values():
+        for node in zone.nodes.values():
+            for rrset in node.values():
+                if rrset.dynamic is not None:
+                    yield rrset.dynamic
+
+
+def record_shapes(zones: Mapping[str, Zone]) -> dict[DynamicRecord, Shape]:
+    """The shape of every record that an answer map can decide; records of one shape share
+    one Shape object (and so one map)."""
+    shapes: dict[Hashable, Shape] = {}
+    by_record: dict[DynamicRecord, Shape] = {}
+    for record in dynamic_records(zones):
+        shape = shape_of(record)
+        if shape is not None:
+            by_record[record] = shapes.setdefault(shape.key, shape)
+    return by_record
+
+
+def answer_maps(
+    geo: Geo | None,
+    shapes: Iterable[Shape],
+    down: frozenset[str],
+    previous: Mapping[Hashable, AnswerMap] | None = None,
+) -> dict[Hashable, AnswerMap]:
+    """The answer map of every shape under `down` (none without a place index). A previous
+    map is kept when none of its shape's targets changed state. Seconds of numpy for many
+    shapes on a City index: callers run it in a thread."""
+    if geo is None or geo.index is None or geo.rankings is None:
+        return {}
+    maps: dict[Hashable, AnswerMap] = {}
+    for shape in {s.key: s for s in shapes}.values():
+        old = previous.get(shape.key) if previous else None
+        if old is not None and old.index is geo.index and _same_states(shape, old.down, down):
+            maps[shape.key] = old
+        else:
+            maps[shape.key] = build_map(shape, geo.index, geo.rankings, down)
+    return maps
+
+
+def _same_states(shape: Shape, before: frozenset[str], after: frozenset[str]) -> bool:
+    targets = shape.canonical.targets()
+    return all(t.up(before) == t.up(after) for t in targets)
+
+
+def build_snapshot(
+    config: ServerConfig,
+    geo: Geo | None,
+    down: frozenset[str] = frozenset(),
+    generation: int = 0,
+    previous_maps: Mapping[Hashable, AnswerMap] | None = None,
+) -> Snapshot:
+    """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
+    with every problem of every zone file). Its sites are the config's plus one per value
+    probed by an octoDNS `healthcheck`, so the health monitor checks those too."""
+    compiler = DynamicCompilerForSites(config.sites)
+    zones = load_zones(config, compiler)
+    shapes = record_shapes(zones)
+    return Snapshot(
+        zones=zones,
+        geo=geo,
+        down=down,
+        max_udp_size=config.max_udp_size,
+        sites={**config.sites, **compiler.implicit_sites},
+        generation=generation,
+        shapes=shapes,
+        maps=answer_maps(geo, shapes.values(), down, previous_maps),
+    )

@@ -1,0 +1,141 @@
+"""Replies to queries that differ from one answered before only in their ECS address.
+
+A resolver behind many client networks asks the same question again and again, each time with
+another Client Subnet address at the very end of the packet. Such a query is byte for byte the
+one answered before except for its ID and that address; so the reply to the first one, cut just
+before its ECS scope byte, is kept as a template per answer id (geodns.geo.answers), and the
+next one costs a dictionary look-up, the bisection of the record's answer map, and a join: the
+query's ID, the template, the scope, the query's address.
+
+Only what is provably the same is reused, so a template answers exactly what the full path
+would (tests/test_fast_paths.py feeds both the same mutated packets):
+- the template is found by the query's bytes between its ID and its address AND the address
+  has the template's length: the bytes before it then hold the same header counts, question,
+  OPT length and ECS option length, so the packet parses exactly as the learned one did; an
+  ECS option cut short or followed by junk has another length and misses;
+- the source prefix is a whole number of octets, so no address bit can be out of bounds, and
+  the scope byte (part of the key) was 0, as RFC 7871 requires;
+- the learned reply was not truncated, carried no cookie, and was decided by an answer map (or
+  is static): not per network, not weighted per query ID.
+A new snapshot (reload, health change, drain) starts with no templates.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from geodns.common.caching import BoundedCache
+
+if TYPE_CHECKING:
+    from geodns.dns.wire import Query
+    from geodns.geo.answers import AnswerMap
+    from geodns.serving.engine import Outcome
+
+SCOPE_BYTES = tuple(bytes((n,)) for n in range(129))
+STATIC = -2  # the answer id of a reply that does not depend on the client's address
+
+
+class Template(NamedTuple):
+    """One question asked with ECS, as learned from fully parsed queries."""
+
+    length: int  # octets of the ECS address
+    family: int  # 4 or 6
+    shift: int  # bits to shift the address's integer value by to make a full address
+    answer_map: AnswerMap | None  # None: a static answer
+    qname: bytes  # what was asked, for observers: the question's name as sent, its type,
+    qtype: int  # and the ECS family code and source prefix of every query it answers
+    ecs_family: int
+    source: int
+    heads: dict[int, bytes]  # answer id -> the reply after the ID, up to the scope byte
+    outcomes: dict[int, Outcome]  # answer id -> what it is counted as (scope: per query)
+    slots: dict[int, int]  # answer id -> its counter slot (geodns.observe.metrics), or -1
+
+
+class TemplateHit(NamedTuple):
+    reply: bytes
+    template: Template
+    answer: int
+    scope: int
+    address: bytes
+
+
+class Templates:
+    """Per snapshot: templates by the query's bytes between its ID and its ECS address."""
+
+    def __init__(self) -> None:
+        self.templates: BoundedCache[bytes, Template] = BoundedCache("templates")
+        self.lengths: tuple[int, ...] = ()  # ECS address lengths seen, to cut the key
+
+    def answer(self, data: bytes) -> TemplateHit | None:
+        """The reply from a template (and what it was), or None to take the full path."""
+        templates = self.templates
+        for length in self.lengths:
+            template = templates.get(data[2:-length])
+            if template is not None and template.length == length:
+                break
+        else:
+            return None
+        address = data[-length:]
+        answer_map = template.answer_map
+        if answer_map is None:
+            answer, scope = STATIC, 0
+        else:
+            value = int.from_bytes(address) << template.shift
+            answer, scope = answer_map.lookup(template.family, value)
+        head = template.heads.get(answer)
+        if head is None:
+            return None
+        return TemplateHit(
+            data[:2] + head + SCOPE_BYTES[scope] + address, template, answer, scope, address
+        )
+
+    def learn(
+        self,
+        data: bytes,
+        query: Query,
+        reply: bytes,
+        outcome: Outcome,
+        answer_map: AnswerMap | None,
+        slot: int,
+    ) -> None:
+        """Keep a fully answered query's reply as a template, when it is safe to reuse (the
+        caller checked: ECS last in the query, no cookie, not truncated, cacheable)."""
+        assert query.ecs is not None
+        family_code, source, address = query.ecs
+        if source == 0 or source % 8 or not reply.endswith(address):
+            return
+        length = len(address)
+        if answer_map is None:
+            answer = STATIC
+        elif outcome.answer < 0:
+            return
+        else:
+            answer = outcome.answer
+        key = data[2:-length]
+        template = self.templates.get(key)
+        if template is None:
+            family, bits = (4, 32) if family_code == 1 else (6, 128)
+            template = Template(
+                length,
+                family,
+                bits - 8 * length,
+                answer_map,
+                query.qname,
+                query.qtype,
+                family_code,
+                source,
+                {},
+                {},
+                {},
+            )
+            self.templates.put(key, template, 2 * len(key))
+            if length not in self.lengths:
+                self.lengths = (*self.lengths, length)
+        elif template.answer_map is not answer_map:
+            return
+        if answer not in template.heads:
+            head = reply[2 : -(length + 1)]
+            template.heads[answer] = head
+            template.outcomes[answer] = outcome
+            template.slots[answer] = slot
+            self.templates.put(key, template, 2 * len(key) + sum(map(len, template.heads.values())))

@@ -1,0 +1,213 @@
+"""The asyncio transports around the answer path: UDP datagrams and TCP streams (RFC 7766).
+
+UDP is answered in batches by geodns.serving.udpbatch where the platform allows; the
+`UdpProtocol` here is the one-datagram-at-a-time fallback. Both hand each datagram to
+`geodns.serving.answer_path.answer`.
+
+TCP is where a slow or hostile client can hold resources, so each connection lives under four
+limits (`tcp:` in the config, geodns.config.server.TcpSettings), as BIND and Knot DNS keep theirs:
+- a whole message must arrive within `message_timeout` of its first byte: dripping one byte at
+  a time does not keep a connection (the timer is not reset by each byte);
+- an idle connection (no message under way) closes after `idle_timeout`;
+- one address holds at most `max_per_address` connections;
+- a process holds at most `max_connections`; when full, a new connection takes the place of
+  one that never completed a message (the oldest such), else of the one idle the longest, so
+  clients that send whole queries keep getting in while slots are held by ones that do not.
+Every close is counted by its reason (metrics: geodns_tcp_closed_total). The limits are per
+process: with `workers: N`, N times `max_connections` in all (metrics sum the processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from geodns.common.caching import BoundedCache
+from geodns.config.server import TcpSettings
+from geodns.serving.answer_path import ServerState, answer
+from geodns.serving.client import Client, ClientFactory
+
+MAX_MESSAGE = 65535
+
+
+CLOSE_REASONS = (
+    "client",  # the client closed or reset it
+    "idle",  # idle_timeout with no message under way
+    "slow_message",  # a message did not arrive whole within message_timeout
+    "evicted",  # the process was full and this one had gone longest without a message
+    "per_address",  # refused: its address already held max_per_address connections
+    "full",  # refused: full and nothing could be evicted
+    "oversize",  # framing said more than a message can hold
+    "shutdown",
+)
+
+
+@dataclass
+class TcpRegistry:
+    """The open TCP connections of one process, their per-address counts and close reasons."""
+
+    limits: TcpSettings
+    clients: ClientFactory
+    connections: set[TcpProtocol] = field(default_factory=set)
+    per_address: dict[str, int] = field(default_factory=dict)
+    closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))
+    accepted: int = 0
+
+    def admit(self, connection: TcpProtocol, address: str) -> str | None:
+        """Register a new connection; the reason it is refused, or None."""
+        if self.per_address.get(address, 0) >= self.limits.max_per_address:
+            return "per_address"
+        if len(self.connections) >= self.limits.max_connections:
+            victim = min(self.connections, key=_usefulness, default=None)
+            if victim is None:
+                return "full"
+            victim.close("evicted")
+        self.connections.add(connection)
+        self.per_address[address] = self.per_address.get(address, 0) + 1
+        self.accepted += 1
+        return None
+
+    def release(self, connection: TcpProtocol, address: str, reason: str) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
+        self.closed[reason] = self.closed.get(reason, 0) + 1
+
+    def close_all(self) -> None:
+        for connection in list(self.connections):
+            connection.close("shutdown")
+
+
+def _usefulness(connection: TcpProtocol) -> tuple[bool, float]:
+    """Eviction order: connections that never completed a message first, then by how long ago
+    they last did (the oldest first)."""
+    return connection.served > 0, connection.last_useful
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    """Answers each datagram in turn; never raises out of datagram_received."""
+
+    def __init__(self, state: ServerState, clients: ClientFactory) -> None:
+        self.state = state
+        self.factory = clients
+        self.clients: BoundedCache[str, Client] = BoundedCache("clients")
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        client = self.clients.get(addr[0])
+        if client is None:
+            client = self.factory.from_text(addr[0])
+            self.clients.put(addr[0], client, 100)
+        reply = answer(self.state, data, client, False, time.time())
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors and the like: not ours
+        pass
+
+
+class TcpProtocol(asyncio.Protocol):
+    """One TCP connection: length-framed, pipelined, under the registry's limits."""
+
+    def __init__(
+        self, state: ServerState, registry: TcpRegistry, clock: Callable[[], float]
+    ) -> None:
+        self.state = state
+        self.registry = registry
+        self.clock = clock
+        self.buffer = bytearray()
+        self.transport: Any = None
+        self.client: Client | None = None
+        self.address = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_useful = clock()  # accept time, then when the last whole message arrived
+        self.served = 0  # whole messages received
+        self.reason: str | None = None  # why we closed it, once we have
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else ""
+        refused = self.registry.admit(self, self.address)
+        if refused is not None:
+            self.reason = refused
+            self.registry.closed[refused] = self.registry.closed.get(refused, 0) + 1
+            transport.abort()
+            return
+        self.state.tcp_connections += 1
+        try:
+            self.client = self.registry.clients.from_text(self.address)
+        except ValueError:  # not an IP peer (cannot happen on our sockets): treat as exempt
+            self.client = Client(self.address, 4, 0, b"", True)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm(self.registry.limits.idle_timeout, "idle")
+
+    def _arm(self, seconds: float, reason: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self.close, reason)
+
+    def close(self, reason: str) -> None:
+        """Close for `reason` (counted once, in connection_lost)."""
+        if self.reason is None:
+            self.reason = reason
+        if self.transport is not None:
+            self.transport.abort() if reason in ("evicted", "oversize") else self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        started_empty = not buffer
+        buffer += data
+        client = self.client
+        assert client is not None
+        answered = False
+        while len(buffer) >= 2:
+            length = (buffer[0] << 8) | buffer[1]
+            if len(buffer) < 2 + length:
+                break
+            message = bytes(buffer[2 : 2 + length])
+            del buffer[: 2 + length]
+            answered = True
+            reply = answer(self.state, message, client, True, time.time())
+            if reply is not None:
+                self.transport.write(len(reply).to_bytes(2, "big") + reply)
+        if len(buffer) > MAX_MESSAGE + 2:
+            self.close("oversize")
+            return
+        limits = self.registry.limits
+        if answered:
+            self.last_useful = self.clock()
+            self.served += 1
+        if not buffer:
+            if answered:
+                self._arm(limits.idle_timeout, "idle")
+        elif answered or started_empty:  # a new message began: it has message_timeout to arrive
+            self._arm(limits.message_timeout, "slow_message")
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.client is not None:  # admitted
+            self.state.tcp_connections -= 1
+            self.registry.release(self, self.address, self.reason or "client")
+            self.client = None

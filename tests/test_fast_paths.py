@@ -1,0 +1,278 @@
+"""The fast paths (reply cache, templates) answer exactly what the full path answers.
+
+geodns.serving.answer_path serves a repeat query from the reply cache and a query that differs
+only in its ECS address from a template; both only reuse bytes the full path produced. These
+tests feed the same packets, valid and mutated (cut short, padded, bit-flipped, with a second
+ECS option, with a non-zero scope), to a server state whose caches are warm and to the full path
+(parse + engine, no cache of replies), and require identical bytes or an identical refusal. Then
+the real server over UDP: each subnet's own address echoed, the scope of its block, a drain
+reaching subnets answered from a template.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import dns.query
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from inprocess import client, snapshot_for
+from mmdb_factory import city_record, write_city_db
+from server_process import GeodnsServer
+
+from geodns.common.errors import Drop, FormError
+from geodns.config.server import load_config
+from geodns.dns.wire import parse_query
+from geodns.serving.answer_path import ServerState, answer
+from geodns.serving.engine import formerr, respond
+from geodns.serving.snapshot import Snapshot
+
+ZONE = "tpl.test"
+SITES = {
+    "jkt": {
+        "kind": "pop",
+        "location": {"lat": -6.2, "lon": 106.8},
+        "addresses": ["192.0.2.1", "2001:db8::1"],
+    },
+    "fra": {
+        "kind": "pop",
+        "location": {"lat": 50.1, "lon": 8.7},
+        "addresses": ["192.0.2.4", "2001:db8::4"],
+    },
+}
+NETWORKS = [
+    ("36.64.0.0/16", city_record("ID", "AS", -6.2, 106.8, "Jakarta")),
+    ("36.65.0.0/20", city_record("ID", "AS", -6.9, 107.6, "Bandung")),
+    ("85.0.0.0/16", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+    ("85.1.0.0/22", city_record("DE", "EU", 52.5, 13.4, "Berlin")),
+    ("2400:1000::/32", city_record("ID", "AS", -6.2, 106.8, "Jakarta")),
+    ("2a00:1000::/32", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+]
+TEMPLATE_ZONE = {
+    "": {"type": "NS", "value": "ns1.tpl.test."},
+    "ns1": {"type": "A", "value": "192.0.2.53"},
+    "static": {"type": "A", "value": "192.0.2.77"},
+    "near": [
+        {
+            "type": "A",
+            "ttl": 30,
+            "values": ["192.0.2.1", "192.0.2.4"],
+            "octodns": {"geodns": {"nearest": True}},
+        },
+        {
+            "type": "AAAA",
+            "ttl": 30,
+            "values": ["2001:db8::1", "2001:db8::4"],
+            "octodns": {"geodns": {"nearest": True}},
+        },
+    ],
+    "sticky": {
+        "type": "A",
+        "ttl": 30,
+        "values": ["192.0.2.1", "192.0.2.4"],
+        "octodns": {"geodns": {"nearest": True, "sticky": {"margin_km": 20000}}},
+    },
+}
+RESOLVER = "192.0.2.200"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeodnsServer]:
+    db = tmp_path_factory.mktemp("geo") / "city.mmdb"
+    write_city_db(db, NETWORKS)
+    config = {"sites": SITES, "geoip": {"database": str(db)}, "rrl": {"enabled": False}}
+    with GeodnsServer(config, {ZONE: TEMPLATE_ZONE}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def snapshot(server: GeodnsServer) -> Snapshot:
+    return snapshot_for(load_config(Path(server.config_path)))
+
+
+def wire(name: str, subnet: str, query_id: int = 0, rdtype: str = "A") -> bytes:
+    option = dns.edns.ECSOption.from_text(subnet)
+    message = dns.message.make_query(f"{name}.{ZONE}", rdtype, use_edns=0, options=[option])
+    message.id = query_id
+    return message.to_wire()
+
+
+def subnets(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    v4 = ["36.64", "36.65", "85.0", "85.1", "10.9"]  # 10.9/16 is in no network
+    out = []
+    for _ in range(count):
+        if rng.random() < 0.75:
+            out.append(f"{rng.choice(v4)}.{rng.randrange(256)}.0/24")
+        else:
+            top = rng.choice(["2400:1000", "2a00:1000", "2001:db9"])
+            out.append(f"{top}:{rng.randrange(65536):x}:{rng.randrange(256):x}00::/56")
+    return out
+
+
+def full_path(snapshot: Snapshot, data: bytes) -> bytes | None:
+    """The reference: parse and answer, no reply cache, no template."""
+    try:
+        query = parse_query(data)
+    except Drop:
+        return None
+    except FormError as exc:
+        return formerr(exc.query_id, exc.flags)
+    return respond(query, client(RESOLVER), snapshot, False)[0]
+
+
+def warm_state(snapshot: Snapshot) -> ServerState:
+    """A state whose reply cache and templates have learned from valid queries of every kind."""
+    state = ServerState(snapshot)
+    for number, subnet in enumerate(subnets(400, seed=1)):
+        name = ("near", "static", "sticky")[number % 3]
+        rdtype = "AAAA" if ":" in subnet and name == "near" else "A"
+        for _ in range(2):  # a second sighting puts replies in the reply cache
+            answer(state, wire(name, subnet, number, rdtype), client(RESOLVER), False, 0.0)
+    assert len(snapshot.templates.templates) >= 3
+    assert len(snapshot.replies) >= 100
+    return state
+
+
+def mutations(data: bytes, rng: random.Random) -> list[bytes]:
+    """The packets a fast path could get wrong: cut short, padded, flipped, doubled options."""
+    out = [data[:-k] for k in (1, 2, 3, 4, 7, 8) if k < len(data)]
+    out += [data + bytes(rng.randrange(256) for _ in range(k)) for k in (1, 3, 4, 7, 8)]
+    for _ in range(6):
+        flipped = bytearray(data)
+        flipped[rng.randrange(2, len(data))] ^= 1 << rng.randrange(8)
+        out.append(bytes(flipped))
+    # a non-zero SCOPE PREFIX-LENGTH: the byte before the address of the (last) ECS option
+    ecs_at = data.rfind(b"\x00\x08")
+    if ecs_at > 0:
+        scoped = bytearray(data)
+        scoped[ecs_at + 7] = 24
+        out.append(bytes(scoped))
+        # the ECS option twice: RDLENGTH grows by the option's size
+        option = data[ecs_at:]
+        doubled = bytearray(data + option)
+        rdlen_at = ecs_at - 2
+        rdlen = struct.unpack_from(">H", doubled, rdlen_at)[0]
+        struct.pack_into(">H", doubled, rdlen_at, rdlen + len(option))
+        out.append(bytes(doubled))
+    return out
+
+
+def test_fast_paths_answer_valid_and_mutated_packets_as_the_full_path_does(
+    snapshot: Snapshot,
+) -> None:
+    state = warm_state(snapshot)
+    rng = random.Random(5)
+    compared = fast = 0
+    for number, subnet in enumerate(subnets(300, seed=1) + subnets(300, seed=2)):
+        name = ("near", "static", "sticky")[number % 3]
+        rdtype = "AAAA" if ":" in subnet and name == "near" else "A"
+        data = wire(name, subnet, rng.randrange(65536), rdtype)
+        for packet in [data, *mutations(data, rng)]:
+            hit = len(snapshot.replies) and (
+                snapshot.replies.get(packet[2:]) is not None
+                or snapshot.templates.answer(packet) is not None
+            )
+            fast += bool(hit)
+            got = answer(state, packet, client(RESOLVER), False, 0.0)
+            assert got == full_path(snapshot, packet), (name, subnet, packet.hex())
+            compared += 1
+    assert fast >= 300, f"only {fast} of {compared} packets met a fast path"
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_random_edits_of_learned_queries_never_split_the_paths(
+    snapshot: Snapshot, data: st.DataObject
+) -> None:
+    state = ServerState(snapshot) if len(snapshot.replies) >= 100 else warm_state(snapshot)
+    subnet = data.draw(st.sampled_from(subnets(50, seed=1)))
+    name = data.draw(st.sampled_from(["near", "static"]))
+    packet = bytearray(wire(name, subnet, data.draw(st.integers(0, 65535))))
+    for _ in range(data.draw(st.integers(1, 3))):
+        if not packet:
+            break
+        at = data.draw(st.integers(0, len(packet) - 1))
+        edit = data.draw(st.sampled_from(["flip", "cut", "pad", "set"]))
+        if edit == "flip":
+            packet[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif edit == "cut":
+            del packet[at:]
+        elif edit == "pad":
+            packet += data.draw(st.binary(min_size=1, max_size=8))
+        else:
+            packet[at] = data.draw(st.integers(0, 255))
+    sent = bytes(packet)
+    assert answer(state, sent, client(RESOLVER), False, 0.0) == full_path(snapshot, sent)
+
+
+def test_the_reported_malformed_ecs_queries_get_formerr_from_every_path(snapshot: Snapshot) -> None:
+    """issue 12.3: a /56 cut short by 4 bytes got a NOERROR reply, a /24 with 4 bytes appended
+    an IndexError; two ECS options and a non-zero scope got normal answers. RFC 7871: FORMERR."""
+    state = warm_state(snapshot)
+    cases = {
+        "cut": wire("near", "2400:1000:1:100::/56", 1, "AAAA")[:-4],
+        "padded": wire("near", "36.64.1.0/24", 2) + b"\x00\x00\x00\x00",
+    }
+    for packet in mutations(wire("near", "36.64.2.0/24", 3), random.Random(1))[-2:]:
+        cases[f"option {len(cases)}"] = packet  # the non-zero scope and the doubled option
+    for label, packet in cases.items():
+        for _ in range(3):
+            reply = answer(state, packet, client(RESOLVER), False, 0.0)
+            assert reply is not None and reply[3] & 0x0F == 1, (label, reply)  # FORMERR
+    assert state.errors == 0
+
+
+def test_a_new_health_view_starts_without_templates(snapshot: Snapshot) -> None:
+    state = warm_state(snapshot)
+    probe = wire("near", "36.64.1.0/24")
+    assert state.snapshot.templates.answer(probe) is not None
+    fresh = snapshot.with_view(frozenset({"jkt"}), snapshot.geo, {})
+    assert fresh.templates.answer(probe) is None
+
+
+def ask(server: GeodnsServer, name: str, subnet: str) -> tuple[list[str], str, int]:
+    query = dns.message.make_query(
+        f"{name}.{ZONE}", "A", use_edns=0, options=[dns.edns.ECSOption.from_text(subnet)]
+    )
+    reply = dns.query.udp(query, server.host, port=server.port, timeout=2)
+    (ecs,) = [o for o in reply.options if isinstance(o, dns.edns.ECSOption)]
+    addresses = [rr.address for rrset in reply.answer for rr in rrset]
+    return addresses, f"{ecs.address}/{ecs.srclen}", ecs.scopelen
+
+
+def test_each_subnet_gets_its_own_address_echoed_with_its_blocks_scope(
+    server: GeodnsServer,
+) -> None:
+    # the same place (Jakarta's /16), many subnets: the template is reused for all but the first
+    for third in (9, 10, 200):
+        assert ask(server, "near", f"36.64.{third}.0/24") == (
+            ["192.0.2.1"],
+            f"36.64.{third}.0/24",
+            16,
+        )
+    # Bandung gets Jakarta too, and its block is its own /20 (beyond it: unlocated space)
+    assert ask(server, "near", "36.65.3.0/24") == (["192.0.2.1"], "36.65.3.0/24", 20)
+    assert ask(server, "near", "85.1.2.0/24") == (["192.0.2.4"], "85.1.2.0/24", 22)
+    # a static answer holds for every subnet: scope 0
+    assert ask(server, "static", "85.0.7.0/24") == (["192.0.2.77"], "85.0.7.0/24", 0)
+    assert ask(server, "static", "36.64.7.0/24") == (["192.0.2.77"], "36.64.7.0/24", 0)
+
+
+def test_a_drain_reaches_subnets_answered_from_a_template(server: GeodnsServer) -> None:
+    for third in (20, 21):
+        assert ask(server, "near", f"36.64.{third}.0/24")[0] == ["192.0.2.1"]
+    assert server.cli("drain", "jkt").returncode == 0
+    try:
+        assert ask(server, "near", "36.64.22.0/24")[0] == ["192.0.2.4"]
+    finally:
+        assert server.cli("undrain", "jkt").returncode == 0
+    assert ask(server, "near", "36.64.23.0/24")[0] == ["192.0.2.1"]

@@ -1,0 +1,158 @@
+"""The place index finds, for every address, the place maxminddb's own reader gives, over a
+block at least as wide as the database network and never crossing into another place.
+
+The index is what every query's location comes from (geodns.geo.index): the whole tree walked
+once with numpy, merged into runs of one place. These tests hold it to the reader for every
+record size real databases use, on the bundled database and on a small one with nested and empty
+networks, through a save and a load of the cache files, and check the direct locator (what
+serves while a new database's index builds) the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from pathlib import Path
+
+import maxminddb
+import numpy as np
+import pytest
+from mmdb_factory import city_record, rewrite_record_size, write_city_db
+
+from geodns.geo.database import GeoDatabase
+from geodns.geo.index import build_index, load_index, save_index
+from geodns.geo.locator import DirectLocator
+from geodns.geo.mmdbtree import unpack_children
+from geodns.geo.places import continent_of
+
+BUNDLED = Path(__file__).resolve().parent.parent / "geodns" / "data" / "geodns-country.mmdb"
+
+NETWORKS = [
+    ("1.0.0.0/8", city_record("AU", "OC", -33.9, 151.2, "Sydney")),
+    ("1.2.0.0/16", city_record("JP", "AS", 35.7, 139.7, "Tokyo")),  # nested in the /8
+    ("1.2.3.0/24", city_record("KR", "AS", 37.6, 127.0, "Seoul")),  # nested again
+    ("36.64.0.0/16", city_record("ID", "AS", -6.2, 106.8, "Jakarta")),
+    ("85.0.0.0/17", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+    ("85.0.128.0/17", city_record("FR", "EU", 48.9, 2.35, "Paris")),
+    ("223.255.255.255/32", city_record("CN", "AS", 39.9, 116.4, "Beijing")),
+    ("0.0.0.0/32", city_record("US", "NA", 40.7, -74.0, "New York")),
+    ("2a00:1000::/32", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+    ("2a00:1000:8000::/33", city_record("NL", "EU", 52.4, 4.9, "Amsterdam")),
+    ("2400:1000::/32", city_record("MY", "AS", 3.1, 101.7, "Kuala Lumpur")),
+    ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", city_record("BR", "SA", -23.5, -46.6)),
+]
+
+
+def sample_addresses(seed: int, count: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Random addresses plus the ones next to every network boundary of the small database."""
+    rng = random.Random(seed)
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for cidr, _ in NETWORKS:
+        network = ipaddress.ip_network(cidr)
+        for value in (int(network[0]) - 1, int(network[0]), int(network[-1]), int(network[-1]) + 1):
+            limit = (1 << network.max_prefixlen) - 1
+            found.append(ipaddress.ip_address(min(max(value, 0), limit)))
+    for _ in range(count):
+        found.append(ipaddress.IPv4Address(rng.getrandbits(32)))
+        found.append(ipaddress.IPv6Address(rng.getrandbits(128)))
+        found.append(
+            ipaddress.IPv6Address((0x2000 | rng.getrandbits(12)) << 112 | rng.getrandbits(112))
+        )
+    return found
+
+
+def open_database(path: Path) -> GeoDatabase:
+    return GeoDatabase(path, str(path), 0, continent_of)
+
+
+def key(place: object) -> object:
+    return None if place is None else place.key  # type: ignore[attr-defined]
+
+
+def assert_same_as_the_reader(path: Path, addresses: list, tmp_path: Path) -> None:
+    database = open_database(path)
+    built = build_index(database)
+    save_index(built, tmp_path / "cache")
+    index = load_index(tmp_path / "cache", database.digest)
+    assert index is not None, "the saved index loads back"
+    direct = DirectLocator(open_database(path))
+    with maxminddb.open_database(str(path)) as reader:
+        for address in addresses:
+            record, prefix = reader.get_with_prefix_len(address)
+            expected = database.places.place(record)
+            placement = index.locate(address.version, int(address))
+            if address.version == 6 and int(address) >> 32 == 0xFFFF:
+                continue  # placed as IPv4 (test below)
+            assert key(placement.place) == key(expected), f"{address}: {placement} vs {record}"
+            assert placement.prefix <= prefix, f"{address}: /{placement.prefix} inside /{prefix}"
+            # the whole block has the same place: check its first and last address
+            bits = 32 if address.version == 4 else 128
+            base = int(address) >> (bits - placement.prefix) << (bits - placement.prefix)
+            last = base + (1 << (bits - placement.prefix)) - 1
+            for edge in (base, last):
+                edge_place = database.places.place(reader.get(ipaddress.ip_address(edge)))
+                assert key(edge_place) == key(expected), f"{address}: block edge {edge:x}"
+            direct_placement = direct.locate(address.version, int(address))
+            assert key(direct_placement.place) == key(expected)
+            assert direct_placement.prefix == prefix
+
+
+@pytest.mark.parametrize("record_size", [24, 28, 32])
+def test_every_record_size_matches_the_reader(tmp_path: Path, record_size: int) -> None:
+    path = write_city_db(tmp_path / "city.mmdb", NETWORKS)
+    if record_size != 24:
+        path = rewrite_record_size(path, tmp_path / f"city-{record_size}.mmdb", record_size)
+    with maxminddb.open_database(str(path)) as reader:
+        assert reader.metadata().record_size == record_size
+    assert_same_as_the_reader(path, sample_addresses(record_size, 1_500), tmp_path)
+
+
+def test_the_bundled_database_matches_the_reader(tmp_path: Path) -> None:
+    assert_same_as_the_reader(BUNDLED, sample_addresses(7, 2_000), tmp_path)
+
+
+def test_ipv4_mapped_addresses_are_placed_as_ipv4(tmp_path: Path) -> None:
+    index = build_index(open_database(write_city_db(tmp_path / "city.mmdb", NETWORKS)))
+    mapped = index.locate(6, int(ipaddress.IPv6Address("::ffff:1.2.3.4")))
+    plain = index.locate(4, int(ipaddress.IPv4Address("1.2.3.4")))
+    assert (mapped.family, mapped.prefix) == (4, 24)
+    assert mapped.place is plain.place and plain.place is not None and plain.place.city == "Seoul"
+
+
+def test_neighbouring_networks_of_one_place_are_one_block(tmp_path: Path) -> None:
+    """85.0.0.0/17 and 85.0.128.0/17 in one place are one /16: the scope a resolver gets."""
+    same = [
+        ("85.0.0.0/17", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+        ("85.0.128.0/17", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+    ]
+    index = build_index(open_database(write_city_db(tmp_path / "city.mmdb", same)))
+    placement = index.locate(4, int(ipaddress.IPv4Address("85.0.200.1")))
+    assert placement.prefix == 16 and placement.place is not None
+
+
+@pytest.mark.parametrize(
+    ("record_size", "left", "right"),
+    [
+        (24, 0xABCDEF, 0x123456),
+        (28, 0xABCDEF1, 0x1234567),  # the shared middle byte holds both high nibbles
+        (28, 0x0000011, 0xF000011),
+        (32, 0xFEDCBA98, 0x12345678),
+    ],
+)
+def test_large_record_values_unpack_in_every_size(record_size: int, left: int, right: int) -> None:
+    """Values beyond 24 bits only occur in databases of millions of nodes: a one-node tree."""
+    if record_size == 24:
+        node = left.to_bytes(3) + right.to_bytes(3)
+    elif record_size == 28:
+        node = left.to_bytes(4)[1:] + bytes([(left >> 24) << 4 | right >> 24])
+        node += right.to_bytes(4)[1:]
+    else:
+        node = left.to_bytes(4) + right.to_bytes(4)
+    children = np.frombuffer(unpack_children(node, 1, record_size), dtype=np.uint32)
+    assert children.tolist() == [left, right]
+
+
+def test_a_search_tree_cut_short_is_refused() -> None:
+    """A file shorter than its metadata's node count says is an error, not a bad answer."""
+    with pytest.raises(ValueError, match="cut short"):
+        unpack_children(bytes(6 * 2 - 1), 2, 24)  # two 24-bit nodes need 12 bytes
