@@ -17,7 +17,7 @@ from typing import Any
 
 import maxminddb
 
-from geodns.geo.locator import distance_km
+from geodns.geo.places import distance_km
 
 from .common import GEO_NAME, HOST
 from .dnswire import QTYPES, GeoReply, parse_reply, query_wire

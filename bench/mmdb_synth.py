@@ -37,7 +37,7 @@ from typing import Any
 
 import maxminddb
 
-from geodns.geo.locator import load_country_points
+from geodns.geo.places import load_country_points
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTRY_DB = ROOT / "geodns" / "data" / "geodns-country.mmdb"

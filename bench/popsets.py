@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from geodns.geo.locator import distance_km
+from geodns.geo.places import distance_km
 
 from .common import ROOT
 
