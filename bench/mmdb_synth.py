@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import ipaddress
 import json
 import math
 import random
@@ -38,7 +37,7 @@ from typing import Any
 
 import maxminddb
 
-from geodns.geo.locator import load_country_points
+from geodns.geo.places import load_country_points
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTRY_DB = ROOT / "geodns" / "data" / "geodns-country.mmdb"
@@ -515,11 +514,8 @@ def build_city_db(
     finally:
         reader.close()
     networks.sort()
-    import numpy as np
-
-    v4_list = [(start, prefix - 96) for start, prefix, _ in networks if start >> 32 == 0]
     log(f"  {v4:,} IPv4 + {v6:,} IPv6 networks, {len(catalogue.offsets):,} records; writing tree")
-    summary = write_mmdb(
+    summary: dict[str, Any] = write_mmdb(
         path,
         networks,
         data,
@@ -527,7 +523,6 @@ def build_city_db(
         f"geodns bench: synthetic City database (v4 /{split_v4}, v6 /{split_v6}, "
         f"{variants} variants per city) from RIR country data and GeoNames cities",
     )
-    np.save(_v4_sidecar(path), np.array(v4_list, dtype=np.uint64).reshape(-1, 2))
     summary.update(
         {
             "path": str(path),
@@ -554,6 +549,7 @@ def check_city_db(path: Path) -> None:
             ("200.160.2.3", "BR"),
             ("2a01:4f8::1", "DE"),
         ):
+            record: Any
             record, prefix = reader.get_with_prefix_len(address)
             if not record or record["country"]["iso_code"] != country:
                 raise RuntimeError(f"{path}: {address} should be in {country}, got {record}")
@@ -581,7 +577,7 @@ def ensure_city_db(
         "source": [COUNTRY_DB.name, stat.st_size, stat.st_mtime_ns],
     }
     sidecar = path.with_suffix(".json")
-    if path.exists() and sidecar.exists() and _v4_sidecar(path).exists():
+    if path.exists() and sidecar.exists():
         try:
             known = json.loads(sidecar.read_text())
         except ValueError:
@@ -598,32 +594,6 @@ def ensure_city_db(
     return summary
 
 
-def _v4_sidecar(path: Path) -> Path:
-    return path.with_name(path.stem + ".v4.npy")
-
-
-def v4_networks(path: Path) -> list[tuple[int, int]]:
-    """The IPv4 networks of a database (start, prefix length), for drawing client subnets.
-
-    Read from the list saved beside the database when it was built (iterating the database
-    with maxminddb decodes every record: ~20 s for 1.7M networks), else from the database.
-    """
-    sidecar = _v4_sidecar(path)
-    if sidecar.exists() and sidecar.stat().st_mtime >= path.stat().st_mtime:
-        import numpy as np
-
-        return [(int(a), int(b)) for a, b in np.load(sidecar)]
-    reader = maxminddb.open_database(str(path))
-    out = []
-    try:
-        for network, record in reader:
-            if network.version == 4 and record is not None:
-                out.append((int(network.network_address), network.prefixlen))
-    finally:
-        reader.close()
-    return out
-
-
 if __name__ == "__main__":
     import argparse
 
@@ -636,4 +606,3 @@ if __name__ == "__main__":
     print(
         json.dumps(build_city_db(args.path, args.split_v4, args.split_v6, args.variants), indent=1)
     )
-    _ = ipaddress  # keep the import for interactive use

@@ -1,0 +1,179 @@
+"""CPU and memory of processes and of the whole machine, from /proc (proc(5)).
+
+Server CPU is utime + stime of the server's processes, never wall time; memory is VmRSS from
+/proc/PID/status and RSS/PSS from /proc/PID/smaps_rollup (PSS divides each shared page among the
+processes that map it, so the PSS of a server's processes adds up to what they cost together).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SMAPS_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Private_Dirty")
+
+
+def stat_fields(pid: int | str) -> list[bytes] | None:
+    """/proc/PID/stat after the command name (field 3 of proc(5) first), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (geodns workers), from /proc; pid first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        fields = stat_fields(entry) if entry.isdigit() else None
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out: list[int] = []
+    todo = [pid]
+    while todo and len(out) < 1000:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(sorted(children.get(current, []), reverse=True))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (all their threads), in seconds."""
+    total = 0
+    for pid in pids:
+        fields = stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return total / CLOCK_TICKS
+
+
+def status_kb(pids: list[int], key: str = "VmRSS") -> int:
+    """The sum of one /proc/PID/status figure (VmRSS, VmHWM: kB) over these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def parse_smaps_rollup(text: str) -> dict[str, int]:
+    """The kB figures of /proc/PID/smaps_rollup that the report uses."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in SMAPS_KEYS:
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def smaps_rollup_kb(pid: int) -> dict[str, int]:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as handle:
+            return parse_smaps_rollup(handle.read())
+    except OSError:
+        return {}
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    pid: int
+    role: str  # "main" or "worker N"
+    rss_mb: float
+    pss_mb: float
+    pss_anon_mb: float
+    pss_file_mb: float
+    peak_rss_mb: float  # VmHWM
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        return dataclasses.asdict(self)
+
+
+def role_of(command_line: str, index: int) -> str:
+    """What a server's process is, from its command line: the main one (the first), a worker
+    (multiprocessing's spawned children), or a helper such as multiprocessing's resource tracker
+    (a small process of its own that a spawn start brings along)."""
+    if index == 0:
+        return "main"
+    if "resource_tracker" in command_line:
+        return "helper (resource tracker)"
+    if "spawn_main" in command_line:
+        return "worker"
+    return "other"
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def memory_per_process(pids: list[int]) -> list[ProcessMemory]:
+    """RSS, PSS (with its anonymous and file-backed parts) and peak RSS of each process, in MB
+    (1,048,576 bytes); the first pid is the main process."""
+    out = []
+    for index, pid in enumerate(pids):
+        rollup = smaps_rollup_kb(pid)
+        if not rollup:
+            continue
+        out.append(
+            ProcessMemory(
+                pid=pid,
+                role=role_of(command_line(pid), index),
+                rss_mb=round(rollup.get("Rss", 0) / 1024, 1),
+                pss_mb=round(rollup.get("Pss", 0) / 1024, 1),
+                pss_anon_mb=round(rollup.get("Pss_Anon", 0) / 1024, 1),
+                pss_file_mb=round(rollup.get("Pss_File", 0) / 1024, 1),
+                peak_rss_mb=round(status_kb([pid], "VmHWM") / 1024, 1),
+            )
+        )
+    return out
+
+
+def memory_summary(pids: list[int]) -> dict[str, object]:
+    processes = memory_per_process(pids)
+    return {
+        "processes": [p.as_dict() for p in processes],
+        "rss_total_mb": round(sum(p.rss_mb for p in processes), 1),
+        "pss_total_mb": round(sum(p.pss_mb for p in processes), 1),
+    }
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from the first line of /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values[:8]) - idle, sum(values[:8])
+
+
+def children_cpu() -> float:
+    """CPU seconds of every child process that was waited for (dnsperf runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_quiet(limit_s: float, threshold_pct: float = 15.0) -> float:
+    """Wait (bounded) until the machine is mostly idle: other sessions share it.
+
+    Returns the busy percentage of the last 0.5 s sample (of all CPUs)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        busy0, total0 = machine_jiffies()
+        time.sleep(0.5)
+        busy1, total1 = machine_jiffies()
+        busy_pct = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
+        if busy_pct <= threshold_pct or time.monotonic() >= deadline:
+            return round(busy_pct, 1)

@@ -1,0 +1,485 @@
+"""The two servers: their configurations (same zone, same PoPs, same database) and their
+processes (start, wait for the first answer, reload, stop by PID).
+
+geodns is a black box here: a config file and zone files in, DNS answers, /proc, its JSON log
+lines and its /metrics out. gdnsd is Debian's 3.8, with a geoip map in city-auto-mode (no `map`
+stanza: the nearest datacenter by distance for everyone, the decision geodns's `nearest` makes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .common import BIG_ZONE, GEO_NAME, HOST, ROOT, ZONE
+from .dnswire import QTYPES, query_wire
+from .popsets import PopSet
+from .procstat import descendants
+from .workloads import big_zone_name
+
+INDEX_EVENT = "geo_index_ready"  # geodns logs it once its precomputed geo index is ready
+INDEX_METRIC = "geodns_geo_index_build_seconds"
+
+GEODNS_STATIC_ZONE: dict[str, Any] = {
+    "": [
+        {"type": "CAA", "value": {"flags": 0, "tag": "issue", "value": "letsencrypt.org"}},
+        {"type": "MX", "values": [{"exchange": f"mx1.{ZONE}.", "preference": 10}]},
+        {"ttl": 86400, "type": "NS", "values": [f"ns1.{ZONE}.", f"ns2.{ZONE}."]},
+        {"type": "TXT", "value": "v=spf1 -all"},
+    ],
+    "_imap._tcp": {
+        "type": "SRV",
+        "value": {"port": 993, "priority": 10, "target": f"mx1.{ZONE}.", "weight": 5},
+    },
+    "mx1": {"type": "A", "value": "192.0.2.25"},
+    "ns1": [
+        {"ttl": 86400, "type": "A", "value": "192.0.2.53"},
+        {"ttl": 86400, "type": "AAAA", "value": "2001:db8::53"},
+    ],
+    "ns2": [
+        {"ttl": 86400, "type": "A", "value": "198.51.100.53"},
+        {"ttl": 86400, "type": "AAAA", "value": "2001:db8:1::53"},
+    ],
+}
+
+GDNSD_ZONE = """$TTL 3600
+@ 300 SOA ns1 hostmaster 1 7200 3600 1209600 300
+@ 86400 NS ns1
+@ 86400 NS ns2
+@ MX 10 mx1
+@ TXT "v=spf1 -all"
+@ CAA 0 issue "letsencrypt.org"
+_imap._tcp SRV 10 5 993 mx1
+mx1 A 192.0.2.25
+ns1 86400 A 192.0.2.53
+ns1 86400 AAAA 2001:db8::53
+ns2 86400 A 198.51.100.53
+ns2 86400 AAAA 2001:db8:1::53
+www 30 DYNA geoip!www
+"""
+
+
+def pin(cpus: str | None) -> list[str]:
+    """taskset in front of a command, when there are 2 CPUs to pin to (None: not pinned)."""
+    if cpus is None or not can_pin():
+        return []
+    return ["taskset", "-c", cpus]
+
+
+def can_pin() -> bool:
+    return bool(shutil.which("taskset")) and (os.cpu_count() or 1) >= 2
+
+
+def free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((HOST, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((HOST, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+# ------------------------------------------------------------------------------------------------
+# Configurations
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What both servers are given: the database, the PoPs, and optionally the big zone."""
+
+    db: Path
+    pops: PopSet
+    big_zone_names: int = 0  # 0: no big zone
+    workers: int = 1  # geodns only
+
+
+def geodns_geo_record(pops: PopSet, rtype: str) -> dict[str, Any]:
+    if rtype == "A":
+        values = sorted(p.ipv4 for p in pops.pops)
+    else:
+        values = sorted(p.ipv6 for p in pops.pops if p.ipv6)
+    return {
+        "octodns": {"geodns": {"default_order": list(pops.default_order), "nearest": True}},
+        "ttl": 30,
+        "type": rtype,
+        "values": values,
+    }
+
+
+def geodns_big_zone(setup: Setup, generation: int) -> dict[str, Any]:
+    """The big zone: `big_zone_names` nearest-PoP A records, and a TXT that each reload changes."""
+    zone: dict[str, Any] = {
+        "": [
+            {"ttl": 86400, "type": "NS", "values": [f"ns1.{ZONE}.", f"ns2.{ZONE}."]},
+            {"type": "TXT", "value": f"generation {generation}"},
+        ]
+    }
+    record = geodns_geo_record(setup.pops, "A")
+    for index in range(setup.big_zone_names):
+        zone[big_zone_name(index).removesuffix("." + BIG_ZONE)] = record
+    return zone
+
+
+def write_geodns(directory: Path, port: int, setup: Setup, generation: int = 0) -> Path:
+    """geodns's config and zones in `directory`; returns the config file."""
+    zones = directory / "zones"
+    zones.mkdir(parents=True, exist_ok=True)
+    zone = dict(GEODNS_STATIC_ZONE)
+    zone["www"] = [geodns_geo_record(setup.pops, "A"), geodns_geo_record(setup.pops, "AAAA")]
+    dump = yaml.CSafeDumper if hasattr(yaml, "CSafeDumper") else yaml.SafeDumper
+    (zones / f"{ZONE}.yaml").write_text(yaml.dump(zone, Dumper=dump, sort_keys=True))
+    big = zones / f"{BIG_ZONE}.yaml"
+    if setup.big_zone_names:
+        big.write_text(yaml.dump(geodns_big_zone(setup, generation), Dumper=dump))
+    elif big.exists():
+        big.unlink()
+    config = {
+        "listen": [HOST],
+        "port": port,
+        "zones_dir": str(zones),
+        "watch_zones": False,
+        "admin": {"listen": None, "socket": str(directory / "admin.sock")},
+        "logging": {"level": "info", "format": "json"},  # read for reload and index events
+        "geoip": {"database": str(setup.db)},
+        "workers": setup.workers,
+        "sites": setup.pops.geodns_sites(),
+    }
+    if geodns_has_setting("cache_dir"):  # a fresh geo index cache: every start builds its index
+        cache = directory / "geo-cache"
+        if generation == 0:  # a new server, not a reload of a running one
+            shutil.rmtree(cache, ignore_errors=True)
+        config["cache_dir"] = str(cache)
+    path = directory / "geodns.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def gdnsd_config(directory: Path, port: int, setup: Setup) -> str:
+    """gdnsd 3.8: a city-auto-mode map (no `map` stanza: nearest for everyone), same PoPs."""
+    pops = setup.pops
+    by_name = {p.name: p for p in pops.pops}
+    order = pops.gdnsd_order()
+    coords = "\n".join(f"          {p.name} => [ {p.latitude}, {p.longitude} ]" for p in pops.pops)
+    dcmap = []
+    for name in order:
+        pop = by_name[name]
+        addresses = f"addrs_v4 => [ {pop.ipv4} ]"
+        if pop.ipv6:
+            addresses += f", addrs_v6 => [ {pop.ipv6} ]"
+        dcmap.append(f"          {name} => {{ {addresses} }}")
+    dcmap_text = "\n".join(dcmap)
+    return f"""# generated by the geodns benchmark: gdnsd 3.8 twin of its geodns config
+options => {{
+  listen => [ {HOST}:{port} ]
+  run_dir => {directory / "run"}
+  state_dir => {directory / "state"}
+  udp_threads => 1
+  tcp_threads => 1
+  edns_client_subnet => true
+}}
+plugins => {{
+  geoip => {{
+    maps => {{
+      pops => {{
+        geoip2_db => {setup.db}
+        datacenters => [ {", ".join(order)} ]
+        auto_dc_coords => {{
+{coords}
+        }}
+      }}
+    }}
+    resources => {{
+      www => {{
+        map => pops
+        dcmap => {{
+{dcmap_text}
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
+def gdnsd_big_zone(names: int, generation: int) -> str:
+    """Every name of the big zone answered by the one `www` resource, as a gdnsd operator
+    would write it, and a TXT that each reload changes (the SOA serial with it)."""
+    lines = [
+        "$TTL 3600",
+        f"@ 300 SOA ns1.{ZONE}. hostmaster.{ZONE}. {generation + 1} 7200 3600 1209600 300",
+        f"@ 86400 NS ns1.{ZONE}.",
+        f"@ 86400 NS ns2.{ZONE}.",
+        f'@ TXT "generation {generation}"',
+    ]
+    suffix = "." + BIG_ZONE
+    lines += [f"{big_zone_name(i).removesuffix(suffix)} 30 DYNA geoip!www" for i in range(names)]
+    return "\n".join(lines) + "\n"
+
+
+def write_gdnsd(directory: Path, port: int, setup: Setup, generation: int = 0) -> Path:
+    """gdnsd's config directory (config, zones/) in `directory`; returns it."""
+    for sub in ("zones", "run", "state"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    (directory / "config").write_text(gdnsd_config(directory, port, setup))
+    (directory / "zones" / ZONE).write_text(GDNSD_ZONE)
+    big = directory / "zones" / BIG_ZONE
+    if setup.big_zone_names:
+        big.write_text(gdnsd_big_zone(setup.big_zone_names, generation))
+    elif big.exists():
+        big.unlink()
+    return directory
+
+
+# ------------------------------------------------------------------------------------------------
+# Processes
+# ------------------------------------------------------------------------------------------------
+
+
+def geo_probe(name: str = GEO_NAME) -> bytes:
+    """A geo query located by ECS (8.8.8.0/24): its first answer means the zone is loaded."""
+    return query_wire(name, QTYPES["A"], (0x08080800, 24), ident=0x1234)
+
+
+class Server:
+    """One server (geodns or gdnsd) and its processes: start, wait for an answer, reload,
+    measure, stop. Every process is stopped by its own PID."""
+
+    def __init__(
+        self, kind: str, label: str, directory: Path, logfile: Path, setup: Setup, cpus: str
+    ) -> None:
+        self.kind = kind
+        self.label = label
+        self.directory = directory
+        self.logfile = logfile
+        self.setup = setup
+        self.cpus = cpus
+        self.port = free_port()
+        self.generation = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # wall-clock time of the start, to place its log events
+        directory.mkdir(parents=True, exist_ok=True)
+        if kind == "geodns":
+            self.config = write_geodns(directory, self.port, setup)
+            self.command = pin(cpus) + [sys.executable, "-m", "geodns", "serve"]
+            self.command += ["--config", str(self.config)]
+        elif kind == "gdnsd":
+            self.config = write_gdnsd(directory, self.port, setup)
+            self.command = pin(cpus) + ["gdnsd", "-c", str(directory), "start"]
+        else:
+            raise ValueError(f"unknown server kind {kind!r}")
+
+    def start(self, probe: bytes | None = None, timeout: float = 300.0) -> float:
+        """Start and wait for the first answer to `probe`; the seconds from exec to it."""
+        probe = probe or geo_probe()
+        handle = self.logfile.open("wb")
+        self.started_at = time.time()
+        began = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        handle.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.005)
+            while time.monotonic() - began < timeout:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.label} exited with {self.process.returncode}: "
+                        f"{self.logfile.read_text(errors='replace')[-2000:]}"
+                    )
+                sock.sendto(probe, (HOST, self.port))
+                try:
+                    sock.recvfrom(4096)
+                except OSError:
+                    continue
+                return time.monotonic() - began
+        self.stop()
+        raise RuntimeError(f"{self.label} did not answer within {timeout} s")
+
+    @property
+    def pids(self) -> list[int]:
+        assert self.process is not None
+        return descendants(self.process.pid)
+
+    def wait_for_processes(self, count: int, timeout: float = 30.0) -> int:
+        """Wait (bounded) until the server has `count` processes (workers bind after the main
+        process answers); the number it has."""
+        deadline = time.monotonic() + timeout
+        while len(self.pids) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return len(self.pids)
+
+    def log_events(self, name: str) -> list[dict[str, Any]]:
+        """geodns's JSON log lines whose event is `name` (gdnsd: none)."""
+        return list(events_in(self.logfile, name))
+
+    def rewrite_zones(self) -> None:
+        """The next generation of the zone files (the big zone's TXT changes)."""
+        self.generation += 1
+        if self.kind == "geodns":
+            write_geodns(self.directory, self.port, self.setup, self.generation)
+        else:
+            write_gdnsd(self.directory, self.port, self.setup, self.generation)
+
+    def reload(self, timeout: float = 300.0) -> float:
+        """Reload the zones (geodns: SIGHUP, done when it logs `reloaded`; gdnsd: `gdnsdctl
+        reload-zones`, which returns when the new zones serve); the seconds it took."""
+        assert self.process is not None
+        began = time.monotonic()
+        if self.kind == "gdnsd":
+            subprocess.run(
+                ["gdnsdctl", "-c", str(self.directory), "reload-zones"],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+            )
+            return time.monotonic() - began
+        done = len(self.log_events("reloaded"))
+        failures = len(self.log_events("reload_failed"))
+        os.kill(self.process.pid, signal.SIGHUP)
+        while time.monotonic() - began < timeout:
+            if len(self.log_events("reloaded")) > done:
+                return time.monotonic() - began
+            failed = self.log_events("reload_failed")
+            if len(failed) > failures:
+                raise RuntimeError(f"{self.label}: reload failed: {failed[-1]}")
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.label}: no `reloaded` within {timeout} s")
+
+    def metrics(self) -> str:
+        """geodns's /metrics, read over its admin socket ('' when it cannot be read)."""
+        if self.kind != "geodns":
+            return ""
+        return http_get_unix(self.directory / "admin.sock", "/metrics")
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        family = descendants(process.pid)[1:]
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        for pid in family:  # stray workers, if any: by their own PID
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def events_in(logfile: Path, name: str) -> Iterator[dict[str, Any]]:
+    """The JSON log lines of `logfile` whose `event` is `name` (other lines are skipped)."""
+    try:
+        text = logfile.read_text(errors="replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        if not line.startswith("{") or f'"{name}"' not in line:
+            continue
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("event") == name:
+                yield event
+
+
+def http_get_unix(path: Path, target: str, timeout: float = 5.0) -> str:
+    """The body of a GET over a Unix socket (HTTP/1.0, so the server closes when done)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(f"GET {target} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return ""
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    return body.decode(errors="replace") if b" 200 " in head.split(b"\r\n")[0] else ""
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """The value of an unlabelled Prometheus sample `name` in /metrics text, if present."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            with contextlib.suppress(ValueError):
+                return float(line.rsplit(None, 1)[1])
+    return None
+
+
+def geodns_has_setting(key: str) -> bool:
+    """Whether this geodns's config accepts a top-level `key` (settings come and go as geodns
+    changes; the benchmark treats it as a black box)."""
+    from geodns.config import server as geodns_config
+
+    return key in getattr(geodns_config, "TOP_KEYS", ())
+
+
+def geodns_reports_index() -> bool:
+    """Whether this geodns logs geo_index_ready (the event arrives with its precomputed geo
+    index): only then is it worth waiting for the event after a start."""
+    package = ROOT / "geodns"
+    for path in package.rglob("*.py"):
+        with contextlib.suppress(OSError):
+            if INDEX_EVENT in path.read_text(encoding="utf-8"):
+                return True
+    return False
+
+
+def wait_for_index(server: Server, limit_s: float) -> dict[str, Any]:
+    """geodns's geo index: waited for (bounded) while geodns builds it in the background.
+
+    A geodns that has an index logs `geo_index: true` in its `started` event when the index was
+    ready at start (cached, or built before serving for a small database), and otherwise one
+    `geo_index_ready` event (with its build `seconds`) when the background build is done, or
+    `geo_index_failed`. `ready_after_start_s` places that event (by its timestamp) after the
+    server's start. A geodns without an index (no such event in its code): {"reported": False};
+    gdnsd: {}."""
+    if server.kind != "geodns":
+        return {}
+    if not geodns_reports_index():
+        return {"reported": False}
+    deadline = time.monotonic() + limit_s
+    while True:
+        events = server.log_events(INDEX_EVENT)
+        started = server.log_events("started")
+        failed = server.log_events("geo_index_failed")
+        if events or failed or time.monotonic() >= deadline:
+            break
+        if started and started[0].get("geo_index") is True:
+            return {"reported": False, "ready_at_start": True}
+        time.sleep(0.05)
+    out: dict[str, Any] = {"reported": bool(events)}
+    if failed:
+        out["failed"] = failed[0].get("error")
+    if events:
+        first = events[0]
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            stamp = dt.datetime.fromisoformat(str(first["timestamp"]).replace("Z", "+00:00"))
+            out["ready_after_start_s"] = round(stamp.timestamp() - server.started_at, 2)
+        out.update({k: first[k] for k in ("seconds", "networks", "places") if k in first})
+        out["events"] = len(events)
+    value = metric_value(server.metrics(), INDEX_METRIC)
+    if value is not None:
+        out["metric_seconds"] = value
+    return out
