@@ -97,7 +97,7 @@ def _scope_line(
     if shape is None or geo.index is None:
         return f"ECS scope: /{placement_scope} (the block with this place)"
     maps = answer_maps(geo, [shape], down)
-    _, scope = maps[shape.key].lookup(family, value)
+    _, scope = maps[shape].lookup(family, value)
     return f"ECS scope: /{scope} (every address in it gets this answer now)"
 
 

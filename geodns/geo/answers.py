@@ -28,7 +28,7 @@ network (sticky, subnet rules) or not by place at all have no map.
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,9 @@ NO_PLACE = Placement(None, 4, 0, 0)
 
 @dataclass(frozen=True, eq=False)
 class Shape:
-    """A record's decision structure without its addresses: records of one shape share maps."""
+    """A record's decision structure without its addresses: records of one shape share maps.
+    Shapes are made once per snapshot build and compared by identity on the query path; `key`
+    (hashing it walks every candidate) only matches a new build's shapes with the old maps."""
 
     key: Hashable
     canonical: DynamicRecord  # targets' addresses replaced by "#<position>"
@@ -121,6 +123,7 @@ class AnswerMap:
     addresses) and the place that represents it (None: unlocated addresses).
     """
 
+    shape: Shape
     runs4: Runs4
     runs6: Runs6 | None
     answers: tuple[tuple[Decision, int | None], ...]
@@ -240,7 +243,7 @@ def build_map(
         labels6 = _relabel(index.runs6.labels, answer_of_place, unlocated)
         runs6 = Runs6(*merge(labels6, index.runs6.hi, index.runs6.lo))
     seconds = time.perf_counter() - started
-    return AnswerMap(runs4, runs6, tuple(answers), unlocated, down, index, seconds)
+    return AnswerMap(shape, runs4, runs6, tuple(answers), unlocated, down, index, seconds)
 
 
 def _relabel(labels: np.ndarray, answer_of_place: np.ndarray, unlocated: int) -> np.ndarray:
@@ -303,12 +306,3 @@ def _first_up(
     chosen = np.take_along_axis(ranking, first, axis=1).astype(np.int32)
     chosen[~rows] = -1
     return chosen
-
-
-def shapes_in(records: Iterable[DynamicRecord]) -> dict[Hashable, Shape]:
-    shapes: dict[Hashable, Shape] = {}
-    for record in records:
-        shape = shape_of(record)
-        if shape is not None:
-            shapes.setdefault(shape.key, shape)
-    return shapes

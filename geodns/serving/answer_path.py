@@ -183,7 +183,7 @@ def _full_path(
         if outcome.cacheable and not cookie and len(data) <= MAX_CACHED_QUERY:
             asked = Asked(query.qname, query.qtype, query.ecs)
             _remember(state, snapshot, data[2:], response, asked, outcome)
-            if query.ecs is not None and query.ecs_at_end and not outcome.truncated:
+            if query.ecs is not None and query.ecs_at_end:
                 record = snapshot.prepare(query.key, query.qtype).dynamic
                 answer_map = snapshot.answer_map(record) if record is not None else None
                 if record is None or answer_map is not None:

@@ -66,7 +66,8 @@ class Snapshot:
     sites: Mapping[str, Site] = field(default_factory=dict)
     generation: int = 0
     shapes: Mapping[DynamicRecord, Shape] = field(default_factory=dict)
-    maps: Mapping[Hashable, AnswerMap] = field(default_factory=dict)
+    maps: Mapping[Shape, AnswerMap] = field(default_factory=dict)
+    record_maps: dict[DynamicRecord, AnswerMap] = field(init=False)  # shapes then maps, joined
     resolver: Resolver = field(init=False)
     prepared: BoundedCache[tuple[bytes, int], Prepared] = field(init=False)
     # health- and geography-dependent caches: new with every snapshot
@@ -77,8 +78,17 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolver", Resolver(dict(self.zones)))
+        self._join_maps()
         object.__setattr__(self, "prepared", BoundedCache("prepared"))
         self._fresh_caches()
+
+    def _join_maps(self) -> None:
+        joined = {}
+        for record, shape in self.shapes.items():
+            answer_map = self.maps.get(shape)
+            if answer_map is not None:
+                joined[record] = answer_map
+        object.__setattr__(self, "record_maps", joined)
 
     def _fresh_caches(self) -> None:
         object.__setattr__(self, "replies", BoundedCache("replies"))
@@ -87,8 +97,7 @@ class Snapshot:
         object.__setattr__(self, "place_decisions", BoundedCache("place_decisions"))
 
     def answer_map(self, record: DynamicRecord) -> AnswerMap | None:
-        shape = self.shapes.get(record)
-        return self.maps.get(shape.key) if shape is not None else None
+        return self.record_maps.get(record)
 
     def prepare(self, key: bytes, qtype: int) -> Prepared:
         """The resolved, encoded answer for a (lower-case wire name, type), cached."""
@@ -100,7 +109,7 @@ class Snapshot:
         return prepared
 
     def with_view(
-        self, down: frozenset[str], geo: Geo | None, maps: Mapping[Hashable, AnswerMap]
+        self, down: frozenset[str], geo: Geo | None, maps: Mapping[Shape, AnswerMap]
     ) -> Snapshot:
         """The same zones under another health view or geography (maps built by the caller
         with `answer_maps`); prepared answers carry over, every other cache starts empty."""
@@ -134,20 +143,21 @@ def answer_maps(
     geo: Geo | None,
     shapes: Iterable[Shape],
     down: frozenset[str],
-    previous: Mapping[Hashable, AnswerMap] | None = None,
-) -> dict[Hashable, AnswerMap]:
+    previous: Mapping[Shape, AnswerMap] | None = None,
+) -> dict[Shape, AnswerMap]:
     """The answer map of every shape under `down` (none without a place index). A previous
     map is kept when none of its shape's targets changed state. Seconds of numpy for many
     shapes on a City index: callers run it in a thread."""
     if geo is None or geo.index is None or geo.rankings is None:
         return {}
-    maps: dict[Hashable, AnswerMap] = {}
-    for shape in {s.key: s for s in shapes}.values():
-        old = previous.get(shape.key) if previous else None
+    old_maps = {m.shape.key: m for m in previous.values()} if previous else {}
+    maps: dict[Shape, AnswerMap] = {}
+    for shape in set(shapes):
+        old = old_maps.get(shape.key)
         if old is not None and old.index is geo.index and _same_states(shape, old.down, down):
-            maps[shape.key] = old
+            maps[shape] = old if old.shape is shape else replace(old, shape=shape, decisions={})
         else:
-            maps[shape.key] = build_map(shape, geo.index, geo.rankings, down)
+            maps[shape] = build_map(shape, geo.index, geo.rankings, down)
     return maps
 
 
@@ -161,7 +171,7 @@ def build_snapshot(
     geo: Geo | None,
     down: frozenset[str] = frozenset(),
     generation: int = 0,
-    previous_maps: Mapping[Hashable, AnswerMap] | None = None,
+    previous_maps: Mapping[Shape, AnswerMap] | None = None,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value

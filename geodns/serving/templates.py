@@ -15,7 +15,7 @@ would (tests/test_fast_paths.py feeds both the same mutated packets):
   ECS option cut short or followed by junk has another length and misses;
 - the source prefix is a whole number of octets, so no address bit can be out of bounds, and
   the scope byte (part of the key) was 0, as RFC 7871 requires;
-- the learned reply was not truncated, carried no cookie, and was decided by an answer map (or
+- the learned reply carried no cookie and was decided by an answer map (or
   is static): not per network, not weighted per query ID.
 A new snapshot (reload, health change, drain) starts with no templates.
 """
