@@ -53,7 +53,7 @@ from geodns.serving.answer_path import Observer, ServerState
 from geodns.serving.client import ClientFactory
 from geodns.serving.cookies import CookieJar
 from geodns.serving.rrl import ResponseRateLimiter
-from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot
+from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
 from geodns.serving.transports import TcpProtocol, TcpRegistry, UdpProtocol
 
 log = get_logger("geodns")
@@ -314,24 +314,29 @@ class App:
     def _apply_down(self, down: frozenset[str]) -> None:
         """Swap in a health view; views that arrive while one is being applied are coalesced
         (the newest wins)."""
-        if self.pending_down is not None:
-            self.pending_down = down
-            return
+        waiting = self.pending_down is not None
         self.pending_down = down
-        self.tasks.append(asyncio.ensure_future(self._apply_pending()))
+        if not waiting:
+            self.tasks.append(asyncio.ensure_future(self._apply_pending()))
 
     async def _apply_pending(self) -> None:
+        """Swap in the newest view at once, with the answer maps it leaves valid (records of
+        the others are decided per place meanwhile), then rebuild those maps off the event
+        loop and swap again. A drain is answered by the next query, not after the rebuild."""
         async with self.reload_lock:
             while self.pending_down is not None:
                 assert self.state is not None
                 down = self.pending_down
+                self.pending_down = None
                 current = self.state.snapshot
-                maps = await asyncio.to_thread(
-                    answer_maps, current.geo, current.shapes.values(), down, current.maps
-                )
-                if self.pending_down == down:
-                    self.pending_down = None
-                self._swap(self.state.snapshot.with_view(down, current.geo, maps))
+                shapes = set(current.shapes.values())
+                kept, stale = still_valid_maps(current.geo, shapes, down, current.maps)
+                self._swap(current.with_view(down, current.geo, kept))
+                if not stale or self.pending_down is not None:
+                    continue  # a newer view is waiting: rebuild for that one instead
+                maps = await asyncio.to_thread(answer_maps, current.geo, shapes, down, kept)
+                if self.pending_down is None and self.state.snapshot.down == down:
+                    self._swap(self.state.snapshot.with_view(down, current.geo, maps))
 
     def _start_index_build(self) -> None:
         """The first start with a new database: build its place index in a background process

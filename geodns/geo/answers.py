@@ -27,6 +27,7 @@ network (sticky, subnet rules) or not by place at all have no map.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -209,7 +210,7 @@ def build_map(
     record = shape.canonical
     slot_keys = _slot_keys(record, index, rankings, down)
     keys, representative, slot_of_place = np.unique(
-        slot_keys, axis=0, return_index=True, return_inverse=True
+        _row_codes(slot_keys), return_index=True, return_inverse=True
     )
     slot_of_place = slot_of_place.reshape(-1)
     answers: list[tuple[Decision, int | None]] = []
@@ -244,6 +245,19 @@ def build_map(
         runs6 = Runs6(*merge(labels6, index.runs6.hi, index.runs6.lo))
     seconds = time.perf_counter() - started
     return AnswerMap(shape, runs4, runs6, tuple(answers), unlocated, down, index, seconds)
+
+
+def _row_codes(rows: np.ndarray) -> np.ndarray:
+    """One int64 per row, equal exactly when the rows are (values from -1 up, in a mixed
+    radix), so rows are told apart by a 1-D sort rather than numpy's much slower row sort;
+    rows too wide to fit 63 bits fall back to comparing whole rows."""
+    base = int(rows.max(initial=0)) + 2
+    if rows.shape[1] * math.log2(base) >= 62:
+        return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+    codes = np.zeros(len(rows), dtype=np.int64)
+    for column in range(rows.shape[1]):
+        codes = codes * base + (rows[:, column].astype(np.int64) + 1)
+    return codes
 
 
 def _relabel(labels: np.ndarray, answer_of_place: np.ndarray, unlocated: int) -> np.ndarray:

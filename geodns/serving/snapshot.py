@@ -146,19 +146,37 @@ def answer_maps(
     previous: Mapping[Shape, AnswerMap] | None = None,
 ) -> dict[Shape, AnswerMap]:
     """The answer map of every shape under `down` (none without a place index). A previous
-    map is kept when none of its shape's targets changed state. Seconds of numpy for many
-    shapes on a City index: callers run it in a thread."""
-    if geo is None or geo.index is None or geo.rankings is None:
-        return {}
+    map is kept when none of its shape's targets changed state. Up to seconds of numpy for
+    many shapes on a City index: callers run it in a thread."""
+    kept, stale = still_valid_maps(geo, shapes, down, previous)
+    if geo is not None and geo.index is not None and geo.rankings is not None:
+        for shape in stale:
+            kept[shape] = build_map(shape, geo.index, geo.rankings, down)
+    return kept
+
+
+def still_valid_maps(
+    geo: Geo | None,
+    shapes: Iterable[Shape],
+    down: frozenset[str],
+    previous: Mapping[Shape, AnswerMap] | None,
+) -> tuple[dict[Shape, AnswerMap], list[Shape]]:
+    """(the previous maps that hold under `down`, the shapes whose maps must be rebuilt).
+    Milliseconds: a health change swaps these in at once, so every query is answered under
+    the new view from the next one on; records of the stale shapes are decided per place
+    (correct, with each place's own block as scope) until their maps are rebuilt."""
+    if geo is None or geo.index is None:
+        return {}, []
     old_maps = {m.shape.key: m for m in previous.values()} if previous else {}
-    maps: dict[Shape, AnswerMap] = {}
+    kept: dict[Shape, AnswerMap] = {}
+    stale: list[Shape] = []
     for shape in set(shapes):
         old = old_maps.get(shape.key)
         if old is not None and old.index is geo.index and _same_states(shape, old.down, down):
-            maps[shape] = old if old.shape is shape else replace(old, shape=shape, decisions={})
+            kept[shape] = old if old.shape is shape else replace(old, shape=shape, decisions={})
         else:
-            maps[shape] = build_map(shape, geo.index, geo.rankings, down)
-    return maps
+            stale.append(shape)
+    return kept, stale
 
 
 def _same_states(shape: Shape, before: frozenset[str], after: frozenset[str]) -> bool:
