@@ -21,7 +21,10 @@ from conftest import BASE_ZONES, base_config
 from server_process import REPO_ROOT, GeodnsServer
 from test_rfc_4592 import RFC4592_ZONE
 
-ERROR_LINE = re.compile(r"^(?P<path>[^\s:][^:]*):(?P<line>\d+): (?P<message>.+)$")
+ERROR_LINE = re.compile(
+    r"^(?P<path>[^\s:][^:]*):(?P<line>\d+)(?::(?P<column>\d+))?: "
+    r"(?P<severity>error|warning): (?P<message>.+)$"
+)
 
 APEX = """\
 '':

@@ -36,7 +36,18 @@ class Problem:
     severity: str = "error"  # or "warning"
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        """`file:line:column: severity: message`, as compilers print them; the line and column
+        are left out when unknown (a file that cannot be read has no line 0)."""
+        where = self.path
+        if self.line:
+            where += f":{self.line}"
+            if self.column:
+                where += f":{self.column}"
+        return f"{where}: {self.severity}: {self.message}"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
 
 class GeodnsError(Exception):
@@ -44,7 +55,8 @@ class GeodnsError(Exception):
 
 
 class ConfigError(GeodnsError):
-    """Raised when a config or zone set cannot be loaded; carries every problem found."""
+    """Raised when a config or zone set cannot be loaded; carries every problem found (the
+    warnings found on the way too, so that they are not lost)."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = tuple(problems)

@@ -59,6 +59,9 @@ class ServerConfig:
     log_format: str = "auto"
     soa: SoaSettings = SoaSettings()
     zone_soa: dict[str, SoaSettings] = field(default_factory=dict)
+    # the NS set of a zone whose file has no apex NS (octoDNS zones often leave NS to providers)
+    nameservers: tuple[str, ...] = ()
+    zone_nameservers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     geoip_database: Path | None = None
     geoip_line: int = 0
     sites: dict[str, Site] = field(default_factory=dict)
@@ -70,6 +73,9 @@ class ServerConfig:
 
     def soa_for(self, zone: str) -> SoaSettings:
         return self.zone_soa.get(zone, self.soa)
+
+    def nameservers_for(self, zone: str) -> tuple[str, ...]:
+        return self.zone_nameservers.get(zone, self.nameservers)
 
     @property
     def geoip_path(self) -> Path:
@@ -85,6 +91,7 @@ TOP_KEYS = (
     "udp",
     "logging",
     "soa",
+    "nameservers",
     "zones",
     "geoip",
     "sites",
@@ -143,15 +150,19 @@ def load_config(path: Path | None) -> ServerConfig:
     if idle <= 0:
         tcp.add(tcp.mapping.line_of("idle_timeout"), "tcp.idle_timeout: expected seconds > 0")
     soa = _soa(top.section("soa", SOA_KEYS), SoaSettings())
+    nameservers = _nameservers(top)
     zone_soa: dict[str, SoaSettings] = {}
+    zone_nameservers: dict[str, tuple[str, ...]] = {}
     zones = top.section("zones", tuple(str(k) for k in data.get("zones") or {}))
     for zone_key in zones.mapping:
         name = str(zone_key).lower().rstrip(".") + "."
         if check_name(name):
             zones.add(zones.mapping.line_of(zone_key), f"zones: '{zone_key}' is not a zone name")
             continue
-        zone_section = zones.section(zone_key, ("soa",))
+        zone_section = zones.section(zone_key, ("soa", "nameservers"))
         zone_soa[name] = _soa(zone_section.section("soa", SOA_KEYS), soa)
+        if zone_section.has("nameservers"):
+            zone_nameservers[name] = _nameservers(zone_section)
     geoip = top.section("geoip", ("database",))
     database = geoip.get("database", str, None, "a path to a .mmdb file")
     admin = top.section("admin", ("listen", "socket", "token_file"))
@@ -197,6 +208,8 @@ def load_config(path: Path | None) -> ServerConfig:
         log_format=log_format,
         soa=soa,
         zone_soa=zone_soa,
+        nameservers=nameservers,
+        zone_nameservers=zone_nameservers,
         geoip_database=(base / database) if database else None,
         geoip_line=geoip.mapping.line_of("database"),
         sites=sites,
@@ -209,6 +222,21 @@ def load_config(path: Path | None) -> ServerConfig:
 
 
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))
+
+
+def _nameservers(section: Reader) -> tuple[str, ...]:
+    """`nameservers`: fully qualified names, the NS set of zones whose file has none."""
+    names = section.strings("nameservers", [], "a list of nameserver names")
+    result = []
+    for value in names:
+        name = value.lower() if value.endswith(".") else value.lower() + "."
+        error = check_name(name)
+        if error:
+            section.problem("nameservers", f"{value!r}: {error}")
+            continue
+        if name not in result:
+            result.append(name)
+    return tuple(result)
 
 
 def _soa(section: Reader, base: SoaSettings) -> SoaSettings:

@@ -95,6 +95,8 @@ class App:
         config = self.config
         self.geo = open_geo(config)
         snapshot = build_snapshot(config, self.geo, generation=self.generation)
+        if self.index == 0:
+            _log_zone_warnings(snapshot)
         if self.control is None:
             self.monitor = HealthMonitor(
                 snapshot.sites, config.state_file, self._health_changed, log
@@ -342,6 +344,8 @@ class App:
             log.error("reload_failed", cause=cause, errors=list(self.reload_status.errors))
             return False
         assert self.state is not None
+        if self.index == 0:
+            _log_zone_warnings(snapshot)
         if (config.listen, config.port) != (self.config.listen, self.config.port):
             log.warning("reload_listen_unchanged", reason="listen addresses change on restart only")
         if self.monitor is not None:
@@ -418,6 +422,14 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     await app.stopping.wait()
     await app.stop()
     return 0
+
+
+def _log_zone_warnings(snapshot: Snapshot) -> None:
+    """One log event per doubt the zone files raised (a skipped record, a zone without NS...):
+    `geodns check` prints the same ones."""
+    for zone in snapshot.zones.values():
+        for problem in zone.warnings:
+            log.warning("zone_warning", warning=str(problem))
 
 
 def _reload_text(status: ReloadStatus) -> str:

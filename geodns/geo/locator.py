@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import maxminddb
 
 from geodns.common.caching import make_room
+from geodns.geo.codes import continent_of
 from geodns.geo.mmdbtree import NO_RECORD, SearchTree
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -203,7 +204,7 @@ class GeoLocator:
         if not isinstance(record, dict):
             return None
         country = (record.get("country") or record.get("registered_country") or {}).get("iso_code")
-        continent = (record.get("continent") or {}).get("code")
+        continent = continent_of(country) or (record.get("continent") or {}).get("code")
         subdivisions = record.get("subdivisions") or []
         subdivision = subdivisions[0].get("iso_code") if subdivisions else None
         city = ((record.get("city") or {}).get("names") or {}).get("en")

@@ -192,7 +192,7 @@ def respond(query: Query, client: str, snapshot: Snapshot, tcp: bool) -> tuple[b
         decision, scope, located_by = prepared.dynamic.decide(query, client, snapshot)
         if decision.servfail:
             return _bare(query, RCODE_SERVFAIL, snapshot), Outcome(RCODE_SERVFAIL, prepared.zone)
-        sections = prepared.variant(decision.addresses)
+        sections = prepared.variant(decision.values)
         ecs = query.ecs
         if ecs is None or not ecs[1]:
             scope = 0

@@ -198,4 +198,4 @@ class SubnetTemplates:
 
 def _answer_key(decision: Any) -> tuple[Any, ...]:
     """What a reply's bytes before the ECS scope depend on: the answer, not the place."""
-    return (decision.addresses, decision.site, decision.rule, bool(decision.scope))
+    return (decision.values, decision.site, decision.rule, bool(decision.scope))
