@@ -19,7 +19,12 @@ from geodns.config.zonefile import MAX_TTL, SoaSettings, check_name
 from geodns.geo.sites import Site, parse_sites
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-BUNDLED_ZONES = PACKAGE_DIR.parent / "zones"
+# the bundled example zones: package data of an installed wheel (geodns/zones), the repository's
+# zones/ in a source checkout or an editable install (pyproject maps it to geodns.zones)
+BUNDLED_ZONES = next(
+    (d for d in (PACKAGE_DIR / "zones", PACKAGE_DIR.parent / "zones") if d.is_dir()),
+    PACKAGE_DIR / "zones",
+)
 BUNDLED_GEOIP = PACKAGE_DIR / "data" / "geodns-country.mmdb"
 
 

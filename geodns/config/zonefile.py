@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dnslib import NS, SOA, DNSLabel
+from dnslib import NS, SOA, DNSBuffer, DNSLabel
 
 from geodns.common.errors import ConfigError, Problem, did_you_mean
 from geodns.common.reader import Reader
@@ -598,11 +598,14 @@ def _lenient(problems: list[Problem]) -> list[Problem]:
 
 
 def _dedupe(rdatas: list[Any]) -> list[Any]:
-    seen: list[Any] = []
+    """Each value once (RFC 2181 section 5), compared by wire form: dnslib's equality of some
+    rdata classes (CAA) compares nothing and would fold distinct values."""
+    seen: dict[bytes, Any] = {}
     for rdata in rdatas:
-        if rdata not in seen:
-            seen.append(rdata)
-    return seen
+        buffer = DNSBuffer()
+        rdata.pack(buffer)
+        seen.setdefault(bytes(buffer.data), rdata)
+    return list(seen.values())
 
 
 def _file_serial(path: Path) -> int:
