@@ -242,7 +242,7 @@ class _ZoneLoader:
                     column=record.column,
                 )
             return None
-        rtype_name = rtype_name.upper()
+        rtype_name = rtype_name if "/" in rtype_name else rtype_name.upper()
         type_line, type_column = record.line_of("type"), record.column_of("type")
         if "/" in rtype_name or rtype_name in UNSERVABLE_TYPES:
             why = UNSERVABLE_TYPES.get(rtype_name, "a type of one octoDNS provider, not DNS data")
