@@ -67,7 +67,9 @@ GEOS: dict[str, tuple[str, str, str, str | None]] = {
     "lab": ("10.1.0.0/16", "", "", None),  # in no network of the database: not located
     "unlocated": ("192.168.7.0/24", "", "", None),
 }
-QUERY_IDS = range(0, 65536, 65536 // 24)  # the weighted choice draws on the query ID
+QUERY_IDS = range(
+    0, 65536, 65536 // 12
+)  # enough for every weight here to show  # the weighted choice draws on the query ID
 
 
 class GeodnsTarget(BaseProvider):

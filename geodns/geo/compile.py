@@ -335,7 +335,9 @@ class DynamicCompilerForSites:
                 entry.problem("status", f"expected up, down or obey, got {status!r}")
             if value is not None:
                 targets.append(self._target(value, kind, addresses, health_site, weight, status))
-        fallback = pool.text("fallback", None, "the name of another pool")
+        fallback = None  # octoDNS allows `fallback: null`
+        if raw.get("fallback") is not None:
+            fallback = pool.text("fallback", None, "the name of another pool")
         if pool.error_count() != before:
             return None
         located = [t.site for t in targets if t.site in self.sites]
