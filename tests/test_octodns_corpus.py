@@ -648,3 +648,4 @@ def test_a_real_server_answers_the_corpus(city_db: Path) -> None:
             dns.rdatatype.A,
         ]
         assert reply.answer[2][0].to_text() == "192.0.2.6"
+        assert "URLFWD record 'urlfwd' skipped" in server.stderr_text()  # logged as at check
