@@ -135,15 +135,17 @@ class _ZoneLoader:
     def __init__(self, path: Path, origin: str, data: MarkedDict) -> None:
         self.path, self.origin, self.data = path, origin, data
         self.problems: list[Problem] = []
+        # the file's reader: any key is a record name, so none is unknown
+        self.file = Reader(str(path), data, "zone", tuple(data), self.problems)
         self.nodes: dict[str, dict[int, RRset]] = {}
         self.aliases: dict[str, _Alias] = {}
         self.dynamic: list[_Dynamic] = []
 
-    def add(self, line: int, message: str, column: int = 0, severity: str = "error") -> None:
-        self.problems.append(Problem(str(self.path), line, message, column, severity))
+    def add(self, line: int, message: str, column: int = 0) -> None:
+        self.file.add(line, message, column=column)
 
     def warn(self, line: int, message: str, column: int = 0) -> None:
-        self.add(line, message, column, "warning")
+        self.file.add(line, message, column=column, severity="warning")
 
     # -- records -------------------------------------------------------------------------------
 
