@@ -65,7 +65,6 @@ def main() -> int:
         example = (ROOT / "geodns" / "data" / "example-config.yaml").read_text()
         config.write_text(
             example.replace("port: 5353", f"port: {port}")
-            .replace("zones_dir: ../../zones", f"zones_dir: {ROOT / 'zones'}")
             .replace('listen: ["127.0.0.1", "::1"]', 'listen: ["127.0.0.1"]')
             .replace("listen: 127.0.0.1:8053", "listen: null")
         )

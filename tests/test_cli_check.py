@@ -21,7 +21,10 @@ from conftest import BASE_ZONES, base_config
 from server_process import REPO_ROOT, GeodnsServer
 from test_rfc_4592 import RFC4592_ZONE
 
-ERROR_LINE = re.compile(r"^(?P<path>[^\s:][^:]*):(?P<line>\d+): (?P<message>.+)$")
+ERROR_LINE = re.compile(
+    r"^(?P<path>[^\s:][^:]*):(?P<line>\d+)(?::(?P<column>\d+))?: "
+    r"(?P<severity>error|warning): (?P<message>.+)$"
+)
 
 APEX = """\
 '':
@@ -424,3 +427,138 @@ def test_serve_stops_gracefully(signum):
         code = srv.stop(signum=signum, check=False)
         assert code == 0, f"exit {code} after {signum!r}\n{srv.stderr_text()[-2000:]}"
         assert time.monotonic() - start < 10
+
+
+# ------------------------------------------------------------- check: files, warnings, --strict
+
+
+def check_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`geodns check ARGS` run by the CLI's own main() in this process (no interpreter start),
+    with its output and exit status as a finished process would give them."""
+    import contextlib
+    import io
+
+    from geodns.control.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["check", *args])
+    return subprocess.CompletedProcess(
+        ["geodns", "check", *args], code, out.getvalue(), err.getvalue()
+    )
+
+
+PROBLEM_LINE = re.compile(
+    r"^(?P<path>[^\s:][^:]*):(?P<line>\d+):(?P<column>\d+): (?P<severity>error|warning): "
+)
+DYNAMIC = """\
+www:
+  dynamic:
+    pools:
+      asia:
+        values:
+          - value: 192.0.2.1
+      california:
+        values:
+          - value: 192.0.2.2
+      rest:
+        values:
+          - value: 192.0.2.3
+    rules:
+      - geos:
+          - NA-US-CA
+        pool: california
+      - geos:
+          - {asia}
+        pool: asia
+      - pool: rest
+  type: A
+  value: 192.0.2.3
+"""
+
+
+def test_check_takes_zone_files_and_checks_only_those(tmp_path):
+    config = write_setup(tmp_path, {"broken.test": "www:\n  type: A\n  value: nope\n"})
+    good = tmp_path / "example.test.yaml"
+    good.write_text(APEX)
+    result = check_in_process("--config", str(config), str(good))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "zone example.test. OK" in result.stdout
+    assert "broken" not in result.stdout + result.stderr
+
+
+def test_a_missing_zone_file_is_named_without_a_line(tmp_path):
+    config = write_setup(tmp_path, {})
+    missing = tmp_path / "nowhere.test.yaml"
+    result = run_geodns("check", "--config", str(config), str(missing))
+    assert result.returncode == 1
+    assert f"{missing}: error: cannot read file: No such file or directory" in result.stderr
+    assert ":0:" not in result.stderr
+
+
+def test_problems_name_file_line_and_column(tmp_path):
+    text = APEX + DYNAMIC.format(asia="EU-CY")
+    result = check_in_process("--config", str(write_setup(tmp_path, {"example.test": text})))
+    assert result.returncode == 1
+    geo_line = line_of(text, "EU-CY")
+    wanted = f"example.test.yaml:{geo_line}:13: error: dynamic.rules[2].geos: unknown country code 'EU-CY'"
+    assert wanted in result.stderr, result.stderr
+
+
+def test_warnings_are_printed_and_strict_makes_them_count(tmp_path):
+    """The bundled country database has no subdivisions: the NA-US-CA rule never matches, and
+    the pool only it leads to is never answered."""
+    text = APEX + DYNAMIC.format(asia="AS")
+    config = write_setup(tmp_path, {"example.test": text})
+    result = check_in_process("--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = [PROBLEM_LINE.match(line) for line in result.stderr.splitlines()]
+    warned = {(int(m["line"]), int(m["column"])) for m in found if m and m["severity"] == "warning"}
+    assert (line_of(text, "NA-US-CA"), 13) in warned
+    assert (line_of(text, "california:"), 7) in warned
+    assert "rule 1: geo NA-US-CA never matches" in result.stderr
+    assert "0 error(s), 2 warning(s)" in result.stderr
+    strict = run_geodns("check", "--strict", "--config", str(config))  # the real exit status
+    assert strict.returncode == 3, strict.stdout + strict.stderr
+
+
+def test_a_country_the_database_never_returns_is_warned(tmp_path):
+    from mmdb_factory import country_record, write_country_db
+
+    db = write_country_db(tmp_path / "small.mmdb", [("192.0.2.0/24", country_record("JP", "AS"))])
+    text = APEX + DYNAMIC.format(asia="AS-CY").replace("NA-US-CA", "AS-JP")
+    config = write_setup(
+        tmp_path, {"example.test": text}, {"zones_dir": "zones", "geoip": {"database": str(db)}}
+    )
+    result = check(config)
+    assert result.returncode == 0
+    assert (
+        "geo AS-CY never matches: the database (GeoIP2-Country) never places a user in CY"
+        in result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    "zone,config,phrase",
+    [
+        (
+            "www:\n  type: A\n  value: 192.0.2.1\n",
+            {"nameservers": ["ns1.example.net."]},
+            "no NS record at the apex",
+        ),
+        ("? ''\n: type: NS\n  value: ns1.example.net.\n", {}, "single nameserver"),
+        (
+            "x:\n  type: URLFWD\n  value: {code: 301, masking: 2, path: /, query: 0, target: 'http://a'}\n",
+            {},
+            "URLFWD record 'x' skipped",
+        ),
+    ],
+)
+def test_zone_warnings(tmp_path, zone, config, phrase):
+    text = zone if "? ''" in zone or "nameservers" in config else APEX + zone
+    config_path = write_setup(tmp_path, {"example.test": text}, {"zones_dir": "zones", **config})
+    result = check_in_process("--config", str(config_path))
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        rf"example\.test\.yaml:\d+(:\d+)?: warning: .*{re.escape(phrase)}", result.stderr
+    ), result.stderr

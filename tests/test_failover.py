@@ -201,17 +201,14 @@ def config_for(endpoints: dict, db: Path, state_file: Path | None = None) -> dic
 
 
 def all_down_record(mode: str) -> dict:
+    pools = {"main": {"values": [{"value": "192.0.2.66"}]}}
+    if mode == "sorry":  # only where it is used: octoDNS (and geodns) refuse unused pools
+        pools["sorry"] = {"values": [{"value": "192.0.2.200", "status": "up"}]}
     return {
         "type": "A",
         "ttl": 5,
         "value": "192.0.2.66",
-        "dynamic": {
-            "pools": {
-                "main": {"values": [{"value": "192.0.2.66"}]},
-                "sorry": {"values": [{"value": "192.0.2.200", "status": "up"}]},
-            },
-            "rules": [{"pool": "main"}],
-        },
+        "dynamic": {"pools": pools, "rules": [{"pool": "main"}]},
         "octodns": {"geodns": {"all_down": mode}},
     }
 

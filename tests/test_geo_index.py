@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from mmdb_factory import city_record, rewrite_record_size, write_city_db
 
+from geodns.geo.codes import continent_of
 from geodns.geo.database import GeoDatabase
 from geodns.geo.index import build_index, load_index, save_index
 from geodns.geo.locator import DirectLocator
 from geodns.geo.mmdbtree import unpack_children
-from geodns.geo.places import continent_of
 
 BUNDLED = Path(__file__).resolve().parent.parent / "geodns" / "data" / "geodns-country.mmdb"
 

@@ -17,9 +17,8 @@ the line and what was expected.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +35,18 @@ class Problem:
     severity: str = "error"  # or "warning"
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}"
+        """`file:line:column: severity: message`, as compilers print them; the line and column
+        are left out when unknown (a file that cannot be read has no line 0)."""
+        where = self.path
+        if self.line:
+            where += f":{self.line}"
+            if self.column:
+                where += f":{self.column}"
+        return f"{where}: {self.severity}: {self.message}"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
 
 class GeodnsError(Exception):
@@ -44,7 +54,8 @@ class GeodnsError(Exception):
 
 
 class ConfigError(GeodnsError):
-    """Raised when a config or zone set cannot be loaded; carries every problem found."""
+    """Raised when a config or zone set cannot be loaded; carries every problem found (the
+    warnings found on the way too, so that they are not lost)."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = tuple(problems)
@@ -55,21 +66,6 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix for an unknown key, or '' when nothing is close."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def report_unknown_keys(
-    mapping: Any, allowed: Collection[str], add: Callable[[int, str], None], where: str = ""
-) -> int:
-    """Report each key of a MarkedDict not in `allowed` at its own line, with a "did you mean";
-    return how many there were. `where` prefixes the message (e.g. "sticky: ")."""
-    unknown = 0
-    for key in mapping:
-        if key not in allowed:
-            add(
-                mapping.line_of(key), f"{where}unknown key '{key}'{did_you_mean(str(key), allowed)}"
-            )
-            unknown += 1
-    return unknown
 
 
 class PacketError(GeodnsError):

@@ -30,7 +30,9 @@ class Reader:
     """Typed, checked access to one YAML mapping, with file:line problems.
 
     `where` names the mapping in messages ("config", "tcp", "sites.fra"); `keys` are the keys it
-    may hold. Problems go to `problems`, shared with the readers of nested sections.
+    may hold. Problems go to `problems`, shared with the readers of nested sections. A value's
+    problem is named `<where>.<key>`; `prefix` replaces the `<where>.` (e.g. "" for a zone's
+    record, whose line already says which record it is).
     """
 
     def __init__(
@@ -40,8 +42,10 @@ class Reader:
         where: str,
         keys: Collection[str],
         problems: list[Problem] | None = None,
+        prefix: str | None = None,
     ) -> None:
         self.path, self.mapping, self.where = path, mapping, where
+        self.prefix = prefix if prefix is not None else ("" if where == "config" else f"{where}.")
         self.problems: list[Problem] = [] if problems is None else problems
         self.unknown = 0
         for key in mapping:
@@ -73,10 +77,26 @@ class Reader:
 
     def name(self, key: str) -> str:
         """How messages name a key: 'port' at the top of the config, else 'tcp.idle_timeout'."""
-        return key if self.where == "config" else f"{self.where}.{key}"
+        return f"{self.prefix}{key}"
 
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
+
+    def error_count(self) -> int:
+        """How many errors the shared list holds: compare before and after reading a part to
+        tell whether that part was clean."""
+        return sum(1 for p in self.problems if p.severity == "error")
+
+    def require(self, *keys: str) -> bool:
+        """Report each of `keys` the mapping lacks, at the mapping's line; True when none is."""
+        missing = [key for key in keys if key not in self.mapping]
+        if missing:
+            self.add(
+                self.mapping.line,
+                f"{self.where}: missing {', '.join(missing)}",
+                column=self.mapping.column,
+            )
+        return not missing
 
     def raise_if_any(self) -> None:
         """ConfigError with every problem (warnings too) when at least one is an error."""
@@ -153,11 +173,16 @@ class Reader:
         """The reader of a nested mapping (an empty one when the key is absent)."""
         value = self.mapping.get(key)
         if value is None:
-            value = MarkedDict(line=self.mapping.line_of(key))
+            value = MarkedDict(line=self.mapping.line_of(key), column=self.mapping.column_of(key))
         elif not isinstance(value, MarkedDict):
             self.problem(key, "expected a mapping")
-            value = MarkedDict(line=self.mapping.line_of(key))
+            value = MarkedDict(line=self.mapping.line_of(key), column=self.mapping.column_of(key))
         return Reader(self.path, value, self.name(key), keys, self.problems)
+
+    def nested(self, mapping: MarkedDict, where: str, keys: Collection[str]) -> Reader:
+        """The reader of a mapping found inside this one (a list item, a pool), sharing the
+        problems; `where` names it in messages."""
+        return Reader(self.path, mapping, where, keys, self.problems)
 
     def items(self, key: str, what: str) -> MarkedList:
         """A list value (an empty one, with a problem, when it is something else)."""

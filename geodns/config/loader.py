@@ -1,7 +1,8 @@
 """Load what the config names: every zone file and the geo database.
 
 All or nothing: the zones are returned only when every file is valid; otherwise ConfigError
-carries every problem of every file, and the caller keeps serving whatever it had.
+carries every problem of every file (the warnings of the valid ones too), and the caller keeps
+serving whatever it had. A valid zone's warnings are on the Zone (`Zone.warnings`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from geodns.common.errors import ConfigError, Problem
 from geodns.config.server import ServerConfig
 from geodns.config.zonefile import load_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
+from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.database import GeoDatabase
+from geodns.geo.dbfacts import database_facts, unmatchable
 from geodns.geo.index import build_index, load_index, save_index
 from geodns.geo.locator import Geo
-from geodns.geo.places import continent_of
 
 ZONE_SUFFIXES = (".yaml", ".yml")
 SYNC_BUILD_BYTES = 16 << 20  # databases up to this size get their index at start, in < 1 s
@@ -37,11 +39,19 @@ def load_zones(
     if not zones_dir.is_dir():
         where = str(config.path) if config.path else str(zones_dir)
         raise ConfigError([Problem(where, 0, f"zones_dir '{zones_dir}' is not a directory")])
+    return load_zone_files(config, zone_files(zones_dir), compiler)
+
+
+def load_zone_files(
+    config: ServerConfig, paths: list[Path], compiler: DynamicCompilerForSites | None = None
+) -> dict[str, Zone]:
+    """Load the given zone files (one zone each, named by the file); ConfigError listing every
+    problem of every file when one has an error."""
     problems: list[Problem] = []
     zones: dict[str, Zone] = {}
     first_file: dict[str, Path] = {}
     compiler = compiler or DynamicCompilerForSites(config.sites)
-    for path in zone_files(zones_dir):
+    for path in paths:
         origin = zone_name_from_file(path)
         if origin in first_file:
             problems.append(
@@ -54,12 +64,30 @@ def load_zones(
             continue
         first_file[origin] = path
         try:
-            zones[origin] = load_zone_file(path, config.soa_for(origin), compiler.compile)
+            zones[origin] = load_zone_file(
+                path, config.soa_for(origin), compiler.compile, config.nameservers_for(origin)
+            )
         except ConfigError as exc:
             problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems)
+    if any(p.is_error for p in problems):
+        raise ConfigError(problems + [w for zone in zones.values() for w in zone.warnings])
     return zones
+
+
+def database_warnings(zones: dict[str, Zone], geo: Geo) -> list[Problem]:
+    """Warnings for rules and pools of dynamic records that the database can never match."""
+    facts = database_facts(geo)
+    found = []
+    for zone in zones.values():
+        for node in zone.nodes.values():
+            for rrset in node.values():
+                if rrset.dynamic is None or rrset.dynamic.owner != rrset.name:
+                    continue  # not dynamic, or an apex ALIAS sharing its target's record
+                for line, column, why in unmatchable(rrset.dynamic, facts):
+                    found.append(
+                        Problem(zone.path, line, f"'{rrset.name}': {why}", column, "warning")
+                    )
+    return found
 
 
 def open_database(config: ServerConfig) -> GeoDatabase:

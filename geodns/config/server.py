@@ -19,7 +19,12 @@ from geodns.config.zonefile import MAX_TTL, SoaSettings, check_name
 from geodns.geo.sites import Site, parse_sites
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-BUNDLED_ZONES = PACKAGE_DIR.parent / "zones"
+# the bundled example zones: package data of an installed wheel (geodns/zones), the repository's
+# zones/ in a source checkout or an editable install (pyproject maps it to geodns.zones)
+BUNDLED_ZONES = next(
+    (d for d in (PACKAGE_DIR / "zones", PACKAGE_DIR.parent / "zones") if d.is_dir()),
+    PACKAGE_DIR / "zones",
+)
 BUNDLED_GEOIP = PACKAGE_DIR / "data" / "geodns-country.mmdb"
 
 
@@ -92,6 +97,9 @@ class ServerConfig:
     log_format: str = "auto"
     soa: SoaSettings = SoaSettings()
     zone_soa: dict[str, SoaSettings] = field(default_factory=dict)
+    # the NS set of a zone whose file has no apex NS (octoDNS zones often leave NS to providers)
+    nameservers: tuple[str, ...] = ()
+    zone_nameservers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     geoip_database: Path | None = None
     geoip_line: int = 0
     sites: dict[str, Site] = field(default_factory=dict)
@@ -103,6 +111,9 @@ class ServerConfig:
 
     def soa_for(self, zone: str) -> SoaSettings:
         return self.zone_soa.get(zone, self.soa)
+
+    def nameservers_for(self, zone: str) -> tuple[str, ...]:
+        return self.zone_nameservers.get(zone, self.nameservers)
 
     @property
     def geoip_path(self) -> Path:
@@ -118,6 +129,7 @@ TOP_KEYS = (
     "udp",
     "logging",
     "soa",
+    "nameservers",
     "zones",
     "geoip",
     "sites",
@@ -192,15 +204,19 @@ def load_config(path: Path | None) -> ServerConfig:
     )
     cache_dir = top.text("cache_dir", None, "a directory path")
     soa = _soa(top.section("soa", SOA_KEYS), SoaSettings())
+    nameservers = _nameservers(top)
     zone_soa: dict[str, SoaSettings] = {}
+    zone_nameservers: dict[str, tuple[str, ...]] = {}
     zones = top.section("zones", tuple(str(k) for k in data.get("zones") or {}))
     for zone_key in zones.mapping:
         name = str(zone_key).lower().rstrip(".") + "."
         if check_name(name):
             zones.add(zones.mapping.line_of(zone_key), f"zones: '{zone_key}' is not a zone name")
             continue
-        zone_section = zones.section(zone_key, ("soa",))
+        zone_section = zones.section(zone_key, ("soa", "nameservers"))
         zone_soa[name] = _soa(zone_section.section("soa", SOA_KEYS), soa)
+        if zone_section.has("nameservers"):
+            zone_nameservers[name] = _nameservers(zone_section)
     geoip = top.section("geoip", ("database",))
     database = geoip.get("database", str, None, "a path to a .mmdb file")
     admin = top.section("admin", ("listen", "socket", "token_file"))
@@ -247,6 +263,8 @@ def load_config(path: Path | None) -> ServerConfig:
         log_format=log_format,
         soa=soa,
         zone_soa=zone_soa,
+        nameservers=nameservers,
+        zone_nameservers=zone_nameservers,
         geoip_database=(base / database) if database else None,
         geoip_line=geoip.mapping.line_of("database"),
         sites=sites,
@@ -280,6 +298,21 @@ def _rrl(section: Reader) -> RrlSettings:
         prefix_v6=section.int_in("prefix_v6", 16, 128, _RRL.prefix_v6),
         exempt=tuple(exempt),
     )
+
+
+def _nameservers(section: Reader) -> tuple[str, ...]:
+    """`nameservers`: fully qualified names, the NS set of zones whose file has none."""
+    names = section.strings("nameservers", [], "a list of nameserver names")
+    result = []
+    for value in names:
+        name = value.lower() if value.endswith(".") else value.lower() + "."
+        error = check_name(name)
+        if error:
+            section.problem("nameservers", f"{value!r}: {error}")
+            continue
+        if name not in result:
+            result.append(name)
+    return tuple(result)
 
 
 def _soa(section: Reader, base: SoaSettings) -> SoaSettings:

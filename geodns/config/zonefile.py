@@ -3,52 +3,58 @@
 One `<zone>.yaml` per zone; top-level keys are record names relative to the zone (`''` is the
 apex, `'*'` a wildcard), each holding one record or a list of records with `type`, `ttl` and
 `value`/`values` as octoDNS defines them. geodns's own settings live under `octodns: {geodns:}`.
-Every problem is collected with its file and line, so one `geodns check` run shows them all.
+
+What a file means is what octoDNS means by it: each value is checked as octoDNS's default
+validators check it (geodns.config.rdata), records octoDNS loads but no nameserver can serve
+(URLFWD, provider-specific types) are skipped with a warning, as an octoDNS provider skips what
+it does not support, and so are records octoDNS itself leaves alone (`octodns.ignored`). Every
+problem is collected with its file, line and column, so one `geodns check` run shows them all;
+a zone with errors is refused whole, a zone with warnings only is served with them.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dnslib import AAAA, CAA, CNAME, MX, NS, PTR, SOA, SRV, TXT, A, DNSLabel
+from dnslib import NS, SOA, DNSBuffer, DNSLabel
 
 from geodns.common.errors import ConfigError, Problem, did_you_mean
+from geodns.common.reader import Reader
 from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
+from geodns.config.rdata import (
+    ALIAS,
+    SERVED_TYPES,
+    SERVICE_NAME,
+    SERVICE_NAME_TYPES,
+    SINGLE_VALUE_TYPES,
+    TYPE_CODES,
+    UNSERVABLE_TYPES,
+    ValueAt,
+    parse_value,
+    type_name,
+)
 from geodns.dns.zone import (
     TYPE_A,
     TYPE_AAAA,
-    TYPE_CAA,
     TYPE_CNAME,
-    TYPE_MX,
+    TYPE_DNAME,
     TYPE_NS,
-    TYPE_PTR,
     TYPE_SOA,
-    TYPE_SRV,
-    TYPE_TXT,
     RRset,
     Zone,
+    check_name,
 )
 
 MAX_TTL = 2_147_483_647  # RFC 2181 section 8
 DEFAULT_TTL = 3600  # octoDNS's default
-RECORD_KEYS = ("type", "ttl", "value", "values", "octodns", "dynamic")
-TYPE_CODES = {
-    "A": TYPE_A,
-    "AAAA": TYPE_AAAA,
-    "CNAME": TYPE_CNAME,
-    "MX": TYPE_MX,
-    "NS": TYPE_NS,
-    "TXT": TYPE_TXT,
-    "SRV": TYPE_SRV,
-    "CAA": TYPE_CAA,
-    "PTR": TYPE_PTR,
-}
-SINGLE_VALUE_TYPES = ("CNAME",)
+RECORD_KEYS = ("type", "ttl", "value", "values", "octodns", "dynamic", "geo")
+DYNAMIC_TYPES = (TYPE_A, TYPE_AAAA, TYPE_CNAME)  # what geodns answers per query
+MAX_CNAME_CHAIN = 8
+
+__all__ = ["MAX_TTL", "SoaSettings", "check_name", "load_zone_file", "zone_name_from_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,34 +71,10 @@ class SoaSettings:
     ttl: int = 3600
 
 
-class _Collector:
-    """Collects problems for one file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.problems: list[Problem] = []
-
-    def add(self, line: int, message: str) -> None:
-        self.problems.append(Problem(self.path, line, message))
-
-
-def check_name(name: str) -> str | None:
-    """Why an absolute domain name is invalid, or None when it is fine."""
-    if not name.endswith("."):
-        return "a fully qualified name must end with '.'"
-    if name == ".":
-        return None
-    body = name[:-1]
-    if len(name.encode("ascii", "replace")) + 1 > 255:
-        return "name is longer than 255 octets"
-    for label in body.split("."):
-        if not label:
-            return "name has an empty label"
-        if len(label) > 63:
-            return f"label '{label[:20]}...' is longer than 63 octets"
-        if not label.isascii():
-            return f"label '{label}' is not ASCII (use its IDNA 'xn--' form)"
-    return None
+DynamicCompiler = Callable[[Reader, str, int, int, Mapping[str, tuple[str, ...]]], Any]
+"""Compiles an A/AAAA/CNAME record's `dynamic`/`octodns.geodns` settings: (the record's reader,
+owner, rtype, ttl, the zone's static addresses by name) -> dynamic spec, or None after reporting
+problems through the reader. Supplied by the caller so zone loading knows nothing of geo."""
 
 
 def zone_name_from_file(path: Path) -> str:
@@ -100,358 +82,532 @@ def zone_name_from_file(path: Path) -> str:
     return stem.lower().rstrip(".") + "."
 
 
-def load_zone_file(path: Path, soa: SoaSettings, compile_dynamic: DynamicCompiler) -> Zone:
-    """Parse and validate one zone file; raise ConfigError with every problem found."""
+def load_zone_file(
+    path: Path,
+    soa: SoaSettings,
+    compile_dynamic: DynamicCompiler,
+    nameservers: tuple[str, ...] = (),
+) -> Zone:
+    """Parse and validate one zone file; raise ConfigError with every problem found.
+
+    `nameservers` (from the geodns config) answer for a zone that has no NS record at its apex.
+    """
     origin = zone_name_from_file(path)
-    problems = _Collector(path)
     error = check_name(origin)
     if error:
         raise ConfigError([Problem(str(path), 0, f"file name is not a zone name: {error}")])
     data = load_yaml(path)
     if data is None:
-        data = MarkedDict(line=1)
+        data = MarkedDict(line=1, column=1)
     if not isinstance(data, MarkedDict):
         raise ConfigError([Problem(str(path), 1, "expected a mapping of record names to records")])
-    rrsets: dict[str, dict[int, RRset]] = {}
-    for key, value in data.items():
-        line = data.line_of(key)
-        name = _owner_name(key, origin, line, problems)
-        if name is None:
-            continue
-        records = value if isinstance(value, MarkedList) else [value]
-        record_lines = value.item_lines if isinstance(value, MarkedList) else [line]
-        for record, record_line in zip(records, record_lines, strict=True):
-            rrset = _parse_record(record, record_line, name, origin, problems, compile_dynamic)
-            if rrset is None:
-                continue
-            node = rrsets.setdefault(name, {})
-            if rrset.rtype in node:
-                problems.add(record_line, f"second {_type_name(rrset.rtype)} record at '{key}'")
-                continue
-            node[rrset.rtype] = rrset
-    zone = _assemble(origin, path, rrsets, data, soa, problems)
-    if problems.problems:
-        raise ConfigError(problems.problems)
-    assert zone is not None
+    loader = _ZoneLoader(path, origin, data)
+    loader.read_records()
+    loader.compile_dynamic(compile_dynamic)
+    zone = loader.assemble(soa, nameservers)
+    if any(p.is_error for p in loader.problems) or zone is None:
+        raise ConfigError(loader.problems)
     return zone
 
 
-DynamicCompiler = Callable[[MarkedDict, str, int, int, Callable[[int, str], None]], Any]
-"""Compiles an A/AAAA record's `dynamic`/`octodns.geodns` settings: (record, owner, rtype, ttl,
-report) -> dynamic spec or None. Supplied by the caller so zone loading knows nothing of geo."""
+@dataclass(slots=True)
+class _Alias:
+    """An apex ALIAS, answered as the A/AAAA of its in-zone target once the zone is read."""
+
+    target: str
+    ttl: int
+    line: int
+    column: int
 
 
-def _type_name(rtype: int) -> str:
-    for name, code in TYPE_CODES.items():
-        if code == rtype:
-            return name
-    return str(rtype)
+@dataclass(slots=True)
+class _Dynamic:
+    """A record whose `dynamic`/`octodns.geodns` settings are compiled once the zone is read."""
+
+    record: MarkedDict
+    rrset: RRset
+    lenient: bool
 
 
-def _owner_name(key: Any, origin: str, line: int, problems: _Collector) -> str | None:
-    if not isinstance(key, str):
-        problems.add(line, f"record name must be a string, got {key!r}")
-        return None
-    lowered = key.lower()
-    if lowered.endswith("."):
-        if lowered == origin or lowered.endswith("." + origin):
-            problems.add(
-                line,
-                f"name '{key}' must be relative to the zone: write "
-                f"'{lowered[: -len(origin)].rstrip('.')}' (octoDNS names are relative)",
-            )
-        else:
-            problems.add(line, f"name '{key}' is outside the zone '{origin}'")
-        return None
-    name = f"{lowered}.{origin}" if lowered else origin
-    error = check_name(name)
-    if error:
-        problems.add(line, f"invalid name '{key}': {error}")
-        return None
-    labels = lowered.split(".") if lowered else []
-    if any(label == "*" for label in labels[1:]) or any(
-        "*" in label and label != "*" for label in labels
-    ):
-        problems.add(line, f"invalid name '{key}': '*' may only be the whole leftmost label")
-        return None
-    return name
+class _ZoneLoader:
+    """Reads one zone file's records, then checks the whole zone and builds it."""
 
+    def __init__(self, path: Path, origin: str, data: MarkedDict) -> None:
+        self.path, self.origin, self.data = path, origin, data
+        self.problems: list[Problem] = []
+        # the file's reader: any key is a record name, so none is unknown
+        self.file = Reader(str(path), data, "zone", tuple(data), self.problems)
+        self.nodes: dict[str, dict[int, RRset]] = {}
+        self.aliases: dict[str, _Alias] = {}
+        self.dynamic: list[_Dynamic] = []
 
-def _parse_record(
-    record: Any,
-    line: int,
-    name: str,
-    origin: str,
-    problems: _Collector,
-    compile_dynamic: DynamicCompiler,
-) -> RRset | None:
-    if not isinstance(record, MarkedDict):
-        problems.add(line, "expected a record mapping with 'type' and 'value' or 'values'")
-        return None
-    ok = True
-    for key in record:
-        if key not in RECORD_KEYS:
-            problems.add(
-                record.line_of(key),
-                f"unknown key '{key}'{did_you_mean(str(key), RECORD_KEYS)}; "
-                f"expected one of {', '.join(RECORD_KEYS)}",
-            )
-            ok = False
-    rtype_name = record.get("type")
-    if not isinstance(rtype_name, str):
-        problems.add(record.line, "record has no 'type' (expected e.g. type: A)")
-        return None
-    rtype_name = rtype_name.upper()
-    if rtype_name == "SOA":
-        problems.add(
-            record.line_of("type"),
-            "SOA is not written in zone files; set it under 'soa' in the geodns config",
-        )
-        return None
-    if rtype_name not in TYPE_CODES:
-        problems.add(
-            record.line_of("type"),
-            f"unsupported type '{rtype_name}'{did_you_mean(rtype_name, TYPE_CODES)}; "
-            f"expected one of {', '.join(TYPE_CODES)}",
-        )
-        return None
-    rtype = TYPE_CODES[rtype_name]
-    ttl = record.get("ttl", DEFAULT_TTL)
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TTL:
-        problems.add(
-            record.line_of("ttl"), f"ttl must be a whole number from 0 to {MAX_TTL}, got {ttl!r}"
-        )
-        ok = False
-    values = _values(record, rtype_name, problems)
-    if values is None:
-        return None
-    rdatas = []
-    for value, value_line in values:
-        try:
-            rdatas.append(_RDATA_PARSERS[rtype_name](value, origin))
-        except ValueError as exc:
-            problems.add(value_line, f"{rtype_name} value {value!r}: {exc}")
-            ok = False
-    if rtype == TYPE_NS and name == origin and not rdatas:
-        problems.add(record.line, "apex NS record has no values")
-    dynamic = None
-    if "dynamic" in record or _geodns_settings(record) is not None:
-        if rtype not in (TYPE_A, TYPE_AAAA):
-            problems.add(record.line, f"dynamic answers are only for A and AAAA, not {rtype_name}")
+    def add(self, line: int, message: str, column: int = 0) -> None:
+        self.file.add(line, message, column=column)
+
+    def warn(self, line: int, message: str, column: int = 0) -> None:
+        self.file.add(line, message, column=column, severity="warning")
+
+    # -- records -------------------------------------------------------------------------------
+
+    def read_records(self) -> None:
+        data = self.data
+        for key, value in data.items():
+            line, column = data.line_of(key), data.column_of(key)
+            name = self._owner_name(key, line, column)
+            if name is None:
+                continue
+            if isinstance(value, MarkedList):
+                places = [(value.line_of(i), value.column_of(i)) for i in range(len(value))]
+                records = list(value)
+            else:
+                places, records = [(line, column)], [value]
+            for record, (record_line, record_column) in zip(records, places, strict=True):
+                self._record(record, record_line, record_column, name, str(key))
+
+    def _owner_name(self, key: Any, line: int, column: int) -> str | None:
+        origin = self.origin
+        if not isinstance(key, str):
+            self.add(line, f"record name must be a string, got {key!r}", column)
             return None
-        if ok:
-            dynamic = compile_dynamic(record, name, rtype, ttl, problems.add)
-    elif "octodns" in record and not isinstance(record["octodns"], MarkedDict):
-        problems.add(record.line_of("octodns"), "'octodns' must be a mapping")
-    if not ok:
-        return None
-    return RRset(name, rtype, ttl, tuple(_dedupe(rdatas)), line=record.line, dynamic=dynamic)
+        lowered = key.lower()
+        if lowered == "@":
+            self.add(line, "invalid name '@': the apex is written '' in octoDNS", column)
+            return None
+        if lowered.endswith("."):
+            if lowered == origin or lowered.endswith("." + origin):
+                relative = lowered[: -len(origin)].rstrip(".")
+                self.add(
+                    line,
+                    f"name '{key}' must be relative to the zone: write '{relative}' "
+                    "(octoDNS names are relative)",
+                    column,
+                )
+            else:
+                self.add(line, f"name '{key}' is outside the zone '{origin}'", column)
+            return None
+        name = f"{lowered}.{origin}" if lowered else origin
+        error = check_name(name)
+        if error:
+            self.add(line, f"invalid name '{key}': {error}", column)
+            return None
+        labels = lowered.split(".") if lowered else []
+        if any(label == "*" for label in labels[1:]) or any(
+            "*" in label and label != "*" for label in labels
+        ):
+            self.add(
+                line, f"invalid name '{key}': '*' may only be the whole leftmost label", column
+            )
+            return None
+        return name
+
+    def _record(self, record: Any, line: int, column: int, name: str, key: str) -> None:
+        """Read one record into the zone; a lenient record's errors become warnings and the
+        record is skipped (octoDNS loads it with a warning; nothing wrong can be served)."""
+        if not isinstance(record, MarkedDict):
+            self.add(line, "expected a record mapping with 'type' and 'value' or 'values'", column)
+            return
+        problems: list[Problem] = []
+        reader = Reader(str(self.path), record, "record", RECORD_KEYS, problems, prefix="")
+        octodns = record.get("octodns")
+        lenient = isinstance(octodns, MarkedDict) and octodns.get("lenient") is True
+        read = self._read_record(reader, name, key)
+        if lenient and any(p.is_error for p in problems):
+            problems = _lenient(problems)
+            read = None
+        self.problems.extend(problems)
+        if read is None:
+            return
+        stored, dynamic = read
+        if isinstance(stored, _Alias):
+            self.aliases[name] = stored
+            return
+        node = self.nodes.setdefault(name, {})
+        if stored.rtype in node:
+            self.add(line, f"second {type_name(stored.rtype)} record at '{key}'", column)
+            return
+        node[stored.rtype] = stored
+        if dynamic:  # compiled once every record is read
+            self.dynamic.append(_Dynamic(record, stored, lenient))
+
+    def _read_record(
+        self, reader: Reader, name: str, key: str
+    ) -> tuple[RRset | _Alias, bool] | None:
+        """The record's RRset (or apex ALIAS) and whether it is answered per query, or None
+        when it is skipped or wrong (reported)."""
+        record = reader.mapping
+        rtype_name = reader.get("type", str, None, "a record type such as A")
+        if rtype_name is None:
+            if "type" not in record:
+                reader.add(
+                    record.line,
+                    "record has no 'type' (expected e.g. type: A)",
+                    column=record.column,
+                )
+            return None
+        rtype_name = rtype_name if "/" in rtype_name else rtype_name.upper()
+        type_line, type_column = record.line_of("type"), record.column_of("type")
+        if "/" in rtype_name or rtype_name in UNSERVABLE_TYPES:
+            why = UNSERVABLE_TYPES.get(rtype_name, "a type of one octoDNS provider, not DNS data")
+            reader.add(
+                type_line,
+                f"{rtype_name} record '{key}' skipped: {why}",
+                column=type_column,
+                severity="warning",
+            )
+            return None
+        if rtype_name == "SOA":
+            reader.add(
+                type_line,
+                "SOA is not written in zone files; set it under 'soa' in the geodns config",
+                column=type_column,
+            )
+            return None
+        if rtype_name not in SERVED_TYPES:
+            served = sorted(SERVED_TYPES)
+            reader.add(
+                type_line,
+                f"unsupported type '{rtype_name}'{did_you_mean(rtype_name, served)}; "
+                f"expected one of {', '.join(served)}",
+                column=type_column,
+            )
+            return None
+        relative = key.lower()
+        if rtype_name in SERVICE_NAME_TYPES and not SERVICE_NAME.match(relative):
+            reader.add(
+                type_line,
+                f"a {rtype_name} record's name is _service._proto (RFC 2782/7553), not '{key}'",
+                column=type_column,
+            )
+            return None
+        if rtype_name == ALIAS and relative:
+            reader.add(
+                type_line,
+                "ALIAS is only at the zone apex ('' key), as in octoDNS",
+                column=type_column,
+            )
+            return None
+        ttl = reader.int_in("ttl", 0, MAX_TTL, DEFAULT_TTL)
+        octodns = record.get("octodns")
+        if octodns is not None and not isinstance(octodns, MarkedDict):
+            reader.problem("octodns", "expected a mapping")
+            return None
+        if isinstance(octodns, MarkedDict) and octodns.get("ignored") is True:
+            reader.add(
+                octodns.line_of("ignored"),
+                f"{rtype_name} record '{key}' skipped: octodns.ignored (octoDNS leaves it alone)",
+                column=octodns.column_of("ignored"),
+                severity="warning",
+            )
+            return None
+        values = self._values(reader, rtype_name)
+        if values is None:
+            return None
+        before = reader.error_count()
+        rdatas = [
+            parse_value(rtype_name, value, ValueAt(reader, rtype_name, line, column))
+            for value, line, column in values
+        ]
+        dynamic = self._dynamic_settings(reader, rtype_name, key)
+        if reader.error_count() != before:
+            return None
+        if rtype_name == ALIAS:
+            return _Alias(str(rdatas[0]).lower(), ttl, record.line, record.column), False
+        rtype = TYPE_CODES[rtype_name]
+        return RRset(name, rtype, ttl, tuple(_dedupe(rdatas)), line=record.line), dynamic
+
+    def _values(self, reader: Reader, rtype_name: str) -> list[tuple[Any, int, int]] | None:
+        """(value, line, column) of each value of a record, or None (reported)."""
+        record = reader.mapping
+        has_value, has_values = "value" in record, "values" in record
+        if has_value and has_values:
+            reader.problem("values", "use either 'value' or 'values', not both")
+            return None
+        if not has_value and not has_values:
+            reader.add(
+                record.line,
+                f"{rtype_name} record has no 'value' or 'values'",
+                column=record.column,
+            )
+            return None
+        if has_value:
+            value = record["value"]
+            if isinstance(value, MarkedList):
+                reader.problem("value", "'value' holds one value; use 'values' for a list")
+                return None
+            return [(value, record.line_of("value"), record.column_of("value"))]
+        values = record["values"]
+        if rtype_name in SINGLE_VALUE_TYPES:
+            reader.problem("values", f"{rtype_name} takes one 'value', not 'values'")
+            return None
+        if not isinstance(values, MarkedList):
+            return [(values, record.line_of("values"), record.column_of("values"))]
+        if not values:
+            reader.problem("values", "'values' is empty")
+            return None
+        return [(item, values.line_of(i), values.column_of(i)) for i, item in enumerate(values)]
+
+    def _dynamic_settings(self, reader: Reader, rtype_name: str, key: str) -> bool:
+        """Whether the record is answered per query (compiled later); reports the settings
+        geodns does not apply, as octoDNS's providers do for what they do not support."""
+        record = reader.mapping
+        octodns = record.get("octodns")
+        has_geodns = isinstance(octodns, MarkedDict) and "geodns" in octodns
+        has_dynamic = "dynamic" in record
+        if "geo" in record:
+            if has_dynamic:
+                reader.problem("geo", "a record has 'dynamic' or octoDNS's old 'geo', not both")
+            else:
+                reader.add(
+                    record.line_of("geo"),
+                    f"{rtype_name} record '{key}': octoDNS's deprecated 'geo' is not served; "
+                    "every user gets the plain values (write 'dynamic' rules instead)",
+                    column=record.column_of("geo"),
+                    severity="warning",
+                )
+        if not has_dynamic and not has_geodns:
+            return False
+        if TYPE_CODES.get(rtype_name) in DYNAMIC_TYPES:
+            return True
+        if has_geodns:
+            assert isinstance(octodns, MarkedDict)
+            reader.add(
+                octodns.line_of("geodns"),
+                f"octodns.geodns applies to A, AAAA and CNAME records, not {rtype_name}",
+                column=octodns.column_of("geodns"),
+            )
+            return False
+        what = "a dynamic DNAME" if rtype_name == "DNAME" else f"'dynamic' on {rtype_name}"
+        reader.add(
+            record.line_of("dynamic"),
+            f"{what} is not answered per query by geodns (it answers dynamic A, AAAA and CNAME "
+            "records): the plain value is served",
+            column=record.column_of("dynamic"),
+            severity="warning",
+        )
+        return False
+
+    # -- dynamic records -----------------------------------------------------------------------
+
+    def compile_dynamic(self, compile_dynamic: DynamicCompiler) -> None:
+        """Compile every dynamic record, knowing the zone's static addresses (a CNAME pool value
+        that names an in-zone host takes the site of that host's addresses)."""
+        addresses: dict[str, tuple[str, ...]] = {}
+        for name, node in self.nodes.items():
+            found = tuple(
+                str(rdata)
+                for rtype in (TYPE_A, TYPE_AAAA)
+                if (rrset := node.get(rtype)) is not None and rrset.dynamic is None
+                for rdata in rrset.rdatas
+            )
+            if found:
+                addresses[name] = found
+        for pending in self.dynamic:
+            rrset = pending.rrset
+            problems: list[Problem] = []
+            reader = Reader(
+                str(self.path), pending.record, "record", tuple(pending.record), problems, prefix=""
+            )
+            spec = compile_dynamic(reader, rrset.name, rrset.rtype, rrset.ttl, addresses)
+            failed = any(p.is_error for p in problems)
+            self.problems.extend(_lenient(problems) if failed and pending.lenient else problems)
+            node = self.nodes[rrset.name]
+            if failed:
+                del node[rrset.rtype]
+            elif spec is not None:
+                node[rrset.rtype] = replace(rrset, dynamic=spec)
+
+    # -- the whole zone ------------------------------------------------------------------------
+
+    def line_of(self, name: str) -> int:
+        relative = "" if name == self.origin else name[: -len(self.origin) - 1]
+        return self.data.line_of(relative) if relative in self.data else self.data.line
+
+    def assemble(self, soa: SoaSettings, nameservers: tuple[str, ...]) -> Zone | None:
+        """Check whole-zone rules (apex NS, CNAME exclusivity, ALIAS, DNAME, glue) and build
+        the Zone."""
+        origin, nodes = self.origin, self.nodes
+        for name in [n for n, node in nodes.items() if not node]:
+            del nodes[name]
+        for name, node in nodes.items():
+            if TYPE_CNAME in node and len(node) > 1:
+                others = ", ".join(sorted(type_name(t) for t in node if t != TYPE_CNAME))
+                self.add(
+                    node[TYPE_CNAME].line or self.line_of(name),
+                    f"CNAME at '{name}' beside other data ({others}); a CNAME must stand alone",
+                )
+        apex = nodes.setdefault(origin, {})
+        if TYPE_CNAME in apex:
+            self.add(apex[TYPE_CNAME].line, "a CNAME cannot be at the zone apex")
+        self._aliases(apex)
+        dnames = self._dnames()
+        if not self._apex_ns(apex, soa, nameservers):
+            return None
+        delegations = frozenset(n for n, node in nodes.items() if n != origin and TYPE_NS in node)
+        self._glue(delegations)
+        ents = set()
+        for name in nodes:
+            candidate = name
+            while candidate != origin:
+                candidate = candidate.split(".", 1)[1]
+                if candidate != origin and candidate not in nodes:
+                    ents.add(candidate)
+        first_ns = str(apex[TYPE_NS].rdatas[0].label).lower()
+        serial = soa.serial if soa.serial is not None else _file_serial(self.path)
+        soa_rdata = SOA(
+            soa.mname or first_ns,
+            soa.rname or f"hostmaster.{origin}",
+            (serial, soa.refresh, soa.retry, soa.expire, soa.minimum),
+        )
+        soa_rrset = RRset(origin, TYPE_SOA, soa.ttl, (soa_rdata,))
+        apex[TYPE_SOA] = soa_rrset
+        return Zone(
+            origin=origin,
+            path=str(self.path),
+            soa=soa_rrset,
+            nodes=nodes,
+            delegations=delegations,
+            empty_non_terminals=frozenset(ents),
+            negative_ttl=min(soa.ttl, soa.minimum),
+            dnames=dnames,
+            warnings=tuple(p for p in self.problems if not p.is_error),
+        )
+
+    def _aliases(self, apex: dict[int, RRset]) -> None:
+        """An apex ALIAS answers A and AAAA queries with the addresses of its target, which
+        must be in this zone: geodns does not resolve names elsewhere (it is no resolver), so
+        an ALIAS to another zone is refused rather than answered with nothing."""
+        alias = self.aliases.get(self.origin)
+        if alias is None:
+            return
+        if TYPE_A in apex or TYPE_AAAA in apex:
+            self.add(alias.line, "ALIAS at the apex beside A or AAAA records", alias.column)
+            return
+        target = alias.target
+        if not (target == self.origin or target.endswith("." + self.origin)):
+            self.add(
+                alias.line,
+                f"ALIAS target '{target}' is outside the zone: geodns answers an ALIAS from the "
+                "A/AAAA records of a name in this zone (it does not resolve other zones); "
+                "write A/AAAA records at the apex instead",
+                alias.column,
+            )
+            return
+        seen = {self.origin}
+        for _ in range(MAX_CNAME_CHAIN):
+            node = self.nodes.get(target, {})
+            cname = node.get(TYPE_CNAME)
+            if cname is None or cname.dynamic is not None or target in seen:
+                break
+            seen.add(target)
+            target = str(cname.rdatas[0].label).lower()
+        node = self.nodes.get(target, {})
+        found = False
+        for rtype in (TYPE_A, TYPE_AAAA):
+            rrset = node.get(rtype)
+            if rrset is not None:
+                apex[rtype] = RRset(
+                    self.origin, rtype, alias.ttl, rrset.rdatas, alias.line, rrset.dynamic
+                )
+                found = True
+        if not found:
+            self.add(
+                alias.line,
+                f"ALIAS target '{alias.target}' has no A or AAAA record in this zone",
+                alias.column,
+            )
+
+    def _dnames(self) -> frozenset[str]:
+        """The DNAME owners; names below one can never be answered (RFC 6672 section 2.4:
+        the DNAME rewrites every query below it), so they are left out with a warning."""
+        dnames = frozenset(n for n, node in self.nodes.items() if TYPE_DNAME in node)
+        for name in list(self.nodes):
+            above = next((d for d in dnames if name.endswith("." + d)), None)
+            if above is not None:
+                self.warn(
+                    self.line_of(name),
+                    f"'{name}' is below the DNAME at '{above}' and is never answered "
+                    "(occluded, RFC 6672); it is left out",
+                )
+                del self.nodes[name]
+        for name in dnames:
+            if name != self.origin and TYPE_NS in self.nodes[name]:
+                self.add(
+                    self.nodes[name][TYPE_NS].line,
+                    f"DNAME at '{name}' beside a delegation (NS below the apex)",
+                )
+        return dnames
+
+    def _apex_ns(
+        self, apex: dict[int, RRset], soa: SoaSettings, nameservers: tuple[str, ...]
+    ) -> bool:
+        """The zone's nameservers: its apex NS, else the config's `nameservers` (octoDNS zones
+        often leave NS to the provider) with a warning; warnings for a single nameserver and
+        for an SOA MNAME that names none of them, as gdnsd's and BIND's checkers give."""
+        ns = apex.get(TYPE_NS)
+        if ns is None:
+            if not nameservers:
+                self.add(
+                    self.data.line,
+                    f"zone '{self.origin}' has no NS record at the apex ('' key): add one, or "
+                    "list the zone's nameservers in the geodns config (nameservers:)",
+                )
+                return False
+            self.warn(
+                self.data.line,
+                f"zone '{self.origin}' has no NS record at the apex: answered with the "
+                f"config's nameservers ({', '.join(nameservers)})",
+            )
+            rdatas = tuple(NS(DNSLabel(n)) for n in nameservers)
+            ns = apex[TYPE_NS] = RRset(self.origin, TYPE_NS, soa.ttl, rdatas)
+        names = [str(rdata.label).lower() for rdata in ns.rdatas]
+        line = ns.line or self.data.line
+        if len(names) == 1:
+            self.warn(
+                line,
+                f"zone '{self.origin}' has a single nameserver ({names[0]}); RFC 1034 and "
+                "RFC 2182 ask for at least two, on different networks",
+            )
+        if soa.mname is not None and soa.mname.lower() not in names:
+            self.warn(
+                line,
+                f"the config's soa.mname '{soa.mname}' is not one of the zone's nameservers "
+                f"({', '.join(names)})",
+            )
+        return True
+
+    def _glue(self, delegations: frozenset[str]) -> None:
+        for cut in delegations:
+            ns = self.nodes[cut][TYPE_NS]
+            for rdata in ns.rdatas:
+                target = str(rdata.label).lower()
+                in_zone = target == self.origin or target.endswith("." + self.origin)
+                node = self.nodes.get(target, {})
+                if in_zone and TYPE_A not in node and TYPE_AAAA not in node:
+                    self.add(
+                        ns.line,
+                        f"delegation '{cut}' names in-zone nameserver '{target}' that has no "
+                        "A/AAAA glue record in this zone",
+                    )
 
 
-def _geodns_settings(record: MarkedDict) -> Any:
-    octodns = record.get("octodns")
-    return octodns.get("geodns") if isinstance(octodns, MarkedDict) else None
+def _lenient(problems: list[Problem]) -> list[Problem]:
+    """A lenient record's problems (octodns.lenient): octoDNS loads the record with a warning;
+    geodns warns too, and skips it, since nothing wrong can be served."""
+    return [
+        replace(p, severity="warning", message=f"{p.message} (octodns.lenient: record skipped)")
+        for p in problems
+    ]
 
 
 def _dedupe(rdatas: list[Any]) -> list[Any]:
-    seen: list[Any] = []
+    """Each value once (RFC 2181 section 5), compared by wire form: dnslib's equality of some
+    rdata classes (CAA) compares nothing and would fold distinct values."""
+    seen: dict[bytes, Any] = {}
     for rdata in rdatas:
-        if rdata not in seen:
-            seen.append(rdata)
-    return seen
-
-
-def _values(
-    record: MarkedDict, rtype_name: str, problems: _Collector
-) -> list[tuple[Any, int]] | None:
-    has_value, has_values = "value" in record, "values" in record
-    if has_value and has_values:
-        problems.add(record.line_of("values"), "use either 'value' or 'values', not both")
-        return None
-    if not has_value and not has_values:
-        problems.add(record.line, f"{rtype_name} record has no 'value' or 'values'")
-        return None
-    if has_value:
-        value = record["value"]
-        if isinstance(value, MarkedList):
-            problems.add(
-                record.line_of("value"), "'value' holds one value; use 'values' for a list"
-            )
-            return None
-        return [(value, record.line_of("value"))]
-    values = record["values"]
-    if rtype_name in SINGLE_VALUE_TYPES:
-        problems.add(record.line_of("values"), f"{rtype_name} takes one 'value', not 'values'")
-        return None
-    if not isinstance(values, MarkedList):
-        values_list = MarkedList([values], line=record.line_of("values"))
-        values = values_list
-    if not values:
-        problems.add(record.line_of("values"), "'values' is empty")
-        return None
-    return [(item, values.line_of(index)) for index, item in enumerate(values)]
-
-
-def _fqdn(value: Any, origin: str) -> DNSLabel:
-    if not isinstance(value, str) or not value:
-        raise ValueError("expected a fully qualified name ending with '.'")
-    error = check_name(value.lower())
-    if error:
-        raise ValueError(error)
-    return DNSLabel(value.lower())
-
-
-def _ipv4(value: Any, origin: str) -> A:
-    try:
-        return A(str(ipaddress.IPv4Address(value if isinstance(value, str) else "")))
-    except ValueError:
-        raise ValueError("expected an IPv4 address such as 192.0.2.1") from None
-
-
-def _ipv6(value: Any, origin: str) -> AAAA:
-    try:
-        return AAAA(str(ipaddress.IPv6Address(value if isinstance(value, str) else "")))
-    except ValueError:
-        raise ValueError("expected an IPv6 address such as 2001:db8::1") from None
-
-
-def _fields(value: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> MarkedDict:
-    if not isinstance(value, MarkedDict):
-        raise ValueError(f"expected a mapping with {', '.join(required)}")
-    for key in value:
-        if key not in required + optional:
-            raise ValueError(
-                f"unknown key '{key}'{did_you_mean(str(key), required + optional)}; "
-                f"expected {', '.join(required + optional)}"
-            )
-    missing = [key for key in required if key not in value]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    return value
-
-
-def _uint(value: Any, what: str, bits: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**bits:
-        raise ValueError(f"{what} must be a whole number from 0 to {2**bits - 1}")
-    return value
-
-
-def _mx(value: Any, origin: str) -> MX:
-    if isinstance(value, MarkedDict) and "priority" in value and "preference" not in value:
-        fields = _fields(value, ("priority", "value"))
-        return MX(_fqdn(fields["value"], origin), _uint(fields["priority"], "priority", 16))
-    fields = _fields(value, ("preference", "exchange"))
-    return MX(_fqdn(fields["exchange"], origin), _uint(fields["preference"], "preference", 16))
-
-
-def _srv(value: Any, origin: str) -> SRV:
-    fields = _fields(value, ("priority", "weight", "port", "target"))
-    return SRV(
-        _uint(fields["priority"], "priority", 16),
-        _uint(fields["weight"], "weight", 16),
-        _uint(fields["port"], "port", 16),
-        _fqdn(fields["target"], origin),
-    )
-
-
-def _caa(value: Any, origin: str) -> CAA:
-    fields = _fields(value, ("tag", "value"), ("flags",))
-    tag, text = fields["tag"], fields["value"]
-    if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9]{1,15}", tag):
-        raise ValueError("tag must be 1-15 letters or digits, e.g. issue")
-    if not isinstance(text, str):
-        raise ValueError("value must be a string")
-    return CAA(_uint(fields.get("flags", 0), "flags", 8), tag, text)
-
-
-def _txt(value: Any, origin: str) -> TXT:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError("expected a string")
-    data = str(value).replace("\\;", ";").encode("utf-8")
-    chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
-    if sum(len(chunk) + 1 for chunk in chunks) > 65535:
-        raise ValueError("text is longer than a record can hold")
-    return TXT(chunks)
-
-
-_RDATA_PARSERS: dict[str, Callable[[Any, str], Any]] = {
-    "A": _ipv4,
-    "AAAA": _ipv6,
-    "CNAME": lambda value, origin: CNAME(_fqdn(value, origin)),
-    "NS": lambda value, origin: NS(_fqdn(value, origin)),
-    "PTR": lambda value, origin: PTR(_fqdn(value, origin)),
-    "MX": _mx,
-    "SRV": _srv,
-    "CAA": _caa,
-    "TXT": _txt,
-}
-
-
-def _assemble(
-    origin: str,
-    path: Path,
-    nodes: dict[str, dict[int, RRset]],
-    data: MarkedDict,
-    soa: SoaSettings,
-    problems: _Collector,
-) -> Zone | None:
-    """Check whole-zone rules (apex NS, CNAME exclusivity, glue) and build the Zone."""
-
-    def line_of(name: str) -> int:
-        relative = "" if name == origin else name[: -len(origin) - 1]
-        return data.line_of(relative) if relative in data else data.line
-
-    for name, node in nodes.items():
-        if TYPE_CNAME in node and len(node) > 1:
-            others = ", ".join(sorted(_type_name(t) for t in node if t != TYPE_CNAME))
-            problems.add(
-                node[TYPE_CNAME].line or line_of(name),
-                f"CNAME at '{name}' beside other data ({others}); a CNAME must stand alone",
-            )
-    apex = nodes.get(origin, {})
-    if TYPE_CNAME in apex:
-        problems.add(apex[TYPE_CNAME].line, "a CNAME cannot be at the zone apex")
-    if TYPE_NS not in apex:
-        problems.add(data.line, f"zone '{origin}' has no NS record at the apex ('' key)")
-        return None
-    delegations = frozenset(n for n, node in nodes.items() if n != origin and TYPE_NS in node)
-    for cut in delegations:
-        for rdata in nodes[cut][TYPE_NS].rdatas:
-            target = str(rdata.label).lower()
-            in_zone = target == origin or target.endswith("." + origin)
-            if in_zone and not (
-                TYPE_A in nodes.get(target, {}) or TYPE_AAAA in nodes.get(target, {})
-            ):
-                problems.add(
-                    nodes[cut][TYPE_NS].line,
-                    f"delegation '{cut}' names in-zone nameserver '{target}' that has no "
-                    "A/AAAA glue record in this zone",
-                )
-    ents = set()
-    for name in nodes:
-        candidate = name
-        while candidate != origin:
-            candidate = candidate.split(".", 1)[1]
-            if candidate != origin and candidate not in nodes:
-                ents.add(candidate)
-    first_ns = str(apex[TYPE_NS].rdatas[0].label).lower()
-    serial = soa.serial if soa.serial is not None else _file_serial(path)
-    soa_rdata = SOA(
-        soa.mname or first_ns,
-        soa.rname or f"hostmaster.{origin}",
-        (serial, soa.refresh, soa.retry, soa.expire, soa.minimum),
-    )
-    soa_rrset = RRset(origin, TYPE_SOA, soa.ttl, (soa_rdata,))
-    nodes.setdefault(origin, {})[TYPE_SOA] = soa_rrset
-    return Zone(
-        origin=origin,
-        path=str(path),
-        soa=soa_rrset,
-        nodes=nodes,
-        delegations=delegations,
-        empty_non_terminals=frozenset(ents),
-        negative_ttl=min(soa.ttl, soa.minimum),
-    )
+        buffer = DNSBuffer()
+        rdata.pack(buffer)
+        seen.setdefault(bytes(buffer.data), rdata)
+    return list(seen.values())
 
 
 def _file_serial(path: Path) -> int:

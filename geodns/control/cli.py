@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 from geodns import __version__
-from geodns.common.errors import ConfigError
+from geodns.common.errors import ConfigError, Problem
 from geodns.common.logs import configure
 from geodns.config.server import load_config
+from geodns.dns.zone import Zone
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "example-config.yaml"
 
@@ -36,36 +37,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        _print_problems(exc)
+        _print_problems(exc.problems)
         return 2
     configure(config.log_level, config.log_format)
     try:
         return run(config, path)
     except ConfigError as exc:
-        _print_problems(exc)
+        _print_problems(exc.problems)
         return 2
     except KeyboardInterrupt:
         return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from geodns.config.loader import load_zones, open_database
+EXIT_ERRORS = 1
+EXIT_STRICT_WARNINGS = 3  # `check --strict`: no error, but warnings
 
-    path = _config_path(args.config)
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check the config, the zones (those given, else every one in zones_dir) and the geo
+    database; print every problem as `file:line:column: error|warning: message`.
+
+    Exit 0 when there is no error (warnings are printed), 1 on any error, 3 when there are
+    warnings only and --strict makes them count.
+    """
+    from geodns.config.loader import database_warnings, load_geo, load_zone_files, load_zones
+
+    problems: list[Problem] = []
+    zones: dict[str, Zone] = {}
+    geo = None
     try:
-        config = load_config(path)
-        zones = load_zones(config)
-        database = open_database(config)
+        config = load_config(_config_path(args.config))
     except ConfigError as exc:
-        _print_problems(exc)
-        return 1
-    print(
-        f"{database.path}: GeoIP database OK ({database.database_type}, {database.schema} schema)"
-    )
-    database.close()
-    for origin, zone in sorted(zones.items()):
-        count = sum(len(node) for node in zone.nodes.values())
-        print(f"{zone.path}: zone {origin} OK ({count} RRsets)")
+        return _report(exc.problems, args.strict)
+    try:
+        if args.zonefiles:
+            zones = load_zone_files(config, [Path(f) for f in args.zonefiles])
+        else:
+            zones = load_zones(config)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    problems.extend(w for zone in zones.values() for w in zone.warnings)
+    try:
+        geo = load_geo(config)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if geo is not None:
+        problems.extend(database_warnings(zones, geo))
+        if not any(p.is_error for p in problems):
+            how = "place index cached" if geo.index is not None else "no place index cached yet"
+            print(f"{geo.path}: GeoIP database OK ({geo.database_type}; {how})")
+        geo.close()
+    if not any(p.is_error for p in problems):
+        for origin, zone in sorted(zones.items()):
+            count = sum(len(node) for node in zone.nodes.values())
+            print(f"{zone.path}: zone {origin} OK ({count} RRsets)")
+    return _report(problems, args.strict)
+
+
+def _report(problems: tuple[Problem, ...] | list[Problem], strict: bool) -> int:
+    """Print the problems (by file, then place) and return the exit code they make."""
+    _print_problems(sorted(problems, key=lambda p: (p.path, p.line, p.column)))
+    if any(p.is_error for p in problems):
+        return EXIT_ERRORS
+    if strict and problems:
+        return EXIT_STRICT_WARNINGS
     return 0
 
 
@@ -77,7 +112,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         down, note = _running_health(config)
         print(explain(config, args.client, args.name, args.type, down, note))
     except ConfigError as exc:
-        _print_problems(exc)
+        _print_problems(exc.problems)
         return 1
     except ValueError as exc:
         print(f"geodns explain: {exc}", file=sys.stderr)
@@ -136,7 +171,7 @@ def _admin(args: argparse.Namespace, action: str) -> int:
                 return 1
             print("reloaded")
     except ConfigError as exc:
-        _print_problems(exc)
+        _print_problems(exc.problems)
         return 1
     except (adminclient.AdminError, ValueError) as exc:
         print(f"geodns {action}: {exc}", file=sys.stderr)
@@ -144,10 +179,14 @@ def _admin(args: argparse.Namespace, action: str) -> int:
     return 0
 
 
-def _print_problems(exc: ConfigError) -> None:
-    for problem in exc.problems:
+def _print_problems(problems: tuple[Problem, ...] | list[Problem]) -> None:
+    """Each problem as `file:line:column: error|warning: message`, then how many of each."""
+    if not problems:
+        return
+    for problem in problems:
         print(problem, file=sys.stderr)
-    print(f"{len(exc.problems)} error(s)", file=sys.stderr)
+    errors = sum(1 for p in problems if p.is_error)
+    print(f"{errors} error(s), {len(problems) - errors} warning(s)", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,8 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the nameserver in the foreground")
     serve.add_argument("--config", "-c", help="config file (default: the bundled example)")
     serve.set_defaults(func=cmd_serve)
-    check = commands.add_parser("check", help="validate the config and every zone file")
+    check = commands.add_parser(
+        "check",
+        help="validate the config, the zone files and the geo database",
+        description="Validate the config, the zone files (those given, else every one in "
+        "zones_dir) and the geo database. Prints each problem as "
+        "'file:line:column: error|warning: message'. Exit status: 0 no error, 1 errors, "
+        "3 warnings only with --strict.",
+    )
     check.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    check.add_argument(
+        "--strict", action="store_true", help="warnings count: exit 3 when there are only warnings"
+    )
+    check.add_argument("zonefiles", nargs="*", metavar="ZONEFILE", help="zone files to check")
     check.set_defaults(func=cmd_check)
     explain = commands.add_parser("explain", help="show what a user would be answered, and why")
     explain.add_argument("client", help="the user's address or ECS subnet, e.g. 36.64.0.0/24")

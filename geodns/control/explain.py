@@ -71,7 +71,7 @@ def explain(
             lines.append(f"note:      {note}")
     lines.append(f"decided:   {decision.rule}")
     lines.append(
-        f"answer:    {', '.join(decision.addresses) or '(none: NODATA)'}"
+        f"answer:    {', '.join(decision.values) or '(none: NODATA)'}"
         + (f"  (site {decision.site})" if decision.site else "")
     )
     if decision.servfail:

@@ -128,6 +128,8 @@ class App:
         self.geo = await asyncio.to_thread(load_geo, config)
         down: frozenset[str] = frozenset()
         snapshot = await asyncio.to_thread(build_snapshot, config, self.geo, down)
+        if self.index == 0:
+            _log_zone_warnings(snapshot)
         if self.control is None:
             self.monitor = HealthMonitor(
                 snapshot.sites, config.state_file, self._health_changed, log
@@ -429,6 +431,8 @@ class App:
             log.error("reload_failed", cause=cause, errors=list(self.reload_status.errors))
             return False
         assert self.state is not None
+        if self.index == 0:
+            _log_zone_warnings(snapshot)
         if (config.listen, config.port) != (self.config.listen, self.config.port):
             log.warning("reload_listen_unchanged", reason="listen addresses change on restart only")
         if self.monitor is not None:
@@ -673,6 +677,14 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     await app.stopping.wait()
     await app.stop()
     return 0
+
+
+def _log_zone_warnings(snapshot: Snapshot) -> None:
+    """One log event per doubt the zone files raised (a skipped record, a zone without NS...):
+    `geodns check` prints the same ones."""
+    for zone in snapshot.zones.values():
+        for problem in zone.warnings:
+            log.warning("zone_warning", warning=str(problem))
 
 
 def _reload_text(status: ReloadStatus) -> str:

@@ -1,8 +1,8 @@
 """Resolving a (name, type) against the zones into a pre-encoded answer.
 
 RFC 1034 section 4.3.2's algorithm, for authoritative data only: find the zone, stop at zone cuts
-(referral), match the name, follow CNAMEs inside the zone, synthesise from wildcards (RFC 4592),
-else NXDOMAIN. The result is a `Prepared`: the answer, authority and additional sections already
+(referral), substitute below a DNAME (RFC 6672), match the name, follow CNAMEs inside the zone,
+synthesise from wildcards (RFC 4592), else NXDOMAIN. The result is a `Prepared`: the answer, authority and additional sections already
 encoded for this exact (lower-cased) question, so a repeat query only patches the header.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnslib import AAAA, QTYPE, RD, RR, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import AAAA, CNAME, QTYPE, RD, RR, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from geodns.dns.zone import (
     ADDRESS_TYPES,
@@ -19,6 +19,7 @@ from geodns.dns.zone import (
     TYPE_AAAA,
     TYPE_ANY,
     TYPE_CNAME,
+    TYPE_DNAME,
     TYPE_DS,
     TYPE_MX,
     TYPE_NS,
@@ -33,6 +34,7 @@ RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
+RCODE_YXDOMAIN = 6
 MAX_CNAME_CHAIN = 8
 MAX_VARIANTS = 256  # encoded decisions kept per dynamic answer (a record has a few)
 
@@ -53,7 +55,8 @@ class Prepared:
 
     `reduced` is the same answer without the additional section, sent when the full one does not
     fit; `referral` answers must keep their glue, so for them not fitting means TC. A dynamic answer
-    has `dynamic` set and gets its sections per decision from `variant()`.
+    has `dynamic` set and gets its sections per decision from `variant()`; `source` is the zone
+    a dynamic CNAME's chosen target is followed in.
     """
 
     rcode: int
@@ -70,31 +73,56 @@ class Prepared:
     ttl: int = 0
     negative: tuple[RR, ...] = ()
     variants: dict[tuple[str, ...], Sections] = field(default_factory=dict)
+    source: Zone | None = None
 
     @property
     def size(self) -> int:
         """About how many bytes this answer keeps (for the prepared cache's bound)."""
         return 512 + len(self.full.body) + len(self.reduced.body) + 128 * len(self.variants)
 
-    def variant(self, addresses: tuple[str, ...]) -> Sections:
-        """The encoded sections for one dynamic decision, cached per address tuple."""
-        sections = self.variants.get(addresses)
+    def variant(self, values: tuple[str, ...]) -> Sections:
+        """The encoded sections for one dynamic decision, cached per tuple of chosen values
+        (addresses, or a CNAME's target)."""
+        sections = self.variants.get(values)
         if sections is None:
-            rdata_type = QTYPE.A if self.qtype == TYPE_A else QTYPE.AAAA
-            rrs = [_address_rr(self.owner, rdata_type, self.ttl, a) for a in addresses]
-            if rrs:
+            rtype = self.dynamic.rtype
+            if values and rtype == TYPE_CNAME:
+                sections = self._cname_variant(values[0])
+            elif values:
+                rrs = [_address_rr(self.owner, rtype, self.ttl, a) for a in values]
                 sections = encode(self.labels, self.qtype, [*self.prefix, *rrs], [], [])
             else:
                 sections = encode(
                     self.labels, self.qtype, list(self.prefix), list(self.negative), []
                 )
             if len(self.variants) < MAX_VARIANTS:
-                self.variants[addresses] = sections
+                self.variants[values] = sections
         return sections
+
+    def _cname_variant(self, target: str) -> Sections:
+        """A dynamic CNAME's answer: the CNAME to the chosen target, followed inside the zone
+        as a static CNAME is when what it leads to is a static positive answer. Otherwise (a
+        target in another zone, itself dynamic, or a name with no data) the CNAME stands
+        alone and the resolver asks for the target itself, which is always correct."""
+        cname = RR(self.owner, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(DNSLabel(target)))
+        answer = [*self.prefix, cname]
+        zone = self.source
+        if self.qtype != TYPE_CNAME and zone is not None and zone.contains(target):
+            chase = _Resolution(zone, self.labels, self.qtype)
+            chase.answer = list(answer)
+            chased = chase.follow(target, DNSLabel(target), {target})
+            if (
+                chased.rcode == RCODE_NOERROR
+                and chased.dynamic is None
+                and not chased.referral
+                and chased.full.nscount == 0
+            ):
+                return chased.full
+        return encode(self.labels, self.qtype, answer, [], [])
 
 
 def _address_rr(owner: DNSLabel | None, rtype: int, ttl: int, address: str) -> RR:
-    return RR(owner, rtype, ttl=ttl, rdata=A(address) if rtype == QTYPE.A else AAAA(address))
+    return RR(owner, rtype, ttl=ttl, rdata=A(address) if rtype == TYPE_A else AAAA(address))
 
 
 def encode(
@@ -164,15 +192,27 @@ class _Resolution:
         self.additional: list[RR] = []
 
     def run(self, name: str) -> Prepared:
+        return self.follow(name, DNSLabel(self.labels), {name})
+
+    def follow(self, name: str, owner: DNSLabel, visited: set[str]) -> Prepared:
+        """Answer `name` (written `owner` in the answer), after what `self.answer` holds."""
         zone, qtype = self.zone, self.qtype
-        owner = DNSLabel(self.labels)
-        visited = {name}
         for _ in range(MAX_CNAME_CHAIN):
             cut = zone.delegation_for(name)
             if cut is not None and not (cut == name and qtype == TYPE_DS):
                 if self.answer:
                     return self._positive()
                 return self._referral(cut)
+            dname = zone.dname_above(name)
+            if dname is not None:
+                target = self._substitute(name, owner, dname)
+                if target is None:
+                    return self._positive(RCODE_YXDOMAIN)
+                if qtype == TYPE_CNAME or not zone.contains(target) or target in visited:
+                    return self._positive()
+                visited.add(target)
+                name, owner = target, DNSLabel(target)
+                continue
             node = zone.nodes.get(name)
             if node is None and name not in zone.empty_non_terminals and cut is None:
                 node = zone.nodes.get("*." + zone.closest_encloser(name))
@@ -191,6 +231,8 @@ class _Resolution:
             cname = node.get(TYPE_CNAME)
             if cname is None:
                 return self._negative(RCODE_NOERROR)
+            if cname.dynamic is not None:
+                return self._dynamic(cname, owner)
             self.answer.extend(_rrs(cname, owner))
             if qtype == TYPE_CNAME:
                 return self._positive()
@@ -201,11 +243,24 @@ class _Resolution:
             name, owner = target, DNSLabel(target)
         return self._positive()
 
-    def _positive(self) -> Prepared:
+    def _positive(self, rcode: int = RCODE_NOERROR) -> Prepared:
         self.additional = _unique(self.additional)
         full = encode(self.labels, self.qtype, self.answer, [], self.additional)
         reduced = encode(self.labels, self.qtype, self.answer, [], []) if self.additional else full
-        return Prepared(RCODE_NOERROR, True, full, reduced, zone=self.zone.origin)
+        return Prepared(rcode, True, full, reduced, zone=self.zone.origin)
+
+    def _substitute(self, name: str, owner: DNSLabel, dname: str) -> str | None:
+        """RFC 6672 section 2.2: the DNAME, and a CNAME from the name to the name with the
+        DNAME's owner replaced by its target; None when that name would be too long (the
+        answer is then YXDOMAIN)."""
+        rrset = self.zone.nodes[dname][TYPE_DNAME]
+        self.answer.extend(_rrs(rrset, DNSLabel(dname)))
+        root = str(rrset.rdatas[0].label).lower()
+        target = name[: -len(dname)] + (root if root != "." else "")
+        if len(target) > 254:  # 255 octets on the wire
+            return None
+        self.answer.append(RR(owner, QTYPE.CNAME, ttl=rrset.ttl, rdata=CNAME(DNSLabel(target))))
+        return target
 
     def _soa_rr(self) -> RR:
         zone = self.zone
@@ -248,6 +303,7 @@ class _Resolution:
             owner=owner,
             ttl=rrset.ttl,
             negative=(self._soa_rr(),),
+            source=self.zone,
         )
 
     def _add_targets(self, rrset: RRset) -> None:

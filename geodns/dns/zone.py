@@ -12,6 +12,8 @@ from typing import Any
 
 from dnslib import QTYPE
 
+from geodns.common.errors import Problem
+
 TYPE_A = QTYPE.A
 TYPE_NS = QTYPE.NS
 TYPE_CNAME = QTYPE.CNAME
@@ -21,6 +23,7 @@ TYPE_MX = QTYPE.MX
 TYPE_TXT = QTYPE.TXT
 TYPE_AAAA = QTYPE.AAAA
 TYPE_SRV = QTYPE.SRV
+TYPE_DNAME = 39
 TYPE_DS = QTYPE.DS
 TYPE_OPT = 41
 TYPE_IXFR = 251
@@ -31,12 +34,31 @@ TYPE_CAA = 257
 ADDRESS_TYPES = (TYPE_A, TYPE_AAAA)
 
 
+def check_name(name: str) -> str | None:
+    """Why an absolute domain name is invalid, or None when it is fine."""
+    if not name.endswith("."):
+        return "a fully qualified name must end with '.'"
+    if name == ".":
+        return None
+    body = name[:-1]
+    if len(name.encode("ascii", "replace")) + 1 > 255:
+        return "name is longer than 255 octets"
+    for label in body.split("."):
+        if not label:
+            return "name has an empty label"
+        if len(label) > 63:
+            return f"label '{label[:20]}...' is longer than 63 octets"
+        if not label.isascii():
+            return f"label '{label}' is not ASCII (use its IDNA 'xn--' form)"
+    return None
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class RRset:
     """All records of one type at one owner name, with their dnslib rdata objects.
 
-    `dynamic` is set on A/AAAA RRsets whose answer is chosen per query (see geodns.geo.dynamic); their
-    `rdatas` are then the record's plain values, the last resort.
+    `dynamic` is set on A/AAAA/CNAME RRsets whose answer is chosen per query (see
+    geodns.geo.dynamic); their `rdatas` are then the record's plain values, the last resort.
     """
 
     name: str
@@ -49,7 +71,11 @@ class RRset:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Zone:
-    """One authoritative zone: its apex, SOA, and every owner name's RRsets."""
+    """One authoritative zone: its apex, SOA, and every owner name's RRsets.
+
+    `dnames` are the owners of DNAME records (RFC 6672): every name below one is answered by
+    substitution. `warnings` are what loading the zone file found doubtful but served anyway.
+    """
 
     origin: str
     path: str
@@ -58,6 +84,8 @@ class Zone:
     delegations: frozenset[str]
     empty_non_terminals: frozenset[str]
     negative_ttl: int
+    dnames: frozenset[str] = frozenset()
+    warnings: tuple[Problem, ...] = ()
 
     def contains(self, name: str) -> bool:
         return name == self.origin or name.endswith("." + self.origin)
@@ -72,6 +100,17 @@ class Zone:
         for cut in range(len(parts) - origin_parts - 1, -1, -1):
             candidate = ".".join(parts[cut:])
             if candidate in self.delegations:
+                return candidate
+        return None
+
+    def dname_above(self, name: str) -> str | None:
+        """The owner of the DNAME strictly above `name` (at or below the apex), or None."""
+        if not self.dnames:
+            return None
+        candidate = name
+        while candidate != self.origin:
+            candidate = candidate.split(".", 1)[1]
+            if candidate in self.dnames:
                 return candidate
         return None
 

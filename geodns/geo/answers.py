@@ -158,9 +158,9 @@ class AnswerMap:
         if decision is None:
             canonical = self.answers[answer][0]
             targets = record.targets()
-            addresses = tuple(targets[int(a[1:])].address for a in canonical.addresses)
+            values = tuple(targets[int(v[1:])].value for v in canonical.values)
             decision = made[answer] = Decision(
-                addresses,
+                values,
                 0,
                 canonical.site,
                 canonical.rule,
@@ -218,7 +218,7 @@ def build_map(
 
     def answer_id(decision: Decision, place_id: int | None) -> int:
         merge_key = (
-            decision.addresses,
+            decision.values,
             decision.site,
             decision.servfail,
             decision.varies,

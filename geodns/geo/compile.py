@@ -1,19 +1,26 @@
 """Compiling a record's octoDNS `dynamic` block and `octodns: {geodns: ...}` settings into a
 `geodns.geo.dynamic.DynamicRecord`, against the config's sites, with file:line problems.
 
-Run-time decisions live in geodns.geo.dynamic; this module only reads and checks YAML.
+The `dynamic` block is checked as octoDNS checks it (its DynamicValidator): pools with values of
+the record's type, weights 1-100, statuses, fallbacks that exist and do not loop; rules ordered
+subnets, then subnets with geos, then geos, each pool the target of one rule besides the
+catch-all, no subnet or geo repeated or narrowed after a broader one, geo codes octoDNS knows
+(geodns.geo.codes), a catch-all last, and no unused pool. Run-time decisions live in
+geodns.geo.dynamic; this module only reads and checks YAML.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from geodns.common.errors import did_you_mean, report_unknown_keys
+from geodns.common.errors import did_you_mean
+from geodns.common.reader import Reader
 from geodns.common.yamlsrc import MarkedDict, MarkedList
-from geodns.dns.zone import TYPE_A
+from geodns.dns.zone import TYPE_A, TYPE_AAAA, check_name
+from geodns.geo.codes import geo_problem
 from geodns.geo.dynamic import (
     Candidate,
     DynamicRecord,
@@ -24,13 +31,18 @@ from geodns.geo.dynamic import (
 )
 from geodns.geo.sites import CheckSpec, Site
 
-GEODNS_KEYS = ("nearest", "answers", "sticky", "default_order", "all_down", "pools")
+GEODNS_KEYS = ("nearest", "answers", "sticky", "default_order", "all_down")
 NEAREST_KEYS = ("pools",)
 STICKY_KEYS = ("margin_km", "prefix_v4", "prefix_v6")
+DYNAMIC_KEYS = ("pools", "rules")
 POOL_KEYS = ("values", "fallback")
 VALUE_KEYS = ("value", "weight", "status")
 RULE_KEYS = ("pool", "geos", "subnets")
 HEALTHCHECK_KEYS = ("host", "path", "port", "protocol")
+HEALTHCHECK_PROTOCOLS = ("HTTP", "HTTPS", "ICMP", "TCP", "UDP")  # what octoDNS accepts
+PROBED_PROTOCOLS = ("HTTP", "HTTPS", "TCP")  # what geodns probes
+STATUSES = ("up", "down", "obey")
+KINDS = {TYPE_A: "A", TYPE_AAAA: "AAAA"}  # any other dynamic type is a CNAME
 
 
 class DynamicCompilerForSites:
@@ -47,88 +59,80 @@ class DynamicCompilerForSites:
 
     def compile(
         self,
-        record: MarkedDict,
+        reader: Reader,
         owner: str,
         rtype: int,
         ttl: int,
-        report: Callable[[int, str], None],
+        zone_addresses: Mapping[str, tuple[str, ...]] | None = None,
     ) -> DynamicRecord | None:
-        problems_before = _Counter(report)
-        add = problems_before.add
+        """The DynamicRecord of the record `reader` reads, or None after reporting problems.
+
+        `zone_addresses` are the zone's static addresses by owner name: a CNAME value that names
+        an in-zone host whose addresses belong to one site takes that site's place and health.
+        """
+        record = reader.mapping
+        before = reader.error_count()
+        kind = KINDS.get(rtype, "CNAME")
+        addresses = zone_addresses or {}
         octodns = record.get("octodns")
-        settings = octodns.get("geodns") if isinstance(octodns, MarkedDict) else None
-        if settings is None:
-            settings = MarkedDict(line=record.line)
-        if not isinstance(settings, MarkedDict):
-            add(record.line_of("octodns"), "octodns.geodns: expected a mapping")
+        raw_settings = octodns.get("geodns") if isinstance(octodns, MarkedDict) else None
+        if raw_settings is None:
+            raw_settings = MarkedDict(line=record.line, column=record.column)
+        if not isinstance(raw_settings, MarkedDict):
+            assert isinstance(octodns, MarkedDict)
+            reader.add(
+                octodns.line_of("geodns"),
+                "octodns.geodns: expected a mapping",
+                column=octodns.column_of("geodns"),
+            )
             return None
-        for key in settings:
-            if key not in GEODNS_KEYS:
-                add(
-                    settings.line_of(key),
-                    f"octodns.geodns: unknown key '{key}'{did_you_mean(str(key), GEODNS_KEYS)}; "
-                    f"expected one of {', '.join(GEODNS_KEYS)}",
-                )
-        health_site = self._healthcheck(record, owner, add)
+        settings = reader.nested(raw_settings, "octodns.geodns", GEODNS_KEYS)
+        health_site = self._healthcheck(reader, owner)
         raw_values = record.get("values", [record.get("value")])
         values = tuple(
-            self._target(str(v), health_site, 1, "obey") for v in raw_values if v is not None
+            self._target(str(v), kind, addresses, health_site, 1, "obey")
+            for v in (raw_values if isinstance(raw_values, list) else [raw_values])
+            if v is not None
         )
         pools: dict[str, Pool] = {}
         rules: list[Rule] = []
-        dynamic = record.get("dynamic")
-        if dynamic is not None:
-            pools, rules = self._dynamic(dynamic, record.line_of("dynamic"), health_site, add)
-        nearest_value = settings.get("nearest", False)
-        nearest_pools: list[str] | None = None
-        if isinstance(nearest_value, MarkedDict):
-            for key in nearest_value:
-                if key not in NEAREST_KEYS:
-                    add(nearest_value.line_of(key), f"nearest: unknown key '{key}'")
-            nearest_pools = list(nearest_value.get("pools") or [])
-            nearest_value = True
-        if not isinstance(nearest_value, bool):
-            add(settings.line_of("nearest"), "nearest: expected true, false or {pools: [...]}")
-            nearest_value = False
+        used: set[str] = set()
+        if "dynamic" in record:
+            pools, rules, used = self._dynamic(reader, kind, addresses, health_site)
+        nearest, nearest_pools = self._nearest(settings)
         candidates: tuple[Candidate, ...] = ()
-        if nearest_value:
-            candidates = self._candidates(
-                pools, values, nearest_pools, settings.line_of("nearest"), add
-            )
-        answers = settings.get("answers", 1)
-        if isinstance(answers, bool) or not isinstance(answers, int) or not 1 <= answers <= 16:
-            add(settings.line_of("answers"), "answers: expected a whole number from 1 to 16")
-            answers = 1
-        sticky_margin, sticky_prefix = self._sticky(settings, add)
-        default_order = settings.get("default_order", [])
-        if not isinstance(default_order, list) or not all(
-            isinstance(s, str) for s in default_order
-        ):
-            add(settings.line_of("default_order"), "default_order: expected a list of site names")
-            default_order = []
+        if nearest:
+            candidates = self._candidates(settings, pools, values, nearest_pools)
+        answers = settings.int_in("answers", 1, 16, 1)
+        if kind == "CNAME" and answers != 1:
+            settings.problem("answers", "a CNAME answers one target")
+        sticky_margin, sticky_prefix = self._sticky(settings)
+        default_order = settings.strings("default_order", [], "a list of site names")
+        names = [c.name for c in candidates]
         for name in default_order:
-            if name not in {c.name for c in candidates}:
-                add(
-                    settings.line_of("default_order"),
-                    f"default_order: '{name}' is not a site of this record"
-                    f"{did_you_mean(name, [c.name for c in candidates])}",
+            if name not in names:
+                settings.problem(
+                    "default_order",
+                    f"'{name}' is not a site of this record{did_you_mean(name, names)}",
                 )
-        all_down = settings.get("all_down", "fail_open")
-        if not isinstance(all_down, str) or (
-            all_down not in ("fail_open", "servfail") and all_down not in pools
-        ):
-            add(
-                settings.line_of("all_down"),
-                f"all_down: expected fail_open, servfail or a pool name, got {all_down!r}",
+        all_down = settings.text("all_down", "fail_open", "fail_open, servfail or a pool name")
+        if all_down not in ("fail_open", "servfail") and all_down not in pools:
+            settings.problem(
+                "all_down", f"expected fail_open, servfail or a pool name, got {all_down!r}"
             )
-        if not pools and not nearest_value:
-            add(record.line, "octodns.geodns needs nearest: true, or the record needs 'dynamic'")
-        family = 4 if rtype == TYPE_A else 6
-        for target in values + tuple(t for p in pools.values() for t in p.targets):
-            if (":" in target.address) != (family == 6):
-                add(record.line, f"value {target.address} is not of the record's address family")
-                break
-        if problems_before.count:
+            all_down = "fail_open"
+        self._unused_pools(reader, pools, used, all_down, nearest_pools or [])
+        if not pools and not nearest and "dynamic" not in record:
+            reader.add(
+                record.line,
+                "octodns.geodns needs nearest: true, or the record needs 'dynamic'",
+                column=record.column,
+            )
+        if kind == "CNAME" and nearest and not pools:
+            settings.problem(
+                "nearest", "a CNAME has one value: nearest chooses among 'dynamic' pools"
+            )
+        if reader.error_count() != before:
             return None
         return DynamicRecord(
             owner=owner,
@@ -137,221 +141,417 @@ class DynamicCompilerForSites:
             values=values,
             pools=pools,
             rules=tuple(rules),
-            nearest=nearest_value,
+            nearest=nearest,
             candidates=candidates,
             answers=answers,
             sticky_margin_km=sticky_margin,
             sticky_prefix=sticky_prefix,
             default_order=tuple(default_order),
-            all_down=all_down if isinstance(all_down, str) else "fail_open",
+            all_down=all_down,
         )
 
-    def _target(self, address: str, health_site: str | None, weight: int, status: str) -> Target:
-        canonical = str(ipaddress.ip_address(address)) if _is_ip(address) else address
-        site = self.site_of.get(canonical)
+    # -- values and their sites ----------------------------------------------------------------
+
+    def _target(
+        self,
+        value: str,
+        kind: str,
+        addresses: Mapping[str, tuple[str, ...]],
+        health_site: str | None,
+        weight: int,
+        status: str,
+    ) -> Target:
+        """A value with the site it follows: the site owning the address, or (a CNAME's target)
+        the one site owning every address of that in-zone name; else, under an octoDNS
+        healthcheck, a site of its own probed by that check."""
+        if kind == "CNAME":
+            canonical = value.lower()
+            owners = {self.site_of.get(a) for a in addresses.get(canonical, ())}
+            site = owners.pop() if len(owners) == 1 else None
+        else:
+            canonical = str(ipaddress.ip_address(value))
+            site = self.site_of.get(canonical)
         if site is None and health_site is not None:
-            site = self._implicit_site(canonical, health_site)
+            site = self._implicit_site(canonical, kind, health_site)
         return Target(canonical, site, weight, status)
 
-    def _implicit_site(self, address: str, template: str) -> str:
+    def _implicit_site(self, value: str, kind: str, template: str) -> str:
         """A value outside every site, under an octoDNS healthcheck: probe it by its own name."""
         spec = self.templates[template]
-        name = f"{template}@{address}"
+        name = f"{template}@{value}"
         if name not in self.implicit_sites:
-            checks = tuple(replace(check, address=address) for check in spec.checks)
-            v6 = ":" in address
-            self.implicit_sites[name] = Site(
-                name,
-                "pop",
-                0.0,
-                0.0,
-                () if v6 else (address,),
-                (address,) if v6 else (),
-                checks=checks,
-            )
+            probed = value.rstrip(".") if kind == "CNAME" else value
+            checks = tuple(replace(check, address=probed) for check in spec.checks)
+            ipv4 = (value,) if kind == "A" else ()
+            ipv6 = (value,) if kind == "AAAA" else ()
+            self.implicit_sites[name] = Site(name, "pop", 0.0, 0.0, ipv4, ipv6, checks=checks)
         return name
 
-    def _healthcheck(
-        self, record: MarkedDict, owner: str, add: Callable[[int, str], None]
-    ) -> str | None:
-        octodns = record.get("octodns")
+    def _healthcheck(self, reader: Reader, owner: str) -> str | None:
+        """The site template of the record's `octodns.healthcheck` (octoDNS's defaults: HTTPS,
+        port 443, path /_dns, the record's name as host), or None."""
+        octodns = reader.mapping.get("octodns")
         if not isinstance(octodns, MarkedDict) or "healthcheck" not in octodns:
             return None
-        spec = octodns["healthcheck"]
-        if not isinstance(spec, MarkedDict):
-            add(octodns.line_of("healthcheck"), "octodns.healthcheck: expected a mapping")
-            return None
-        for key in spec:
-            if key not in HEALTHCHECK_KEYS:
-                add(spec.line_of(key), f"octodns.healthcheck: unknown key '{key}'")
-        protocol = str(spec.get("protocol", "HTTPS")).upper()
-        if protocol not in ("HTTP", "HTTPS", "TCP"):
-            add(
-                spec.line_of("protocol"),
-                "octodns.healthcheck.protocol: geodns probes HTTP, HTTPS or TCP",
+        raw = octodns["healthcheck"]
+        if not isinstance(raw, MarkedDict):
+            reader.add(
+                octodns.line_of("healthcheck"),
+                "octodns.healthcheck: expected a mapping",
+                column=octodns.column_of("healthcheck"),
             )
             return None
-        port = spec.get("port", 443 if protocol == "HTTPS" else 80)
+        spec = reader.nested(raw, "octodns.healthcheck", HEALTHCHECK_KEYS)
+        protocol = spec.text("protocol", "HTTPS", "HTTP, HTTPS, ICMP, TCP or UDP")
+        if protocol not in HEALTHCHECK_PROTOCOLS:
+            spec.problem("protocol", f"expected HTTP, HTTPS, ICMP, TCP or UDP, got {protocol!r}")
+            return None
+        if protocol not in PROBED_PROTOCOLS:
+            spec.problem(
+                "protocol",
+                f"geodns probes HTTP, HTTPS and TCP, not {protocol}: these values are not "
+                "health-checked (they follow their sites, or count as up)",
+                severity="warning",
+            )
+            return None
         check = CheckSpec(
             type=protocol.lower(),
             address="0.0.0.0",
-            port=int(port),
-            path=str(spec.get("path", "/_dns")),
-            host=str(spec.get("host", owner.rstrip("."))),
+            port=spec.int_in("port", 1, 65535, 443),
+            path=spec.text("path", "/_dns"),
+            host=spec.text("host", owner.rstrip(".")),
         )
         name = f"healthcheck:{owner.rstrip('.')}"
         self.templates[name] = Site(name, "pop", 0.0, 0.0, (), (), checks=(check,))
         return name
 
+    # -- octoDNS's dynamic block -----------------------------------------------------------------
+
     def _dynamic(
-        self, dynamic: Any, line: int, health_site: str | None, add: Callable[[int, str], None]
-    ) -> tuple[dict[str, Pool], list[Rule]]:
-        pools: dict[str, Pool] = {}
-        rules: list[Rule] = []
-        if not isinstance(dynamic, MarkedDict):
-            add(line, "dynamic: expected a mapping with pools and rules")
-            return pools, rules
-        report_unknown_keys(dynamic, ("pools", "rules"), add, "dynamic: ")
-        raw_pools = dynamic.get("pools")
+        self,
+        reader: Reader,
+        kind: str,
+        addresses: Mapping[str, tuple[str, ...]],
+        health_site: str | None,
+    ) -> tuple[dict[str, Pool], list[Rule], set[str]]:
+        """The pools and rules, and the pools a rule or a fallback uses."""
+        raw = reader.mapping["dynamic"]
+        if not isinstance(raw, MarkedDict):
+            reader.problem("dynamic", "expected a mapping with pools and rules")
+            return {}, [], set()
+        dynamic = reader.nested(raw, "dynamic", DYNAMIC_KEYS)
+        if not dynamic.require("pools", "rules"):
+            return {}, [], set()
+        raw_pools = raw["pools"]
         if not isinstance(raw_pools, MarkedDict) or not raw_pools:
-            add(dynamic.line_of("pools"), "dynamic.pools: expected a mapping of pool names")
-            return pools, rules
-        for name, raw in raw_pools.items():
-            pool = self._pool(str(name), raw, raw_pools.line_of(name), health_site, add)
+            dynamic.problem("pools", "expected a mapping of pool names to pools")
+            return {}, [], set()
+        pools: dict[str, Pool] = {}
+        for name, pool_raw in raw_pools.items():
+            pool = self._pool(dynamic, str(name), pool_raw, raw_pools, kind, addresses, health_site)
             if pool is not None:
                 pools[pool.name] = pool
+        fallbacks = self._fallbacks(dynamic, pools)
+        rules, targeted = self._rules(dynamic, pools)
+        # octoDNS: a fallback to a pool named "default" means the record's plain values
+        pools = {
+            name: replace(pool, fallback=None) if pool.fallback == "default" else pool
+            for name, pool in pools.items()
+        }
+        return pools, rules, targeted | fallbacks
+
+    def _unused_pools(
+        self,
+        reader: Reader,
+        pools: dict[str, Pool],
+        used: set[str],
+        all_down: str,
+        nearest_pools: list[str],
+    ) -> None:
+        """octoDNS refuses a pool that no rule and no fallback uses. One that only geodns's
+        settings use (an all_down "sorry" pool, a nearest candidate) is geodns's to accept,
+        with a warning that octoDNS refuses the record."""
         for pool in pools.values():
-            if pool.fallback is not None and pool.fallback not in pools:
-                add(
-                    raw_pools.line_of(pool.name),
-                    f"dynamic.pools.{pool.name}.fallback: no pool '{pool.fallback}'"
-                    f"{did_you_mean(pool.fallback, pools)}",
+            if pool.name in used:
+                continue
+            if pool.name == all_down or pool.name in nearest_pools:
+                reader.add(
+                    pool.line,
+                    f"dynamic.pools.{pool.name}: only octodns.geodns uses this pool; octoDNS "
+                    "refuses pools that no rule and no fallback uses, so it refuses this record",
+                    column=pool.column,
+                    severity="warning",
                 )
-        raw_rules = dynamic.get("rules")
-        if not isinstance(raw_rules, MarkedList) or not raw_rules:
-            add(dynamic.line_of("rules"), "dynamic.rules: expected a list of rules")
-            return pools, rules
-        for index, raw in enumerate(raw_rules):
-            rule = self._rule(index + 1, raw, raw_rules.line_of(index), pools, add)
-            if rule is not None:
-                rules.append(rule)
-        if rules and not rules[-1].catch_all:
-            add(
-                raw_rules.line_of(len(raw_rules) - 1),
-                "dynamic.rules: the last rule must be the catch-all (pool only, no subnets or geos)",
-            )
-        return pools, rules
+            else:
+                reader.add(
+                    pool.line,
+                    f"dynamic.pools.{pool.name}: no rule and no fallback uses this pool "
+                    "(octoDNS refuses unused pools)",
+                    column=pool.column,
+                )
 
     def _pool(
         self,
+        dynamic: Reader,
         name: str,
         raw: Any,
-        line: int,
+        raw_pools: MarkedDict,
+        kind: str,
+        addresses: Mapping[str, tuple[str, ...]],
         health_site: str | None,
-        add: Callable[[int, str], None],
     ) -> Pool | None:
+        where = f"dynamic.pools.{name}"
+        line, column = raw_pools.line_of(name), raw_pools.column_of(name)
         if not isinstance(raw, MarkedDict):
-            add(line, f"dynamic.pools.{name}: expected a mapping with values")
+            dynamic.add(line, f"{where}: expected a mapping with values", column=column)
             return None
-        report_unknown_keys(raw, POOL_KEYS, add, f"dynamic.pools.{name}: ")
-        raw_values = raw.get("values")
+        pool = dynamic.nested(raw, where, POOL_KEYS)
+        if not pool.require("values"):
+            return None
+        raw_values = raw["values"]
         if not isinstance(raw_values, MarkedList) or not raw_values:
-            add(raw.line_of("values"), f"dynamic.pools.{name}.values: expected a list of values")
+            pool.problem("values", "expected a list of {value, weight, status}")
             return None
+        before = pool.error_count()
         targets = []
         for index, item in enumerate(raw_values):
-            at = raw_values.line_of(index)
-            if not isinstance(item, MarkedDict) or "value" not in item:
-                add(
-                    at,
-                    f"dynamic.pools.{name}.values: each item is {{value: ADDRESS, weight: N, status: obey}}",
+            item_where = f"{where}.values[{index + 1}]"
+            if not isinstance(item, MarkedDict):
+                pool.add(
+                    raw_values.line_of(index),
+                    f"{item_where}: expected {{value: ..., weight: N, status: obey}}",
+                    column=raw_values.column_of(index),
                 )
                 continue
-            report_unknown_keys(item, VALUE_KEYS, add, f"dynamic.pools.{name}: ")
-            address = str(item["value"])
-            if not _is_ip(address):
-                add(
-                    item.line_of("value"), f"dynamic.pools.{name}: {address!r} is not an IP address"
-                )
+            entry = pool.nested(item, item_where, VALUE_KEYS)
+            if not entry.require("value"):
                 continue
-            weight = item.get("weight", 1)
-            if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 100:
-                add(
-                    item.line_of("weight"), f"dynamic.pools.{name}: weight must be 1..100 (octoDNS)"
-                )
-                weight = 1
-            status = item.get("status", "obey")
-            if status not in ("up", "down", "obey"):
-                add(
-                    item.line_of("status"), f"dynamic.pools.{name}: status must be up, down or obey"
-                )
-                status = "obey"
-            targets.append(self._target(address, health_site, weight, status))
-        fallback = raw.get("fallback")
+            value = self._pool_value(entry, kind)
+            weight = entry.int_in("weight", 1, 100, 1)
+            if len(raw_values) == 1 and weight != 1:
+                entry.problem("weight", "a pool's only value has weight 1 (octoDNS)")
+            status = entry.text("status", "obey", "up, down or obey")
+            if status not in STATUSES:
+                entry.problem("status", f"expected up, down or obey, got {status!r}")
+            if value is not None:
+                targets.append(self._target(value, kind, addresses, health_site, weight, status))
+        fallback = None  # octoDNS allows `fallback: null`
+        if raw.get("fallback") is not None:
+            fallback = pool.text("fallback", None, "the name of another pool")
+        if pool.error_count() != before:
+            return None
         located = [t.site for t in targets if t.site in self.sites]
         site = located[0] if located else None
         location = (self.sites[site].latitude, self.sites[site].longitude) if site else None
-        return Pool(name, tuple(targets), str(fallback) if fallback else None, location, site)
+        return Pool(name, tuple(targets), fallback, location, site, line, column)
 
-    def _rule(
-        self,
-        number: int,
-        raw: Any,
-        line: int,
-        pools: dict[str, Pool],
-        add: Callable[[int, str], None],
-    ) -> Rule | None:
-        if not isinstance(raw, MarkedDict) or "pool" not in raw:
-            add(line, f"dynamic.rules[{number}]: expected a mapping with a pool")
-            return None
-        report_unknown_keys(raw, RULE_KEYS, add, f"dynamic.rules[{number}]: ")
-        pool = str(raw["pool"])
-        if pool not in pools:
-            add(
-                raw.line_of("pool"),
-                f"dynamic.rules[{number}]: no pool '{pool}'{did_you_mean(pool, pools)}",
+    def _pool_value(self, entry: Reader, kind: str) -> str | None:
+        """A pool value of the record's type: an IPv4 or IPv6 address, or a target name."""
+        value = entry.mapping["value"]
+        if kind == "CNAME":
+            problem = check_name(value.lower()) if isinstance(value, str) else "not a name"
+            if problem is None:
+                return str(value)
+            entry.problem(
+                "value", f"expected a fully qualified name ending with '.', got {value!r}"
             )
             return None
-        subnets = []
-        for subnet in raw.get("subnets") or []:
-            try:
-                net = ipaddress.ip_network(str(subnet), strict=False)
-            except ValueError:
-                add(raw.line_of("subnets"), f"dynamic.rules[{number}]: {subnet!r} is not a subnet")
+        family = ipaddress.IPv4Address if kind == "A" else ipaddress.IPv6Address
+        try:
+            return str(family(value if isinstance(value, str) else ""))
+        except ValueError:
+            example = "192.0.2.1" if kind == "A" else "2001:db8::1"
+            entry.problem(
+                "value",
+                f"expected an IPv{4 if kind == 'A' else 6} address such as {example}, got {value!r}",
+            )
+            return None
+
+    def _fallbacks(self, dynamic: Reader, pools: dict[str, Pool]) -> set[str]:
+        """Every pool named as a fallback; a fallback that does not exist, or a chain that
+        loops, is an error (as in octoDNS)."""
+        named: set[str] = set()
+        for pool in pools.values():
+            if pool.fallback is None:
                 continue
-            subnets.append(SubnetMatch(net))
-        geos = []
-        for geo in raw.get("geos") or []:
-            text = str(geo).upper()
-            parts = text.split("-")
-            if not (1 <= len(parts) <= 3 and all(len(p) == 2 and p.isalpha() for p in parts)):
-                add(
-                    raw.line_of("geos"),
-                    f"dynamic.rules[{number}]: geo {geo!r} must look like AS, AS-ID or NA-US-CA",
+            if pool.fallback not in pools:
+                dynamic.add(
+                    pool.line,
+                    f"dynamic.pools.{pool.name}.fallback: no pool '{pool.fallback}'"
+                    f"{did_you_mean(pool.fallback, pools)}",
+                    column=pool.column,
                 )
                 continue
-            geos.append(text)
-        return Rule(number, pool, tuple(subnets), tuple(geos))
+            named.add(pool.fallback)
+            chain = [pool.name]
+            current: str | None = pool.fallback
+            while current is not None and current in pools:
+                if current in chain:
+                    dynamic.add(
+                        pool.line,
+                        f"dynamic.pools.{pool.name}.fallback: the fallbacks loop: "
+                        f"{' -> '.join([*chain, current])}",
+                        column=pool.column,
+                    )
+                    break
+                chain.append(current)
+                current = pools[current].fallback
+        return named
+
+    def _rules(self, dynamic: Reader, pools: dict[str, Pool]) -> tuple[list[Rule], set[str]]:
+        raw_rules = dynamic.mapping["rules"]
+        if not isinstance(raw_rules, MarkedList) or not raw_rules:
+            dynamic.problem("rules", "expected a list of rules")
+            return [], set()
+        rules: list[Rule] = []
+        targeted: set[str] = set()
+        subnets_seen: dict[Any, int] = {}
+        geos_seen: dict[str, int] = {}
+        catch_all_seen = False
+        previous: tuple[bool, bool] = (False, False)  # the rule before: (subnets, geos)
+        for index, raw in enumerate(raw_rules):
+            number = index + 1
+            where = f"dynamic.rules[{number}]"
+            if not isinstance(raw, MarkedDict):
+                dynamic.add(
+                    raw_rules.line_of(index),
+                    f"{where}: expected a mapping with a pool",
+                    column=raw_rules.column_of(index),
+                )
+                continue
+            rule = dynamic.nested(raw, where, RULE_KEYS)
+            if not rule.require("pool"):
+                continue
+            pool = rule.text("pool", "", "a pool name")
+            raw_subnets = rule.items("subnets", "a list of subnets")
+            raw_geos = rule.items("geos", "a list of geo codes such as EU, AS-ID or NA-US-CA")
+            has = (bool(raw_subnets), bool(raw_geos))
+            if pool and pool not in pools:
+                rule.problem("pool", f"no pool '{pool}'{did_you_mean(pool, pools)}")
+            elif pool in targeted and any(has):
+                rule.problem(
+                    "pool",
+                    f"pool '{pool}' is already the pool of an earlier rule "
+                    "(octoDNS: a pool is the target of one rule, besides the catch-all)",
+                )
+            targeted.add(pool)
+            if index and has == (True, True) and previous == (False, True):
+                rule.add(
+                    raw.line,
+                    f"{where}: a rule with subnets and geos comes before every "
+                    "geos-only rule (octoDNS)",
+                    column=raw.column,
+                )
+            elif index and has == (True, False) and previous[1]:
+                rule.add(
+                    raw.line,
+                    f"{where}: a subnets-only rule comes before every rule with geos (octoDNS)",
+                    column=raw.column,
+                )
+            if not any(has):
+                if catch_all_seen:
+                    rule.add(raw.line, f"{where}: a second catch-all rule", column=raw.column)
+                catch_all_seen = True
+            previous = has
+            subnets = self._subnets(rule, raw_subnets, number, subnets_seen)
+            geos, places = self._geos(rule, raw_geos, number, geos_seen)
+            rules.append(Rule(number, pool, subnets, geos, places))
+        last = raw_rules[-1]
+        if isinstance(last, MarkedDict) and (last.get("subnets") or last.get("geos")):
+            dynamic.add(
+                raw_rules.line_of(len(raw_rules) - 1),
+                "dynamic.rules: the last rule must be the catch-all (pool only, no subnets or geos)",
+                column=raw_rules.column_of(len(raw_rules) - 1),
+            )
+        return rules, targeted
+
+    def _subnets(
+        self, rule: Reader, raw: MarkedList, number: int, seen: dict[Any, int]
+    ) -> tuple[SubnetMatch, ...]:
+        """A rule's subnets; like octoDNS, no host bits, and none seen in an earlier rule,
+        neither the same nor inside one."""
+        networks = []
+        for index, subnet in enumerate(raw):
+            try:
+                networks.append(ipaddress.ip_network(str(subnet)))
+            except ValueError:
+                rule.add(
+                    raw.line_of(index),
+                    f"{rule.where}.subnets: {subnet!r} is not a subnet such as 192.0.2.0/24 "
+                    "(with no host bits set)",
+                    column=raw.column_of(index),
+                )
+        for network in sorted(networks, key=lambda n: (n.version, n)):
+            for earlier, where in seen.items():
+                if earlier.version != network.version:
+                    continue
+                if network == earlier or network.subnet_of(earlier):
+                    what = "" if network == earlier else f" is inside {earlier}, which"
+                    rule.problem("subnets", f"subnet {network}{what} is already in rule {where}")
+            seen[network] = number
+        return tuple(SubnetMatch(network) for network in networks)
+
+    def _geos(
+        self, rule: Reader, raw: MarkedList, number: int, seen: dict[str, int]
+    ) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+        """A rule's geo codes, each one octoDNS knows, none repeated or narrower than one seen
+        before (NA-US after NA); with the place of each, for `geodns check`'s warnings."""
+        geos: list[str] = []
+        places: list[tuple[int, int]] = []
+        for index, geo in enumerate(raw):
+            line, column = raw.line_of(index), raw.column_of(index)
+            code = str(geo)
+            problem = geo_problem(code)
+            if problem is not None:
+                rule.add(line, f"{rule.where}.geos: {problem}", column=column)
+                continue
+            geos.append(code)
+            places.append((line, column))
+        for code in sorted(geos):
+            for earlier, where in seen.items():
+                if code == earlier:
+                    rule.problem("geos", f"geo {code} is already in rule {where}")
+                elif code.startswith(earlier + "-"):
+                    rule.problem(
+                        "geos",
+                        f"geo {code} is inside {earlier}, already in rule {where}: "
+                        "it can never match",
+                    )
+            seen[code] = number
+        return tuple(geos), tuple(places)
+
+    # -- geodns's settings -----------------------------------------------------------------------
+
+    def _nearest(self, settings: Reader) -> tuple[bool, list[str] | None]:
+        value = settings.mapping.get("nearest", False)
+        if isinstance(value, MarkedDict):
+            section = settings.section("nearest", NEAREST_KEYS)
+            return True, section.strings("pools", [], "a list of pool names") or None
+        if not isinstance(value, bool):
+            settings.problem("nearest", f"expected true, false or {{pools: [...]}}, got {value!r}")
+            return False, None
+        return value, None
 
     def _candidates(
         self,
+        settings: Reader,
         pools: dict[str, Pool],
         values: tuple[Target, ...],
         only: list[str] | None,
-        line: int,
-        add: Callable[[int, str], None],
     ) -> tuple[Candidate, ...]:
         candidates = []
         if pools:
             for name in only or list(pools):
                 pool = pools.get(name)
                 if pool is None:
-                    add(line, f"nearest.pools: no pool '{name}'{did_you_mean(name, pools)}")
+                    settings.problem(
+                        "nearest", f"pools: no pool '{name}'{did_you_mean(name, pools)}"
+                    )
                     continue
                 if pool.location is None:
-                    add(
-                        line,
-                        f"nearest: pool '{name}' has no value that belongs to a site, so it has no location",
+                    settings.problem(
+                        "nearest",
+                        f"pool '{name}' has no value that belongs to a site, so it has no location",
                     )
                     continue
                 candidates.append(Candidate(name, *pool.location, pool.targets, pool))
@@ -359,9 +559,9 @@ class DynamicCompilerForSites:
         by_site: dict[str, list[Target]] = {}
         for target in values:
             if target.site not in self.sites:
-                add(
-                    line,
-                    f"nearest: value {target.address} belongs to no site in the config; declare it under sites",
+                settings.problem(
+                    "nearest",
+                    f"value {target.value} belongs to no site in the config; declare it under sites",
                 )
                 continue
             by_site.setdefault(target.site, []).append(target)
@@ -370,43 +570,17 @@ class DynamicCompilerForSites:
             candidates.append(Candidate(site_name, site.latitude, site.longitude, tuple(targets)))
         return tuple(candidates)
 
-    def _sticky(
-        self, settings: MarkedDict, add: Callable[[int, str], None]
-    ) -> tuple[float | None, tuple[int, int]]:
-        sticky = settings.get("sticky")
+    def _sticky(self, settings: Reader) -> tuple[float | None, tuple[int, int]]:
+        sticky = settings.mapping.get("sticky")
         if sticky is None or sticky is False:
             return None, (24, 56)
         if sticky is True:
             return 0.0, (24, 56)
         if not isinstance(sticky, MarkedDict):
-            add(settings.line_of("sticky"), "sticky: expected true or {margin_km: N}")
+            settings.problem("sticky", f"expected true or {{margin_km: N}}, got {sticky!r}")
             return None, (24, 56)
-        report_unknown_keys(sticky, STICKY_KEYS, add, "sticky: ")
-        margin = sticky.get("margin_km", 0)
-        if isinstance(margin, bool) or not isinstance(margin, int | float) or margin < 0:
-            add(sticky.line_of("margin_km"), "sticky.margin_km: expected kilometres >= 0")
-            margin = 0
-        v4 = sticky.get("prefix_v4", 24)
-        v6 = sticky.get("prefix_v6", 56)
-        if not (isinstance(v4, int) and 0 <= v4 <= 32 and isinstance(v6, int) and 0 <= v6 <= 128):
-            add(sticky.line, "sticky: prefix_v4 must be 0..32 and prefix_v6 0..128")
-            v4, v6 = 24, 56
-        return float(margin), (v4, v6)
-
-
-class _Counter:
-    def __init__(self, report: Callable[[int, str], None]) -> None:
-        self.report = report
-        self.count = 0
-
-    def add(self, line: int, message: str) -> None:
-        self.count += 1
-        self.report(line, message)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+        section = settings.section("sticky", STICKY_KEYS)
+        margin = section.number_in("margin_km", 0, 40_075, 0.0)  # the Earth's circumference
+        v4 = section.int_in("prefix_v4", 0, 32, 24)
+        v6 = section.int_in("prefix_v6", 0, 128, 56)
+        return margin, (v4, v6)

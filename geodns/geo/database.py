@@ -77,7 +77,7 @@ class GeoDatabase:
         """The schema most sampled records have; ConfigError when none has location fields."""
         schemas: Counter[str] = Counter()
         keys: Counter[str] = Counter()
-        for record in self._sample_records():
+        for record in self.sample_records():
             schema = schema_of(record)
             if schema is not None:
                 schemas[schema] += 1
@@ -93,7 +93,7 @@ class GeoDatabase:
             f"flat city/country schema); its records hold {held}"
         )
 
-    def _sample_records(self) -> list[Any]:
+    def sample_records(self) -> list[Any]:
         """Records at addresses spread over the space, and those of the first networks (a
         small database may have nothing at the spread addresses)."""
         records = []

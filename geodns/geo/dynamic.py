@@ -1,5 +1,8 @@
-"""Dynamic A/AAAA records: octoDNS `dynamic` pools and rules, plus geodns's `nearest`, `answers`
-and `sticky` extensions under `octodns: {geodns: ...}`.
+"""Dynamic A/AAAA/CNAME records: octoDNS `dynamic` pools and rules, plus geodns's `nearest`,
+`answers` and `sticky` extensions under `octodns: {geodns: ...}`.
+
+A record's values are addresses (A, AAAA) or target names (CNAME): the decision only chooses
+among them; geodns.dns.resolve encodes the chosen values as the record's type.
 
 The decision is a pure function of (record, where the client is, the health view, the query ID):
 `evaluate()`. The query path calls it through `DynamicRecord.decide()`, which caches per place and
@@ -24,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from geodns.dns.zone import TYPE_A
+from geodns.dns.zone import TYPE_A, TYPE_AAAA
 from geodns.geo.places import Place, Placement, distance_km
 from geodns.geo.ranking import DISTANCE_DECIMALS
 
@@ -33,9 +36,10 @@ NO_HEALTH: frozenset[str] = frozenset()
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One answerable address: the site whose health it follows, its weight and status."""
+    """One answerable value (an address, or a CNAME's target name): the site whose health it
+    follows, its weight and status."""
 
-    address: str
+    value: str
     site: str | None
     weight: int = 1
     status: str = "obey"
@@ -53,6 +57,8 @@ class Pool:
     fallback: str | None
     location: tuple[float, float] | None
     site: str | None
+    line: int = 0  # where the pool is written, for `geodns check`'s warnings
+    column: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,7 @@ class Rule:
     pool: str
     subnets: tuple[Any, ...]
     geos: tuple[str, ...]
+    places: tuple[tuple[int, int], ...] = ()  # (line, column) of each geo, for `geodns check`
 
     @property
     def catch_all(self) -> bool:
@@ -89,9 +96,9 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The answer for one query and why."""
+    """The answer for one query and why: the chosen values (addresses, or a CNAME's target)."""
 
-    addresses: tuple[str, ...]
+    values: tuple[str, ...]
     scope: int
     site: str | None
     rule: str
@@ -180,7 +187,7 @@ def _with_scope(decision: Decision, scope: int) -> Decision:
     if decision.scope == scope:
         return decision
     d = decision  # built directly: dataclasses.replace costs several microseconds
-    return Decision(d.addresses, scope, d.site, d.rule, d.located_by, d.servfail, d.varies)
+    return Decision(d.values, scope, d.site, d.rule, d.located_by, d.servfail, d.varies)
 
 
 def evaluate(
@@ -223,7 +230,7 @@ def evaluate(
             record, matched.pool, matched.label, placement, down, query_id, trace
         )
     if decision is None:
-        up = tuple(t.address for t in record.values if t.up(down))
+        up = tuple(t.value for t in record.values if t.up(down))
         if up:
             decision = Decision(up, 0, None, "record values (last resort)")
         else:
@@ -317,17 +324,17 @@ def _pool_chain(
         if trace is not None:
             for t in pool.targets:
                 state = "up" if t.up(down) else "down"
-                trace.candidates.append((f"pool {name}: {t.address}", None, t.up(down), state))
+                trace.candidates.append((f"pool {name}: {t.value}", None, t.up(down), state))
         if up:
             if record.sticky_margin_km is not None and placement is not None and len(up) > 1:
-                chosen = _rendezvous(record, placement, [(t.address, t) for t in up])[0][1]
+                chosen = _rendezvous(record, placement, [(t.value, t) for t in up])[0][1]
                 varies = False
             else:
                 chosen = _weighted(up, query_id)
                 varies = len(up) > 1
             via = f" (fallback from {pool_name})" if name != pool_name else ""
             return Decision(
-                (chosen.address,), 0, chosen.site or name, rule_label + via, varies=varies
+                (chosen.value,), 0, chosen.site or name, rule_label + via, varies=varies
             )
         if trace is not None:
             trace.notes.append(f"pool {name}: every value is down; fallback {pool.fallback}")
@@ -363,16 +370,16 @@ def _nearest(
 
 
 def _answer(chosen: list[Candidate], down: frozenset[str], query_id: int, rule: str) -> Decision:
-    """The addresses of the chosen candidates: all of a site's, one (by weight) of a pool's."""
-    addresses: list[str] = []
+    """The values of the chosen candidates: all of a site's, one (by weight) of a pool's."""
+    values: list[str] = []
     varies = False
     for candidate in chosen:
         up = [t for t in candidate.targets if t.up(down)]
         if candidate.pool is not None and len(up) > 1:
             up = [_weighted(up, query_id)]
             varies = True
-        addresses.extend(t.address for t in up)
-    return Decision(tuple(addresses), 0, ",".join(c.name for c in chosen), rule, varies=varies)
+        values.extend(t.value for t in up)
+    return Decision(tuple(values), 0, ",".join(c.name for c in chosen), rule, varies=varies)
 
 
 def _in_order(
@@ -405,16 +412,16 @@ def _all_down(
         pool = record.pools[mode]
         target = _weighted(list(pool.targets), query_id)
         varies = len(pool.targets) > 1
-        return Decision((target.address,), 0, target.site, f"all down: pool {mode}", varies=varies)
+        return Decision((target.value,), 0, target.site, f"all down: pool {mode}", varies=varies)
     everything_up = DynamicRecord(
         record.owner,
         record.rtype,
         record.ttl,
-        tuple(Target(t.address, t.site, t.weight, "up") for t in record.values),
+        tuple(Target(t.value, t.site, t.weight, "up") for t in record.values),
         {
             name: Pool(
                 p.name,
-                tuple(Target(t.address, t.site, t.weight, "up") for t in p.targets),
+                tuple(Target(t.value, t.site, t.weight, "up") for t in p.targets),
                 p.fallback,
                 p.location,
                 p.site,
@@ -428,7 +435,7 @@ def _all_down(
                 c.name,
                 c.latitude,
                 c.longitude,
-                tuple(Target(t.address, t.site, t.weight, "up") for t in c.targets),
+                tuple(Target(t.value, t.site, t.weight, "up") for t in c.targets),
                 c.pool,
             )
             for c in record.candidates
@@ -481,7 +488,7 @@ def records_all_down(
                     t for p in record.pools.values() for t in p.targets
                 ]
                 if not any(t.up(down) for t in targets):
-                    rtype = "A" if record.rtype == TYPE_A else "AAAA"
+                    rtype = {TYPE_A: "A", TYPE_AAAA: "AAAA"}.get(record.rtype, "CNAME")
                     found.append((origin, record.owner, rtype, record.all_down))
     return found
 

@@ -379,7 +379,7 @@ def prune_cache(directory: Path, keep: set[str]) -> None:
 def build_and_save(database_path: str, cache_dir: str) -> str:
     """Build and save the index of one database (the entry of the background build process,
     run at a lower priority so the servers keep their CPU); returns the database's digest."""
-    from geodns.geo.places import continent_of
+    from geodns.geo.codes import continent_of
 
     with contextlib.suppress(OSError):
         os.nice(10)

@@ -97,16 +97,6 @@ def load_country_points(path: Path = COUNTRY_POINTS) -> CountryPoints:
     return points
 
 
-_CONTINENTS: dict[str, str] = {}
-
-
-def continent_of(country: str) -> str | None:
-    """The continent code octoDNS gives a country (from geodns/data/country_points.csv)."""
-    if not _CONTINENTS:
-        _CONTINENTS.update({code: row[0] for code, row in load_country_points().items()})
-    return _CONTINENTS.get(country)
-
-
 # -- reading places out of database records --------------------------------------------------
 
 GEOIP2 = "geoip2"
@@ -152,14 +142,15 @@ class PlaceReader:
         known. Equal places are one object."""
         if not isinstance(record, Mapping):
             return None
-        country, subdivision, city, latitude, longitude = self.fields(record)
+        country, subdivision, city, latitude, longitude, continent = self.fields(record)
         precision = "city"
+        point = self.points.get(country or "")
         if not (_number(latitude) and _number(longitude)):
-            point = self.points.get(country or "")
             if point is None:
                 return None
             latitude, longitude, precision = point[1], point[2], "country"
-        continent = self.continent_of(country) if country else None
+        if country:  # octoDNS's continent; the database's only for a country octoDNS lacks
+            continent = self.continent_of(country) or continent or (point[0] if point else None)
         key = (continent, country, subdivision, city, float(latitude), float(longitude), precision)
         place = self.places.get(key)
         if place is None:
@@ -167,21 +158,29 @@ class PlaceReader:
         return place
 
 
-def _geoip2_fields(record: Mapping[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+Fields = tuple[Any, Any, Any, Any, Any, Any]  # country, subdivision, city, lat, lon, continent
+
+
+def _geoip2_fields(record: Mapping[str, Any]) -> Fields:
     country = (record.get("country") or record.get("registered_country") or {}).get("iso_code")
     subdivisions = record.get("subdivisions") or []
     subdivision = subdivisions[0].get("iso_code") if subdivisions else None
     city = ((record.get("city") or {}).get("names") or {}).get("en")
     location = record.get("location") or {}
-    return country, subdivision, city, location.get("latitude"), location.get("longitude")
+    continent = (record.get("continent") or {}).get("code")
+    latitude, longitude = location.get("latitude"), location.get("longitude")
+    return country, subdivision, city, latitude, longitude, continent
 
 
-def _flat_fields(record: Mapping[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+def _flat_fields(record: Mapping[str, Any]) -> Fields:
     country = record.get("country_code")
     if country is None and _flat_country(record.get("country")):
         country = record["country"]
     city = record.get("city") or None
-    return country, None, city, record.get("latitude"), record.get("longitude")
+    continent = record.get("continent_code") or record.get("continent")
+    if not (isinstance(continent, str) and len(continent) == 2):
+        continent = None
+    return country, None, city, record.get("latitude"), record.get("longitude"), continent
 
 
 # -- distances ---------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def respond(
             return bare(query, RCODE_SERVFAIL, snapshot, cookie), Outcome(
                 RCODE_SERVFAIL, prepared.zone, rrl=RRL_ERROR
             )
-        sections = prepared.variant(decision.addresses)
+        sections = prepared.variant(decision.values)
         if query.ecs is None or not query.ecs[1]:
             scope = 0
     if query.edns:
