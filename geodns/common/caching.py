@@ -14,6 +14,9 @@ sixty-fourth spreads that cost thinly over the inserts.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, TypeVar
@@ -161,6 +164,20 @@ class BoundedCache(dict[K, V], Generic[K, V]):
         super().clear()
         self.sizes.clear()
         self.bytes = 0
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while building something big: every object a zone load or
+    an index build makes lives on, so the collector's repeated scans of them are pure cost
+    (a third of a 10,000-record zone's load). Reference counting still frees garbage."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def make_room(cache: dict[Any, Any], limit: int) -> None:

@@ -54,8 +54,13 @@ class MarkedList(list[Any]):
         return self.item_columns[index] if 0 <= index < len(self.item_columns) else self.column
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that builds MarkedDict/MarkedList and rejects duplicate keys."""
+# libyaml's C parser where PyYAML was built with it (Debian's and PyPI's wheels are): it reads a
+# zone of 10,000 records about ten times faster than the pure-Python one, with the same marks
+_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):
+    """A safe loader that builds MarkedDict/MarkedList and rejects duplicate keys."""
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> MarkedDict:

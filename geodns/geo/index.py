@@ -20,7 +20,6 @@ alias runs of the IPv6 table, looked up in the IPv4 runs (geodns.geo.runs).
 from __future__ import annotations
 
 import contextlib
-import gc
 import ipaddress
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from geodns.common.caching import collector_paused
 from geodns.geo.database import GeoDatabase
 from geodns.geo.mmdbtree import unpack_children
 from geodns.geo.places import Place, Placement
@@ -138,13 +138,8 @@ def build_index(database: GeoDatabase) -> PlaceIndex:
     if v4 is None:  # the whole IPv4 space is one leaf of the IPv6 tree
         v4 = (np.zeros((1, 2), dtype=np.uint64), np.array([ipv4_root], dtype=np.int64))
     values = [v4[1]] + ([v6[1]] if v6 is not None else [])
-    collecting = gc.isenabled()
-    gc.disable()  # decoding makes millions of short-lived dicts: the collector only slows it
-    try:
+    with collector_paused():  # decoding makes millions of dicts: the collector only slows it
         record_values, place_of_value, table = _decode(database, v4, v6, np.concatenate(values))
-    finally:
-        if collecting:
-            gc.enable()
     labels4 = _label(v4[1], record_values, place_of_value, node_count)
     starts4 = v4[0][:, 1].astype(np.uint32)
     order = np.argsort(starts4, kind="stable")

@@ -17,7 +17,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from geodns.common.caching import BoundedCache
+from geodns.common.caching import BoundedCache, collector_paused
 from geodns.config.loader import load_zones
 from geodns.config.server import ServerConfig
 from geodns.dns.resolve import Prepared, Resolver, split_wire
@@ -194,9 +194,10 @@ def build_snapshot(
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
     probed by an octoDNS `healthcheck`, so the health monitor checks those too."""
-    compiler = DynamicCompilerForSites(config.sites)
-    zones = load_zones(config, compiler)
-    shapes = record_shapes(zones)
+    with collector_paused():  # loading makes millions of objects that all live on
+        compiler = DynamicCompilerForSites(config.sites)
+        zones = load_zones(config, compiler)
+        shapes = record_shapes(zones)
     return Snapshot(
         zones=zones,
         geo=geo,
