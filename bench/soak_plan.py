@@ -1,0 +1,135 @@
+"""What one soak does, in numbers: durations, rates, counts and the loopback addresses used.
+
+A `Plan` is immutable and passed to every activity; `--quick` and the default differ only in
+their numbers. Each stream of traffic comes from its own loopback address in its own /24, so
+that per-client limits (RRL counts per /24 and /56, TCP caps count per address) meet each
+stream separately and the figures of one do not mix with another's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+SERVER = "127.0.0.1"  # the only target, ever
+VALID_SOURCE = "127.0.1.1"  # the valid load at a fixed rate (dnsperf)
+WALK_SOURCE = "127.0.2.1"  # the distinct-subnet walk (dnsperf)
+MALFORMED_SOURCE = "127.0.3.1"  # malformed and mutated packets
+PROBE_SOURCE = "127.0.0.1"  # new-TCP probes and the reload check
+SLOW_ONE_SOURCE = "127.0.4.1"  # slow TCP clients all from one address
+SLOW_MANY_NET = (127, 100)  # slow TCP clients from 127.100.x.y, one address each
+
+
+def slow_many_addresses(count: int) -> list[str]:
+    """`count` distinct loopback addresses 127.100.x.y (y in 1..250): one per slow client."""
+    if count > 250 * 256:
+        raise ValueError("at most 64,000 distinct slow-client addresses")
+    return [f"{SLOW_MANY_NET[0]}.{SLOW_MANY_NET[1]}.{i // 250}.{1 + i % 250}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float = 180.0  # per server
+    valid_qps: int = 1_000
+    walk_qps: int = 12_000
+    walk_v6_share: float = 1 / 3  # of the distinct subnets, IPv6 /56 (the rest IPv4 /24)
+    malformed_pps: int = 6_000
+    malformed_min: int = 1_000_000  # the count the full plan must reach (printed when missed)
+    parse_per_s: int = 800  # replies to malformed packets checked with dnspython, per second
+    slow_many: int = 1_000  # slow TCP clients, each from its own address
+    slow_one: int = 500  # slow TCP clients from one address
+    slow_ramp_s: float = 8.0  # they connect spread over this long
+    slow_release_before_end_s: float = 4.0
+    drip_s: float = 4.0  # one byte per slow client this often
+    reconnect_s: float = 1.0  # a slow client closed by the server reconnects after this
+    probe_interval_s: float = 0.25  # one new-TCP probe this often
+    probe_timeout_s: float = 2.0
+    reload_interval_s: float = 1.0
+    flip_s: float = 6.0  # the health target changes state this often
+    geoip_period_s: float = 10.0  # one GeoIP file step this often
+    in_place_from: float = (
+        2 / 3
+    )  # atomic replacements before (this share of the soak), in place after
+    rss_interval_s: float = 10.0
+    dnsperf_timeout_s: float = 2.0
+    quiet_wait_s: float = 30.0  # wait at most this long for other sessions' load to drop
+    seed: int = 12
+
+    @property
+    def walk_count(self) -> int:
+        return int(self.walk_qps * self.seconds)
+
+    @property
+    def malformed_count(self) -> int:
+        return int(self.malformed_pps * self.seconds)
+
+    @property
+    def slow_window(self) -> tuple[float, float]:
+        """When every slow client has been started and none has been let go (seconds)."""
+        return (self.slow_ramp_s + 1.0, self.seconds - self.slow_release_before_end_s)
+
+
+FULL = Plan()
+QUICK = replace(
+    FULL,
+    seconds=25.0,
+    walk_qps=8_000,
+    malformed_pps=5_000,
+    malformed_min=0,
+    slow_ramp_s=5.0,
+    slow_release_before_end_s=2.0,
+    flip_s=4.0,
+    geoip_period_s=3.5,
+    in_place_from=0.4,
+    quiet_wait_s=5.0,
+)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Seconds since the soak of one server began (monotonic)."""
+
+    began: float
+
+    @classmethod
+    def start(cls) -> Clock:
+        return cls(time.monotonic())
+
+    def now(self) -> float:
+        return time.monotonic() - self.began
+
+
+@dataclass(frozen=True)
+class GeoipStep:
+    how: str  # "in_place", "truncated" (in place, with a truncated copy) or "atomic"
+    source: str  # "other", "good" or "truncated"
+
+
+ATOMIC_CYCLE = (GeoipStep("atomic", "other"), GeoipStep("atomic", "good"))
+IN_PLACE_CYCLE = (
+    GeoipStep("in_place", "other"),
+    GeoipStep("in_place", "good"),
+    GeoipStep("truncated", "truncated"),
+    GeoipStep("in_place", "good"),
+)
+
+
+def geoip_schedule(
+    seconds: float, period: float, in_place_from: float
+) -> list[tuple[float, GeoipStep]]:
+    """(when, step) for a soak of `seconds`: one step every `period`, atomic replacements until
+    `in_place_from` (a fraction of the soak), in-place overwrites after. A server that dies of an
+    in-place overwrite (before the fixes, geodns did) has by then shown how its memory grows."""
+    schedule = []
+    atomic = in_place = 0
+    when = period
+    while when < seconds - 1.0:
+        if when < seconds * in_place_from:
+            step = ATOMIC_CYCLE[atomic % len(ATOMIC_CYCLE)]
+            atomic += 1
+        else:
+            step = IN_PLACE_CYCLE[in_place % len(IN_PLACE_CYCLE)]
+            in_place += 1
+        schedule.append((when, step))
+        when += period
+    return schedule
