@@ -53,6 +53,7 @@ from soak_churn import GeoipFile, HealthTarget, reload_every_second  # noqa: E40
 from soak_load import (  # noqa: E402
     database_networks,
     dnsperf_fixed_rate,
+    dnsperf_phases,
     send_malformed,
     valid_messages,
     walk_messages,
@@ -127,6 +128,17 @@ def expected_processes(kind: str, workers: int) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
+def valid_phases(plan: Plan) -> list[tuple[str, float]]:
+    """The soak's three phases for the valid load: reloads and atomic GeoIP replacements, the
+    pause (nothing reloads), reloads and in-place GeoIP overwrites."""
+    start, end = plan.pause_window
+    return [
+        ("reloads, atomic GeoIP", start),
+        ("no reloads", end - start),
+        ("reloads, GeoIP in place", plan.seconds - end),
+    ]
+
+
 async def abuse(
     server: ServerUnderTest,
     plan: Plan,
@@ -151,12 +163,12 @@ async def abuse(
     walk_q = max(200, plan.walk_qps // 20)
     jobs: dict[str, Any] = {
         "valid": asyncio.to_thread(
-            dnsperf_fixed_rate,
+            dnsperf_phases,
             port,
             inputs["valid"],
             VALID_SOURCE,
             plan.valid_qps,
-            plan.seconds,
+            valid_phases(plan),
             plan.dnsperf_timeout_s,
         ),
         "walk": asyncio.to_thread(
@@ -208,6 +220,7 @@ async def abuse(
         "reloads": done["reloads"],
         "health": {**(done["health"] or {}), "changes_seen": watch.result()["health_changes_seen"]},
         "geoip": done.get("geoip"),
+        "rss_window": list(plan.pause_window),
     }
     await asyncio.sleep(1.0)  # the last log lines
     watch.logs.read(server.logfiles)
@@ -247,7 +260,8 @@ def soak_server(
         f"[{kind}] answering after {startup:.2f} s, {processes} process(es); soaking {plan.seconds:.0f} s"
     )
     try:
-        result = asyncio.run(abuse(server, plan, inputs, overwrite_geoip=kind in args.geoip_for))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            result = runner.run(abuse(server, plan, inputs, overwrite_geoip=kind in args.geoip_for))
         result["startup_s"] = round(startup, 2)
         result["processes_at_start"] = processes
         if kind == "gdnsd":
@@ -259,6 +273,16 @@ def soak_server(
     result["logs"]["tracebacks"] += _tracebacks_since(server.logfiles, result["logs"])
     log(f"[{kind}] stopped in {stop['seconds']} s ({stop['code']})")
     return result
+
+
+def loop_factory() -> Any:
+    """uvloop's event loop when it is installed (a geodns dependency): 1,500 slow clients and
+    the probes cost the soak less CPU, which the machine's other work (the servers) needs."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def _tracebacks_since(files: list[Path], logs: dict[str, Any]) -> int:

@@ -1,14 +1,15 @@
 """Changes under a running server: reloads every second, a flapping health target, and the GeoIP
 database overwritten the ways operators overwrite it.
 
-- **Reloads**: every `reload_interval_s` the zone's `soak` TXT record gets a new serial and the
-  server is told to reload (geodns: SIGHUP; gdnsd: `gdnsdctl reload-zones`); shortly before the
-  next one the record is asked for, to count the reloads that were seen in answers.
+- **Reloads**: every `reload_interval_s` (except in the pause, `Plan.churn_pause`) the zone's
+  `soak` TXT record gets a new serial and the server is told to reload (geodns: SIGHUP; gdnsd:
+  `gdnsdctl reload-zones`); shortly before the next one the record is asked for, to count the
+  reloads that were seen in answers.
 - **Health target**: a real HTTP server on loopback that the server's health check probes. Every
   `flip_s` it changes state, cycling through up, refusing connections (not listening), up,
   answering 503, up, and accepting but never answering (the probe must time out).
 - **GeoIP file**: every `geoip_period_s` one step: first atomic replacements (write a temporary
-  file, rename it over) with another database and back; from `in_place_from` of the soak on,
+  file, rename it over) with another database and back; after the pause (`Plan.churn_pause`),
   `cp`-style in-place overwrites (open with O_TRUNC, write in 128 KiB chunks: the same inode, so
   a reader that mapped the file sees it change under it) with another database, back with the
   right one, with a truncated copy (its first 60%), and back.
@@ -56,8 +57,13 @@ async def reload_every_second(server: ServerUnderTest, plan: Plan, clock: Clock)
     seen = 0
     serial = 0
     end = plan.seconds - 1.0
-    while clock.now() < end and serial < int(plan.seconds / plan.reload_interval_s) + 1:
+    ticks = 0
+    while clock.now() < end and ticks < int(plan.seconds / plan.reload_interval_s) + 1:
+        ticks += 1
         tick = clock.now()
+        if not plan.churning(tick):
+            await asyncio.sleep(plan.reload_interval_s)
+            continue
         serial += 1
         write_atomically(server.setup.zone_path, zone_text(server.setup, serial))
         outcome = await asyncio.to_thread(server.reload)
@@ -208,7 +214,7 @@ class GeoipFile:
         self.counts["restored_for_restart"] = self.counts.get("restored_for_restart", 0) + 1
 
     async def cycle(self, plan: Plan, clock: Clock) -> dict[str, Any]:
-        for when, step in geoip_schedule(plan.seconds, plan.geoip_period_s, plan.in_place_from):
+        for when, step in geoip_schedule(plan):
             await asyncio.sleep(max(0.0, when - clock.now()))
             await self.write(step, clock)
         if self.last_step != "none yet" and not self.last_step.endswith("good"):

@@ -94,6 +94,29 @@ def dnsperf_fixed_rate(
     return stats
 
 
+def dnsperf_phases(
+    port: int,
+    datafile: Path,
+    source: str,
+    qps: int,
+    phases: list[tuple[str, float]],
+    timeout_s: float,
+) -> dict[str, Any]:
+    """The valid load as one dnsperf run per phase ((name, seconds) in order, back to back), so
+    a loss can be told to belong to the reloads, to the pause or to the in-place overwrites."""
+    runs = {}
+    for name, seconds in phases:
+        if seconds >= 1.0:
+            runs[name] = dnsperf_fixed_rate(port, datafile, source, qps, seconds, timeout_s)
+    total: dict[str, Any] = {"rate": qps, "phases": runs}
+    for key in ("sent", "completed", "lost"):
+        total[key] = sum(run.get(key) or 0 for run in runs.values())
+    errors = [run["error"] for run in runs.values() if "error" in run]
+    if errors:
+        total["error"] = errors[0]
+    return total
+
+
 def _new_kind_stats() -> dict[str, Any]:
     return {
         "sent": 0,

@@ -143,13 +143,15 @@ def test_plans_meet_the_issue_counts_and_geoip_schedule_ends_in_place() -> None:
     assert FULL.slow_many + FULL.slow_one >= 1_000
     assert QUICK.seconds < FULL.seconds
     assert len(set(slow_many_addresses(1000))) == 1000
-    schedule = geoip_schedule(FULL.seconds, FULL.geoip_period_s, FULL.in_place_from)
-    hows = [step.how for _, step in schedule]
-    assert "atomic" in hows and "truncated" in hows
-    first_in_place = hows.index("in_place")
-    assert all(h == "atomic" for h in hows[:first_in_place])
-    assert all(h != "atomic" for h in hows[first_in_place:])
-    assert schedule[-1][0] < FULL.seconds
+    for plan in (FULL, QUICK):
+        schedule = geoip_schedule(plan)
+        hows = [step.how for _, step in schedule]
+        assert "atomic" in hows and "truncated" in hows and "in_place" in hows
+        pause_start, pause_end = plan.pause_window
+        assert all(not pause_start <= t < pause_end for t, _ in schedule)
+        assert all((step.how == "atomic") == (t < pause_start) for t, step in schedule)
+        assert schedule[-1][0] < plan.seconds
+        assert plan.churning(0.0) and not plan.churning(pause_start)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def test_a_clean_run_passes_every_check_and_each_defect_fails_its_own() -> None:
         "RSS of every process (max)": _result(
             rss=[{"t": 0.0, "processes": {"pid 1 (main)": 900.0}}]
         ),
-        "RSS levels off (growth over the last third)": _result(
+        "RSS levels off (growth over the last third, no reloads)": _result(
             rss=[{"t": 10.0 * i, "processes": {"pid 1 (main)": 100.0 + 10 * i}} for i in range(12)]
         ),
         "new-TCP success during slow clients": _result(
@@ -255,3 +257,33 @@ def test_the_table_has_a_column_per_server_and_states_each_bound() -> None:
     assert "geodns" in header and "gdnsd" in header
     assert "<= 250 MB per process" in text
     assert "<= 0.1%" in text
+
+
+def test_the_plateau_is_judged_where_nothing_reloads() -> None:
+    rising_after = [
+        {"t": 10.0 * i, "processes": {"pid 1 (main)": 100.0 + (0 if i < 12 else 20 * (i - 12))}}
+        for i in range(18)
+    ]
+    bounds = report.Bounds()
+    name = "RSS levels off (growth over the last third, no reloads)"
+    judged = {
+        c.name: c for c in report.evaluate(_result(rss=rising_after, rss_window=[30, 110]), bounds)
+    }
+    assert judged[name].passed is True and "t=30-110 s" in judged[name].value
+    judged = {c.name: c for c in report.evaluate(_result(rss=rising_after), bounds)}
+    assert judged[name].passed is False
+
+
+def test_valid_loss_is_shown_per_phase() -> None:
+    valid = {
+        "sent": 300,
+        "completed": 290,
+        "lost": 10,
+        "phases": {
+            "a": {"sent": 100, "lost": 0},
+            "b": {"sent": 100, "lost": 10},
+            "c": {"sent": 100, "lost": 0},
+        },
+    }
+    rows = report.figures(_result(valid=valid))
+    assert rows["valid loss by phase: a / b / c"] == "0.000% / 10.000% / 0.000%"
