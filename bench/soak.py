@@ -77,11 +77,26 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def prepare_inputs(plan: Plan) -> dict[str, Any]:
+def city_database(choice: str) -> Path:
+    """The database both servers load: bench/run.py's synthetic City databases ("big": 5.4M
+    networks and 187,741 distinct records, ~100 MB; "small": 1.7M networks and 32,853 records,
+    23 MB), built once and cached in bench/out/, or the path of any City .mmdb. The big one is
+    the default: per-record caches can only show how they grow when there are many records."""
+    if choice == "big":
+        path = OUT / "city-100mb.mmdb"
+        mmdb_synth.ensure_city_db(path, log=log, **bench.BIG_DB)
+        return path
+    if choice == "small":
+        path = OUT / "city-bench.mmdb"
+        mmdb_synth.ensure_city_db(path, log=log, **bench.BENCH_DB)
+        return path
+    return Path(choice).resolve()
+
+
+def prepare_inputs(plan: Plan, database: str) -> dict[str, Any]:
     OUT.mkdir(parents=True, exist_ok=True)
     SOAK_OUT.mkdir(parents=True, exist_ok=True)
-    city = OUT / "city-bench.mmdb"
-    mmdb_synth.ensure_city_db(city, log=log, **bench.BENCH_DB)
+    city = city_database(database)
     began = time.monotonic()
     v4, v6 = database_networks(mmdb_synth.COUNTRY_DB)
     valid = write_datafile(SOAK_OUT / "valid.bin", valid_messages(v4, v6))
@@ -327,6 +342,11 @@ def parse_args() -> argparse.Namespace:
         help="servers whose GeoIP file is overwritten (comma-separated; default both)",
     )
     parser.add_argument(
+        "--database",
+        default="big",
+        help="the City database both servers load: big (default), small, or a path",
+    )
+    parser.add_argument(
         "--workers", type=int, default=0, help="geodns `workers` (default: its own, one per core)"
     )
     parser.add_argument(
@@ -377,7 +397,7 @@ def main() -> int:
         log(f"the open-file limit ({limit}) is too low for the slow TCP clients")
         return 2
     began = time.monotonic()
-    inputs = prepare_inputs(plan)
+    inputs = prepare_inputs(plan, args.database)
     results: dict[str, Any] = {}
     for kind in kinds:
         results[kind] = soak_server(kind, plan, inputs, args)
@@ -386,6 +406,7 @@ def main() -> int:
         "date": date.isoformat(timespec="seconds"),
         "quick": args.quick,
         "plan": asdict(plan),
+        "database": {"path": str(inputs["city"]), "bytes": inputs["city"].stat().st_size},
         "bounds": report.bounds_dict(bounds),
         "machine": bench.machine(),
         "elapsed_s": round(time.monotonic() - began, 1),

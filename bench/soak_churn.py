@@ -203,9 +203,9 @@ class GeoipFile:
             replace_atomically if step.how == "atomic" else overwrite_in_place
         )
         async with self.lock:
-            await asyncio.to_thread(write, self.path, self.data(step.source))
-            self.last_step = f"{step.how} <- {step.source}"
+            self.last_step = f"{step.how} <- {step.source}"  # a death may come while writing
             self.last_step_at = clock.now()
+            await asyncio.to_thread(write, self.path, self.data(step.source))
             self.counts[step.how] = self.counts.get(step.how, 0) + 1
 
     async def restore(self) -> None:

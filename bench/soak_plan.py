@@ -91,7 +91,7 @@ QUICK = replace(
     slow_release_before_end_s=2.0,
     churn_pause=(0.25, 0.5),
     flip_s=4.0,
-    geoip_period_s=3.5,
+    geoip_period_s=3.0,
     quiet_wait_s=5.0,
 )
 
@@ -126,8 +126,8 @@ IN_PLACE_CYCLE = (
 
 
 def geoip_schedule(plan: Plan) -> list[tuple[float, GeoipStep]]:
-    """(when, step): one step every `geoip_period_s`; atomic replacements before the pause,
-    none in it, in-place overwrites after it. A server that dies of an in-place overwrite
+    """(when, step): one step every `geoip_period_s`; atomic replacements before the pause (the
+    last one puts the right database back), none in it, in-place overwrites after it. A server that dies of an in-place overwrite
     (before the fixes, geodns did) has by then shown how its memory grows."""
     schedule = []
     atomic = in_place = 0
@@ -137,8 +137,10 @@ def geoip_schedule(plan: Plan) -> list[tuple[float, GeoipStep]]:
         if not plan.churning(when):
             pass
         elif when < pause_start:
-            schedule.append((when, ATOMIC_CYCLE[atomic % len(ATOMIC_CYCLE)]))
-            atomic += 1
+            step = ATOMIC_CYCLE[atomic % len(ATOMIC_CYCLE)]
+            if step.source == "good" or when + plan.geoip_period_s < pause_start:
+                schedule.append((when, step))  # the pause starts with the right database
+                atomic += 1
         else:
             schedule.append((when, IN_PLACE_CYCLE[in_place % len(IN_PLACE_CYCLE)]))
             in_place += 1

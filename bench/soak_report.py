@@ -149,9 +149,10 @@ def rss_series(samples: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[flo
 def plateau(
     points: Sequence[tuple[float, float]], bounds: Bounds, min_points: int = 4
 ) -> dict[str, Any]:
-    """Does this process's RSS level off? Growth over the last third of its samples must stay
-    within `plateau_growth_pct` of the RSS there, or `plateau_growth_mb`, whichever is larger.
-    None when there are too few samples to judge."""
+    """Does this process's RSS level off? From the middle sample to the end, RSS may grow by
+    at most `plateau_growth_pct` of its value at the middle, or `plateau_growth_mb`, whichever
+    is larger. Judging the whole second half, not a last sample or two, keeps a steady climb of
+    a few MB per sample from passing as noise. None when there are too few samples."""
     if not points:
         return {"max_mb": None, "growth_mb": None, "levels_off": None}
     values = [mb for _, mb in points]
@@ -159,9 +160,9 @@ def plateau(
     if len(values) < min_points:
         out.update(growth_mb=None, levels_off=None)
         return out
-    tail_start = values[len(values) - max(2, len(values) // 3)]
-    growth = max(values[len(values) - max(2, len(values) // 3) :]) - tail_start
-    allowed = max(bounds.plateau_growth_mb, tail_start * bounds.plateau_growth_pct / 100)
+    middle = values[(len(values) - 1) // 2]
+    growth = max(values[(len(values) - 1) // 2 :]) - middle
+    allowed = max(bounds.plateau_growth_mb, middle * bounds.plateau_growth_pct / 100)
     out.update(
         growth_mb=round(growth, 1), allowed_mb=round(allowed, 1), levels_off=growth <= allowed
     )
@@ -274,7 +275,7 @@ def evaluate(result: Mapping[str, Any], bounds: Bounds) -> list[Check]:
         where = f" in t={window[0]:.0f}-{window[1]:.0f} s" if window else ""
         checks.append(
             Check(
-                "RSS levels off (growth over the last third, no reloads)",
+                "RSS levels off (growth over the second half of the stretch without reloads)",
                 "n/a (too few samples)" if growth is None else f"{growth:+.1f} MB (worst){where}",
                 f"<= max({bounds.plateau_growth_mb:g} MB, {bounds.plateau_growth_pct:g}%)",
                 None if not judged else all(v["levels_off"] for v in judged),

@@ -201,23 +201,39 @@ class Watch:
             await asyncio.sleep(1.0)
 
     async def supervise(self) -> None:
-        """Every half second: is the main process alive, and are its workers?"""
+        """Every half second: is the main process alive, and are its workers? A worker that
+        disappears counts as a death of its own unless the main process dies within 2 s (then
+        it is part of that death, named in its record); multiprocessing's helper is not a DNS
+        process and is not counted."""
         end = self.plan.seconds
         seen = set(self.server.pids())
+        gone: list[tuple[float, int]] = []  # workers gone, not yet counted
         while self.clock.now() < end:
             await asyncio.sleep(0.5)
             code = self.server.exit_code()
             if code is None:
                 now = set(self.server.pids())
-                for pid in sorted(seen - now):
+                labels = self.server.process_labels()
+                gone += [
+                    (self.clock.now(), pid)
+                    for pid in sorted(seen - now)
+                    if "helper" not in labels.get(pid, "")
+                ]
+                while gone and self.clock.now() - gone[0][0] > 2.0:
+                    _, pid = gone.pop(0)
                     self.deaths.append(self._death(f"worker pid {pid} gone", pid))
                 seen = now
                 continue
             self.server.ready = False
-            self.deaths.append(self._death(signal_name(code), self.server.main_pid))
+            death = self._death(signal_name(code), self.server.main_pid)
+            if gone:
+                death["workers_gone_first"] = [pid for _, pid in gone]
+                gone = []
+            self.deaths.append(death)
             _kill_leftovers(self.server, sorted(seen))
             await self._restart()
             seen = set(self.server.pids())
+        self.deaths += [self._death(f"worker pid {pid} gone", pid) for _, pid in gone]
 
     def _death(self, how: str, pid: int | None) -> dict[str, Any]:
         death = {"t": round(self.clock.now(), 1), "how": how, "pid": pid}
