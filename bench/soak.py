@@ -1,16 +1,17 @@
 """Soak: geodns (and gdnsd beside it) under valid load while everything hostile happens at once.
 
-    python bench/soak.py            # 3 minutes per server (docs/reliability.md), ~8 min in all
+    python bench/soak.py            # 4 minutes per server (docs/reliability.md), ~10 min in all
     python bench/soak.py --quick    # 25 s per server, for development (~1.5 min in all)
 
 For each server in turn, on 127.0.0.1, for the same length of time and all at the same time:
 valid queries at a fixed rate (dnsperf); a walk over millions of distinct ECS subnets (IPv4 /24
 and IPv6 /56); malformed and mutated packets at a fixed rate (soak_wire.MUTATORS); 1,500 slow
 TCP clients dripping one byte every few seconds (1,000 from distinct addresses, 500 from one)
-while new TCP queries measure who still gets in; a reload every second; a health target that
-goes up and down; the GeoIP database overwritten in place (with another database, with a
-truncated copy) and atomically. It watches RSS per process every 10 s, the log, /metrics and
-whether the server stays alive (a server that dies is counted and started again).
+while new TCP queries measure who still gets in; a health target that goes up and down; and,
+except in the middle half (where memory growth can show), a reload every second and the GeoIP
+database replaced atomically (before) or overwritten in place (after; with another database and
+with a truncated copy). It watches RSS per process every 10 s, the log, /metrics and whether the
+server stays alive (a server that dies is counted and started again).
 
 It prints one table with a column per server: the checks with their bounds (valid-query loss,
 new-TCP success during the slow clients, tracebacks, deaths, error log lines per second, RSS
