@@ -10,6 +10,7 @@ rcodes read from the header, and a bounded number per second parsed with dnspyth
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -36,9 +37,12 @@ def database_networks(path: Path) -> tuple[list[tuple[int, int]], list[tuple[int
 
 
 def write_datafile(path: Path, messages: list[bytes]) -> Path:
-    with path.open("wb") as handle:
+    """dnsperf -B input, written whole or not at all (a cached file is never half written)."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as handle:
         for chunk in wire.dnsperf_binary(messages):
             handle.write(chunk)
+    os.replace(temporary, path)
     return path
 
 

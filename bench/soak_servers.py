@@ -218,10 +218,12 @@ class ServerUnderTest:
         return None if process is None else process.poll()
 
     def pids(self) -> list[int]:
+        """The running processes: the main one and those below it. A zombie (a worker that
+        died and was not reaped yet) is not running."""
         main = self.main_pid
         if main is None or self.exit_code() is not None:
             return []
-        return bench.descendants(main)
+        return [pid for pid in bench.descendants(main) if _running(pid)]
 
     def process_labels(self) -> dict[int, str]:
         """'pid N (main)' / 'pid N (worker)' for every running process; remembered, so a
@@ -319,6 +321,11 @@ class ServerUnderTest:
             "seconds": None if seconds is None else round(seconds, 3),
             "code": process.returncode,
         }
+
+
+def _running(pid: int) -> bool:
+    fields = bench.stat_fields(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
 
 
 def _role(pid: int) -> str:
