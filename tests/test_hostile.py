@@ -6,6 +6,7 @@ over loopback.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -235,3 +236,51 @@ def test_a_malformed_cookie_is_formerr(limited: GeodnsServer, length: int) -> No
     )
     reply = dns.query.udp(query, limited.host, port=limited.port, timeout=2)
     assert reply.rcode() == dns.rcode.FORMERR
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return set()
+    return {int(child) for child in text.split()}
+
+
+def _workers(pid: int) -> set[int]:
+    """The worker processes of a server (multiprocessing's resource tracker is not one)."""
+    found = set()
+    for child in _children(pid):
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+    return found
+
+
+def test_a_worker_that_dies_is_started_again_and_follows_drains() -> None:
+    """A worker killed (SIGBUS in issue 12.1, the OOM killer elsewhere) is reaped and started
+    again, and is given the current health view: a drain made before it came back applies."""
+    config = {"workers": 2, "sites": SITES, "rrl": {"enabled": False}}
+    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
+        assert server.proc is not None
+        main = server.proc.pid
+        assert wait_for(lambda: '"started"' in server.stderr_path.read_text(), 30)
+        assert len(_workers(main)) == 1
+        (worker,) = _workers(main)
+        assert server.cli("drain", "jkt").returncode == 0
+        os.kill(worker, signal.SIGKILL)
+        assert wait_for(lambda: len(_workers(main)) == 1 and worker not in _workers(main), 20)
+        assert wait_for(lambda: "worker_restarted" in server.stderr_path.read_text(), 10)
+        time.sleep(1.0)  # the new worker loads and is sent the view
+        for source in range(2, 40):  # many source ports: the kernel spreads them over both
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(2)
+                query = dns.message.make_query(
+                    f"www.{ZONE}",
+                    "A",
+                    use_edns=0,
+                    options=[dns.edns.ECSOption.from_text("36.64.1.0/24")],
+                )
+                query.id = source
+                sock.sendto(query.to_wire(), (server.host, server.port))
+                reply = dns.message.from_wire(sock.recv(4096))
+                assert [rr.address for rrset in reply.answer for rr in rrset] == ["192.0.2.4"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _print_problems(exc.problems)
         return 2
     configure(config.log_level, config.log_format)
+    # a reload asked for while we start (systemd, a deploy script) must not kill us: SIGHUP's
+    # default action is to terminate; the event loop's handler replaces this once running
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return run(config, path)
     except ConfigError as exc:

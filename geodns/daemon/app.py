@@ -181,6 +181,7 @@ class App:
                 self._worker_stats,
                 run_worker,
                 self.state.cookies.secret if self.state.cookies else None,
+                on_failed=self.stopping.set,
             )
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
@@ -676,7 +677,7 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
         return 1
     await app.stopping.wait()
     await app.stop()
-    return 0
+    return 1 if app.pool is not None and app.pool.failed else 0
 
 
 def _log_zone_warnings(snapshot: Snapshot) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -32,6 +33,10 @@ WorkerEntry = Callable[[Path, Connection, int, bytes | None], int]
 """What a worker process runs: (config path, pipe to the main process, worker index, the DNS
 cookie secret shared by every process) -> exit code."""
 STATS_INTERVAL = 1.0
+RESTART_DELAY = 0.5  # seconds before a dead worker is started again
+MAX_RESTARTS = 5  # deaths within RESTART_WINDOW before the pool gives up
+RESTART_WINDOW = 60.0
+REPLAYED = ("health", "index")  # state messages a (re)started worker is sent once ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,15 @@ def worker_count(configured: int) -> int:
 
 
 class WorkerPool:
-    """The main process's handle on its workers: start, broadcast, collect stats, stop."""
+    """The main process's handle on its workers: start, broadcast, collect stats, restart a
+    worker that died, stop.
+
+    A worker that dies (a bug, the OOM killer) is started again after RESTART_DELAY, and is
+    sent the latest health view and index notice once it is ready, so it answers as the others
+    do. More than MAX_RESTARTS deaths within RESTART_WINDOW seconds mean something is wrong
+    with every start: the pool gives up and `failed` is set, and the main process exits with
+    an error so that systemd restarts the whole server (and says so).
+    """
 
     def __init__(
         self,
@@ -62,77 +75,118 @@ class WorkerPool:
         on_stats: Callable[[int, Any], None],
         entry: WorkerEntry,
         cookie_secret: bytes | None = None,
+        on_failed: Callable[[], None] | None = None,
     ) -> None:
         self.config_path = config_path
         self.entry = entry
         self.cookie_secret = cookie_secret  # handed over in memory, never on a command line
         self.count = count
         self.on_stats = on_stats
-        self.processes: list[Any] = []
-        self.connections: list[Connection] = []
-        self.ready = 0
+        self.on_failed = on_failed
+        self.processes: dict[int, Any] = {}
+        self.connections: dict[int, Connection] = {}
+        self.ready: set[int] = set()
+        self.latest: dict[str, Any] = {}  # kind -> payload of the state messages a worker needs
+        self.deaths: list[float] = []
+        self.restarts = 0
+        self.failed = False
         self.stopping = False
 
     async def start(self, timeout: float = 60.0) -> None:
         """Spawn the workers and wait until each has bound its sockets and loaded the zones."""
-        context = multiprocessing.get_context("spawn")
         loop = asyncio.get_running_loop()
         for index in range(1, self.count):
-            parent, child = context.Pipe()
-            process = context.Process(
-                target=worker_main,
-                args=(self.entry, str(self.config_path), child, index, self.cookie_secret),
-                name=f"geodns-worker-{index}",
-                daemon=True,
-            )
-            process.start()
-            child.close()
-            self.processes.append(process)
-            self.connections.append(parent)
-            loop.add_reader(parent.fileno(), self._receive, index, parent)
+            self._spawn(index)
         deadline = loop.time() + timeout
-        while self.ready < self.count - 1:
+        while len(self.ready) < self.count - 1:
             if loop.time() > deadline:
                 raise WorkerError("workers did not start in time")
-            dead = [p for p in self.processes if p.exitcode is not None]
+            dead = [p for p in self.processes.values() if p.exitcode is not None]
             if dead:
                 raise WorkerError(f"worker exited during start-up with code {dead[0].exitcode}")
             await asyncio.sleep(0.05)
+
+    def _spawn(self, index: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=worker_main,
+            args=(self.entry, str(self.config_path), child, index, self.cookie_secret),
+            name=f"geodns-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self.processes[index] = process
+        self.connections[index] = parent
+        asyncio.get_running_loop().add_reader(parent.fileno(), self._receive, index, parent)
 
     def _receive(self, index: int, connection: Connection) -> None:
         try:
             kind, payload = connection.recv()
         except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(connection.fileno())
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(connection.fileno())
+            connection.close()
+            self.ready.discard(index)
             if not self.stopping:
-                log.error("worker_lost", worker=index)
+                loop.call_later(RESTART_DELAY, self._restart, index)
             return
         if kind == "ready":
-            self.ready += 1
+            self.ready.add(index)
+            for state_kind, state in self.latest.items():  # what it missed while starting
+                self._send(index, state_kind, state)
         elif kind == "stats":
             self.on_stats(index, payload)
 
+    def _restart(self, index: int) -> None:
+        """A worker died: reap it, and start it again unless workers keep dying."""
+        if self.stopping:
+            return
+        process = self.processes[index]
+        process.join(timeout=0)  # reap: no zombie stays behind
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW] + [now]
+        log.error("worker_lost", worker=index, exitcode=process.exitcode)
+        if len(self.deaths) > MAX_RESTARTS:
+            self.failed = True
+            log.error("workers_failing", deaths=len(self.deaths), window_s=RESTART_WINDOW)
+            if self.on_failed is not None:
+                self.on_failed()
+            return
+        self.restarts += 1
+        self._spawn(index)
+        log.info("worker_restarted", worker=index)
+
     def broadcast(self, kind: str, payload: Any = None) -> None:
-        for connection in self.connections:
-            try:
-                connection.send((kind, payload))
-            except OSError:
-                continue
+        if kind in REPLAYED:
+            self.latest[kind] = payload
+        for index in list(self.connections):
+            self._send(index, kind, payload)
+
+    def _send(self, index: int, kind: str, payload: Any) -> None:
+        connection = self.connections.get(index)
+        if connection is None or connection.closed:
+            return
+        with contextlib.suppress(OSError):
+            connection.send((kind, payload))
 
     async def stop(self) -> None:
         self.stopping = True
         self.broadcast("stop")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
-        for process in self.processes:
+        for process in self.processes.values():
             while process.is_alive() and loop.time() < deadline:
                 await asyncio.sleep(0.05)
             if process.is_alive():
                 process.kill()
-        for connection in self.connections:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(connection.fileno())
-            connection.close()
+            process.join(timeout=1)
+        for connection in self.connections.values():
+            if not connection.closed:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(connection.fileno())
+                connection.close()
 
 
 def worker_main(
@@ -145,4 +199,5 @@ def worker_main(
     """Entry point of a spawned worker process: `entry` (a module-level function, pickled by
     name, so the worker imports the server only once spawned) runs the worker's server."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and when to reload
     raise SystemExit(entry(Path(config_path), connection, index, cookie_secret))
