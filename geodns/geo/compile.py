@@ -11,6 +11,7 @@ geodns.geo.dynamic; this module only reads and checks YAML.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import replace
@@ -169,7 +170,7 @@ class DynamicCompilerForSites:
             owners = {self.site_of.get(a) for a in addresses.get(canonical, ())}
             site = owners.pop() if len(owners) == 1 else None
         else:
-            canonical = str(ipaddress.ip_address(value))
+            canonical = _canonical_ip(value)
             site = self.site_of.get(canonical)
         if site is None and health_site is not None:
             site = self._implicit_site(canonical, kind, health_site)
@@ -584,3 +585,9 @@ class DynamicCompilerForSites:
         v4 = section.int_in("prefix_v4", 0, 32, 24)
         v6 = section.int_in("prefix_v6", 0, 128, 56)
         return margin, (v4, v6)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _canonical_ip(value: str) -> str:
+    """An address in canonical text (memoised: a big zone repeats its sites' few addresses)."""
+    return str(ipaddress.ip_address(value))
