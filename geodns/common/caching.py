@@ -19,7 +19,7 @@ import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 EVICT_SHARE = 64
 ENTRY_OVERHEAD = 200  # bytes a dict slot, its key and value objects cost beyond their data
@@ -178,12 +178,3 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def make_room(cache: dict[Any, Any], limit: int) -> None:
-    """If `cache` holds `limit` entries or more, drop its oldest entries (1/64 of the limit).
-    For small internal memos whose entries are of one fixed size; caches of the table use
-    BoundedCache."""
-    if len(cache) >= limit:
-        for key in list(islice(cache, max(1, limit // EVICT_SHARE))):
-            del cache[key]
