@@ -116,23 +116,50 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
                 verdict = _limit(state, client, outcome, now)
                 if verdict != SEND:
                     return slip_copy(reply) if verdict != DROP else None
-            _count(state, cached.asked, outcome, cached.slot, client, "udp")
+            tally = state.tally
+            if tally is not None and cached.slot >= 0:
+                tally[cached.slot] += 1
+            elif state.observer is not None:
+                state.observer(cached.asked, outcome, client.text, "udp")
             return reply
         hit = snapshot.templates.answer(data)
         if hit is not None:  # the same question before, from another client subnet
-            template = hit.template
-            outcome = template.outcomes[hit.answer]
-            reply = hit.reply
+            reply, template, answer_id, scope, address = hit
+            outcome = template.outcomes[answer_id]
             if state.limiter is not None and not client.exempt:
                 verdict = _limit(state, client, outcome, now)
                 if verdict != SEND:
                     return slip_copy(reply) if verdict != DROP else None
-            ecs = (template.ecs_family, template.source, hit.address)
-            asked = Asked(template.qname, template.qtype, ecs)
-            if state.observer is not None and state.tally is None:  # the query log reads it
-                outcome = outcome._replace(scope=hit.scope)
-            _remember(state, snapshot, key, reply, asked, outcome)
-            _count(state, asked, outcome, template.slots[hit.answer], client, "udp")
+            # the first sighting of these bytes only notes them (see _remember); the second
+            # keeps the reply, with what observers read of the query
+            hashed = hash(key)
+            at = hashed & (SIGHTING_SLOTS - 1)
+            tag = (hashed >> SIGHTING_BITS) % 255 + 1
+            sighted = snapshot.sightings
+            asked = None
+            if sighted[at] != tag:
+                sighted[at] = tag
+            else:
+                asked = Asked(
+                    template.qname, template.qtype, (template.ecs_family, template.source, address)
+                )
+                snapshot.replies.put(
+                    key,
+                    CachedReply(reply[2:], asked, outcome, template.slots[answer_id]),
+                    len(key) + len(reply),
+                )
+            tally = state.tally
+            slot = template.slots[answer_id]
+            if tally is not None and slot >= 0:
+                tally[slot] += 1
+            elif state.observer is not None:
+                if asked is None:
+                    asked = Asked(
+                        template.qname,
+                        template.qtype,
+                        (template.ecs_family, template.source, address),
+                    )
+                state.observer(asked, outcome._replace(scope=scope), client.text, "udp")
             return reply
     try:
         query = parse_query(data)
