@@ -20,7 +20,7 @@ from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
 from geodns.dns.wire import parse_query
-from geodns.serving.engine import SIGHTING_SLOTS, Asked, Outcome, Snapshot
+from geodns.serving.engine import SIGHTING_SLOTS, Outcome, Snapshot, asked_of
 
 ZONE = "cache.test"
 
@@ -135,7 +135,7 @@ def test_a_reply_is_kept_from_the_second_sighting_of_its_bytes() -> None:
     snapshot = Snapshot(zones={})
     data = wire("static")
     query, key = parse_query(data), data[2:]
-    asked = Asked(query.qname, query.qtype, query.ecs)
+    asked = asked_of(query)
     outcome = Outcome(0, ZONE, cacheable=True)
     reply = data[:2] + b"reply"
     snapshot.remember(key, reply, asked, outcome)
@@ -151,7 +151,7 @@ def test_one_off_queries_keep_no_replies_and_a_repeat_is_still_seen() -> None:
     snapshot = Snapshot(zones={})
     data = wire("static")
     query, key = parse_query(data), data[2:]
-    asked = Asked(query.qname, query.qtype, query.ecs)
+    asked = asked_of(query)
     outcome = Outcome(0, ZONE, cacheable=True)
     snapshot.remember(key, data[:2] + b"reply", asked, outcome)
     slot = hash(key) % SIGHTING_SLOTS

@@ -30,8 +30,10 @@ from geodns.geo.dynamic import records_all_down
 from geodns.geo.locator import GeoLocator
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
+from geodns.observe.dnstap import open_dnstap
 from geodns.observe.metrics import Metrics, worker_report
 from geodns.observe.querylog import QueryLog
+from geodns.observe.spool import Spool
 from geodns.serving import udpbatch
 from geodns.serving.engine import Snapshot, build_snapshot
 from geodns.serving.server import Observer, ServerState, TcpProtocol, UdpProtocol
@@ -88,6 +90,8 @@ class App:
         self.admin: Any = None
         self.metrics: Metrics
         self.query_log: QueryLog | None = None
+        self.dnstap: Spool | None = None
+        self.sample_reported = 0  # a worker: its network sample's `added` at the last report
         self.geo: GeoLocator
 
     async def start(self) -> None:
@@ -108,10 +112,13 @@ class App:
             geo=lambda: self.geo,
             query_log=lambda: self.query_log,
             workers=lambda: list(self.worker_stats.values()),
+            dnstap=lambda: self.dnstap,
             process=self.control is None,
         )
         if config.query_log.enabled:
             self.query_log = QueryLog(config.query_log, worker=self.index)
+        if config.dnstap.enabled:
+            self.dnstap, self.state.tap = open_dnstap(config.dnstap, worker=self.index)
         if self.query_log is None:  # counting only: cached replies carry their counter slot
             self.state.count_with(self.metrics.counters)
         else:
@@ -203,10 +210,13 @@ class App:
         assert self.control is not None
         while True:
             await asyncio.sleep(STATS_INTERVAL)
+            sample = self.metrics.counters.sample
+            report = worker_report(
+                self.metrics.counters, self.state, self.query_log, self.dnstap, self.sample_reported
+            )
+            self.sample_reported = sample.added
             try:
-                self.control.send(
-                    ("stats", worker_report(self.metrics.counters, self.state, self.query_log))
-                )
+                self.control.send(("stats", report))
             except OSError:
                 return
 
@@ -227,7 +237,10 @@ class App:
             self.stopping.set()
 
     def _worker_stats(self, index: int, stats: Any) -> None:
-        """Counters a worker reports; the metrics endpoint adds them to the main process's."""
+        """Counters a worker reports; the metrics endpoint adds them to the main process's.
+        Its newly sampled networks join the main process's sample (the console's)."""
+        if isinstance(stats, dict):
+            self.metrics.counters.sample.add(stats.pop("sample", ()))
         self.worker_stats[index] = stats
 
     async def _watch_files(self) -> None:
@@ -387,6 +400,8 @@ class App:
             await server.wait_closed()
         if self.query_log is not None:
             self.query_log.close()
+        if self.dnstap is not None:
+            self.dnstap.close()
         if self.index == 0:
             log.info("stopped")
 
@@ -434,9 +449,9 @@ def _observer(counters: Observer, query_log: QueryLog) -> Observer:
     """The per-query observer when the query log is on: the metrics counters, then the log."""
     log_query = query_log.observe
 
-    def both(query: Any, outcome: Any, client: str, transport: str) -> None:
-        counters(query, outcome, client, transport)
-        log_query(query, outcome, client, transport)
+    def both(query: Any, outcome: Any, client: str, transport: str, size: int, path: int) -> None:
+        counters(query, outcome, client, transport, size, path)
+        log_query(query, outcome, client, transport, size, path)
 
     return both
 

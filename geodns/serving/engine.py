@@ -30,6 +30,7 @@ from geodns.dns.wire import Query
 from geodns.dns.zone import TYPE_AXFR, TYPE_IXFR, Zone
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.locator import GeoLocator
+from geodns.observe.metrics import features_of
 from geodns.serving.subnet_templates import SubnetTemplates
 
 CLASS_IN = 1
@@ -77,6 +78,11 @@ class Asked(NamedTuple):
     qname: bytes
     qtype: int
     ecs: tuple[int, int, bytes] | None
+    features: int  # what the query carried: EDNS, DO, ECS (geodns.observe.metrics.FEATURE_*)
+
+
+def asked_of(query: Query) -> Asked:
+    return Asked(query.qname, query.qtype, query.ecs, features_of(query))
 
 
 @dataclass(eq=False)
@@ -126,7 +132,7 @@ class Snapshot:
         response: bytes,
         asked: Asked,
         outcome: Outcome,
-        slot_of: Callable[[int, Outcome, str], int] | None = None,
+        slot_of: Callable[[Asked, Outcome, int], int] | None = None,
     ) -> None:
         """Keep a cacheable UDP reply so the same query bytes are answered by patching the ID.
 
@@ -144,7 +150,7 @@ class Snapshot:
             return
         responses = self.responses
         make_room(responses, RESPONSE_CACHE_LIMIT)
-        slot = slot_of(asked.qtype, outcome, "udp") if slot_of is not None else -1
+        slot = slot_of(asked, outcome, len(response)) if slot_of is not None else -1
         responses[key] = (response[2:], asked, outcome, slot)
 
     def from_template(self, data: bytes) -> tuple[bytes, Asked, Outcome] | None:
@@ -154,7 +160,7 @@ class Snapshot:
         if found is None:
             return None
         reply, template, ecs, outcome = found
-        return reply, Asked(template.qname, template.qtype, ecs), outcome
+        return reply, Asked(template.qname, template.qtype, ecs, template.features), outcome
 
     def learn_template(self, data: bytes, query: Query, response: bytes, outcome: Outcome) -> None:
         """Offer a fully answered UDP query to the templates."""

@@ -9,28 +9,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Protocol
 
 from geodns.common.logs import get_logger
+from geodns.dns.names import name_text
+from geodns.dns.resolve import RCODE_SERVFAIL
 from geodns.dns.wire import Drop, FormError, parse_query
-from geodns.serving.engine import Asked, Outcome, Snapshot, formerr, respond, servfail
+from geodns.observe.metrics import PATH_FULL, PATH_REPLY_CACHE, PATH_TEMPLATE, TCP_CLOSE_REASONS
+from geodns.observe.timing import Histogram
+from geodns.serving.engine import Asked, Outcome, Snapshot, asked_of, formerr, respond, servfail
 
 log = get_logger("geodns.serving.server")
 
 
-class Asking(Protocol):
-    """What an observer reads of a query: a parsed `Query` or the `Asked` kept with a cached reply."""
-
-    @property
-    def qname(self) -> bytes: ...
-    @property
-    def qtype(self) -> int: ...
-    @property
-    def ecs(self) -> tuple[int, int, bytes] | None: ...
+Observer = Callable[[Asked, Outcome, str, str, int, int], None]
+"""Called once per answered query: (what was asked, what was decided, client, "udp" or "tcp",
+the response's size in bytes, how it was found: geodns.observe.metrics.PATH_*)."""
+SERVFAIL_OUTCOME = Outcome(RCODE_SERVFAIL, None)
 
 
-Observer = Callable[[Asking, Outcome, str, str], None]
-"""Called once per answered query: (what was asked, what was decided, client, "udp" or "tcp")."""
+class Tap(Protocol):
+    """Sees every query's bytes and reply at the transports (geodns.observe.dnstap.DnstapTap)."""
+
+    def batched(self, listener: Any, offset: int, query: bytes, response: bytes | None) -> None: ...
+    def datagram(
+        self, transport: Any, address: Any, query: bytes, response: bytes | None
+    ) -> None: ...
+    def stream(self, connection: Any, query: bytes, response: bytes | None) -> None: ...
 
 
 class ServerState:
@@ -42,17 +48,21 @@ class ServerState:
         # when the observer only counts (no query log): its counts and their slots, so that a
         # reply from the reply cache is counted by one list increment (geodns.observe.metrics)
         self.tally: list[int] | None = None
-        self.slot_of: Callable[[int, Any, str], int] | None = None
+        self.slot_of: Callable[[Asked, Outcome, int], int] | None = None
+        self.tap: Tap | None = None  # dnstap, when configured
         self.malformed = 0
         self.dropped = 0
         self.errors = 0
         self.tcp_connections = 0
+        self.tcp_closed = dict.fromkeys(TCP_CLOSE_REASONS, 0)
+        self.udp_latency = Histogram()  # receive to send, seconds (geodns.observe.timing)
+        self.tcp_latency = Histogram()
 
     def count_with(self, counters: Any) -> None:
         """Make `counters` (geodns.observe.metrics.QueryCounters) the observer, with its fast path."""
         self.observer = counters.observe
         self.tally = counters.tally
-        self.slot_of = counters.slot
+        self.slot_of = counters.cached_slot
 
 
 def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | None:
@@ -67,7 +77,9 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
             if tally is not None and cached[3] >= 0:
                 tally[cached[3]] += 1
             elif state.observer is not None:
-                state.observer(cached[1], cached[2], client, "udp")
+                state.observer(
+                    cached[1], cached[2], client, "udp", 2 + len(cached[0]), PATH_REPLY_CACHE
+                )
             return data[:2] + cached[0]
         reused = snapshot.from_template(data)
         if reused is not None:  # the same question before, from another client subnet
@@ -75,7 +87,7 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
             snapshot.remember(key, response, asked, outcome, state.slot_of)
             observer = state.observer
             if observer is not None:
-                observer(asked, outcome, client, "udp")
+                observer(asked, outcome, client, "udp", len(response), PATH_TEMPLATE)
             return response
     try:
         query = parse_query(data)
@@ -93,15 +105,17 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
         response, outcome = respond(query, client, snapshot, tcp)
     except Exception:
         state.errors += 1
-        log.exception("engine_error", client=client, qtype=query.qtype, qname=query.qname.hex())
-        return servfail(query, snapshot)
+        log.exception(
+            "engine_error", client=client, qtype=query.qtype, qname=name_text(query.qname)
+        )
+        response, outcome = servfail(query, snapshot), SERVFAIL_OUTCOME  # counted like any
+    asked = asked_of(query)
     if not tcp and outcome.cacheable:
-        asked = Asked(query.qname, query.qtype, query.ecs)
         snapshot.remember(key, response, asked, outcome, state.slot_of)
         snapshot.learn_template(data, query, response, outcome)
     observer = state.observer
     if observer is not None:
-        observer(query, outcome, client, "tcp" if tcp else "udp")
+        observer(asked, outcome, client, "tcp" if tcp else "udp", len(response), PATH_FULL)
     return response
 
 
@@ -116,9 +130,14 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        response = handle(self.state, data, addr[0], False)
+        started = perf_counter()
+        state = self.state
+        response = handle(state, data, addr[0], False)
         if response is not None:
             self.transport.sendto(response, addr)
+            state.udp_latency.observe(perf_counter() - started)
+        if state.tap is not None:
+            state.tap.datagram(self.transport, addr, data, response)
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors and the like: not ours
         pass
@@ -136,10 +155,13 @@ class TcpProtocol(asyncio.Protocol):
         self.client = ""
         self.timer: asyncio.TimerHandle | None = None
         self.counted = False
+        self.closing: str | None = None  # why we close it (geodns_tcp_connections_closed_total)
+        self.tap_peer: Any = None  # both ends, encoded once by a dnstap tap
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         if self.state.tcp_connections >= self.max_connections:
+            self.state.tcp_closed["limit"] += 1
             transport.abort()
             return
         self.state.tcp_connections += 1
@@ -154,22 +176,29 @@ class TcpProtocol(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._idle)
 
     def _idle(self) -> None:
+        self.closing = self.closing or "idle_timeout"
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self._arm()
         buffer = self.buffer
+        state = self.state
         while len(buffer) >= 2:
             length = (buffer[0] << 8) | buffer[1]
             if len(buffer) < 2 + length:
                 break
+            started = perf_counter()
             message = bytes(buffer[2 : 2 + length])
             del buffer[: 2 + length]
-            response = handle(self.state, message, self.client, True)
+            response = handle(state, message, self.client, True)
             if response is not None:
                 self.transport.write(len(response).to_bytes(2, "big") + response)
+                state.tcp_latency.observe(perf_counter() - started)
+            if state.tap is not None:
+                state.tap.stream(self, message, response)
         if len(buffer) > 65537:
+            self.closing = self.closing or "oversized"
             self.transport.close()
 
     def pause_writing(self) -> None:
@@ -184,3 +213,5 @@ class TcpProtocol(asyncio.Protocol):
         if self.counted:
             self.state.tcp_connections -= 1
             self.counted = False
+            reason = self.closing or ("reset" if exc is not None else "client_closed")
+            self.state.tcp_closed[reason] += 1

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from geodns.common.caching import make_room
 from geodns.geo.locator import Placement
+from geodns.observe.metrics import features_of
 
 TEMPLATE_LIMIT = 4_096  # distinct questions (name, type, flags, EDNS) asked with ECS
 PLACES_PER_TEMPLATE = 65_536
@@ -47,6 +48,7 @@ class Template(NamedTuple):
     # IPv4 database record -> its place's reply parts: a client lands in a record, so the
     # place need not be looked up again once its record has answered
     by_record: dict[int, tuple[bytes, bool, dict[int, Any], Any]]
+    features: int  # what its queries carry (EDNS, DO, ECS): the same bytes, so the same bits
 
 
 class SubnetTemplates:
@@ -169,6 +171,7 @@ class SubnetTemplates:
                 dynamic,
                 {},
                 {},
+                features_of(query),
             )
             if length not in self.lengths:
                 self.lengths = (*self.lengths, length)

@@ -1,0 +1,73 @@
+"""A small, bounded sample of the networks that asked recently, for the console and `whatif`.
+
+The console shows where users of each country are sent, and the what-if panel which of them
+would move if a site went away; both run the server's own decision code over the networks in
+this sample. Filling it must cost the query path next to nothing: the metrics observer
+(geodns.observe.metrics.QueryCounters.observe) counts down and, once every `every` queries it
+sees, writes one tuple into a ring of fixed size, overwriting the oldest. Queries answered from
+the reply cache do not reach the observer, so the sample holds distinct networks and questions
+more than it weighs busy ones: it answers "which networks", which is what a what-if asks.
+
+An entry is (network, qname, qtype, time): the network is the ECS option (family, source
+prefix, address bytes) when the query had one with a non-zero prefix, else the resolver's
+address as text, which is what the decision code locates (geodns.geo.locator.GeoLocator.placement).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+SAMPLE_SIZE = 2048
+SAMPLE_EVERY = 8
+
+Entry = tuple[Any, bytes, int, float]
+
+
+class NetworkSample:
+    """A ring of the last `size` sampled (network, qname, qtype, time) entries."""
+
+    __slots__ = ("ring", "size", "every", "next", "added", "clock")
+
+    def __init__(
+        self,
+        size: int = SAMPLE_SIZE,
+        every: int = SAMPLE_EVERY,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ring: list[Entry | None] = [None] * size
+        self.size = size
+        self.every = every
+        self.next = 0
+        self.added = 0  # entries ever added: a consumer can tell what is new since it last looked
+        self.clock = clock
+
+    def take(self, asked: Any, client: str) -> None:
+        """Keep one query (anything with qname, qtype and ecs; the client's address)."""
+        ecs = asked.ecs
+        network = ecs if ecs is not None and ecs[1] else client
+        self.add(((network, asked.qname, asked.qtype, self.clock()),))
+
+    def add(self, entries: Iterable[Entry]) -> None:
+        """Keep entries taken elsewhere (a worker process's report), oldest first."""
+        ring, size = self.ring, self.size
+        for entry in entries:
+            ring[self.next] = entry
+            self.next = (self.next + 1) % size
+            self.added += 1
+
+    def entries(self, since: float = 0.0) -> list[Entry]:
+        """The kept entries not older than `since`, oldest first."""
+        ring = self.ring
+        ordered = ring[self.next :] + ring[: self.next]
+        return [entry for entry in ordered if entry is not None and entry[3] >= since]
+
+    def newer_than(self, added: int) -> list[Entry]:
+        """The entries added after `self.added` was `added` (at most the whole ring)."""
+        fresh = min(self.added - added, self.size)
+        if fresh <= 0:
+            return []
+        ring = self.ring
+        ordered = ring[self.next :] + ring[: self.next]
+        return [entry for entry in ordered[-fresh:] if entry is not None]
