@@ -25,6 +25,7 @@ from geodns.config.loader import open_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
 from geodns.daemon.admin import make_admin_app, start_admin
+from geodns.daemon.console import ConsoleSource
 from geodns.daemon.workers import STATS_INTERVAL, PushedHealth, WorkerPool, worker_count
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.locator import GeoLocator
@@ -144,7 +145,17 @@ class App:
             self.pool.broadcast("health", sorted(self.monitor.view.down))
         if config.admin.listen or config.admin.socket:
             self.admin = await start_admin(
-                make_admin_app(self.monitor, self._admin_reload, self._status, self.metrics.render),
+                make_admin_app(
+                    self.monitor,
+                    self._admin_reload,
+                    self._status,
+                    self.metrics.render,
+                    ConsoleSource(
+                        lambda: self.state.snapshot if self.state is not None else None,
+                        lambda: self.metrics.counters.sample,
+                        self.metrics.collector.answers_by_site,
+                    ),
+                ),
                 config.admin.listen,
                 config.admin.socket,
                 _read_token(config.admin.token_file),

@@ -156,8 +156,8 @@ class QueryCounters:
     response's size and the query's EDNS features, so a cached reply's one increment counts
     its size and features too.
 
-    `observe` also feeds the network sample (geodns.observe.sample) once every `sample.every`
-    queries it sees: a decrement and a comparison per query.
+    `observe` also feeds the network sample (geodns.observe.sample) about once every
+    `sample.every` queries it sees: a decrement and a comparison per query.
     """
 
     __slots__ = ("slots", "tally", "sample", "countdown")
@@ -166,7 +166,7 @@ class QueryCounters:
         self.slots: dict[CountKey, int] = {}
         self.tally: list[int] = []
         self.sample = sample if sample is not None else NetworkSample()
-        self.countdown = self.sample.every
+        self.countdown = self.sample.gap()
 
     def observe(
         self, asked: Any, outcome: Any, client: str, transport: str, size: int, path: int
@@ -176,8 +176,7 @@ class QueryCounters:
         self.tally[self.slot(asked, outcome, transport, size, path)] += 1
         self.countdown -= 1
         if self.countdown <= 0:
-            self.countdown = self.sample.every
-            self.sample.take(asked, client)
+            self.countdown = self.sample.take(asked, client)
 
     def cached_slot(self, asked: Any, outcome: Any, size: int) -> int:
         """The slot of the replies to this query that the reply cache will give (UDP)."""
@@ -345,6 +344,15 @@ class GeodnsCollector:
             for key, count in report.get("counts", {}).items():
                 counts[key] = counts.get(key, 0) + count
         return counts
+
+    def answers_by_site(self) -> dict[str, int]:
+        """Geo answers per site since start, every process included (the console's share)."""
+        totals: dict[str, int] = {}
+        for key, count in self._all_counts().items():
+            if key[4] is not None:
+                for site in key[4].split(","):
+                    totals[site] = totals.get(site, 0) + count
+        return totals
 
     def _queries(self) -> Iterable[Metric]:
         queries: dict[tuple[str, str, str, str], int] = {}

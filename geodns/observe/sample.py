@@ -3,8 +3,9 @@
 The console shows where users of each country are sent, and the what-if panel which of them
 would move if a site went away; both run the server's own decision code over the networks in
 this sample. Filling it must cost the query path next to nothing: the metrics observer
-(geodns.observe.metrics.QueryCounters.observe) counts down and, once every `every` queries it
-sees, writes one tuple into a ring of fixed size, overwriting the oldest. Queries answered from
+(geodns.observe.metrics.QueryCounters.observe) counts down and, about once every `every`
+queries it sees (the gap drawn at random), writes one tuple into a ring of fixed size,
+overwriting the oldest. Queries answered from
 the reply cache do not reach the observer, so the sample holds distinct networks and questions
 more than it weighs busy ones: it answers "which networks", which is what a what-if asks.
 
@@ -15,6 +16,7 @@ address as text, which is what the decision code locates (geodns.geo.locator.Geo
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,13 +30,14 @@ Entry = tuple[Any, bytes, int, float]
 class NetworkSample:
     """A ring of the last `size` sampled (network, qname, qtype, time) entries."""
 
-    __slots__ = ("ring", "size", "every", "next", "added", "clock")
+    __slots__ = ("ring", "size", "every", "next", "added", "clock", "draw")
 
     def __init__(
         self,
         size: int = SAMPLE_SIZE,
         every: int = SAMPLE_EVERY,
         clock: Callable[[], float] = time.time,
+        draw: Callable[[int, int], int] = random.randrange,
     ) -> None:
         self.ring: list[Entry | None] = [None] * size
         self.size = size
@@ -42,12 +45,21 @@ class NetworkSample:
         self.next = 0
         self.added = 0  # entries ever added: a consumer can tell what is new since it last looked
         self.clock = clock
+        self.draw = draw
 
-    def take(self, asked: Any, client: str) -> None:
-        """Keep one query (anything with qname, qtype and ecs; the client's address)."""
+    def gap(self) -> int:
+        """Queries until the next one kept: 1 to 2 x every - 1, at random, so that traffic
+        arriving in a fixed rotation is not seen through a fixed stride (every 8th query of a
+        rotation of 8 resolvers would always be the same resolver's)."""
+        return self.draw(1, 2 * self.every) if self.every > 1 else 1
+
+    def take(self, asked: Any, client: str) -> int:
+        """Keep one query (anything with qname, qtype and ecs; the client's address); the gap
+        to the next one to keep."""
         ecs = asked.ecs
         network = ecs if ecs is not None and ecs[1] else client
         self.add(((network, asked.qname, asked.qtype, self.clock()),))
+        return self.gap()
 
     def add(self, entries: Iterable[Entry]) -> None:
         """Keep entries taken elsewhere (a worker process's report), oldest first."""
