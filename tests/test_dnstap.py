@@ -61,8 +61,11 @@ def send_traffic(server: GeodnsServer) -> None:
 
 
 @needs_dnstap_read
-def test_dnstap_file_is_read_by_dnstap_read(make_server) -> None:
-    server = make_server(base_config(dnstap={"file": "dnstap.fstrm", "identity": "ns-test"}))
+@pytest.mark.parametrize("batch", [32, 0], ids=["batched-udp", "asyncio-udp"])
+def test_dnstap_file_is_read_by_dnstap_read(make_server, batch: int) -> None:
+    server = make_server(
+        base_config(dnstap={"file": "dnstap.fstrm", "identity": "ns-test"}, udp={"batch": batch})
+    )
     send_traffic(server)
     server.stop()
     found = messages(dnstap_read(server.dir / "dnstap.fstrm"))  # relative to the config's folder

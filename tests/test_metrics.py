@@ -442,3 +442,33 @@ def test_latency_and_tcp_close_reasons_from_a_real_server(make_server) -> None:
     assert grew("geodns_tcp_connections_closed_total", reason="client_closed") == 1
     assert grew("geodns_tcp_connections_closed_total", reason="idle_timeout") == 1
     assert value(after, "geodns_tcp_connections_closed_total", reason="limit") == 0
+
+
+def test_the_dashboard_and_the_docs_name_only_exported_metrics(state: ServerState) -> None:
+    """Every metric the Grafana dashboard and docs/operations.md's PromQL use is exported."""
+    import json
+    import re
+    from types import SimpleNamespace
+
+    counters = SimpleNamespace(written=1, dropped=0, errors=0)
+    metrics = Metrics(
+        server_state=state,
+        reload_status=lambda: ReloadStatus(),
+        health_status=lambda: {"x": {"state": "up", "drained": False, "checks": {}}},
+        geo=lambda: state.snapshot.geo,
+        query_log=lambda: counters,
+        dnstap=lambda: counters,
+    )
+    state.count_with(metrics.counters)
+    handle(state, wire("www.cdn.example.com", ecs="36.64.0.0/24"), RESOLVER, False)
+    exported = set()
+    for family in text_string_to_metric_families(metrics.render()[0].decode()):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        exported |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "geodns-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    expressions += re.findall(r"```promql\n(.*?)```", docs, re.S)
+    named = {name for text in expressions for name in re.findall(r"\bgeodns_[a-z_]+", text)}
+    assert len(named) > 15
+    assert named <= exported, sorted(named - exported)
