@@ -38,6 +38,7 @@ from prometheus_client.exposition import choose_encoder
 
 from geodns import __version__
 from geodns.common.logs import get_logger
+from geodns.dns.wire import FEATURE_DO, FEATURE_ECS, FEATURE_EDNS
 from geodns.observe.sample import NetworkSample
 from geodns.observe.timing import Histogram
 
@@ -124,25 +125,13 @@ def rcode_text(rcode: int) -> str:
 PATH_FULL = 0
 PATH_TEMPLATE = 1
 PATH_REPLY_CACHE = 2
-# what the query carried (Asked.features): bits, so one int in the key
-FEATURE_EDNS = 1
-FEATURE_DO = 2
-FEATURE_ECS = 4
+# what the query carried (Query.features, Asked.features): bits, so one int in the key
 FEATURE_NAMES = ((FEATURE_EDNS, "edns"), (FEATURE_DO, "do"), (FEATURE_ECS, "ecs"))
 # bytes: a plain A answer is under 100, 512 is the old UDP limit, 1232 the usual EDNS size
 SIZE_BOUNDS = (64, 128, 256, 512, 768, 1024, 1232, 1472, 2048, 4096, 16384, 65535)
 
 # (zone, qtype, rcode, transport, site, located_by, truncated, response size, features, path)
 CountKey = tuple[str | None, int, int, str, str | None, str | None, bool, int, int, int]
-
-
-def features_of(query: Any) -> int:
-    """The FEATURE_* bits of a parsed query (geodns.dns.wire.Query): EDNS, DO, ECS."""
-    return (
-        (FEATURE_EDNS if query.edns else 0)
-        | (FEATURE_DO if query.do else 0)
-        | (FEATURE_ECS if query.ecs is not None else 0)
-    )
 
 
 class QueryCounters:
@@ -171,8 +160,9 @@ class QueryCounters:
     def observe(
         self, asked: Any, outcome: Any, client: str, transport: str, size: int, path: int
     ) -> None:
-        """Count one answered query (asked: geodns.serving.engine.Asked, outcome:
-        geodns.serving.engine.Outcome, size: the response's bytes, path: PATH_*)."""
+        """Count one answered query (asked: a geodns.dns.wire.Query or the
+        geodns.serving.engine.Asked kept of one, outcome: geodns.serving.engine.Outcome, size: the
+        response's bytes, path: PATH_*)."""
         self.tally[self.slot(asked, outcome, transport, size, path)] += 1
         self.countdown -= 1
         if self.countdown <= 0:

@@ -23,6 +23,7 @@ from typing import Any
 
 SAMPLE_SIZE = 2048
 SAMPLE_EVERY = 8
+GAPS = 251  # a prime: the cycle of gaps does not line up with a rotation of resolvers
 
 Entry = tuple[Any, bytes, int, float]
 
@@ -30,7 +31,7 @@ Entry = tuple[Any, bytes, int, float]
 class NetworkSample:
     """A ring of the last `size` sampled (network, qname, qtype, time) entries."""
 
-    __slots__ = ("ring", "size", "every", "next", "added", "clock", "draw")
+    __slots__ = ("ring", "size", "every", "next", "added", "clock", "gaps", "turn")
 
     def __init__(
         self,
@@ -45,20 +46,30 @@ class NetworkSample:
         self.next = 0
         self.added = 0  # entries ever added: a consumer can tell what is new since it last looked
         self.clock = clock
-        self.draw = draw
+        # gaps drawn once, used in turn: a random stride without a draw per kept query
+        self.gaps = [draw(1, 2 * every) if every > 1 else 1 for _ in range(GAPS)]
+        self.turn = 0
 
     def gap(self) -> int:
         """Queries until the next one kept: 1 to 2 x every - 1, at random, so that traffic
         arriving in a fixed rotation is not seen through a fixed stride (every 8th query of a
         rotation of 8 resolvers would always be the same resolver's)."""
-        return self.draw(1, 2 * self.every) if self.every > 1 else 1
+        self.turn = (self.turn + 1) % GAPS
+        return self.gaps[self.turn]
 
     def take(self, asked: Any, client: str) -> int:
         """Keep one query (anything with qname, qtype and ecs; the client's address); the gap
         to the next one to keep."""
         ecs = asked.ecs
-        network = ecs if ecs is not None and ecs[1] else client
-        self.add(((network, asked.qname, asked.qtype, self.clock()),))
+        at = self.next
+        self.ring[at] = (
+            ecs if ecs is not None and ecs[1] else client,
+            asked.qname,
+            asked.qtype,
+            self.clock(),
+        )
+        self.next = (at + 1) % self.size
+        self.added += 1
         return self.gap()
 
     def add(self, entries: Iterable[Entry]) -> None:

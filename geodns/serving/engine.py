@@ -30,7 +30,6 @@ from geodns.dns.wire import Query
 from geodns.dns.zone import TYPE_AXFR, TYPE_IXFR, Zone
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.locator import GeoLocator
-from geodns.observe.metrics import features_of
 from geodns.serving.subnet_templates import SubnetTemplates
 
 CLASS_IN = 1
@@ -78,11 +77,11 @@ class Asked(NamedTuple):
     qname: bytes
     qtype: int
     ecs: tuple[int, int, bytes] | None
-    features: int  # what the query carried: EDNS, DO, ECS (geodns.observe.metrics.FEATURE_*)
+    features: int  # what the query carried: EDNS, DO, ECS (geodns.dns.wire.FEATURE_*)
 
 
 def asked_of(query: Query) -> Asked:
-    return Asked(query.qname, query.qtype, query.ecs, features_of(query))
+    return Asked(query.qname, query.qtype, query.ecs, query.features)
 
 
 @dataclass(eq=False)

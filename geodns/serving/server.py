@@ -23,7 +23,20 @@ from geodns.serving.engine import Asked, Outcome, Snapshot, asked_of, formerr, r
 log = get_logger("geodns.serving.server")
 
 
-Observer = Callable[[Asked, Outcome, str, str, int, int], None]
+class Asking(Protocol):
+    """What an observer reads of a query: a parsed `Query` or the `Asked` kept with a cached reply."""
+
+    @property
+    def qname(self) -> bytes: ...
+    @property
+    def qtype(self) -> int: ...
+    @property
+    def ecs(self) -> tuple[int, int, bytes] | None: ...
+    @property
+    def features(self) -> int: ...
+
+
+Observer = Callable[[Asking, Outcome, str, str, int, int], None]
 """Called once per answered query: (what was asked, what was decided, client, "udp" or "tcp",
 the response's size in bytes, how it was found: geodns.observe.metrics.PATH_*)."""
 SERVFAIL_OUTCOME = Outcome(RCODE_SERVFAIL, None)
@@ -109,13 +122,12 @@ def handle(state: ServerState, data: bytes, client: str, tcp: bool) -> bytes | N
             "engine_error", client=client, qtype=query.qtype, qname=name_text(query.qname)
         )
         response, outcome = servfail(query, snapshot), SERVFAIL_OUTCOME  # counted like any
-    asked = asked_of(query)
     if not tcp and outcome.cacheable:
-        snapshot.remember(key, response, asked, outcome, state.slot_of)
+        snapshot.remember(key, response, asked_of(query), outcome, state.slot_of)
         snapshot.learn_template(data, query, response, outcome)
     observer = state.observer
     if observer is not None:
-        observer(asked, outcome, client, "tcp" if tcp else "udp", len(response), PATH_FULL)
+        observer(query, outcome, client, "tcp" if tcp else "udp", len(response), PATH_FULL)
     return response
 
 

@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 from geodns.common.caching import make_room
 from geodns.geo.locator import Placement
-from geodns.observe.metrics import features_of
 
 TEMPLATE_LIMIT = 4_096  # distinct questions (name, type, flags, EDNS) asked with ECS
 PLACES_PER_TEMPLATE = 65_536
@@ -171,7 +170,7 @@ class SubnetTemplates:
                 dynamic,
                 {},
                 {},
-                features_of(query),
+                query.features,
             )
             if length not in self.lengths:
                 self.lengths = (*self.lengths, length)
