@@ -254,7 +254,7 @@ def test_every_query_is_answered_while_the_reader_stalls(make_server, tmp_path: 
         while not reader.handshakes and time.monotonic() < deadline:
             time.sleep(0.02)
         assert reader.handshakes == 1
-        for index in range(300):
+        for index in range(100):  # the spool's own stall is tested above, in-process
             reply = server.query(f"n{index}.wild.example.test", "TXT", timeout=2)
             assert reply.answer
         server.stop()

@@ -38,10 +38,16 @@ def test_journal_priorities_and_logger_names(tmp_path) -> None:
     assert by_event["dnstap_reader_unreachable"][1]["logger"] == "geodns.observe.framestream"
 
 
-def test_no_priority_prefix_outside_the_journal() -> None:
-    with GeodnsServer(base_config(), BASE_ZONES) as server:
-        server.query("www.example.test")
-        server.stop()
-        lines = [line for line in server.stderr_text().splitlines() if line.strip()]
-    assert lines and all(line.startswith("{") for line in lines)
-    assert all("logger" in json.loads(line) for line in lines)
+def test_no_priority_prefix_outside_the_journal(tmp_path, monkeypatch) -> None:
+    """$JOURNAL_STREAM names another stream (a parent's journal, inherited): no prefix."""
+    from geodns.common.logs import to_journal
+
+    stream = (tmp_path / "stderr").open("w")
+    status = os.stat(stream.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{status.st_dev}:{status.st_ino}")
+    assert to_journal(stream)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{status.st_dev}:{status.st_ino + 1}")
+    assert not to_journal(stream)
+    monkeypatch.delenv("JOURNAL_STREAM")
+    assert not to_journal(stream)
+    stream.close()
