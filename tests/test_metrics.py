@@ -472,3 +472,23 @@ def test_the_dashboard_and_the_docs_name_only_exported_metrics(state: ServerStat
     named = {name for text in expressions for name in re.findall(r"\bgeodns_[a-z_]+", text)}
     assert len(named) > 15
     assert named <= exported, sorted(named - exported)
+
+
+def test_a_workers_sampled_networks_reach_the_main_process(state: ServerState) -> None:
+    """The console decides over the main process's network sample; a worker's report carries
+    the networks it sampled since its last report, once."""
+    worker = QueryCounters()
+    worker_state = ServerState(state.snapshot)
+    worker_state.count_with(worker)
+    for index in range(200):
+        handle(
+            worker_state, wire("www.cdn.example.com", ecs=f"36.64.{index}.0/24"), RESOLVER, False
+        )
+    first = pickle.loads(pickle.dumps(worker_report(worker, worker_state, sample_added=0)))
+    assert 10 < len(first["sample"]) <= worker.sample.added
+    assert {entry[0][2][:2] for entry in first["sample"]} == {bytes([36, 64])}
+    again = worker_report(worker, worker_state, sample_added=worker.sample.added)
+    assert again["sample"] == []
+    main = QueryCounters()
+    main.sample.add(first["sample"])
+    assert main.sample.entries() == first["sample"]
