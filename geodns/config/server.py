@@ -80,6 +80,24 @@ class CookieSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnstapConfig:
+    """dnstap output of sampled queries (AUTH_QUERY/AUTH_RESPONSE), off unless a socket or a
+    file is given. `socket`: a Unix socket a Frame Streams reader listens on; `file`: written
+    directly, rotated by size like the query log."""
+
+    socket: str | None = None
+    file: str | None = None
+    sample_rate: float = 1.0
+    identity: str | None = None  # default: the host name
+    max_bytes: int = 100_000_000
+    backups: int = 5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.socket or self.file) and self.sample_rate > 0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything `geodns serve` needs besides the zone files themselves."""
 
@@ -108,6 +126,7 @@ class ServerConfig:
     workers: int = 0  # 0: one per core this process may run on
     watch_zones: bool = True
     query_log: QueryLogConfig = QueryLogConfig()
+    dnstap: DnstapConfig = DnstapConfig()
 
     def soa_for(self, zone: str) -> SoaSettings:
         return self.zone_soa.get(zone, self.soa)
@@ -141,6 +160,7 @@ TOP_KEYS = (
     "rrl",
     "cookies",
     "cache_dir",
+    "dnstap",
 )
 
 
@@ -226,6 +246,24 @@ def load_config(path: Path | None) -> ServerConfig:
         query_log.add(
             query_log.mapping.line_of("sample_rate"), "query_log.sample_rate: expected 0..1"
         )
+    dnstap = top.section(
+        "dnstap", ("socket", "file", "sample_rate", "identity", "max_bytes", "backups")
+    )
+    dnstap_rate = dnstap.get("sample_rate", (int, float), 1.0, "a fraction from 0 to 1")
+    if not 0 <= dnstap_rate <= 1:
+        dnstap.add(dnstap.mapping.line_of("sample_rate"), "dnstap.sample_rate: expected 0..1")
+    dnstap_socket = dnstap.get("socket", str, None, "a Unix socket path")
+    dnstap_file = dnstap.get("file", str, None, "a file path")
+    if dnstap_socket and dnstap_file:
+        dnstap.add(dnstap.mapping.line_of("file"), "dnstap: give either socket or file, not both")
+    dnstap_config = DnstapConfig(
+        socket=str(base / dnstap_socket) if dnstap_socket else None,
+        file=str(base / dnstap_file) if dnstap_file else None,
+        sample_rate=float(dnstap_rate),
+        identity=dnstap.get("identity", str, None, "a name for this server"),
+        max_bytes=dnstap.int_in("max_bytes", 0, 2**40, DnstapConfig().max_bytes),
+        backups=dnstap.int_in("backups", 0, 100, DnstapConfig().backups),
+    )
     state_file = top.get("state_file", str, None, "a file path")
     sites_value = data.get("sites")
     sites, site_problems = parse_sites(str(path), sites_value, data.line_of("sites"))
@@ -237,13 +275,17 @@ def load_config(path: Path | None) -> ServerConfig:
     query_log_config = QueryLogConfig(
         enabled=query_log.get("enabled", bool, False, "true or false"),
         sample_rate=float(sample_rate),
-        path=query_log.get("path", str, "-", "a file path or '-' for stdout"),
+        path=_beside(base, query_log.get("path", str, "-", "a file path or '-' for stdout")),
         max_bytes=query_log.int_in("max_bytes", 0, 2**40, QueryLogConfig().max_bytes),
         backups=query_log.int_in("backups", 0, 100, QueryLogConfig().backups),
     )
     admin_config = AdminConfig(
         listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),
-        socket=admin.get("socket", str, None, "a Unix socket path"),
+        socket=(
+            str(base / sock)
+            if (sock := admin.get("socket", str, None, "a Unix socket path"))
+            else None
+        ),
         token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
     )
     if top.problems:
@@ -273,7 +315,13 @@ def load_config(path: Path | None) -> ServerConfig:
         workers=workers,
         watch_zones=watch_zones,
         query_log=query_log_config,
+        dnstap=dnstap_config,
     )
+
+
+def _beside(base: Path, path: str) -> str:
+    """A path from the config file, relative to the config file's folder ('-' stays '-')."""
+    return path if path == "-" else str(base / path)
 
 
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))

@@ -58,6 +58,15 @@ def reload(config: Any) -> tuple[bool, list[str]]:
     return bool(answer.get("ok")), [str(e) for e in answer.get("errors", [])]
 
 
+def whatif(config: Any, action: str, site: str) -> dict[str, Any]:
+    """Who would move if `site` were drained or failed (geodns.daemon.whatif), per the server."""
+    return _call(config, "POST", "/console/whatif", {"action": action, "site": site})
+
+
+class AdminUnreachable(AdminError):
+    """No server answers at the admin API's address."""
+
+
 def parse_duration(text: str) -> float:
     """ "30s", "10m", "2h", "1d", "1h30m" or plain seconds -> seconds; ValueError otherwise."""
     value = text.strip().lower()
@@ -221,7 +230,7 @@ async def _request(
     except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionError) as exc:
         reason = getattr(exc, "os_error", exc)
         detail = getattr(reason, "strerror", None) or str(reason)
-        raise AdminError(
+        raise AdminUnreachable(
             f"cannot reach geodns admin API at {where}: is the server running? ({detail})"
         ) from None
     except TimeoutError:

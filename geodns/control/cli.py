@@ -124,6 +124,48 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_whatif(args: argparse.Namespace) -> int:
+    """Who would move if a site were drained or failed: the running server's answer over the
+    networks it saw, or, with no server running, this config's over one user per country."""
+    import asyncio
+    import json
+
+    from geodns.control import adminclient
+    from geodns.daemon.whatif import format_table, what_if
+
+    try:
+        config = load_config(_config_path(args.config))
+        note = ""
+        try:
+            result = adminclient.whatif(config, args.action, args.site)
+        except adminclient.AdminUnreachable:
+            from geodns.common.errors import did_you_mean
+            from geodns.config.loader import load_geo
+            from geodns.health.state import HealthState
+            from geodns.serving.snapshot import build_snapshot
+
+            snapshot = build_snapshot(config, load_geo(config))
+            if args.site not in snapshot.sites:
+                hint = did_you_mean(args.site, snapshot.sites) or ""
+                raise ValueError(f"no site named '{args.site}'{hint}") from None
+            health = HealthState(snapshot.sites, time.time())
+            result = asyncio.run(what_if(snapshot, health, args.action, args.site, []))
+            note = "no running server reachable: every site treated as up"
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return 1
+    except (adminclient.AdminError, ValueError) as exc:
+        print(f"geodns whatif: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_table(result))
+        if note:
+            print(f"note: {note}")
+    return 0
+
+
 def _running_health(config: object) -> tuple[frozenset[str], str]:
     """The running server's view of which sites are down, or all up when it is not running."""
     try:
@@ -220,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--type", "-t", default="A", choices=["A", "AAAA", "a", "aaaa"])
     explain.add_argument("--config", "-c", help="config file (default: the bundled example)")
     explain.set_defaults(func=cmd_explain)
+    whatif = commands.add_parser(
+        "whatif", help="who would move, and how much farther, if a site were drained or failed"
+    )
+    whatif.add_argument("action", choices=["drain", "fail"])
+    whatif.add_argument("site")
+    whatif.add_argument("--json", action="store_true", help="the raw JSON of the what-if")
+    whatif.add_argument("--config", "-c", help="the server's config file (to find its admin API)")
+    whatif.set_defaults(func=cmd_whatif)
     drain = commands.add_parser("drain", help="take a site out of rotation (a drill, maintenance)")
     drain.add_argument("site")
     drain.add_argument("--reason", "-r", help="why, shown by status and in the log")

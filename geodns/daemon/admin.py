@@ -11,6 +11,7 @@ permissions (0660) are the access control and no token is asked for.
     POST /undrain {site}
     POST /reload                       200 {ok: true} or 422 {ok: false, errors: [...]}
     GET  /metrics                      Prometheus text (when a metrics callback is given)
+    GET  /, /console/...               the live console (geodns.daemon.console), when given
 
 Errors are JSON `{"error": "..."}` with 400 (bad request), 401 (token), 404 (no such site).
 """
@@ -29,6 +30,7 @@ from aiohttp import web
 
 from geodns.common.errors import did_you_mean
 from geodns.common.logs import get_logger
+from geodns.daemon.console import ConsoleSource, add_console
 from geodns.health.monitor import HealthMonitor
 
 log = get_logger("geodns.daemon.admin")
@@ -51,6 +53,7 @@ def make_admin_app(
     reload_cb: ReloadCallback,
     status_extra: Callable[[], dict[str, Any]] | None = None,
     metrics_cb: MetricsCallback | None = None,
+    console: ConsoleSource | None = None,
 ) -> web.Application:
     """The admin application; `start_admin` serves it.
 
@@ -70,6 +73,8 @@ def make_admin_app(
     app.router.add_post("/reload", _reload)
     if metrics_cb is not None:
         app.router.add_get("/metrics", _metrics)
+    if console is not None:
+        add_console(app, monitor, console)
     return app
 
 

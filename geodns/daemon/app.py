@@ -36,18 +36,22 @@ from typing import Any
 from geodns import __version__
 from geodns.common.errors import ConfigError, GeodnsError, Problem
 from geodns.common.logs import get_logger
+from geodns.common.memory import release_free_memory
 from geodns.config.loader import cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
 from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
+from geodns.daemon.console import ConsoleSource
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import build_and_save, load_index
 from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
+from geodns.observe.dnstap import open_dnstap
 from geodns.observe.metrics import Metrics, worker_report
 from geodns.observe.querylog import QueryLog
+from geodns.observe.spool import Spool
 from geodns.serving import udpbatch
 from geodns.serving.answer_path import Observer, ServerState
 from geodns.serving.client import ClientFactory
@@ -117,6 +121,8 @@ class App:
         self.pending_down: frozenset[str] | None = None
         self.index_ready_at: float | None = None
         self.failed_database: tuple[int, int, int] | None = None  # its stat signature
+        self.dnstap: Spool | None = None
+        self.sample_reported = 0  # a worker: its network sample's `added` at the last report
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -128,6 +134,7 @@ class App:
         self.geo = await asyncio.to_thread(load_geo, config)
         down: frozenset[str] = frozenset()
         snapshot = await asyncio.to_thread(build_snapshot, config, self.geo, down)
+        await asyncio.to_thread(release_free_memory)  # what the build freed
         if self.index == 0:
             _log_zone_warnings(snapshot)
         if self.control is None:
@@ -152,10 +159,13 @@ class App:
             geo=lambda: self.geo,
             query_log=lambda: self.query_log,
             workers=lambda: list(self.worker_stats.values()),
+            dnstap=lambda: self.dnstap,
             process=self.control is None,
         )
         if config.query_log.enabled:
             self.query_log = QueryLog(config.query_log, worker=self.index)
+        if config.dnstap.enabled:
+            self.dnstap, self.state.tap = open_dnstap(config.dnstap, worker=self.index)
         if self.query_log is None:  # counting only: cached replies carry their counter slot
             self.state.count_with(self.metrics.counters)
         else:
@@ -189,7 +199,15 @@ class App:
             try:
                 self.admin = await start_admin(
                     make_admin_app(
-                        self.monitor, self._admin_reload, self._status, self.metrics.render
+                        self.monitor,
+                        self._admin_reload,
+                        self._status,
+                        self.metrics.render,
+                        ConsoleSource(
+                            lambda: self.state.snapshot if self.state is not None else None,
+                            lambda: self.metrics.counters.sample,
+                            self.metrics.collector.answers_by_site,
+                        ),
                     ),
                     config.admin.listen,
                     config.admin.socket,
@@ -449,6 +467,7 @@ class App:
         self._swap(snapshot)
         if old_geo is not None and old_geo is not geo:
             old_geo.close()  # no query holds it: the loop is single-threaded and just swapped
+        await asyncio.to_thread(release_free_memory)  # the old snapshot's and the build's
         self.reload_status = ReloadStatus(
             ok=True,
             successes=self.reload_status.successes + 1,
@@ -494,10 +513,13 @@ class App:
         assert self.control is not None
         while True:
             await asyncio.sleep(STATS_INTERVAL)
+            sample = self.metrics.counters.sample
+            report = worker_report(
+                self.metrics.counters, self.state, self.query_log, self.dnstap, self.sample_reported
+            )
+            self.sample_reported = sample.added
             try:
-                self.control.send(
-                    ("stats", worker_report(self.metrics.counters, self.state, self.query_log))
-                )
+                self.control.send(("stats", report))
             except OSError:
                 return
 
@@ -520,7 +542,10 @@ class App:
             self.stopping.set()
 
     def _worker_stats(self, index: int, stats: Any) -> None:
-        """Counters a worker reports; the metrics endpoint adds them to the main process's."""
+        """Counters a worker reports; the metrics endpoint adds them to the main process's.
+        Its newly sampled networks join the main process's sample (the console's)."""
+        if isinstance(stats, dict):
+            self.metrics.counters.sample.add(stats.pop("sample", ()))
         self.worker_stats[index] = stats
 
     async def _watch_files(self) -> None:
@@ -580,7 +605,9 @@ class App:
             async with asyncio.timeout(STOP_GRACE + 1.0):
                 await asyncio.gather(*steps, return_exceptions=True)
         if self.query_log is not None:
-            self.query_log.close(timeout=STOP_GRACE)
+            self.query_log.close()
+        if self.dnstap is not None:
+            self.dnstap.close()
         if self.index == 0:
             log.info("stopped")
 
@@ -702,9 +729,9 @@ def _observer(counters: Observer, query_log: QueryLog) -> Observer:
     """The per-query observer when the query log is on: the metrics counters, then the log."""
     log_query = query_log.observe
 
-    def both(query: Any, outcome: Any, client: str, transport: str) -> None:
-        counters(query, outcome, client, transport)
-        log_query(query, outcome, client, transport)
+    def both(query: Any, outcome: Any, client: str, transport: str, size: int, path: int) -> None:
+        counters(query, outcome, client, transport, size, path)
+        log_query(query, outcome, client, transport, size, path)
 
     return both
 

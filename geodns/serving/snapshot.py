@@ -40,10 +40,12 @@ SIGHTING_SLOTS = 1 << SIGHTING_BITS
 class Asked:
     """What observers read of a query whose reply came from a cache: a few plain values."""
 
-    __slots__ = ("qname", "qtype", "ecs")
+    __slots__ = ("qname", "qtype", "ecs", "features")
 
-    def __init__(self, qname: bytes, qtype: int, ecs: tuple[int, int, bytes] | None) -> None:
-        self.qname, self.qtype, self.ecs = qname, qtype, ecs
+    def __init__(
+        self, qname: bytes, qtype: int, ecs: tuple[int, int, bytes] | None, features: int
+    ) -> None:
+        self.qname, self.qtype, self.ecs, self.features = qname, qtype, ecs, features
 
 
 class CachedReply:

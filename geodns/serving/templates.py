@@ -47,6 +47,7 @@ class Template(NamedTuple):
     qtype: int  # and the ECS family code and source prefix of every query it answers
     ecs_family: int
     source: int
+    features: int  # what its queries carry (EDNS, DO, ECS): the same bytes, so the same bits
     heads: dict[int, bytes]  # answer id -> the reply after the ID, up to the scope byte
     outcomes: dict[int, Outcome]  # answer id -> what it is counted as (scope: per query)
     slots: dict[int, int]  # answer id -> its counter slot (geodns.observe.metrics), or -1
@@ -121,6 +122,7 @@ class Templates:
                 query.qtype,
                 family_code,
                 source,
+                query.features,
                 {},
                 {},
                 {},
