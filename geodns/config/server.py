@@ -15,6 +15,7 @@ from typing import Any
 from geodns.common.errors import ConfigError, Problem
 from geodns.common.reader import Reader
 from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
+from geodns.config.fleet import FleetConfig, parse_fleet
 from geodns.config.zonefile import MAX_TTL, SoaSettings, check_name
 from geodns.geo.sites import Site, parse_sites
 
@@ -30,6 +31,7 @@ class AdminConfig:
     listen: str | None = "127.0.0.1:8053"
     socket: str | None = None
     token_file: Path | None = None
+    public_metrics: bool = False  # GET /metrics without the token (it shows no secrets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class ServerConfig:
     workers: int = 0  # 0: one per core this process may run on
     watch_zones: bool = True
     query_log: QueryLogConfig = QueryLogConfig()
+    fleet: FleetConfig | None = None  # a fleet of nameservers sharing drains and health (etcd)
 
     def soa_for(self, zone: str) -> SoaSettings:
         return self.zone_soa.get(zone, self.soa)
@@ -93,6 +96,7 @@ TOP_KEYS = (
     "workers",
     "watch_zones",
     "query_log",
+    "fleet",
 )
 
 
@@ -154,7 +158,7 @@ def load_config(path: Path | None) -> ServerConfig:
         zone_soa[name] = _soa(zone_section.section("soa", SOA_KEYS), soa)
     geoip = top.section("geoip", ("database",))
     database = geoip.get("database", str, None, "a path to a .mmdb file")
-    admin = top.section("admin", ("listen", "socket", "token_file"))
+    admin = top.section("admin", ("listen", "socket", "token_file", "public_metrics"))
     query_log = top.section("query_log", ("enabled", "sample_rate", "path", "max_bytes", "backups"))
     sample_rate = query_log.get("sample_rate", (int, float), 1.0, "a fraction from 0 to 1")
     if not 0 <= sample_rate <= 1:
@@ -181,7 +185,10 @@ def load_config(path: Path | None) -> ServerConfig:
         listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),
         socket=admin.get("socket", str, None, "a Unix socket path"),
         token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
+        public_metrics=admin.boolean("public_metrics", False),
     )
+    _check_admin_is_closed(admin, admin_config)
+    fleet = parse_fleet(top, base)
     if top.problems:
         raise ConfigError(top.problems)
     return ServerConfig(
@@ -205,7 +212,26 @@ def load_config(path: Path | None) -> ServerConfig:
         workers=workers,
         watch_zones=watch_zones,
         query_log=query_log_config,
+        fleet=fleet,
     )
+
+
+def _check_admin_is_closed(admin: Reader, config: AdminConfig) -> None:
+    """A TCP admin API beyond loopback without a token would let anyone drain and reload."""
+    if not config.listen or config.token_file is not None:
+        return
+    host = config.listen.rpartition(":")[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        admin.problem(
+            "listen",
+            f"{config.listen} is not a loopback address and admin.token_file is not set: anyone "
+            "who can reach it could drain sites and reload; set admin.token_file (a file holding "
+            "a token, e.g. from `openssl rand -hex 32`) or listen on 127.0.0.1 / ::1",
+        )
 
 
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))

@@ -26,6 +26,9 @@ from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
 from geodns.daemon.admin import make_admin_app, start_admin
 from geodns.daemon.workers import STATS_INTERVAL, PushedHealth, WorkerPool, worker_count
+from geodns.fleet.identity import member_identity
+from geodns.fleet.member import FleetMember
+from geodns.fleet.metrics import FleetCollector
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.locator import GeoLocator
 from geodns.health.monitor import HealthMonitor
@@ -85,6 +88,7 @@ class App:
         self.tasks: list[asyncio.Future[Any]] = []
         self.worker_stats: dict[int, Any] = {}
         self.monitor: HealthMonitor | None = None
+        self.fleet: FleetMember | None = None
         self.admin: Any = None
         self.metrics: Metrics
         self.query_log: QueryLog | None = None
@@ -116,6 +120,9 @@ class App:
             self.state.count_with(self.metrics.counters)
         else:
             self.state.observer = _observer(self.metrics.observe, self.query_log)
+        token = _read_token(config.admin.token_file) if self.control is None else None
+        if self.monitor is not None and config.fleet is not None:
+            await self._start_fleet(snapshot)
         await self._bind()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,10 +144,17 @@ class App:
             self.pool.broadcast("health", sorted(self.monitor.view.down))
         if config.admin.listen or config.admin.socket:
             self.admin = await start_admin(
-                make_admin_app(self.monitor, self._admin_reload, self._status, self.metrics.render),
+                make_admin_app(
+                    self.monitor,
+                    self._admin_reload,
+                    self._status,
+                    self.metrics.render,
+                    self.fleet,
+                    public_metrics=config.admin.public_metrics,
+                ),
                 config.admin.listen,
                 config.admin.socket,
-                _read_token(config.admin.token_file),
+                token,
             )
         log.info(
             "started",
@@ -157,6 +171,24 @@ class App:
         self.tasks.append(asyncio.ensure_future(sdnotify.watchdog_loop()))
         settle_heap()
         sdnotify.ready(self._status_line())
+
+    async def _start_fleet(self, snapshot: Snapshot) -> None:
+        """Join the fleet before answering (bounded by fleet.timeout), so the first answers
+        already follow the fleet's drains when etcd is reachable (geodns.fleet.member)."""
+        assert self.monitor is not None and self.config.fleet is not None
+        self.fleet = FleetMember(self.config.fleet, self.monitor, log=log)
+        self.metrics.registry.register(FleetCollector(self.fleet))
+        await self._fleet_identity(snapshot)
+        await self.fleet.start()
+
+    async def _fleet_identity(self, snapshot: Snapshot) -> None:
+        """Tell the fleet what this member serves now: zone serials and digests."""
+        if self.fleet is not None:
+            self.fleet.set_identity(
+                await asyncio.to_thread(
+                    member_identity, self.config, snapshot.zones, self.geo.build_epoch
+                )
+            )
 
     def _status_line(self) -> str:
         assert self.state is not None
@@ -196,6 +228,7 @@ class App:
                 "last_attempt": status.last_attempt,
                 "errors": list(status.errors),
             },
+            **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }
 
     async def _report_stats(self) -> None:
@@ -362,6 +395,12 @@ class App:
         )
         if self.pool is not None:
             self.pool.broadcast("reload")
+        if self.fleet is not None:
+            if config.fleet != self.fleet.config:
+                log.warning(
+                    "reload_fleet_unchanged", reason="fleet settings change on restart only"
+                )
+            await self._fleet_identity(snapshot)
         if self.index == 0:
             log.info(
                 "reloaded", cause=cause, zones=sorted(snapshot.zones), generation=self.generation
@@ -375,6 +414,8 @@ class App:
             task.cancel()
         if self.admin is not None:
             await self.admin.cleanup()
+        if self.fleet is not None:
+            await self.fleet.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.pool is not None:
@@ -442,14 +483,29 @@ def _observer(counters: Observer, query_log: QueryLog) -> Observer:
 
 
 def _read_token(path: Path | None) -> str | None:
+    """The admin token; an empty or unreadable token file stops the start (it must never mean
+    "no authentication")."""
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8").strip() or None
+        token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(
             [Problem(str(path), 0, f"cannot read admin.token_file: {exc.strerror}")]
         ) from exc
+    if not token:
+        raise ConfigError(
+            [
+                Problem(
+                    str(path),
+                    0,
+                    "admin.token_file is empty: that would turn the admin API's authentication "
+                    "off; put a token in it (e.g. `openssl rand -hex 32 > FILE`) or remove "
+                    "admin.token_file",
+                )
+            ]
+        )
+    return token
 
 
 def _runner() -> Any:
