@@ -15,11 +15,13 @@ import json
 import select
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from server_process import free_tcp_port
@@ -29,11 +31,61 @@ ETCDCTL = shutil.which("etcdctl")
 HOST = "127.0.0.1"
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A test CA and the certificates made with it (openssl), for etcd and its clients."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def make(cls, directory: Path) -> Tls:
+        """A CA, a server certificate for 127.0.0.1 and a client certificate with no Common Name
+        (etcd's JSON gateway refuses a client certificate that has one: docs/fleet.md)."""
+        directory.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=geodns test CA")  # fmt: skip
+        for name, extension in (
+            ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ):
+            (directory / f"{name}.ext").write_text(extension + "\n")
+            openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                    "-subj", "/CN=127.0.0.1" if name == "server" else "/O=geodns")  # fmt: skip
+            openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                    "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+                    "-extfile", f"{name}.ext")  # fmt: skip
+        return cls(
+            directory / "ca.pem",
+            directory / "server.pem",
+            directory / "server.key",
+            directory / "client.pem",
+            directory / "client.key",
+        )
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
 class EtcdNode:
     """One etcd process of a cluster."""
 
-    def __init__(self, name: str, directory: Path) -> None:
+    def __init__(
+        self, name: str, directory: Path, tls: Tls | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.name = name
+        self.tls = tls
+        self.extra = extra
         self.client_port = free_tcp_port()
         self.peer_port = free_tcp_port()
         self.data_dir = directory / name
@@ -42,7 +94,7 @@ class EtcdNode:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{HOST}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{HOST}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -65,7 +117,15 @@ class EtcdNode:
             "--election-timeout", "500",
             "--logger", "zap",
             "--log-level", "warn",
+            *self.extra,
         ]  # fmt: skip
+        if self.tls is not None:
+            command += [
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca),
+                "--client-cert-auth",
+            ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -88,8 +148,11 @@ class EtcdNode:
 
     def healthy(self) -> bool:
         """True when this node answers /health with a leader in its cluster."""
+        context = self.tls.client_context() if self.tls else None
         try:
-            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=0.5) as response:
+            with urllib.request.urlopen(
+                f"{self.endpoint}/health", timeout=0.5, context=context
+            ) as response:
                 return json.loads(response.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -98,11 +161,12 @@ class EtcdNode:
 class EtcdCluster:
     """`size` etcd nodes on loopback; `endpoints` are their client URLs."""
 
-    def __init__(self, size: int = 1) -> None:
+    def __init__(self, size: int = 1, *, tls: bool = False, extra: tuple[str, ...] = ()) -> None:
         if ETCD is None:
             raise RuntimeError("etcd is not installed: apt-get install etcd-server etcd-client")
         self.directory = Path(tempfile.mkdtemp(prefix="geodns-etcd-"))
-        self.nodes = [EtcdNode(f"etcd{i}", self.directory) for i in range(size)]
+        self.tls = Tls.make(self.directory / "tls") if tls else None
+        self.nodes = [EtcdNode(f"etcd{i}", self.directory, self.tls, extra) for i in range(size)]
         self.initial_cluster = ",".join(f"{n.name}={n.peer_url}" for n in self.nodes)
 
     @property
@@ -132,9 +196,14 @@ class EtcdCluster:
             self.nodes[index].stop(kill=kill)
 
     def etcdctl(self, *args: str) -> str:
+        """Run etcdctl against the cluster (with the client certificate when there is TLS)."""
         assert ETCDCTL is not None
+        tls = []
+        if self.tls is not None:
+            tls = [f"--cacert={self.tls.ca}", f"--cert={self.tls.client_cert}"]
+            tls.append(f"--key={self.tls.client_key}")
         result = subprocess.run(
-            [ETCDCTL, "--endpoints", ",".join(self.endpoints), "--dial-timeout", "2s", *args],
+            [ETCDCTL, "--endpoints", ",".join(self.endpoints), "--dial-timeout", "2s", *tls, *args],
             capture_output=True,
             text=True,
             timeout=20,

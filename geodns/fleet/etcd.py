@@ -301,6 +301,9 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
 def _error_of(reply: dict[str, Any], where: str) -> EtcdError:
     code = reply.get("code")
     message = reply.get("message") or reply.get("error") or f"unexpected reply {reply!r:.200}"
+    message = str(message).strip()
+    if "CommonName of client" in message:
+        message += " (etcd's JSON gateway refuses a client certificate with a Common Name: make it without one, see docs/fleet.md)"
     code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
     if code in UNAVAILABLE or code == DEADLINE_EXCEEDED:
         return EtcdUnavailable(f"{where}: {message}", code)
