@@ -397,6 +397,12 @@ def test_etcd_quorum_lost_then_stopped_members_fail_static_and_reconverge(
         )
         for member in fleet.members:
             assert answer(member, FRANKFURT) == FRA
+        # a member restarted now has seen no fleet state in this life: it starts with the
+        # drains of its state file and, until it connects, decides by its own probes
+        ns3.restart()
+        assert status(ns3)["fleet"]["mode"] == "fail static"
+        assert status(ns3)["sites"]["jkt"]["drained"] is True
+        wait_all([ns3], FRANKFURT, SIN, INTERVAL * (FALL + 2) + SLACK)
     finally:
         began = time.monotonic()
         fleet.etcd.start()

@@ -175,6 +175,8 @@ def format_fleet(fleet: dict[str, Any], now: float) -> list[str]:
         f"a site is down for the fleet when more than {share:.0%} of the members with a result "
         "say so (FLEET: down votes / voters)"
     ]
+    if fleet.get("name_clash"):
+        footer.append(f"NAME CLASH: {fleet['name_clash']}")
     unknown = fleet.get("drains_of_unknown_sites") or []
     if unknown:
         footer.append(f"drains of sites this member does not have: {', '.join(unknown)}")

@@ -98,6 +98,7 @@ class FleetMember:
         self._up = asyncio.Event()  # set while connected
         self._task: asyncio.Task[None] | None = None
         self._bad_keys: set[tuple[str, int]] = set()
+        self.name_clash: str | None = None  # another process writes our record: said in status
         monitor.subscribe(self._local_changed)
 
     # -- life cycle ------------------------------------------------------------------------
@@ -128,9 +129,11 @@ class FleetMember:
         await self.client.close()
 
     def set_identity(self, identity: dict[str, Any]) -> None:
-        """What this member serves (geodns.fleet.identity), after start and every reload."""
+        """What this member serves (geodns.fleet.identity), after start and every reload; a
+        reload may have added sites that the fleet's drains name, so decide again."""
         self.identity = dict(identity)
         self._dirty.set()
+        self._apply()
 
     # -- drains ----------------------------------------------------------------------------
 
@@ -290,8 +293,23 @@ class FleetMember:
             for event in events:
                 value = event.value if event.kind == "put" else None
                 changed = self._learn(event.key, event.mod_revision, value) or changed
+                if value is not None and event.key == self._key("members", self.name):
+                    self._check_name(value)
             if changed:
                 self._apply()
+
+    def _check_name(self, value: str) -> None:
+        """Our record as etcd has it: written by another process, two members share a name."""
+        try:
+            started = json.loads(value).get("started")
+        except (ValueError, AttributeError):
+            return
+        if started != self.started and self.name_clash is None:
+            self.name_clash = (
+                f"another process writes the record of member {self.name!r}: give every member "
+                "its own fleet.member name"
+            )
+            self.log.error("fleet_name_clash", member=self.name, note=self.name_clash)
 
     def _learn(self, key: str, revision: int, value: str | None) -> bool:
         """Take a key's new value unless a newer one is known (a write's answer may arrive
@@ -464,6 +482,7 @@ class FleetMember:
             "members": members,
             "sites": sites,
             "drains_of_unknown_sites": self.unknown_drains,
+            "name_clash": self.name_clash,
         }
 
 
