@@ -42,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,7 +313,12 @@ www 30 DYNA geoip!www
 
 
 def write_geodns_config(
-    directory: Path, port: int, db: Path, sites: dict[str, Any], workers: int
+    directory: Path,
+    port: int,
+    db: Path,
+    sites: dict[str, Any],
+    workers: int,
+    fleet: dict[str, Any] | None = None,
 ) -> Path:
     zones = directory / "zones"
     zones.mkdir(parents=True, exist_ok=True)
@@ -332,6 +338,8 @@ def write_geodns_config(
         "workers": workers,
         "sites": sites,
     }
+    if fleet is not None:
+        config["fleet"] = fleet
     path = directory / "geodns.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return path
@@ -538,12 +546,7 @@ class Server:
         process = self.process
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         for pid in descendants(process.pid)[1:]:  # stray workers, if any: by their own PID
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -901,10 +904,11 @@ def server_command(
     sites: dict[str, Any],
     workers: int,
     cpus: str,
+    fleet: dict[str, Any] | None = None,
 ) -> list[str]:
     """Write the server's configuration into `directory`; the command that starts it pinned."""
     if kind == "geodns":
-        config = write_geodns_config(directory, port, db, sites, workers)
+        config = write_geodns_config(directory, port, db, sites, workers, fleet)
         return pin(cpus) + [sys.executable, "-m", "geodns", "serve", "--config", str(config)]
     write_gdnsd_config(directory, port, db, sites)
     return pin(cpus) + ["gdnsd", "-c", str(directory), "start"]
@@ -920,11 +924,12 @@ def run_server(
     workers: int = 1,
     server_cpus: str = SERVER_CPU,
     check: bool = True,
+    fleet: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     port = free_port()
     directory = OUT / label
     directory.mkdir(parents=True, exist_ok=True)
-    command = server_command(kind, directory, port, db, sites, workers, server_cpus)
+    command = server_command(kind, directory, port, db, sites, workers, server_cpus, fleet)
     config = directory / "geodns.yaml"
     server = Server(label, command, port, OUT / "logs" / f"{label}.log")
     result: dict[str, Any] = {
@@ -987,6 +992,50 @@ def run_server(
     finally:
         server.stop()
     return result
+
+
+def start_etcd(directory: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes], str]:
+    """A one-node etcd (Debian's etcd-server) on 127.0.0.1 for the geodns-fleet run, pinned
+    with dnsperf (it idles while queries are measured: no query reads etcd). Its endpoint."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    client, peer = f"http://{HOST}:{free_port()}", f"http://{HOST}:{free_port()}"
+    command = pin(CLIENT_CPU) + [
+        "etcd", "--name", "bench", "--data-dir", str(directory / "data"),
+        "--listen-client-urls", client, "--advertise-client-urls", client,
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", f"bench={peer}", "--logger", "zap", "--log-level", "warn",
+    ]  # fmt: skip
+    with (directory / "etcd.log").open("wb") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"{client}/health", timeout=1) as response,
+        ):
+            if json.loads(response.read()).get("health") == "true":
+                log(f"[etcd] ready at {client}")
+                return process, client
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_process(process)
+    raise RuntimeError(f"etcd did not become healthy: see {directory / 'etcd.log'}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s: by the process's own PID."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def churn(server: Server, config: Path, datafile: Path, seconds: float) -> dict[str, Any]:
@@ -1366,6 +1415,11 @@ def main() -> int:
     parser.add_argument("--no-workers", action="store_true", help="skip geodns workers: 2")
     parser.add_argument("--no-check", action="store_true", help="skip the answer comparison")
     parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="also run geodns with `fleet:` on, against a local etcd (apt-get install etcd-server)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="also run py-spy against geodns under load (pip install py-spy)",
@@ -1375,9 +1429,11 @@ def main() -> int:
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.seconds:
         profile["saturate_seconds"] = profile["latency_seconds"] = args.seconds
-    for tool in ("dnsperf",) + (() if args.no_gdnsd else ("gdnsd",)):
+    for tool in (
+        ("dnsperf",) + (() if args.no_gdnsd else ("gdnsd",)) + (("etcd",) if args.fleet else ())
+    ):
         if shutil.which(tool) is None:
-            log(f"{tool} is not installed: apt-get install -y dnsperf gdnsd")
+            log(f"{tool} is not installed: apt-get install -y dnsperf gdnsd etcd-server")
             return 2
     if not mmdb_synth.COUNTRY_DB.exists():
         log(f"{mmdb_synth.COUNTRY_DB} is missing: build it with scripts/build_geodb.py")
@@ -1429,6 +1485,21 @@ def main() -> int:
     servers["geodns"] = run_server(
         "geodns", "geodns", db, loads, profile, sites, check=not args.no_check
     )
+    if args.fleet:  # right after the plain run, so both see the same machine
+        etcd, endpoint = start_etcd(OUT / "etcd")
+        try:
+            servers["geodns-fleet"] = run_server(
+                "geodns-fleet",
+                "geodns",
+                db,
+                loads,
+                profile,
+                sites,
+                check=False,
+                fleet={"member": "bench", "endpoints": [endpoint]},
+            )
+        finally:
+            stop_process(etcd)
     if not args.no_gdnsd:
         servers["gdnsd"] = run_server(
             "gdnsd", "gdnsd", db, loads, profile, sites, check=not args.no_check

@@ -76,6 +76,8 @@ def test_drain_limits() -> None:
     assert "at most 200" in (drain_problem("", "b" * 201, None) or "")
     with pytest.raises(ValueError, match="finite"):
         Drain.from_json({"site": "x", "until": float("inf")})
+    with pytest.raises(ValueError, match="366 days"):  # from a state file or etcdctl
+        Drain.from_json({"site": "x", "since": 1e9, "until": 1e308})
 
 
 def test_fleet_drains_replace_the_local_ones_but_not_of_unknown_sites_or_ended() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import math
 import re
 import socket
 import time
@@ -72,7 +73,9 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """A short human duration: 45s, 3m12s, 2h05m, 3d04h."""
+    """A short human duration: 45s, 3m12s, 2h05m, 3d04h ("-" for what is not a finite time)."""
+    if not math.isfinite(seconds):
+        return "-"
     seconds = max(0, int(seconds))
     if seconds < 60:
         return f"{seconds}s"

@@ -175,6 +175,8 @@ class Drain:
                 raise ValueError(f"a drain's end must be a finite time, got {until!r}")
         if not math.isfinite(since):
             raise ValueError(f"a drain's start must be a finite time, got {since!r}")
+        if until is not None and until - since > MAX_DRAIN_SECONDS + 1:
+            raise ValueError(f"a drain lasts at most {MAX_DRAIN_SECONDS} seconds (366 days)")
         return cls(
             site=str(data["site"]),
             reason=str(data.get("reason", ""))[:MAX_REASON_CHARS],
