@@ -3,8 +3,12 @@ looks like when shown, and which drains a member takes from etcd."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from geodns.common.errors import ConfigError
+from geodns.config.server import load_config
 from geodns.fleet.quorum import decide
 from geodns.geo.sites import CheckSpec, Site
 from geodns.health.redact import public_url, redact_text
@@ -99,3 +103,32 @@ def test_fleet_drains_replace_the_local_ones_but_not_of_unknown_sites_or_ended()
     assert set(state.drains) == {"fra"} and state.view.down == {"fra"}
     assert {(c.site, c.new) for c in changes} == {("fra", "down"), ("sin", "up")}
     assert state.set_drains(state.drains, 102.0) == []  # nothing new: no refresh
+
+
+def test_the_fleet_section_is_checked_with_file_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "geodns.yaml"
+    config.write_text(
+        "fleet:\n"
+        "  member: 'ns 1'\n"
+        "  endpoints: [http://10.0.0.1]\n"
+        "  tls: {ca_file: ca.pem}\n"
+        "  username: geodns\n"
+        "  down_share: 1.5\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    messages = [f"{p.line}: {p.message}" for p in caught.value.problems]
+    assert any(m.startswith("2: fleet.member") for m in messages), messages
+    assert any(m.startswith("3: fleet.endpoints") and "no port" in m for m in messages)
+    assert any(m.startswith("4: fleet.tls") and "https://" in m for m in messages)
+    assert any(m.startswith("5: fleet.username") for m in messages)
+    assert any(m.startswith("6: fleet.down_share") for m in messages)
+    config.write_text("fleet:\n  member: ns1\n  endpoints: [https://10.0.0.1:2379]\n")
+    fleet = load_config(config).fleet
+    assert fleet is not None and (fleet.member, fleet.prefix, fleet.lease_ttl) == (
+        "ns1",
+        "/geodns/",
+        10,
+    )
+    config.write_text("port: 5353\n")
+    assert load_config(config).fleet is None  # without fleet: a server alone, as before
