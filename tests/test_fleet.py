@@ -133,6 +133,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 zone["extra"] = {"type": "A", "value": "192.0.2.99"}
             config = member_config(index, endpoints, targets, db, dead)
             members.append(GeodnsServer(config, {ZONE: zone}, ready_qname=ZONE))
+        MEMBERS[:] = members
         try:
             with ThreadPoolExecutor(3) as pool:
                 list(pool.map(lambda member: member.start(), members))
@@ -167,7 +168,9 @@ def wait_all(members: list[GeodnsServer], subnet: str, expected: list[str], limi
             break
         if time.monotonic() - start > limit:
             got = {m.config["fleet"]["member"]: answer(m, subnet) for m in pending}
-            pytest.fail(f"after {limit:.1f}s {subnet} still gets {got}, expected {expected}")
+            pytest.fail(
+                f"after {limit:.1f}s {subnet} still gets {got}, expected {expected}\n{fleet_logs()}"
+            )
         time.sleep(0.01)
     return time.monotonic() - start
 
@@ -176,9 +179,23 @@ def wait_until(condition: Callable[[], bool], limit: float, what: str) -> float:
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > limit:
-            pytest.fail(f"not within {limit:.1f}s: {what}")
+            pytest.fail(f"not within {limit:.1f}s: {what}\n{fleet_logs()}")
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+MEMBERS: list[GeodnsServer] = []  # for the logs of a failure
+
+
+def fleet_logs() -> str:
+    """The fleet lines of every member's log, to tell why a wait failed."""
+    lines = []
+    for member in MEMBERS:
+        name = member.config["fleet"]["member"]
+        lines += [
+            f"{name}: {line}" for line in member.stderr_text().splitlines() if "fleet" in line
+        ]
+    return "\n".join(lines[-60:])
 
 
 def admin(member: GeodnsServer, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -313,7 +330,12 @@ def test_one_etcd_node_stopped_keeps_the_fleet_working(fleet: Fleet) -> None:
     ns1, ns2, ns3 = fleet.members
     fleet.etcd.stop(0)  # the node every member talks to first
     try:
-        drain(ns2, "fra", reason="etcd node down")  # waits for a reconnect under way
+        wait_until(  # those talking to it move to the next endpoint
+            lambda: all(connected(m) for m in fleet.members),
+            RETRY_MAX + 3 * ETCD_TIMEOUT + SLACK,
+            "every member connected through another node",
+        )
+        drain(ns2, "fra", reason="etcd node down")
         wait_all(fleet.members, FRANKFURT, SIN, PROPAGATION + SLACK)
         for member in fleet.members:
             assert connected(member)
@@ -410,13 +432,18 @@ def test_etcd_quorum_lost_then_stopped_members_fail_static_and_reconverge(
     try:
         # back together: three of three say fra is down; the drain made before is still there
         wait_all(fleet.members, FRANKFURT, SIN, RETRY_MAX + ETCD_TIMEOUT * 3 + SLACK)
+        wait_until(
+            lambda: all(connected(m) for m in fleet.members),
+            RETRY_MAX + ETCD_TIMEOUT * 3 + SLACK,
+            "every member connected again",
+        )
         converged = time.monotonic() - began
         for member in fleet.members:
-            assert connected(member)
             assert status(member)["sites"]["jkt"]["drained"] is True
     finally:
         fleet.targets["fra"].start()
-    undrain(ns2, "jkt")
+        code, body = admin(ns2, "POST", "/undrain", {"site": "jkt"})  # also when a check failed
+    assert code == 200 and body["was_drained"] is True, body
     wait_all(fleet.members, FRANKFURT, FRA, INTERVAL * (RISE + 1) + SLACK)
     assert not any(status(m)["sites"]["jkt"]["drained"] for m in fleet.members)
     note(capsys, f"after etcd's return every member agreed again within {converged:.2f}s")
