@@ -221,17 +221,26 @@ class EtcdClient:
         raise EtcdUnavailable("; ".join(failures))
 
     async def _post(
-        self, endpoint: str, path: str, body: dict[str, Any], auth: bool = True
+        self,
+        endpoint: str,
+        path: str,
+        body: dict[str, Any],
+        auth: bool = True,
+        renew: bool = True,
     ) -> dict[str, Any]:
+        """One request; `auth`: with the token (authenticating first when there is none yet);
+        `renew`: when etcd says the token expired, authenticate again and retry once."""
         if auth and self.username and self.token is None:
             await self._authenticate(endpoint)
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self.session().post(
+            async with (
+                asyncio.timeout(self.timeout),
+                self.session().post(
                     endpoint + path, data=json.dumps(body), headers=self._headers(auth)
-                ) as response:
-                    reply = await _json(response)
-                    status = response.status
+                ) as response,
+            ):
+                reply = await _json(response)
+                status = response.status
         except TimeoutError:
             raise EtcdUnavailable(f"{endpoint}: no answer within {self.timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -239,10 +248,9 @@ class EtcdClient:
         if status == 200:
             return reply
         error = _error_of(reply, endpoint)
-        if error.code == UNAUTHENTICATED and auth and self.username:
-            self.token = None  # an expired token: once more with a new one
-            await self._authenticate(endpoint)
-            return await self._post(endpoint, path, body, auth=False)
+        if error.code == UNAUTHENTICATED and auth and renew and self.username:
+            self.token = None  # expired (etcd's simple tokens do, unused): a new one, once
+            return await self._post(endpoint, path, body, renew=False)
         raise error
 
     async def _authenticate(self, endpoint: str) -> None:
