@@ -503,3 +503,16 @@ def test_status_and_metrics_show_the_whole_fleet(fleet: Fleet) -> None:
         'geodns_fleet_site_disagrees{site="sin"} 1.0',
     ):
         assert line in metrics, line
+
+
+def test_a_drain_written_with_etcdctl_is_applied_and_garbage_is_ignored(fleet: Fleet) -> None:
+    ns1, ns2, ns3 = fleet.members
+    # docs/fleet.md: the key is the interface; etcdctl reaches etcd when no member does
+    fleet.etcd.etcdctl("put", "/geodns/drains/fra", '{"reason": "by hand", "by": "etcdctl"}')
+    wait_all(fleet.members, FRANKFURT, SIN, PROPAGATION + SLACK)
+    assert status(ns3)["sites"]["fra"]["drain"]["by"] == "etcdctl"
+    fleet.etcd.etcdctl("put", "/geodns/drains/fra", "{not json")
+    wait_all(fleet.members, FRANKFURT, FRA, PROPAGATION + SLACK)  # unreadable: drains nothing
+    wait_until(lambda: "fleet_bad_key" in ns2.stderr_text(), SLACK, "the bad key is logged")
+    fleet.etcd.etcdctl("del", "/geodns/drains/fra")
+    assert ns2.stderr_text().count("fleet_bad_key") == 1  # once per version of the key

@@ -57,6 +57,7 @@ RETRY_MIN = 0.2
 RETRY_MAX = 1.0  # a member is back in the fleet within about a second of etcd's return
 DRAIN_LEASE_GRACE = 60  # seconds etcd keeps a timed drain after its end (members ignore it)
 MAX_RECORD_BYTES = 256 * 1024  # a member record larger than this is ignored (and logged)
+MAX_BAD_KEYS = 1000  # unreadable key versions remembered, so each is logged once
 
 
 class FleetMember:
@@ -412,6 +413,8 @@ class FleetMember:
 
     def _bad(self, key: str, revision: int, why: str) -> None:
         if (key, revision) not in self._bad_keys:  # said once per version of the key
+            if len(self._bad_keys) >= MAX_BAD_KEYS:  # someone writes garbage in a loop
+                self._bad_keys.clear()
             self._bad_keys.add((key, revision))
             self.log.error("fleet_bad_key", key=key, revision=revision, error=why)
 
