@@ -110,18 +110,22 @@ def make(tmp_path: Path, token: str | None = TOKEN, **config: Any) -> AdminServe
 
 def test_an_empty_token_file_refuses_to_start(tmp_path: Path) -> None:
     server = make(tmp_path, token="  \n")
-    with pytest.raises(ServerStartError, match="admin.token_file is empty"):
-        server.start()
-    assert server.proc is not None and server.proc.wait(5) == 2
-    server.cleanup()
+    try:
+        with pytest.raises(ServerStartError, match="admin.token_file is empty"):
+            server.start()
+        assert server.proc is not None and server.proc.wait(5) == 2
+    finally:
+        server.cleanup()  # stops it by its PID if it did start
 
 
 def test_an_admin_api_beyond_loopback_without_a_token_refuses_to_start(tmp_path: Path) -> None:
     config = {"admin": {"listen": "192.0.2.1:8053"}, "sites": sites(free_tcp_port())}
     server = GeodnsServer(config, ZONES, workdir=tmp_path)
-    with pytest.raises(ServerStartError, match="not a loopback address.*admin.token_file"):
-        server.start()
-    server.cleanup()
+    try:
+        with pytest.raises(ServerStartError, match="not a loopback address.*admin.token_file"):
+            server.start()
+    finally:
+        server.cleanup()
     for listen in ("0.0.0.0:8053", "[::]:8053"):
         (tmp_path / "open.yaml").write_text(
             json.dumps({"zones_dir": "zones", "admin": {"listen": listen}})
