@@ -41,6 +41,7 @@ from bench import databases, popsets, workloads  # noqa: E402
 from bench.answers import compare_geo, compare_static  # noqa: E402
 from bench.common import (  # noqa: E402
     BENCH,
+    CLIENT_CPU,
     FIXED,
     PROFILES,
     SATURATE,
@@ -60,7 +61,7 @@ from bench.scenarios import (  # noqa: E402
     startup_run,
     with_workers,
 )
-from bench.servers import Setup, can_pin  # noqa: E402
+from bench.servers import Setup, can_pin, start_etcd, stop_process  # noqa: E402
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,6 +82,11 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-check", action="store_true", help="skip the answer comparison")
     parser.add_argument("--no-big-zone", action="store_true", help="skip the 10,000-name zone")
     parser.add_argument("--no-memory", action="store_true", help="skip workers 1 vs 2 memory")
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="also run geodns with `fleet:` on, against a local etcd (apt-get install etcd-server)",
+    )
     parser.add_argument("--no-startup", action="store_true", help="skip the 100 MB start-up")
     parser.add_argument(
         "--profile",
@@ -134,6 +140,7 @@ def database_section(
     kinds: list[str],
     check: bool,
     workers_too: bool,
+    fleet_too: bool = False,
 ) -> dict[str, Any]:
     """One database and PoP set through both servers: their runs, the answer checks and the
     resolver-cache figures (the replies themselves are not kept in the results)."""
@@ -148,6 +155,19 @@ def database_section(
             servers[kind] = full_run(bench, kind, label, setup, loads, churn=kind == "geodns")
         else:
             servers[kind] = cpu_run(bench, kind, label, setup, loads, loads.warm + cold_asked)
+    if fleet_too:  # right after the plain run, so both see the same machine
+        etcd, endpoint = start_etcd(bench.paths.out / "etcd", CLIENT_CPU)
+        try:
+            servers["geodns-fleet"] = full_run(
+                bench,
+                "geodns",
+                f"geodns-fleet-{db.name}-{pops.label}",
+                dataclasses.replace(setup, fleet={"member": "bench", "endpoints": [endpoint]}),
+                loads,
+                ask=False,
+            )
+        finally:
+            stop_process(etcd)
     if workers_too:
         servers["geodns-2w"] = full_run(
             bench,
@@ -185,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds:
         profile = profile.with_seconds(args.seconds)
     paths = Paths(out=BENCH / "out", cache=args.cache_dir or default_cache())
-    for tool in ("dnsperf", "taskset") + (() if args.no_gdnsd else ("gdnsd", "gdnsdctl")):
+    tools = ("dnsperf", "taskset") + (() if args.no_gdnsd else ("gdnsd", "gdnsdctl"))
+    for tool in tools + (("etcd",) if args.fleet else ()):
         if shutil.which(tool) is None:
-            log(f"{tool} is not installed: apt-get install -y dnsperf gdnsd util-linux")
+            log(f"{tool} is not installed: apt-get install -y dnsperf gdnsd util-linux etcd-server")
             return 2
     py_spy = shutil.which("py-spy") if args.profile else None
     if args.profile and not py_spy:
@@ -231,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
             workers_too = (
                 first is None and pops.label == "6-pop" and not args.no_workers and not args.quick
             )
+            fleet_too = args.fleet and first is None and pops.label == "6-pop"
             entry["sections"][pops.label] = database_section(
-                bench, db, loads, pops, kinds, not args.no_check, workers_too
+                bench, db, loads, pops, kinds, not args.no_check, workers_too, fleet_too=fleet_too
             )
         results["databases"][name] = entry
         first = first or (db, loads)

@@ -52,13 +52,16 @@ class Server:
     async def _reload(self) -> tuple[bool, list[str]]:
         return self.reloads.pop(0)
 
-    async def start(self, token: str | None = TOKEN, unix: bool = True) -> Server:
+    async def start(
+        self, token: str | None = TOKEN, unix: bool = True, public_metrics: bool = False
+    ) -> Server:
         await self.monitor.start()
         app = make_admin_app(
             self.monitor,
             self._reload,
             lambda: {"version": "9.9.9", "reload_ok": True},
             lambda accept: (METRICS, "text/plain; version=0.0.4; charset=utf-8"),
+            public_metrics=public_metrics,
         )
         self.runner = await start_admin(app, "127.0.0.1:0", self.socket if unix else None, token)
         self.port = next(a[1] for a in self.runner.addresses if isinstance(a, tuple))
@@ -145,7 +148,7 @@ def test_drain_status_undrain_and_reload_over_tcp(short_dir: Path) -> None:
     run(main)
 
 
-def test_tcp_requires_the_token_except_for_metrics(short_dir: Path) -> None:
+def test_tcp_requires_the_token_for_every_path_metrics_too(short_dir: Path) -> None:
     async def main() -> None:
         server = await Server(short_dir).start()
         try:
@@ -155,7 +158,10 @@ def test_tcp_requires_the_token_except_for_metrics(short_dir: Path) -> None:
             assert server.monitor.view.down == frozenset()
             code, _ = await raw(server, "GET", "/status")
             assert code == 401
-            code, text = await raw(server, "GET", "/metrics")
+            code, _ = await raw(server, "GET", "/metrics")
+            assert code == 401
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            code, text = await raw(server, "GET", "/metrics", headers=bearer)
             assert code == 200 and text.encode() == METRICS
             missing = server.config(token=None)
             missing = ServerConfig(
@@ -163,6 +169,22 @@ def test_tcp_requires_the_token_except_for_metrics(short_dir: Path) -> None:
             )
             with pytest.raises(AdminError, match="cannot read admin.token_file"):
                 await call(adminclient.status, missing)
+        finally:
+            await server.stop()
+
+    run(main)
+
+
+def test_public_metrics_lets_only_metrics_through_without_the_token(short_dir: Path) -> None:
+    async def main() -> None:
+        server = await Server(short_dir).start(public_metrics=True)
+        try:
+            code, text = await raw(server, "GET", "/metrics")
+            assert code == 200 and text.encode() == METRICS
+            for method, path in (("GET", "/status"), ("POST", "/drain"), ("POST", "/reload")):
+                code, _ = await raw(server, method, path, json={"site": "lon"})
+                assert code == 401, path
+            assert server.monitor.view.down == frozenset()
         finally:
             await server.stop()
 

@@ -15,6 +15,7 @@ from typing import Any
 from geodns.common.errors import ConfigError, Problem
 from geodns.common.reader import Reader
 from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
+from geodns.config.fleet import FleetConfig, parse_fleet
 from geodns.config.zonefile import MAX_TTL, SoaSettings, check_name
 from geodns.geo.sites import Site, parse_sites
 
@@ -35,6 +36,7 @@ class AdminConfig:
     listen: str | None = "127.0.0.1:8053"
     socket: str | None = None
     token_file: Path | None = None
+    public_metrics: bool = False  # GET /metrics without the token (it shows no secrets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ class ServerConfig:
     watch_zones: bool = True
     query_log: QueryLogConfig = QueryLogConfig()
     dnstap: DnstapConfig = DnstapConfig()
+    fleet: FleetConfig | None = None  # a fleet of nameservers sharing drains and health (etcd)
 
     def soa_for(self, zone: str) -> SoaSettings:
         return self.zone_soa.get(zone, self.soa)
@@ -161,6 +164,7 @@ TOP_KEYS = (
     "cookies",
     "cache_dir",
     "dnstap",
+    "fleet",
 )
 
 
@@ -239,7 +243,7 @@ def load_config(path: Path | None) -> ServerConfig:
             zone_nameservers[name] = _nameservers(zone_section)
     geoip = top.section("geoip", ("database",))
     database = geoip.get("database", str, None, "a path to a .mmdb file")
-    admin = top.section("admin", ("listen", "socket", "token_file"))
+    admin = top.section("admin", ("listen", "socket", "token_file", "public_metrics"))
     query_log = top.section("query_log", ("enabled", "sample_rate", "path", "max_bytes", "backups"))
     sample_rate = query_log.get("sample_rate", (int, float), 1.0, "a fraction from 0 to 1")
     if not 0 <= sample_rate <= 1:
@@ -287,7 +291,10 @@ def load_config(path: Path | None) -> ServerConfig:
             else None
         ),
         token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
+        public_metrics=admin.boolean("public_metrics", False),
     )
+    _check_admin_is_closed(admin, admin_config)
+    fleet = parse_fleet(top, base)
     if top.problems:
         raise ConfigError(top.problems)
     return ServerConfig(
@@ -316,12 +323,31 @@ def load_config(path: Path | None) -> ServerConfig:
         watch_zones=watch_zones,
         query_log=query_log_config,
         dnstap=dnstap_config,
+        fleet=fleet,
     )
 
 
 def _beside(base: Path, path: str) -> str:
     """A path from the config file, relative to the config file's folder ('-' stays '-')."""
     return path if path == "-" else str(base / path)
+
+
+def _check_admin_is_closed(admin: Reader, config: AdminConfig) -> None:
+    """A TCP admin API beyond loopback without a token would let anyone drain and reload."""
+    if not config.listen or config.token_file is not None:
+        return
+    host = config.listen.rpartition(":")[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        admin.problem(
+            "listen",
+            f"{config.listen} is not a loopback address and admin.token_file is not set: anyone "
+            "who can reach it could drain sites and reload; set admin.token_file (a file holding "
+            "a token, e.g. from `openssl rand -hex 32`) or listen on 127.0.0.1 / ::1",
+        )
 
 
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))

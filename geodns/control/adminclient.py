@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import math
 import re
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,9 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """A short human duration: 45s, 3m12s, 2h05m, 3d04h."""
+    """A short human duration: 45s, 3m12s, 2h05m, 3d04h ("-" for what is not a finite time)."""
+    if not math.isfinite(seconds):
+        return "-"
     seconds = max(0, int(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -133,7 +137,70 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  cause: {causes[index]}")
     down = status.get("down", [])
     lines.append(f"{len(sites)} site(s), {len(down)} down{': ' if down else ''}{', '.join(down)}")
+    if isinstance(status.get("fleet"), dict):
+        lines.extend(format_fleet(status["fleet"], now))
     return "\n".join(lines)
+
+
+def format_fleet(fleet: dict[str, Any], now: float) -> list[str]:
+    """The fleet part of `geodns status`: etcd, every member, every site's votes."""
+    etcd = fleet.get("etcd", {})
+    since = etcd.get("since") or now
+    if etcd.get("connected"):
+        head = [
+            f"fleet: {fleet.get('member')}, etcd connected at {etcd.get('endpoint')} "
+            f"for {format_duration(now - since)}"
+        ]
+    else:
+        synced = etcd.get("last_sync")
+        seen = f"read {format_duration(now - synced)} ago" if synced else "never read"
+        head = [
+            f"fleet: {fleet.get('member')}, etcd UNREACHABLE for {format_duration(now - since)}: "
+            f"{etcd.get('error')}",
+            f"  fail static: serving the last fleet state seen ({seen}) plus this member's "
+            "own probes; drains are refused until etcd is back",
+        ]
+    rows = [("MEMBER", "REPORTED", "VERSION", "ZONES", "NOTE")]
+    for name, member in sorted(fleet.get("members", {}).items()):
+        reported = member.get("reported")
+        zones = ", ".join(f"{z} {serial}" for z, serial in sorted(member.get("zones", {}).items()))
+        notes = [f"{what.upper()} DIFFER" for what in member.get("differs", [])]
+        rows.append(
+            (
+                name + (" (this one)" if member.get("self") else ""),
+                f"{format_duration(now - reported)} ago" if reported else "-",
+                str(member.get("version") or "-"),
+                zones or "-",
+                ", ".join(notes),
+            )
+        )
+    names = sorted(fleet.get("members", {}))
+    votes = [("SITE", "FLEET", *names, "")]
+    for site, info in sorted(fleet.get("sites", {}).items()):
+        verdict = info.get("fleet") or "-"
+        tally = f"{verdict} {info.get('down_votes', 0)}/{info.get('voters', 0)}"
+        cells = [str(info.get("votes", {}).get(name, "-")) for name in names]
+        note = "own probes disagree: following the fleet" if info.get("disagrees") else ""
+        votes.append((site, tally, *cells, note))
+    share = fleet.get("down_share", 0.5)
+    footer = [
+        f"a site is down for the fleet when more than {share:.0%} of the members with a result "
+        "say so (FLEET: down votes / voters)"
+    ]
+    if fleet.get("name_clash"):
+        footer.append(f"NAME CLASH: {fleet['name_clash']}")
+    unknown = fleet.get("drains_of_unknown_sites") or []
+    if unknown:
+        footer.append(f"drains of sites this member does not have: {', '.join(unknown)}")
+    return ["", *head, *_table(rows), *_table(votes), *footer]
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _drain_text(drain: dict[str, Any] | None, now: float) -> str:

@@ -43,6 +43,9 @@ from geodns.daemon import sdnotify
 from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
 from geodns.daemon.console import ConsoleSource
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
+from geodns.fleet.identity import member_identity
+from geodns.fleet.member import FleetMember
+from geodns.fleet.metrics import FleetCollector
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import build_and_save, load_index
 from geodns.geo.locator import Geo
@@ -113,6 +116,7 @@ class App:
         self.tasks: list[asyncio.Future[Any]] = []
         self.worker_stats: dict[int, Any] = {}
         self.monitor: HealthMonitor | None = None
+        self.fleet: FleetMember | None = None
         self.admin: Any = None
         self.metrics: Metrics
         self.query_log: QueryLog | None = None
@@ -170,6 +174,9 @@ class App:
             self.state.count_with(self.metrics.counters)
         else:
             self.state.observer = _observer(self.metrics.observe, self.query_log)
+        token = _read_token(config.admin.token_file) if self.control is None else None
+        if self.monitor is not None and config.fleet is not None:
+            await self._start_fleet(snapshot)
         await self._bind(clients)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -208,10 +215,12 @@ class App:
                             lambda: self.metrics.counters.sample,
                             self.metrics.collector.answers_by_site,
                         ),
+                        self.fleet,
+                        public_metrics=config.admin.public_metrics,
                     ),
                     config.admin.listen,
                     config.admin.socket,
-                    _read_token(config.admin.token_file),
+                    token,
                 )
             except OSError as exc:
                 host, port = parse_listen(config.admin.listen or ":0")
@@ -242,6 +251,27 @@ class App:
         if settings.secret_file is not None:
             secret = read_cookie_secret(settings.secret_file)
         return CookieJar(secret)
+
+    async def _start_fleet(self, snapshot: Snapshot) -> None:
+        """Join the fleet before answering (bounded by fleet.timeout), so the first answers
+        already follow the fleet's drains when etcd is reachable (geodns.fleet.member)."""
+        assert self.monitor is not None and self.config.fleet is not None
+        self.fleet = FleetMember(self.config.fleet, self.monitor, log=log)
+        self.metrics.registry.register(FleetCollector(self.fleet))
+        await self._fleet_identity(snapshot)
+        await self.fleet.start()
+
+    async def _fleet_identity(self, snapshot: Snapshot) -> None:
+        """Tell the fleet what this member serves now: zone serials and digests."""
+        if self.fleet is not None:
+            self.fleet.set_identity(
+                await asyncio.to_thread(
+                    member_identity,
+                    self.config,
+                    snapshot.zones,
+                    snapshot.geo.build_epoch if snapshot.geo is not None else 0,
+                )
+            )
 
     def _status_line(self) -> str:
         assert self.state is not None
@@ -475,6 +505,12 @@ class App:
         )
         if self.pool is not None:
             self.pool.broadcast("reload")
+        if self.fleet is not None:
+            if config.fleet != self.fleet.config:
+                log.warning(
+                    "reload_fleet_unchanged", reason="fleet settings change on restart only"
+                )
+            await self._fleet_identity(snapshot)
         if self.index == 0:
             self._start_index_build()
             log.info(
@@ -506,6 +542,7 @@ class App:
                 "last_attempt": status.last_attempt,
                 "errors": list(status.errors),
             },
+            **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }
 
     async def _report_stats(self) -> None:
@@ -580,6 +617,13 @@ class App:
 
     # -- stop ------------------------------------------------------------------------------------
 
+    async def _stop_health(self) -> None:
+        """Leave the fleet (its votes go with the lease), then stop the checks."""
+        if self.fleet is not None:
+            await self.fleet.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
+
     async def stop(self) -> None:
         """Stop serving within about STOP_GRACE seconds: listeners first, then everything else."""
         if self.index == 0:
@@ -597,8 +641,7 @@ class App:
         steps: list[Awaitable[Any]] = []
         if self.admin is not None:
             steps.append(self.admin.cleanup())
-        if self.monitor is not None:
-            steps.append(self.monitor.stop())
+        steps.append(self._stop_health())
         if self.pool is not None:
             steps.append(self.pool.stop())
         with contextlib.suppress(TimeoutError):
@@ -737,14 +780,29 @@ def _observer(counters: Observer, query_log: QueryLog) -> Observer:
 
 
 def _read_token(path: Path | None) -> str | None:
+    """The admin token; an empty or unreadable token file stops the start (it must never mean
+    "no authentication")."""
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8").strip() or None
+        token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(
             [Problem(str(path), 0, f"cannot read admin.token_file: {exc.strerror}")]
         ) from exc
+    if not token:
+        raise ConfigError(
+            [
+                Problem(
+                    str(path),
+                    0,
+                    "admin.token_file is empty: that would turn the admin API's authentication "
+                    "off; put a token in it (e.g. `openssl rand -hex 32 > FILE`) or remove "
+                    "admin.token_file",
+                )
+            ]
+        )
+    return token
 
 
 def _runner() -> Callable[..., Any]:
