@@ -106,6 +106,9 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+_MISSING = object()
+
+
 class _Unusual(Exception):
     """A construct the streaming builder leaves to PyYAML's own loader (merge keys, tags on
     collections): the file is read again the classic way."""
@@ -122,7 +125,7 @@ class _StreamBuilder:
     def __init__(self, loader: _Loader) -> None:
         self.loader = loader
         self.anchors: dict[str, Any] = {}
-        self.keys: dict[str, str] = {}  # one str object per distinct mapping key
+        self.scalars: dict[tuple[Any, ...], Any] = {}  # see scalar()
 
     def document(self) -> Any:
         loader = self.loader
@@ -190,6 +193,14 @@ class _StreamBuilder:
         self.anchors[event.anchor] = value
 
     def scalar(self, event: Any) -> Any:
+        """A scalar's value as PyYAML constructs it. Every scalar constructor of the safe loader
+        gives an immutable value (str, int, float, bool, None, bytes, date), so one value is
+        kept per distinct (tag, text, implicit): a zone repeats the same few words and numbers
+        thousands of times, and they are resolved, built and stored once."""
+        key = (event.tag, event.value, event.implicit)
+        known = self.scalars.get(key, _MISSING)
+        if known is not _MISSING:
+            return known
         loader = self.loader
         tag = event.tag
         if tag is None or tag == "!":
@@ -199,12 +210,12 @@ class _StreamBuilder:
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
         value = loader.construct_object(node, deep=True)
         loader.constructed_objects.pop(node, None)  # nothing refers to a scalar's node again
+        self.scalars[key] = value
         return value
 
     def mapping(self, result: MarkedDict) -> None:
         loader = self.loader
         marks = result.marks
-        keys = self.keys
         while not loader.check_event(yaml.MappingEndEvent):
             start: Any = loader.peek_event().start_mark
             if not isinstance(loader.peek_event(), yaml.ScalarEvent | yaml.AliasEvent):
@@ -212,8 +223,6 @@ class _StreamBuilder:
             key = self.value()
             if not isinstance(key, str | int | float | bool) and key is not None:
                 raise yaml.constructor.ConstructorError(None, None, "expected a plain key", start)
-            if isinstance(key, str):
-                key = keys.setdefault(key, key)
             if key in result:
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", start)
             result[key] = self.value()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dnslib import NS, SOA, DNSBuffer, DNSLabel
+from dnslib import AAAA, NS, SOA, A, DNSBuffer, DNSLabel
 
 from geodns.common.errors import ConfigError, Problem, did_you_mean
 from geodns.common.reader import Reader
@@ -604,6 +604,8 @@ def _dedupe(rdatas: list[Any]) -> list[Any]:
     rdata classes (CAA) compares nothing and would fold distinct values."""
     if len(rdatas) < 2:
         return rdatas
+    if all(type(r) is A or type(r) is AAAA for r in rdatas):  # their octets are their wire form
+        return list({(type(r), r.data): r for r in rdatas}.values())
     seen: dict[bytes, Any] = {}
     for rdata in rdatas:
         buffer = DNSBuffer()

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from geodns.common.errors import did_you_mean
 from geodns.common.reader import Reader
@@ -95,12 +95,10 @@ class DynamicCompilerForSites:
         settings = reader.nested(raw_settings, "octodns.geodns", GEODNS_KEYS)
         health_site = self._healthcheck(reader, owner)
         raw_values = record.get("values", [record.get("value")])
-        values = self._share(
-            tuple(
-                self._target(str(v), kind, addresses, health_site, 1, "obey")
-                for v in (raw_values if isinstance(raw_values, list) else [raw_values])
-                if v is not None
-            )
+        values = self._share_tuple(
+            self._target(str(v), kind, addresses, health_site, 1, "obey")
+            for v in (raw_values if isinstance(raw_values, list) else [raw_values])
+            if v is not None
         )
         pools: dict[str, Pool] = {}
         rules: list[Rule] = []
@@ -110,7 +108,7 @@ class DynamicCompilerForSites:
         nearest, nearest_pools = self._nearest(settings)
         candidates: tuple[Candidate, ...] = ()
         if nearest:
-            candidates = self._share(self._candidates(settings, pools, values, nearest_pools))
+            candidates = self._share_tuple(self._candidates(settings, pools, values, nearest_pools))
         answers = settings.int_in("answers", 1, 16, 1)
         if kind == "CNAME" and answers != 1:
             settings.problem("answers", "a CNAME answers one target")
@@ -158,9 +156,19 @@ class DynamicCompilerForSites:
             all_down=all_down,
         )
 
-    def _share(self, item: _T) -> _T:
-        """The one copy of `item` (a frozen value, or a tuple of them) this compiler holds."""
-        return self.shared.setdefault(item, item)
+    def _share(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        """The one object this compiler holds for `key`, made by `make` the first time. Keys are
+        plain tuples (of strings, numbers and the ids of objects already shared, which this
+        compiler keeps alive): hashing them is cheaper than hashing the frozen objects."""
+        shared = self.shared.get(key)
+        if shared is None:
+            shared = self.shared[key] = make()
+        return cast(_T, shared)
+
+    def _share_tuple(self, items: Iterable[_T]) -> tuple[_T, ...]:
+        """One tuple object per sequence of shared objects."""
+        items = tuple(items)
+        return self._share(("tuple", *map(id, items)), lambda: items)
 
     # -- values and their sites ----------------------------------------------------------------
 
@@ -185,7 +193,10 @@ class DynamicCompilerForSites:
             site = self.site_of.get(canonical)
         if site is None and health_site is not None:
             site = self._implicit_site(canonical, kind, health_site)
-        return self._share(Target(canonical, site, weight, status))
+        return self._share(
+            ("target", canonical, site, weight, status),
+            lambda: Target(canonical, site, weight, status),
+        )
 
     def _implicit_site(self, value: str, kind: str, template: str) -> str:
         """A value outside every site, under an octoDNS healthcheck: probe it by its own name."""
@@ -579,10 +590,15 @@ class DynamicCompilerForSites:
             by_site.setdefault(target.site, []).append(target)
         for site_name, targets in by_site.items():
             site = self.sites[site_name]
-            candidate = Candidate(
-                site_name, site.latitude, site.longitude, self._share(tuple(targets))
+            shared_targets = self._share_tuple(targets)
+            candidates.append(
+                self._share(
+                    ("candidate", site_name, id(shared_targets)),
+                    functools.partial(
+                        Candidate, site_name, site.latitude, site.longitude, shared_targets
+                    ),
+                )
             )
-            candidates.append(self._share(candidate))
         return tuple(candidates)
 
     def _sticky(self, settings: Reader) -> tuple[float | None, tuple[int, int]]:

@@ -134,10 +134,32 @@ def record_shapes(zones: Mapping[str, Zone]) -> dict[DynamicRecord, Shape]:
     one Shape object (and so one map)."""
     shapes: dict[Hashable, Shape] = {}
     by_record: dict[DynamicRecord, Shape] = {}
+    # records compiled from alike YAML share their values and candidates (the compiler makes
+    # them once), so one look-up by those objects' identities skips shape_of for all but the
+    # first of them: a zone of 10,000 alike records computes one shape, not 10,000
+    by_parts: dict[Hashable, Shape | None] = {}
     for record in dynamic_records(zones):
-        shape = shape_of(record)
+        parts = (
+            record.rtype,
+            id(record.values),
+            id(record.candidates),
+            tuple(map(id, record.pools.values())),
+            record.rules,
+            record.nearest,
+            record.answers,
+            record.default_order,
+            record.all_down,
+            record.sticky_margin_km,
+        )
+        if parts in by_parts:
+            shape = by_parts[parts]
+        else:
+            shape = shape_of(record)
+            if shape is not None:
+                shape = shapes.setdefault(shape.key, shape)
+            by_parts[parts] = shape
         if shape is not None:
-            by_record[record] = shapes.setdefault(shape.key, shape)
+            by_record[record] = shape
     return by_record
 
 
