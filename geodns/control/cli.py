@@ -81,6 +81,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         geo = load_geo(config)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    if config.dnssec:
+        from geodns.control.dnssec_cli import dnssec_warnings
+
+        problems.extend(dnssec_warnings(config, zones, time.time()))
     if geo is not None:
         problems.extend(database_warnings(zones, geo))
         if not any(p.is_error for p in problems):
@@ -92,6 +96,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             count = sum(len(node) for node in zone.nodes.values())
             print(f"{zone.path}: zone {origin} OK ({count} RRsets)")
     return _report(problems, args.strict)
+
+
+def cmd_dnssec(args: argparse.Namespace) -> int:
+    from geodns.control.dnssec_cli import cmd_dnssec as run_dnssec
+
+    try:
+        config = load_config(_config_path(args.config))
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return 2
+    return run_dnssec(args, config)
 
 
 def _report(problems: tuple[Problem, ...] | list[Problem], strict: bool) -> int:
@@ -216,6 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--type", "-t", default="A", choices=["A", "AAAA", "a", "aaaa"])
     explain.add_argument("--config", "-c", help="config file (default: the bundled example)")
     explain.set_defaults(func=cmd_explain)
+    dnssec = commands.add_parser(
+        "dnssec",
+        help="DNSSEC: the DS records for the parent zone, the keys and their schedule",
+        description="ds: print the DS record(s) of the zone's KSK, for the parent zone. "
+        "keys: every key of the zone with its state and timings.",
+    )
+    dnssec.add_argument("action", choices=["ds", "keys"])
+    dnssec.add_argument("zone", help="a signed zone, e.g. cdn.example.com")
+    dnssec.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    dnssec.set_defaults(func=cmd_dnssec)
     drain = commands.add_parser("drain", help="take a site out of rotation (a drill, maintenance)")
     drain.add_argument("site")
     drain.add_argument("--reason", "-r", help="why, shown by status and in the log")

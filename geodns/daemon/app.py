@@ -46,6 +46,7 @@ from geodns.geo.index import build_and_save, load_index
 from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
+from geodns.observe.dnssec_metrics import DnssecCollector
 from geodns.observe.metrics import Metrics, worker_report
 from geodns.observe.querylog import QueryLog
 from geodns.serving import udpbatch
@@ -53,6 +54,7 @@ from geodns.serving.answer_path import Observer, ServerState
 from geodns.serving.client import ClientFactory
 from geodns.serving.cookies import CookieJar
 from geodns.serving.rrl import ResponseRateLimiter
+from geodns.serving.signing import keep_all_keys, sign_zones, signing_due
 from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
 from geodns.serving.transports import TcpProtocol, TcpRegistry, UdpProtocol
 
@@ -61,6 +63,7 @@ GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython
 WATCH_INTERVAL = 1.0
 WATCH_DEBOUNCE = 0.5
 STOP_GRACE = 1.0  # seconds a stopping server gives open connections and tasks
+DNSSEC_INTERVAL = 60.0  # seconds between looks at signature expiry and the key schedule
 
 
 class PortInUse(GeodnsError):
@@ -89,8 +92,10 @@ class App:
         index: int = 0,
         control: Connection | None = None,
         cookie_secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock  # DNSSEC's notion of now (a test passes its own to roll keys)
         self.config_path = config_path
         self.index = index
         self.control = control
@@ -127,7 +132,11 @@ class App:
             check_ports_free(config)
         self.geo = await asyncio.to_thread(load_geo, config)
         down: frozenset[str] = frozenset()
-        snapshot = await asyncio.to_thread(build_snapshot, config, self.geo, down)
+        if self.control is None and config.dnssec:  # first start: make the zones' keys
+            await asyncio.to_thread(lambda: list(keep_all_keys(config, {}, self.clock())))
+        snapshot = await asyncio.to_thread(
+            build_snapshot, config, self.geo, down, 0, None, self.clock()
+        )
         if self.index == 0:
             _log_zone_warnings(snapshot)
         if self.control is None:
@@ -154,6 +163,8 @@ class App:
             workers=lambda: list(self.worker_stats.values()),
             process=self.control is None,
         )
+        state = self.state
+        self.metrics.registry.register(DnssecCollector(lambda: state.snapshot.signed, self.clock))
         if config.query_log.enabled:
             self.query_log = QueryLog(config.query_log, worker=self.index)
         if self.query_log is None:  # counting only: cached replies carry their counter slot
@@ -169,6 +180,7 @@ class App:
             loop.add_reader(self.control.fileno(), self._control_message)
             self.control.send(("ready", None))
             self.tasks.append(asyncio.ensure_future(self._report_stats()))
+            self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
             settle_heap()
             return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
@@ -211,6 +223,7 @@ class App:
             geo_index=self.geo.index is not None,
         )
         self.tasks.append(asyncio.ensure_future(self._watch_files()))
+        self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
         self.tasks.append(asyncio.ensure_future(sdnotify.watchdog_loop()))
         settle_heap()
         sdnotify.ready(self._status_line())
@@ -340,6 +353,57 @@ class App:
                 if self.pending_down is None and self.state.snapshot.down == down:
                     self._swap(self.state.snapshot.with_view(down, current.geo, maps))
 
+    async def _dnssec_upkeep(self) -> None:
+        """Every DNSSEC_INTERVAL: the key schedule, and signing when it is due."""
+        while self.config.dnssec:
+            try:
+                await self.keep_dnssec()
+            except Exception as exc:  # the current signatures keep serving; tried again later
+                log.error("dnssec_upkeep_failed", error=str(exc))
+            await asyncio.sleep(DNSSEC_INTERVAL)
+
+    async def keep_dnssec(self) -> bool:
+        """One step of DNSSEC upkeep at `self.clock()`: the main process runs each signed
+        zone's key schedule (it alone writes key files); every process then signs its zones
+        again, off the event loop, when signatures near expiry, a key changes state or the key
+        files changed. Returns whether a newly signed snapshot was swapped in."""
+        assert self.state is not None
+        config, now = self.config, self.clock()
+        if self.control is None:
+            zones = self.state.snapshot.zones
+            steps = await asyncio.to_thread(lambda: list(keep_all_keys(config, zones, now)))
+            for origin, step, keys in steps:
+                if not step.empty:
+                    log.info(
+                        "dnssec_keys",
+                        zone=origin,
+                        made=[
+                            f"{k.role} publish={k.publish:.0f} active={k.activate:.0f}"
+                            for k in step.new
+                        ],
+                        retiring=[k.label for k in step.update],
+                        removed=[k.label for k in step.delete],
+                        keys=[k.label for k in keys],
+                    )
+        async with self.reload_lock:
+            current = self.state.snapshot
+            due = signing_due(current.signed, config, now)
+            if not due:
+                return False
+            signed = await asyncio.to_thread(sign_zones, config, current.zones, now, current.signed)
+            self._swap(self.state.snapshot.with_signatures(signed))
+        for origin in due.zones:
+            zone = signed[origin]
+            log.info(
+                "dnssec_signed",
+                zone=origin,
+                zsk=zone.keys.zsk.tag,
+                made=zone.made,
+                reused=zone.reused,
+                seconds=round(zone.seconds, 3),
+            )
+        return True
+
     def _start_index_build(self) -> None:
         """The first start with a new database: build its place index in a background process
         (niced), then switch every process to it."""
@@ -414,7 +478,12 @@ class App:
             geo = load_geo(config)
         current = self.state.snapshot
         previous = current.maps if geo is current.geo else None
-        snapshot = build_snapshot(config, geo, current.down, self.generation + 1, previous)
+        now = self.clock()
+        if self.control is None and config.dnssec:  # a zone newly signed gets its keys
+            list(keep_all_keys(config, current.zones, now))
+        snapshot = build_snapshot(
+            config, geo, current.down, self.generation + 1, previous, now, current.signed
+        )
         return config, geo, snapshot
 
     async def _reload(self, cause: str) -> bool:

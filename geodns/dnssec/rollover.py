@@ -141,3 +141,25 @@ def keep_keys(
     if step.empty:
         return keys, step
     return carry_out(store, step, policy.algorithm, now), step
+
+
+def key_problems(keys: Sequence[ZoneKey], policy: DnssecPolicy, now: float) -> list[str]:
+    """What `geodns check` warns about a zone's keys: missing, not active, past their time."""
+    if not keys:
+        return ["no DNSSEC keys yet: `geodns serve` makes a KSK and a ZSK on its first start"]
+    found = []
+    if key_set(keys, now) is None:
+        found.append("no active KSK and ZSK at this time: the zone cannot be signed")
+    zsks = sorted((k for k in keys if k.role == ZSK), key=lambda k: k.activate)
+    if zsks and policy.zsk_lifetime:
+        newest = zsks[-1]
+        overdue = now - (newest.activate + policy.zsk_lifetime)
+        if overdue > 0:
+            found.append(
+                f"ZSK {newest.tag} is {overdue / 86400:.1f} days past its lifetime "
+                "(a running geodns rolls it; is it running?)"
+            )
+    for key in keys:
+        if key.role == KSK and policy.ksk_lifetime and key.age(now) > policy.ksk_lifetime:
+            found.append(f"KSK {key.tag} is older than ksk_lifetime: roll it (docs/dnssec.md)")
+    return found
