@@ -301,7 +301,7 @@ DNSSEC_KEYS = (
     "zsk_lifetime",
     "propagation_delay",
 )
-DNSSEC_DURATIONS = DNSSEC_KEYS[4:]
+DNSSEC_DURATIONS = DNSSEC_KEYS[3:]
 
 
 def _dnssec(section: Reader, base: Path, zone: str) -> DnssecPolicy | None:
