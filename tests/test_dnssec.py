@@ -19,7 +19,9 @@ import dns.dnssec
 import dns.flags
 import dns.message
 import dns.name
+import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import pytest
 from dnssec_support import (
     EXAMPLE,
@@ -201,6 +203,8 @@ def test_every_decision_under_every_view_was_signed_ahead(signed) -> None:
             sites = sorted({t.site for t in record.targets() if t.site})
             views = [frozenset()] + [frozenset((s,)) for s in sites] + [frozenset(sites)]
             views += [frozenset(pair) for pair in itertools.combinations(sites, 2)]
+            ordered = frozenset(record.default_order)  # unlocated users fall to the last resort
+            views += [ordered] + [ordered | {s} for s in sites]
             for down in views:
                 for place in places:
                     for network in (0x24560000, 0xC0000200):
@@ -433,3 +437,36 @@ def test_a_zsk_rollover_keeps_every_answer_valid(tmp_path) -> None:
                 for reply in replies_i:
                     validate(reply, keys_j, now=t_j)
     assert Path(tmp_path / "keys").is_dir()
+
+
+def test_a_ksk_roll_by_hand_keeps_the_dnskey_rrset_valid_under_either_ds(tmp_path, capsys) -> None:
+    """add-ksk: both KSKs sign the DNSKEY RRset, so a resolver with the old DS and one with
+    the new both validate; retire-ksk: the old one leaves."""
+    path = write_config(tmp_path)
+    config = load(path)
+    now = time.time()
+    snapshot = signed_snapshot(config, now)
+    store = KeyStore(config.dnssec[EXAMPLE].key_directory, EXAMPLE)
+    old = next(k for k in store.load() if k.role == KSK)
+    assert cli_main(["dnssec", "add-ksk", EXAMPLE, "--config", str(path)]) == 0
+    capsys.readouterr()
+    now = time.time() + 1  # after the new key's publication
+    assert signing_due(snapshot.signed, config, now)
+    state = ServerState(
+        snapshot.with_signatures(sign_zones(config, snapshot.zones, now, snapshot.signed))
+    )
+    reply = ask_message(state, EXAMPLE, "DNSKEY")
+    origin = dns.name.from_text(EXAMPLE)
+    keyset = reply.find_rrset(reply.answer, origin, dns.rdataclass.IN, dns.rdatatype.DNSKEY)
+    signatures = reply.find_rrset(
+        reply.answer, origin, dns.rdataclass.IN, dns.rdatatype.RRSIG, dns.rdatatype.DNSKEY
+    )
+    ksks = [k for k in keyset if k.flags == 257]
+    assert len(ksks) == 2 and len(signatures) == 2
+    for ksk in ksks:  # a validator that trusts only this KSK (its DS) accepts the RRset
+        only = dns.rrset.from_rdata_list(origin, keyset.ttl, [ksk])
+        dns.dnssec.validate(keyset, signatures, {origin: only})
+    assert cli_main(["dnssec", "retire-ksk", EXAMPLE, str(old.tag), "--config", str(path)]) == 0
+    later = sign_zones(config, snapshot.zones, time.time() + 1, state.snapshot.signed)
+    assert old.tag not in {k.tag for k in later[EXAMPLE].keys.published}
+    assert cli_main(["dnssec", "retire-ksk", EXAMPLE, str(old.tag + 1), "--config", str(path)]) == 1

@@ -235,10 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
         "dnssec",
         help="DNSSEC: the DS records for the parent zone, the keys and their schedule",
         description="ds: print the DS record(s) of the zone's KSK, for the parent zone. "
-        "keys: every key of the zone with its state and timings.",
+        "keys: every key of the zone with its state and timings. add-ksk: make a second KSK "
+        "(a KSK roll, docs/dnssec.md); retire-ksk ZONE TAG: remove the old one.",
     )
-    dnssec.add_argument("action", choices=["ds", "keys"])
+    dnssec.add_argument("action", choices=["ds", "keys", "add-ksk", "retire-ksk"])
     dnssec.add_argument("zone", help="a signed zone, e.g. cdn.example.com")
+    dnssec.add_argument("tag", nargs="?", type=int, help="retire-ksk: the old KSK's key tag")
     dnssec.add_argument("--config", "-c", help="config file (default: the bundled example)")
     dnssec.set_defaults(func=cmd_dnssec)
     drain = commands.add_parser("drain", help="take a site out of rotation (a drill, maintenance)")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 from geodns.common.errors import Problem
 from geodns.config.server import ServerConfig
 from geodns.dns.zone import Zone
-from geodns.dnssec.keys import KeyFileError, KeyStore, ds_records
+from geodns.dnssec.keys import KSK, KeyFileError, KeyStore, ds_records
 from geodns.dnssec.rollover import key_problems
 from geodns.geo.answersets import DEFAULT_LIMIT
 from geodns.serving.signing import value_sets
@@ -61,6 +62,19 @@ def cmd_dnssec(args: argparse.Namespace, config: ServerConfig) -> int:
     if args.action == "ds":
         for line in ds_records(keys, now):
             print(line)
+        return 0
+    if args.action == "add-ksk":  # step 1 of a KSK roll: both KSKs sign the DNSKEY RRset
+        key = store.generate(KSK, policy.algorithm, now, now, now)
+        print(f"made {key.label}; a running geodns signs with it within a minute. Its DS:")
+        print(f"{zone} IN DS {key.ds().to_text()}")
+        return 0
+    if args.action == "retire-ksk":  # the last step: the parent publishes only the new DS
+        old = [k for k in keys if k.role == KSK and k.tag == args.tag]
+        if not old or len([k for k in keys if k.role == KSK]) < 2:
+            print(f"geodns dnssec: no KSK {args.tag}, or it is the zone's only KSK")
+            return 1
+        store.save(replace(old[0], retire=now, remove=now))
+        print(f"KSK {args.tag} leaves the zone within a minute")
         return 0
     for key in sorted(keys, key=lambda k: (k.role, k.activate)):
         states = [

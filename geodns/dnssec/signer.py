@@ -56,10 +56,11 @@ def rdata_wire(rdata: object) -> bytes:
 
 @dataclass(frozen=True)
 class Signature:
-    """One RRSIG as it goes on the wire, and when it stops being valid."""
+    """The RRSIG(s) of one RRset as they go on the wire (one per signing key: two KSKs sign
+    the DNSKEY RRset during a KSK roll), and when they stop being valid."""
 
     ttl: int
-    wire: bytes
+    wires: tuple[bytes, ...]
     expiration: int
 
 
@@ -108,18 +109,18 @@ class SignedZone:
 
     def rrsigs(self, name: str, rtype: int, owner: DNSLabel) -> list[RR]:
         signature = self.static.get((name, rtype))
-        return [] if signature is None else [_rrsig(owner, signature)]
+        return [] if signature is None else _rrsigs(owner, signature)
 
     def value_rrsigs(
         self, name: str, rtype: int, values: tuple[str, ...], owner: DNSLabel
     ) -> list[RR] | None:
         by_values = self.values.get((name, rtype))
         signature = by_values.get(frozenset(values)) if by_values is not None else None
-        return None if signature is None else [_rrsig(owner, signature)]
+        return None if signature is None else _rrsigs(owner, signature)
 
     def hinfo_rrsigs(self, name: str, owner: DNSLabel) -> list[RR]:
         signature = self.hinfo.get(name)
-        return [] if signature is None else [_rrsig(owner, signature)]
+        return [] if signature is None else _rrsigs(owner, signature)
 
     def nsec_at(self, name: str) -> list[RR]:
         """The NSEC record owned by `name` and its RRSIG ([] when the name has none)."""
@@ -130,7 +131,7 @@ class SignedZone:
         rdata = chain.rdatas[name]
         return [
             RR(owner, TYPE_NSEC, ttl=self.nsec_ttl, rdata=RD(rdata.to_wire())),
-            _rrsig(owner, self.nsec[name]),
+            *_rrsigs(owner, self.nsec[name]),
         ]
 
     def nsec_covering(self, name: str) -> list[RR]:
@@ -140,8 +141,8 @@ class SignedZone:
         return self.nsec_at(name if name in self.chain else self.chain.owner_covering(name))
 
 
-def _rrsig(owner: DNSLabel, signature: Signature) -> RR:
-    return RR(owner, TYPE_RRSIG, ttl=signature.ttl, rdata=RD(signature.wire))
+def _rrsigs(owner: DNSLabel, signature: Signature) -> list[RR]:
+    return [RR(owner, TYPE_RRSIG, ttl=signature.ttl, rdata=RD(wire)) for wire in signature.wires]
 
 
 def with_key_records(zone: Zone, keys: KeySet, policy: DnssecPolicy) -> Zone:
@@ -187,9 +188,8 @@ class _Signer:
 
     def sign(self, name: str, rtype: int, ttl: int, rdatas: list[dns.rdata.Rdata]) -> Signature:
         signers: tuple[ZoneKey, ...] = self.keys.ksks if rtype in KEY_TYPES else (self.keys.zsk,)
-        key = signers[0]  # one KSK signs (a second one is published for a hand roll)
         wires = tuple(sorted(r.to_digestable(self.origin) for r in rdatas))
-        memo_key = (name, rtype, ttl, wires, key.tag, key.algorithm)
+        memo_key = (name, rtype, ttl, wires, tuple((k.tag, k.algorithm) for k in signers))
         old = self.previous.get(memo_key)
         if old is not None and old.expiration - self.now > self.policy.signature_refresh:
             self.memo[memo_key] = old
@@ -198,15 +198,18 @@ class _Signer:
         rrset = dns.rrset.RRset(dns.name.from_text(name), IN, _rdtype(rtype))
         for rdata in rdatas:
             rrset.add(rdata, ttl)
-        rrsig = dns.dnssec.sign(
-            rrset,
-            key.private,
-            self.origin,
-            key.dnskey,
-            inception=self.inception,
-            expiration=self.expiration,
-        )
-        signature = Signature(ttl, bytes(rrsig.to_wire() or b""), self.expiration)
+        made = []
+        for key in signers:
+            rrsig = dns.dnssec.sign(
+                rrset,
+                key.private,
+                self.origin,
+                key.dnskey,
+                inception=self.inception,
+                expiration=self.expiration,
+            )
+            made.append(bytes(rrsig.to_wire() or b""))
+        signature = Signature(ttl, tuple(made), self.expiration)
         self.memo[memo_key] = signature
         self.made += 1
         return signature

@@ -7,7 +7,10 @@ needs this list ahead of time. It follows `evaluate()` (geodns.geo.dynamic) case
 - `nearest` answers the first `answers` candidates that are up (in distance order, sticky
   order, or `default_order`): every combination of 1..`answers` candidates, each giving the
   values of its targets that can be up together (a site's), or one target (a pool's);
-- the record's plain values (last resort): every subset that can be up together;
+- the record's plain values (last resort): every subset that can be up together, of the
+  values it can then hold: under `nearest` with `default_order` (and no pools) the last
+  resort is reached only when no candidate is up for a located user (the values that are
+  always up) or none of `default_order` is up for an unlocated one (the other sites' values);
 - `all_down: fail_open` answers as if everything were up: the same sets with every target.
 Targets "can be up together" by site: targets that obey the same site are up or down at once,
 `status: up` ones always are, `status: down` ones never are (except under fail-open).
@@ -46,13 +49,23 @@ def _up_groups(targets: Sequence[Target]) -> Iterator[frozenset[str]]:
             values |= by_site[site]
         if values:
             yield frozenset(values)
-    yield frozenset(t.value for t in targets)  # fail-open: as if all were up
+    if targets:
+        yield frozenset(t.value for t in targets)  # fail-open: as if all were up
 
 
 def _contributions(candidate: Candidate) -> list[frozenset[str]]:
     if candidate.pool is not None:  # one value, chosen by weight when several are up
         return [frozenset((t.value,)) for t in candidate.targets]
     return list(dict.fromkeys(_up_groups(candidate.targets)))
+
+
+def _last_resort_values(record: DynamicRecord) -> tuple[Target, ...]:
+    """The plain values that can be up when evaluate() falls back to them."""
+    if not (record.nearest and record.default_order and not record.pools):
+        return record.values
+    ordered = {c.name for c in record.candidates if c.name in record.default_order}
+    sites = {t.site for c in record.candidates if c.name in ordered for t in c.targets}
+    return tuple(t for t in record.values if t.status != "obey" or t.site not in sites)
 
 
 def answer_sets(
@@ -69,7 +82,7 @@ def answer_sets(
     for target in record.targets():
         if not add(frozenset((target.value,))):
             return found, True
-    for values in _up_groups(record.values) if record.values else ():
+    for values in _up_groups(_last_resort_values(record)):
         if not add(values):
             return found, True
     if record.nearest and record.candidates:
