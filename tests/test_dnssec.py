@@ -19,6 +19,7 @@ import dns.dnssec
 import dns.flags
 import dns.message
 import dns.name
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -470,3 +471,40 @@ def test_a_ksk_roll_by_hand_keeps_the_dnskey_rrset_valid_under_either_ds(tmp_pat
     later = sign_zones(config, snapshot.zones, time.time() + 1, state.snapshot.signed)
     assert old.tag not in {k.tag for k in later[EXAMPLE].keys.published}
     assert cli_main(["dnssec", "retire-ksk", EXAMPLE, str(old.tag + 1), "--config", str(path)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("owner", "rtype", "values"),
+    [
+        ("www.cdn.example.com.", "A", ["203.0.113.12", "198.51.100.21", "203.0.113.11"]),
+        ("*.dyn.geo.test.", "A", ["192.0.2.4"]),
+        ("api.cdn.example.com.", "AAAA", ["2001:db8:d2::100", "2001:db8:d1::100"]),
+    ],
+)
+def test_the_address_signer_signs_what_dnspython_signs(tmp_path, owner, rtype, values) -> None:
+    """Ed25519 signatures are deterministic, so the fast path for dynamic address sets must
+    give byte for byte dnspython's RRSIG; an ECDSA one must validate."""
+    from geodns.dnssec.signer import _AddressSigner
+
+    for algorithm in (15, 13):
+        store = KeyStore(tmp_path / str(algorithm), EXAMPLE)
+        key = store.generate(ZSK, algorithm, 0, 0, 0)
+        origin = dns.name.from_text(owner.split(".", 2)[-1] if "geo.test" in owner else EXAMPLE)
+        ours = _AddressSigner(key, origin, 1_700_000_000, 1_800_000_000).sign(
+            owner, dns.rdatatype.from_text(rtype), 30, frozenset(values)
+        )
+        rrset = dns.rrset.from_text_list(owner, 30, "IN", rtype, values)
+        theirs = dns.dnssec.sign(
+            rrset,
+            key.private,
+            origin,
+            key.dnskey,
+            inception=1_700_000_000,
+            expiration=1_800_000_000,
+        )
+        if algorithm == 15:
+            assert ours == theirs.to_wire()
+        rrsig = dns.rdata.from_wire(dns.rdataclass.IN, dns.rdatatype.RRSIG, ours, 0, len(ours))
+        signatures = dns.rrset.from_rdata(owner, 30, rrsig)
+        keys = {origin: dns.rrset.from_rdata(origin, 3600, key.dnskey)}
+        dns.dnssec.validate(rrset, signatures, keys, now=1_750_000_000)
