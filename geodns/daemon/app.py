@@ -25,8 +25,9 @@ import ipaddress
 import multiprocessing
 import signal
 import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -41,6 +42,9 @@ from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
 from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
+from geodns.dns.zone import Zone
+from geodns.dnssec.keys import ZoneKey
+from geodns.dnssec.rollover import Plan
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import build_and_save, load_index
 from geodns.geo.locator import Geo
@@ -96,6 +100,7 @@ class App:
     ) -> None:
         self.config = config
         self.clock = clock  # DNSSEC's notion of now (a test passes its own to roll keys)
+        self.key_lock = threading.Lock()  # one key schedule step at a time (upkeep, reload)
         self.config_path = config_path
         self.index = index
         self.control = control
@@ -133,7 +138,7 @@ class App:
         self.geo = await asyncio.to_thread(load_geo, config)
         down: frozenset[str] = frozenset()
         if self.control is None and config.dnssec:  # first start: make the zones' keys
-            await asyncio.to_thread(lambda: list(keep_all_keys(config, {}, self.clock())))
+            await asyncio.to_thread(self._keep_keys, config, {}, self.clock())
         snapshot = await asyncio.to_thread(
             build_snapshot, config, self.geo, down, 0, None, self.clock()
         )
@@ -362,6 +367,13 @@ class App:
                 log.error("dnssec_upkeep_failed", error=str(exc))
             await asyncio.sleep(DNSSEC_INTERVAL)
 
+    def _keep_keys(
+        self, config: ServerConfig, zones: Mapping[str, Zone], now: float
+    ) -> list[tuple[str, Plan, list[ZoneKey]]]:
+        """One step of every signed zone's key schedule (in a thread; never two at once)."""
+        with self.key_lock:
+            return list(keep_all_keys(config, zones, now))
+
     async def keep_dnssec(self) -> bool:
         """One step of DNSSEC upkeep at `self.clock()`: the main process runs each signed
         zone's key schedule (it alone writes key files); every process then signs its zones
@@ -371,7 +383,7 @@ class App:
         config, now = self.config, self.clock()
         if self.control is None:
             zones = self.state.snapshot.zones
-            steps = await asyncio.to_thread(lambda: list(keep_all_keys(config, zones, now)))
+            steps = await asyncio.to_thread(self._keep_keys, config, zones, now)
             for origin, step, keys in steps:
                 if not step.empty:
                     log.info(
@@ -480,7 +492,7 @@ class App:
         previous = current.maps if geo is current.geo else None
         now = self.clock()
         if self.control is None and config.dnssec:  # a zone newly signed gets its keys
-            list(keep_all_keys(config, current.zones, now))
+            self._keep_keys(config, current.zones, now)
         snapshot = build_snapshot(
             config, geo, current.down, self.generation + 1, previous, now, current.signed
         )
