@@ -479,21 +479,26 @@ def test_a_ksk_roll_by_hand_keeps_the_dnskey_rrset_valid_under_either_ds(tmp_pat
         ("www.cdn.example.com.", "A", ["203.0.113.12", "198.51.100.21", "203.0.113.11"]),
         ("*.dyn.geo.test.", "A", ["192.0.2.4"]),
         ("api.cdn.example.com.", "AAAA", ["2001:db8:d2::100", "2001:db8:d1::100"]),
+        ("cdn.example.com.", "MX", ["10 MX1.Cdn.Example.com.", "20 mx2.cdn.example.com."]),
+        ("a.cdn.example.com.", "NSEC", ["B.cdn.example.com. A RRSIG NSEC"]),
     ],
 )
-def test_the_address_signer_signs_what_dnspython_signs(tmp_path, owner, rtype, values) -> None:
+def test_the_zone_signer_signs_what_dnspython_signs(tmp_path, owner, rtype, values) -> None:
     """Ed25519 signatures are deterministic, so the fast path for dynamic address sets must
     give byte for byte dnspython's RRSIG; an ECDSA one must validate."""
-    from geodns.dnssec.signer import _AddressSigner
+    from geodns.dnssec.signer import _ZoneSigner
 
     for algorithm in (15, 13):
         store = KeyStore(tmp_path / str(algorithm), EXAMPLE)
         key = store.generate(ZSK, algorithm, 0, 0, 0)
         origin = dns.name.from_text(owner.split(".", 2)[-1] if "geo.test" in owner else EXAMPLE)
-        ours = _AddressSigner(key, origin, 1_700_000_000, 1_800_000_000).sign(
-            owner, dns.rdatatype.from_text(rtype), 30, frozenset(values)
-        )
+        signer = _ZoneSigner(key, origin, 1_700_000_000, 1_800_000_000)
         rrset = dns.rrset.from_text_list(owner, 30, "IN", rtype, values)
+        if rtype in ("A", "AAAA"):
+            ours = signer.sign_addresses(owner, rrset.rdtype, 30, frozenset(values))
+        else:
+            wires = [r.to_digestable(origin) for r in rrset]
+            ours = signer.sign(owner, rrset.rdtype, 30, wires)
         theirs = dns.dnssec.sign(
             rrset,
             key.private,

@@ -8,12 +8,14 @@ canonical forms of RFC 4034 section 6) with `cryptography`'s keys; a signature w
 key and validity still hold is carried over from the previous signing rather than made again
 (a reload signs only what changed).
 
-The value sets of dynamic A/AAAA records are most of a geo zone's signatures (a dozen per
-name), and dnspython spends about 80% of a signature building its objects. For them alone,
-`_AddressSigner` lays out the same signed data (RFC 4034 section 3.1.8.1: the RRSIG's fields,
-then each record in canonical order) from bytes prepared once per name: an address's RDATA is
-its 4 or 16 octets, nothing to canonicalise. tests/test_dnssec.py checks that it produces the
-very bytes dnspython signs (Ed25519 signatures are deterministic: they must be identical).
+A geo zone has a dozen signatures per name (every value set of its dynamic records, its
+NSEC), and dnspython's `sign` spends about 80% of each building objects. So the ZSK's
+signatures are made by `_ZoneSigner`, which lays out the signed data of RFC 4034 section
+3.1.8.1 (the RRSIG's fields, then each record in canonical order) from bytes prepared once per
+name, with each RDATA in dnspython's canonical form (`to_digestable`; an address is its 4 or
+16 octets). tests/test_dnssec.py checks that it gives the very bytes dnspython's `sign` gives
+(Ed25519 signatures are deterministic: they must be identical). The KSK's few signatures
+(DNSKEY, CDS, CDNSKEY) are made by dnspython's `sign` itself.
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ class _Signer:
         self.memo: dict[tuple[object, ...], Signature] = {}
         self.made = 0
         self.reused = 0
-        self.addresses = _AddressSigner(keys.zsk, self.origin, self.inception, self.expiration)
+        self.zsk = _ZoneSigner(keys.zsk, self.origin, self.inception, self.expiration)
 
     def sign_addresses(self, name: str, rtype: int, ttl: int, values: frozenset[str]) -> Signature:
         """A dynamic record's value set (A or AAAA), by `_AddressSigner`."""
@@ -209,7 +211,7 @@ class _Signer:
             self.reused += 1
             return old
         signature = Signature(
-            ttl, (self.addresses.sign(name, rtype, ttl, values),), self.expiration
+            ttl, (self.zsk.sign_addresses(name, rtype, ttl, values),), self.expiration
         )
         self.memo[memo_key] = signature
         self.made += 1
@@ -224,6 +226,11 @@ class _Signer:
             self.memo[memo_key] = old
             self.reused += 1
             return old
+        if rtype not in KEY_TYPES:  # the ZSK's: laid out by _ZoneSigner
+            signature = Signature(ttl, (self.zsk.sign(name, rtype, ttl, wires),), self.expiration)
+            self.memo[memo_key] = signature
+            self.made += 1
+            return signature
         rrset = dns.rrset.RRset(dns.name.from_text(name), IN, _rdtype(rtype))
         for rdata in rdatas:
             rrset.add(rdata, ttl)
@@ -244,10 +251,10 @@ class _Signer:
         return signature
 
 
-class _AddressSigner:
-    """RRSIGs over sets of A or AAAA records of one owner, without dnspython's per-record
-    objects: the RRSIG's fixed fields and each record's header are made once per (owner,
-    type, TTL); a value set then costs a sort, a join and the signature itself."""
+class _ZoneSigner:
+    """RRSIGs by one key without dnspython's per-record objects: the RRSIG's fixed fields and
+    each record's header are made once per (owner, type, TTL); an RRset then costs a sort, a
+    join and the signature itself."""
 
     def __init__(self, key: ZoneKey, origin: dns.name.Name, inception: int, expiration: int):
         self.key = key
@@ -255,8 +262,14 @@ class _AddressSigner:
         self.times = struct.pack(">II", expiration, inception)
         self.heads: dict[tuple[str, int, int], tuple[bytes, bytes]] = {}
 
-    def sign(self, name: str, rtype: int, ttl: int, values: Iterable[str]) -> bytes:
-        """The RRSIG RDATA (wire) over the RRset of `values` at `name`."""
+    def sign_addresses(self, name: str, rtype: int, ttl: int, values: Iterable[str]) -> bytes:
+        """The RRSIG RDATA (wire) over the A or AAAA RRset of `values` at `name`."""
+        family = socket.AF_INET if rtype == TYPE_A else socket.AF_INET6
+        return self.sign(name, rtype, ttl, [socket.inet_pton(family, value) for value in values])
+
+    def sign(self, name: str, rtype: int, ttl: int, rdatas: Iterable[bytes]) -> bytes:
+        """The RRSIG RDATA (wire) over the RRset at `name` whose RDATAs, in canonical form
+        (RFC 4034 section 6.2), are `rdatas`."""
         head = self.heads.get((name, rtype, ttl))
         if head is None:
             owner = dns.name.from_text(name)
@@ -266,10 +279,9 @@ class _AddressSigner:
             record = (owner.canonicalize().to_wire() or b"") + struct.pack(">HHI", rtype, 1, ttl)
             head = self.heads[(name, rtype, ttl)] = (rrsig, record)
         rrsig, record = head
-        family, size = (socket.AF_INET, 4) if rtype == TYPE_A else (socket.AF_INET6, 16)
-        rdatas = sorted({socket.inet_pton(family, value) for value in values})
-        length = struct.pack(">H", size)
-        data = rrsig + b"".join(record + length + rdata for rdata in rdatas)
+        data = rrsig + b"".join(
+            record + struct.pack(">H", len(rdata)) + rdata for rdata in sorted(set(rdatas))
+        )
         private = self.key.private
         if isinstance(private, ec.EllipticCurvePrivateKey):
             r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))
