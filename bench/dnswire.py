@@ -21,15 +21,17 @@ def wire_name(name: str) -> bytes:
     return b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
 
 
-def query_wire(name: str, qtype: int, ecs: tuple[int, int] | None = None, ident: int = 0) -> bytes:
+def query_wire(
+    name: str, qtype: int, ecs: tuple[int, int] | None = None, ident: int = 0, do: bool = False
+) -> bytes:
     """A resolver-like query: RD=0, EDNS0 (UDP 1232), optionally ECS for an IPv4 network given
-    as (32-bit address, source prefix length)."""
+    as (32-bit address, source prefix length), and DO=1 (DNSSEC OK) when `do`."""
     option = b""
     if ecs is not None:
         address, prefix = ecs
         raw = address.to_bytes(4, "big")[: (prefix + 7) // 8]
         option = struct.pack(">HHHBB", ECS_OPTION, 4 + len(raw), 1, prefix, 0) + raw
-    opt = b"\0" + struct.pack(">HHIH", OPT, 1232, 0, len(option)) + option
+    opt = b"\0" + struct.pack(">HHIH", OPT, 1232, 0x8000 if do else 0, len(option)) + option
     return (
         struct.pack(">HHHHHH", ident, 0, 1, 0, 0, 1)
         + wire_name(name)

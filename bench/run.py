@@ -47,9 +47,11 @@ from bench.common import (  # noqa: E402
     SATURATE,
     SERVER_CPU,
     Paths,
+    Profile,
     default_cache,
     log,
 )
+from bench.dnssec import build_times, dnssec_lines, dnssec_run  # noqa: E402
 from bench.report import check_lines, source_lines, table, write_json  # noqa: E402
 from bench.resolver_cache import kindness  # noqa: E402
 from bench.scenarios import (  # noqa: E402
@@ -88,6 +90,14 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run geodns with `fleet:` on, against a local etcd (apt-get install etcd-server)",
     )
     parser.add_argument("--no-startup", action="store_true", help="skip the 100 MB start-up")
+    parser.add_argument(
+        "--no-dnssec", action="store_true", help="skip the signed workload and Knot DNS"
+    )
+    parser.add_argument(
+        "--only-dnssec",
+        action="store_true",
+        help="only the signed workload (geodns unsigned vs signed, Knot DNS) and build times",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -239,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         "databases": {},
     }
     first: tuple[databases.Database, workloads.Workloads] | None = None
+    if args.only_dnssec:
+        name = (args.database or ["synthetic"])[0]
+        db = databases.load(name, paths.cache, log)
+        loads = workloads.build(databases.v4_networks(db.path), profile, paths.out, name)
+        results["dnssec"] = dnssec_section(bench, db, loads, profile)
+        return finish(results, paths, began, args.quick, dnssec_lines(results["dnssec"]))
     for name in args.database or ["synthetic"]:
         db = databases.load(name, paths.cache, log)
         t0 = time.monotonic()
@@ -283,20 +299,43 @@ def main(argv: list[str] | None = None) -> int:
             kind: startup_run(bench, kind, f"{kind}-startup-big", Setup(big.path, six))
             for kind in kinds
         }
+    if not args.no_dnssec:
+        results["dnssec"] = dnssec_section(bench, db, loads, profile)
     if py_spy:
         from bench.profiling import profile_geodns
 
         results["py_spy"] = profile_geodns(bench, Setup(db.path, six), loads, py_spy)
-    results["elapsed_s"] = round(time.monotonic() - began, 1)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    path = paths.out / f"results-{stamp}{'-quick' if args.quick else ''}.json"
-    write_json(path, results)
+    lines = source_lines(results) + check_lines(results)
+    if "dnssec" in results:
+        lines += dnssec_lines(results["dnssec"])
     print()
     print(table(results))
+    return finish(results, paths, began, args.quick, lines)
+
+
+def finish(
+    results: dict[str, Any], paths: Paths, began: float, quick: bool, lines: list[str]
+) -> int:
+    """Write the results file and print what the table does not show."""
+    results["elapsed_s"] = round(time.monotonic() - began, 1)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    path = paths.out / f"results-{stamp}{'-quick' if quick else ''}.json"
+    write_json(path, results)
     print()
-    print("\n".join(source_lines(results) + check_lines(results)))
+    print("\n".join(lines))
     print(f"\nresults: bench/out/{path.name}  ({results['elapsed_s']:.0f} s)")
     return 0
+
+
+def dnssec_section(
+    bench: Bench, db: databases.Database, loads: workloads.Workloads, profile: Profile
+) -> dict[str, Any]:
+    """The signed workload (geodns, Knot DNS) on the 6 PoPs, and snapshot build times."""
+    six = popsets.six_pops()
+    return {
+        "run": dnssec_run(bench, db, loads, six, knot=True),
+        "build": build_times(db.path, six, 10_000, bench.paths.out / "dnssec-build"),
+    }
 
 
 if __name__ == "__main__":

@@ -113,6 +113,8 @@ class Setup:
     big_zone_names: int = 0  # 0: no big zone
     workers: int = 1  # geodns only
     fleet: dict[str, Any] | None = None  # geodns's `fleet:` section (an etcd to join), if any
+    dnssec: bool = False  # geodns: the zone signed (bench/dnssec.py)
+    knot_answers: tuple[tuple[str, str], ...] = ()  # Knot: (country, address) of www
 
 
 def geodns_geo_record(pops: PopSet, rtype: str) -> dict[str, Any]:
@@ -168,6 +170,9 @@ def write_geodns(directory: Path, port: int, setup: Setup, generation: int = 0) 
     }
     if setup.fleet is not None:
         config["fleet"] = setup.fleet
+    if setup.dnssec:
+        keys = str(directory / "keys")
+        config["zones"] = {ZONE: {"dnssec": {"enabled": True, "key_directory": keys}}}
     if geodns_has_setting("cache_dir"):  # a fresh geo index cache: every start builds its index
         cache = directory / "geo-cache"
         if generation == 0:  # a new server, not a reload of a running one
@@ -289,6 +294,11 @@ class Server:
         elif kind == "gdnsd":
             self.config = write_gdnsd(directory, self.port, setup)
             self.command = pin(cpus) + ["gdnsd", "-c", str(directory), "start"]
+        elif kind == "knot":
+            from .knot import write_knot
+
+            self.config = write_knot(directory, self.port, setup)
+            self.command = pin(cpus) + ["knotd", "-c", str(self.config)]
         else:
             raise ValueError(f"unknown server kind {kind!r}")
 

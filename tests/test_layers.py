@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "geodns"
 LAYERS = (
     "common",
     "dns",
+    "dnssec",
     "geo",
     "config",
     "health",

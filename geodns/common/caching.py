@@ -48,11 +48,11 @@ CACHES: dict[str, CacheSpec] = {
     for spec in (
         CacheSpec(
             "prepared",
-            "(lower-case query name, type)",
-            "the answer's encoded sections (geodns.dns.resolve.Prepared)",
+            "(lower-case query name, type; + 65536 for DO=1 to a signed zone)",
+            "the answer's encoded sections (geodns.dns.resolve.Prepared), or their signed twin",
             100_000,
             64 * MB,
-            "a zone set (kept across health changes, new on reload)",
+            "a zone set (kept across health changes, new on reload and on signing again)",
             "the resolution and dnslib encoding of a name (100-300 us)",
         ),
         CacheSpec(

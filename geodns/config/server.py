@@ -17,6 +17,7 @@ from geodns.common.reader import Reader
 from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
 from geodns.config.fleet import FleetConfig, parse_fleet
 from geodns.config.zonefile import MAX_TTL, SoaSettings, check_name
+from geodns.dnssec.policy import ALGORITHMS, DnssecPolicy, parse_duration
 from geodns.geo.sites import Site, parse_sites
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -130,6 +131,7 @@ class ServerConfig:
     query_log: QueryLogConfig = QueryLogConfig()
     dnstap: DnstapConfig = DnstapConfig()
     fleet: FleetConfig | None = None  # a fleet of nameservers sharing drains and health (etcd)
+    dnssec: dict[str, DnssecPolicy] = field(default_factory=dict)  # signed zones (docs/dnssec.md)
 
     def soa_for(self, zone: str) -> SoaSettings:
         return self.zone_soa.get(zone, self.soa)
@@ -231,13 +233,18 @@ def load_config(path: Path | None) -> ServerConfig:
     nameservers = _nameservers(top)
     zone_soa: dict[str, SoaSettings] = {}
     zone_nameservers: dict[str, tuple[str, ...]] = {}
+    dnssec: dict[str, DnssecPolicy] = {}
     zones = top.section("zones", tuple(str(k) for k in data.get("zones") or {}))
     for zone_key in zones.mapping:
         name = str(zone_key).lower().rstrip(".") + "."
         if check_name(name):
             zones.add(zones.mapping.line_of(zone_key), f"zones: '{zone_key}' is not a zone name")
             continue
-        zone_section = zones.section(zone_key, ("soa", "nameservers"))
+        zone_section = zones.section(zone_key, ("soa", "nameservers", "dnssec"))
+        if zone_section.has("dnssec"):
+            policy = _dnssec(zone_section.section("dnssec", DNSSEC_KEYS), base, name)
+            if policy is not None:
+                dnssec[name] = policy
         zone_soa[name] = _soa(zone_section.section("soa", SOA_KEYS), soa)
         if zone_section.has("nameservers"):
             zone_nameservers[name] = _nameservers(zone_section)
@@ -324,6 +331,7 @@ def load_config(path: Path | None) -> ServerConfig:
         query_log=query_log_config,
         dnstap=dnstap_config,
         fleet=fleet,
+        dnssec=dnssec,
     )
 
 
@@ -354,6 +362,53 @@ SOA_KEYS = tuple(f.name for f in fields(SoaSettings))
 _TCP = TcpSettings()
 _RRL = RrlSettings()
 RRL_KEYS = tuple(f.name for f in fields(RrlSettings))
+
+
+DNSSEC_KEYS = (
+    "enabled",
+    "algorithm",
+    "key_directory",
+    "signature_validity",
+    "signature_refresh",
+    "inception_offset",
+    "dnskey_ttl",
+    "zsk_lifetime",
+    "propagation_delay",
+)
+DNSSEC_DURATIONS = DNSSEC_KEYS[3:]
+
+
+def _dnssec(section: Reader, base: Path, zone: str) -> DnssecPolicy | None:
+    """`zones.<zone>.dnssec`: None unless `enabled: true` (DNSSEC is off by default)."""
+    enabled = section.boolean("enabled", False)
+    algorithm_text = str(section.text("algorithm", "ecdsap256sha256", "an algorithm name"))
+    algorithm = ALGORITHMS.get(algorithm_text.lower().replace("-", ""))
+    if (
+        algorithm is None
+        and algorithm_text.isdigit()
+        and int(algorithm_text) in ALGORITHMS.values()
+    ):
+        algorithm = int(algorithm_text)
+    if algorithm is None:
+        section.problem(
+            "algorithm", f"{algorithm_text!r}: expected ecdsap256sha256 (13) or ed25519 (15)"
+        )
+        algorithm = 13
+    directory = section.text("key_directory", "keys", "a directory path")
+    times: dict[str, int] = {}
+    for key in DNSSEC_DURATIONS:
+        if section.has(key):
+            seconds = parse_duration(section.mapping.get(key))
+            if seconds is None:
+                section.problem(
+                    key, "expected a duration: seconds, or a number with s, m, h, d or w"
+                )
+                continue
+            times[key] = seconds
+    policy = DnssecPolicy(Path(base / directory), algorithm, **times)
+    for problem in policy.problems():
+        section.add(section.mapping.line, f"zones.{zone.rstrip('.')}.dnssec: {problem}")
+    return policy if enabled else None
 
 
 def _rrl(section: Reader) -> RrlSettings:

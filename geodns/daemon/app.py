@@ -25,8 +25,9 @@ import ipaddress
 import multiprocessing
 import signal
 import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -43,6 +44,9 @@ from geodns.daemon import sdnotify
 from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
 from geodns.daemon.console import ConsoleSource
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
+from geodns.dns.zone import Zone
+from geodns.dnssec.keys import ZoneKey
+from geodns.dnssec.rollover import Plan
 from geodns.fleet.identity import member_identity
 from geodns.fleet.member import FleetMember
 from geodns.fleet.metrics import FleetCollector
@@ -51,6 +55,7 @@ from geodns.geo.index import build_and_save, load_index
 from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
+from geodns.observe.dnssec_metrics import DnssecCollector
 from geodns.observe.dnstap import open_dnstap
 from geodns.observe.metrics import Metrics, worker_report
 from geodns.observe.querylog import QueryLog
@@ -60,6 +65,7 @@ from geodns.serving.answer_path import Observer, ServerState
 from geodns.serving.client import ClientFactory
 from geodns.serving.cookies import CookieJar
 from geodns.serving.rrl import ResponseRateLimiter
+from geodns.serving.signing import keep_all_keys, sign_zones, signing_due
 from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
 from geodns.serving.transports import TcpProtocol, TcpRegistry, UdpProtocol
 
@@ -68,6 +74,7 @@ GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython
 WATCH_INTERVAL = 1.0
 WATCH_DEBOUNCE = 0.5
 STOP_GRACE = 1.0  # seconds a stopping server gives open connections and tasks
+DNSSEC_INTERVAL = 60.0  # seconds between looks at signature expiry and the key schedule
 
 
 class PortInUse(GeodnsError):
@@ -96,8 +103,11 @@ class App:
         index: int = 0,
         control: Connection | None = None,
         cookie_secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock  # DNSSEC's notion of now (a test passes its own to roll keys)
+        self.key_lock = threading.Lock()  # one key schedule step at a time (upkeep, reload)
         self.config_path = config_path
         self.index = index
         self.control = control
@@ -137,7 +147,11 @@ class App:
             check_ports_free(config)
         self.geo = await asyncio.to_thread(load_geo, config)
         down: frozenset[str] = frozenset()
-        snapshot = await asyncio.to_thread(build_snapshot, config, self.geo, down)
+        if self.control is None and config.dnssec:  # first start: make the zones' keys
+            await asyncio.to_thread(self._keep_keys, config, {}, self.clock())
+        snapshot = await asyncio.to_thread(
+            build_snapshot, config, self.geo, down, 0, None, self.clock()
+        )
         await asyncio.to_thread(release_free_memory)  # what the build freed
         if self.index == 0:
             _log_zone_warnings(snapshot)
@@ -166,6 +180,8 @@ class App:
             dnstap=lambda: self.dnstap,
             process=self.control is None,
         )
+        state = self.state
+        self.metrics.registry.register(DnssecCollector(lambda: state.snapshot.signed, self.clock))
         if config.query_log.enabled:
             self.query_log = QueryLog(config.query_log, worker=self.index)
         if config.dnstap.enabled:
@@ -186,6 +202,7 @@ class App:
             loop.add_reader(self.control.fileno(), self._control_message)
             self.control.send(("ready", None))
             self.tasks.append(asyncio.ensure_future(self._report_stats()))
+            self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
             settle_heap()
             return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
@@ -239,6 +256,7 @@ class App:
             geo_index=self.geo.index is not None,
         )
         self.tasks.append(asyncio.ensure_future(self._watch_files()))
+        self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
         self.tasks.append(asyncio.ensure_future(sdnotify.watchdog_loop()))
         settle_heap()
         sdnotify.ready(self._status_line())
@@ -389,6 +407,64 @@ class App:
                 if self.pending_down is None and self.state.snapshot.down == down:
                     self._swap(self.state.snapshot.with_view(down, current.geo, maps))
 
+    async def _dnssec_upkeep(self) -> None:
+        """Every DNSSEC_INTERVAL: the key schedule, and signing when it is due."""
+        while self.config.dnssec:
+            try:
+                await self.keep_dnssec()
+            except Exception as exc:  # the current signatures keep serving; tried again later
+                log.error("dnssec_upkeep_failed", error=str(exc))
+            await asyncio.sleep(DNSSEC_INTERVAL)
+
+    def _keep_keys(
+        self, config: ServerConfig, zones: Mapping[str, Zone], now: float
+    ) -> list[tuple[str, Plan, list[ZoneKey]]]:
+        """One step of every signed zone's key schedule (in a thread; never two at once)."""
+        with self.key_lock:
+            return list(keep_all_keys(config, zones, now))
+
+    async def keep_dnssec(self) -> bool:
+        """One step of DNSSEC upkeep at `self.clock()`: the main process runs each signed
+        zone's key schedule (it alone writes key files); every process then signs its zones
+        again, off the event loop, when signatures near expiry, a key changes state or the key
+        files changed. Returns whether a newly signed snapshot was swapped in."""
+        assert self.state is not None
+        config, now = self.config, self.clock()
+        if self.control is None:
+            zones = self.state.snapshot.zones
+            steps = await asyncio.to_thread(self._keep_keys, config, zones, now)
+            for origin, step, keys in steps:
+                if not step.empty:
+                    log.info(
+                        "dnssec_keys",
+                        zone=origin,
+                        made=[
+                            f"{k.role} publish={k.publish:.0f} active={k.activate:.0f}"
+                            for k in step.new
+                        ],
+                        retiring=[k.label for k in step.update],
+                        removed=[k.label for k in step.delete],
+                        keys=[k.label for k in keys],
+                    )
+        async with self.reload_lock:
+            current = self.state.snapshot
+            due = signing_due(current.signed, config, now)
+            if not due:
+                return False
+            signed = await asyncio.to_thread(sign_zones, config, current.zones, now, current.signed)
+            self._swap(self.state.snapshot.with_signatures(signed))
+        for origin in due.zones:
+            zone = signed[origin]
+            log.info(
+                "dnssec_signed",
+                zone=origin,
+                zsk=zone.keys.zsk.tag,
+                made=zone.made,
+                reused=zone.reused,
+                seconds=round(zone.seconds, 3),
+            )
+        return True
+
     def _start_index_build(self) -> None:
         """The first start with a new database: build its place index in a background process
         (niced), then switch every process to it."""
@@ -463,7 +539,12 @@ class App:
             geo = load_geo(config)
         current = self.state.snapshot
         previous = current.maps if geo is current.geo else None
-        snapshot = build_snapshot(config, geo, current.down, self.generation + 1, previous)
+        now = self.clock()
+        if self.control is None and config.dnssec:  # a zone newly signed gets its keys
+            self._keep_keys(config, current.zones, now)
+        snapshot = build_snapshot(
+            config, geo, current.down, self.generation + 1, previous, now, current.signed
+        )
         return config, geo, snapshot
 
     async def _reload(self, cause: str) -> bool:
