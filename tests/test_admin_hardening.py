@@ -2,6 +2,9 @@
 real `geodns serve` over loopback HTTP, as an operator or an attacker on the host would.
 
 - An empty admin.token_file never means "no authentication": the server refuses to start.
+- Without a token, the TCP listener changes no answer: drains, undrains and reloads are taken
+  on the admin socket only (by default its owner's alone, one per user and port), which the CLI
+  uses; over TCP they get 403.
 - A TCP admin listener beyond loopback without a token refuses to start (`geodns check` too).
 - GET /metrics needs the token when one is set, unless admin.public_metrics; /metrics and
   /status never show a health check's query string, userinfo or secret-looking path segment.
@@ -141,6 +144,23 @@ def test_an_admin_api_beyond_loopback_without_a_token_refuses_to_start(tmp_path:
         assert result.returncode != 0 and "not a loopback address" in result.stderr, result.stderr
 
 
+def test_without_a_token_drains_and_reloads_come_only_through_the_socket(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with make(tmp_path, token=None, cache_dir=str(cache)) as server:
+        path = cache / f"admin-{server.port}.sock"
+        assert path.is_socket() and os.stat(path).st_mode & 0o077 == 0  # only its owner
+        for order in ("/drain", "/undrain", "/reload"):
+            code, text = request(server, "POST", order, json.dumps({"site": "site1"}).encode())
+            assert code == 403 and "admin.token_file" in text, (order, code, text)
+        code, status = request(server, "GET", "/status")
+        assert code == 200 and json.loads(status)["sites"]["site1"]["drained"] is False
+        result = server.cli("drain", "site1", "--reason", "through the socket")
+        assert result.returncode == 0, result.stderr
+        code, status = request(server, "GET", "/status")
+        assert json.loads(status)["sites"]["site1"]["drained"] is True
+    assert not path.exists()  # removed when the server stopped
+
+
 def test_metrics_need_the_token_and_no_page_shows_a_checks_secrets(tmp_path: Path) -> None:
     with make(tmp_path) as server:
         code, _ = request(server, "GET", "/metrics")
@@ -173,16 +193,16 @@ BAD_FOR_S = ["NaN", "Infinity", "-Infinity", "1e308", str(366 * 86400 + 1), "0",
 
 
 def test_drains_take_only_finite_durations_up_to_366_days_and_short_reasons(tmp_path: Path) -> None:
-    with make(tmp_path, token=None, state_file="state.json") as server:
+    with make(tmp_path, state_file="state.json") as server:
         for for_s in BAD_FOR_S:
             body = f'{{"site": "site1", "for_s": {for_s}}}'.encode()
-            code, text = request(server, "POST", "/drain", body)
+            code, text = request(server, "POST", "/drain", body, TOKEN)
             assert code == 400 and "for_s" in text and "366 days" in text, (for_s, code, text)
         for field, size, limit in (("reason", 60_000, "500"), ("by", 201, "200")):
             body = json.dumps({"site": "site1", field: "x" * size}).encode()
-            code, text = request(server, "POST", "/drain", body)
+            code, text = request(server, "POST", "/drain", body, TOKEN)
             assert code == 400 and f"at most {limit}" in text, text
-        code, status = request(server, "GET", "/status")
+        code, status = request(server, "GET", "/status", token=TOKEN)
         assert code == 200 and json.loads(status)["sites"]["site1"]["drained"] is False
         state = tmp_path / "state.json"
         assert not state.exists() or "x" * 600 not in state.read_text()
@@ -190,7 +210,7 @@ def test_drains_take_only_finite_durations_up_to_366_days_and_short_reasons(tmp_
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
         # the longest of each is taken, and shown
         body = {"site": "site1", "for_s": 366 * 86400, "reason": "r" * 500, "by": "b" * 200}
-        code, text = request(server, "POST", "/drain", json.dumps(body).encode())
+        code, text = request(server, "POST", "/drain", json.dumps(body).encode(), TOKEN)
         assert code == 200, text
         result = server.cli("status")
         assert result.returncode == 0 and "365d23h left" in result.stdout, result.stdout
@@ -198,9 +218,7 @@ def test_drains_take_only_finite_durations_up_to_366_days_and_short_reasons(tmp_
 
 def test_an_acknowledged_drain_survives_kill_9_right_after_the_answer(tmp_path: Path) -> None:
     count = 2
-    server = make(
-        tmp_path, token=None, state_file="state.json", sites=sites(free_tcp_port(), count)
-    )
+    server = make(tmp_path, state_file="state.json", sites=sites(free_tcp_port(), count))
     try:
         server.start()
         for index in range(count):
@@ -209,7 +227,7 @@ def test_an_acknowledged_drain_survives_kill_9_right_after_the_answer(tmp_path: 
             assert code == 200, text
             server.proc = None
             server.start()
-            code, status = request(server, "GET", "/status")
+            code, status = request(server, "GET", "/status", token=TOKEN)
             drained = {n for n, s in json.loads(status)["sites"].items() if s["drained"]}
             assert drained == {f"site{i}" for i in range(index + 1)}, f"round {index}: {drained}"
     finally:
@@ -222,6 +240,7 @@ def _drain_then_kill(server: GeodnsServer, body: bytes) -> tuple[int, str]:
     assert server.proc is not None
     head = (
         f"POST /drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", server.admin_port), timeout=10) as sock:

@@ -132,7 +132,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             if index == 3:
                 zone["extra"] = {"type": "A", "value": "192.0.2.99"}
             config = member_config(index, endpoints, targets, db, dead)
-            members.append(GeodnsServer(config, {ZONE: zone}, ready_qname=ZONE))
+            members.append(
+                GeodnsServer(config, {ZONE: zone}, ready_qname=ZONE, admin_token=f"token-{index}")
+            )
         MEMBERS[:] = members
         try:
             with ThreadPoolExecutor(3) as pool:
@@ -204,7 +206,10 @@ def admin(member: GeodnsServer, method: str, path: str, body: Any = None) -> tup
         None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     )
     request = urllib.request.Request(
-        f"http://127.0.0.1:{member.admin_port}{path}", data=data, method=method
+        f"http://127.0.0.1:{member.admin_port}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {member.admin_token}"},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -26,7 +26,10 @@ PASSWORD = "geodns-test-password"
 def admin(server: GeodnsServer, method: str, path: str, body: object = None) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
-        f"http://127.0.0.1:{server.admin_port}{path}", data=data, method=method
+        f"http://127.0.0.1:{server.admin_port}{path}",
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {server.admin_token}"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, json.loads(response.read())
@@ -69,7 +72,7 @@ def test_tls_client_certificate_and_password_with_expiring_tokens(tmp_path: Path
             },
         }
         zones = {"secure.test": {"": {"type": "NS", "value": "ns1.secure.test."}}}
-        with GeodnsServer(config, zones, workdir=tmp_path) as server:
+        with GeodnsServer(config, zones, workdir=tmp_path, admin_token="fleet-token") as server:
             deadline = time.monotonic() + 10
             while not admin(server, "GET", "/status")[1]["fleet"]["etcd"]["connected"]:
                 assert time.monotonic() < deadline, server.stderr_text()[-3000:]

@@ -111,6 +111,18 @@ def cache_directory(config: ServerConfig) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "geodns"
 
 
+def admin_socket(config: ServerConfig) -> str | None:
+    """The admin API's Unix socket: `admin.socket`; by default `admin-<port>.sock` in the cache
+    directory (per user and per instance: one geodns per port), so that drains and reloads
+    work on this host without a token while the directory's permissions (0700) guard them;
+    None with `admin.socket: false`."""
+    if config.admin.no_socket:
+        return None
+    if config.admin.socket:
+        return config.admin.socket
+    return str(cache_directory(config) / f"admin-{config.port}.sock")
+
+
 def load_geo(config: ServerConfig, build: bool | None = None) -> Geo:
     """The geography for a config: the database's cached place index when there is one; else
     the index built now when `build` (None: when the database is small enough to build in a

@@ -35,9 +35,10 @@ class AdminConfig:
     """The local admin API (status, drains, reload, metrics)."""
 
     listen: str | None = "127.0.0.1:8053"
-    socket: str | None = None
+    socket: str | None = None  # None: the default path (geodns.config.loader.admin_socket)
     token_file: Path | None = None
     public_metrics: bool = False  # GET /metrics without the token (it shows no secrets)
+    no_socket: bool = False  # `socket: false`: no Unix socket at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,11 +293,8 @@ def load_config(path: Path | None) -> ServerConfig:
     )
     admin_config = AdminConfig(
         listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),
-        socket=(
-            str(base / sock)
-            if (sock := admin.get("socket", str, None, "a Unix socket path"))
-            else None
-        ),
+        socket=str(base / sock) if isinstance(sock := _admin_socket(admin), str) else None,
+        no_socket=sock is False,
         token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
         public_metrics=admin.boolean("public_metrics", False),
     )
@@ -338,6 +336,15 @@ def load_config(path: Path | None) -> ServerConfig:
 def _beside(base: Path, path: str) -> str:
     """A path from the config file, relative to the config file's folder ('-' stays '-')."""
     return path if path == "-" else str(base / path)
+
+
+def _admin_socket(admin: Reader) -> str | bool | None:
+    """`admin.socket`: a path, false (no socket), or absent/null (the default path)."""
+    value = admin.mapping.get("socket")
+    if value is None or value is False or isinstance(value, str):
+        return value
+    admin.problem("socket", f"expected a Unix socket path, or false for none, got {value!r}")
+    return None
 
 
 def _check_admin_is_closed(admin: Reader, config: AdminConfig) -> None:

@@ -1,8 +1,9 @@
 """The CLI side of the admin API: drain, undrain, status and reload of a running server.
 
-Each function takes the server's config (geodns.config.server.ServerConfig) and finds the server the way
-it listens: the Unix socket `admin.socket` when configured (no token needed), otherwise the TCP
-address `admin.listen` with the token read from `admin.token_file`. The functions are blocking
+Each function takes the server's config (geodns.config.server.ServerConfig) and finds the server
+the way it listens: its Unix socket (geodns.config.loader.admin_socket: no token needed) when it
+is there and this user may use it, otherwise the TCP address `admin.listen` with the token read
+from `admin.token_file` (without a token, TCP serves status and metrics, not drains). The functions are blocking
 (one short asyncio run each) and raise AdminError with a message fit for the terminal.
 """
 
@@ -12,8 +13,10 @@ import asyncio
 import getpass
 import json
 import math
+import os
 import re
 import socket
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from geodns.common.errors import AdminError
+from geodns.config.loader import admin_socket
 from geodns.daemon.admin import parse_listen
 
 TIMEOUT = 10.0
@@ -233,14 +237,24 @@ def _who() -> str:
 def _endpoint(config: Any) -> tuple[str, str | None, str | None, str]:
     """(base URL, Unix socket path, token, where for messages) of the admin API."""
     admin = config.admin
-    if admin.socket:
-        return "http://localhost", str(admin.socket), None, f"unix:{admin.socket}"
+    unix = admin_socket(config)
+    if unix and (_is_socket(unix) or not admin.listen):
+        return "http://localhost", unix, None, f"unix:{unix}"
     if not admin.listen:
         raise AdminError("the admin API is disabled: set admin.listen or admin.socket in config")
     host, port = parse_listen(admin.listen)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"http://{netloc}", None, _token(admin.token_file), f"http://{netloc}"
+
+
+def _is_socket(path: str) -> bool:
+    """Whether a socket is there that this user may use (else TCP: status and metrics still
+    work for another user; drains then need the token)."""
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode) and os.access(path, os.W_OK)
+    except OSError:
+        return False
 
 
 def _token(path: Path | None) -> str | None:

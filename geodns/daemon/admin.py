@@ -1,12 +1,14 @@
 """The admin API of a running server: status, drains, reload and metrics, over local HTTP.
 
 `geodns drain/undrain/status/reload` (geodns.control.adminclient) talk to it; Prometheus scrapes
-/metrics. It listens on a TCP address (127.0.0.1:8053 by default), a Unix socket, or both. On
-TCP every request must carry `Authorization: Bearer <token>` when a token is configured, since
-any local user can reach a loopback port (GET /metrics too, unless `admin.public_metrics`); on
-the Unix socket the file's permissions (0660) are the access control and no token is asked for.
-A TCP listener beyond loopback without a token is refused at start (the config check says so
-first): it would let anyone drain sites.
+/metrics. It listens on a TCP address (127.0.0.1:8053 by default) and a Unix socket (by default
+`admin-<port>.sock` in the cache directory, geodns.config.loader.admin_socket). On the socket
+the file's permissions are the access control (the default socket 0600, its owner's; an
+explicit `admin.socket` 0660, for its group too) and no token is asked for. On TCP, any local user can reach a loopback port: with a token every
+request must carry `Authorization: Bearer <token>` (GET /metrics too, unless
+`admin.public_metrics`); without one, TCP serves only what changes no answer (GET, and the
+console's what-if), and drains, undrains and reloads get 403. A TCP listener beyond loopback
+without a token is refused at start (the config check says so first).
 
     GET  /status                       every site's health, plus the server's own status_extra()
     POST /drain   {site, reason?, for_s?, by?}   200 once the drain is durable (state file or etcd)
@@ -15,7 +17,8 @@ first): it would let anyone drain sites.
     GET  /metrics                      Prometheus text (when a metrics callback is given)
     GET  /, /console/...               the live console (geodns.daemon.console), when given
 
-Errors are JSON `{"error": "..."}` with 400 (bad request), 401 (token), 404 (no such site),
+Errors are JSON `{"error": "..."}` with 400 (bad request), 401 (token), 403 (a drain or reload
+over TCP without a configured token), 404 (no such site),
 500 (the state file could not be written: nothing changed), 503 (the fleet's etcd is out of
 reach: nothing changed). Limits of a drain: geodns.health.state.drain_problem.
 """
@@ -29,6 +32,7 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -54,8 +58,10 @@ METRICS: web.AppKey[MetricsCallback | None] = web.AppKey("metrics")
 TOKEN: web.AppKey[str | None] = web.AppKey("token")
 DRAINS: web.AppKey[DrainControl] = web.AppKey("drains")
 PUBLIC_METRICS: web.AppKey[bool] = web.AppKey("public_metrics")
-SOCKET_MODE = 0o660
+SOCKET_MODE = 0o660  # an explicit admin.socket: its group may use it
+DEFAULT_SOCKET_MODE = 0o600  # the default socket: its owner alone
 LOOPBACK_NAMES = ("localhost",)
+READ_ONLY_POSTS = ("/console/whatif",)  # a POST that only computes (no token needed)
 
 
 def make_admin_app(
@@ -96,13 +102,19 @@ def make_admin_app(
 
 
 async def start_admin(
-    app: web.Application, listen: str | None, socket_path: str | None, token: str | None
+    app: web.Application,
+    listen: str | None,
+    socket_path: str | None,
+    token: str | None,
+    socket_mode: int = SOCKET_MODE,
 ) -> web.AppRunner:
     """Serve `app` on `listen` ("host:port") and/or `socket_path`; stop with `runner.cleanup()`.
 
     `token` (read from admin.token_file by the caller) is required on TCP when given; without
     one, a `listen` beyond loopback is a ConfigError. A stale socket file from a crashed server
-    is replaced; a live one (another server) is an OSError.
+    is replaced; a live one (another server) is an OSError. `socket_mode`: 0660 lets the
+    socket's group drain and reload (an explicit `admin.socket`, docs/operations.md); the default
+    socket in the user's cache directory is 0600, its owner's alone.
     """
     app[TOKEN] = token or None
     if listen and token is None and not is_loopback(parse_listen(listen)[0]):
@@ -123,9 +135,10 @@ async def start_admin(
             host, port = parse_listen(listen)
             await web.TCPSite(runner, host, port).start()
         if socket_path:
+            Path(socket_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _remove_stale_socket(socket_path)
             await web.UnixSite(runner, socket_path).start()
-            os.chmod(socket_path, SOCKET_MODE)
+            os.chmod(socket_path, socket_mode)
     except BaseException:
         await runner.cleanup()
         raise
@@ -169,9 +182,22 @@ def _remove_stale_socket(path: str) -> None:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    token = request.app[TOKEN]
-    if token is None or _via_unix_socket(request):
+    """The Unix socket is trusted (its file permissions guard it). Over TCP, with a token every
+    request needs it (`admin.public_metrics` excepted); without one, only what changes no
+    answer: reads, and the console's what-if. Drains, undrains and reloads over TCP need the
+    token: any local user can reach a loopback port."""
+    if _via_unix_socket(request):
         return await handler(request)
+    token = request.app[TOKEN]
+    if token is None:
+        if request.method in ("GET", "HEAD") or request.path in READ_ONLY_POSTS:
+            return await handler(request)
+        return _error(
+            403,
+            "drains and reloads over TCP need the admin token (admin.token_file); without one "
+            "they are taken on the admin socket only, which `geodns drain` and `geodns reload` "
+            "use when they run as the server's user",
+        )
     if request.path == "/metrics" and request.app[PUBLIC_METRICS]:
         return await handler(request)
     given = request.headers.get("Authorization", "")

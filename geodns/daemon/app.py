@@ -23,6 +23,7 @@ import errno
 import gc
 import ipaddress
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -38,10 +39,16 @@ from geodns import __version__
 from geodns.common.errors import ConfigError, GeodnsError, Problem
 from geodns.common.logs import get_logger
 from geodns.common.memory import release_free_memory
-from geodns.config.loader import cache_directory, load_geo, zone_files
+from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
-from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
+from geodns.daemon.admin import (
+    DEFAULT_SOCKET_MODE,
+    SOCKET_MODE,
+    make_admin_app,
+    parse_listen,
+    start_admin,
+)
 from geodns.daemon.console import ConsoleSource
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
 from geodns.dns.zone import Zone
@@ -128,6 +135,7 @@ class App:
         self.monitor: HealthMonitor | None = None
         self.fleet: FleetMember | None = None
         self.admin: Any = None
+        self.admin_socket: str | None = None  # removed at stop
         self.metrics: Metrics
         self.query_log: QueryLog | None = None
         self.tcp: TcpRegistry | None = None
@@ -219,7 +227,8 @@ class App:
             )
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
-        if config.admin.listen or config.admin.socket:
+        socket_path = admin_socket(config)
+        if config.admin.listen or socket_path:
             try:
                 self.admin = await start_admin(
                     make_admin_app(
@@ -236,12 +245,16 @@ class App:
                         public_metrics=config.admin.public_metrics,
                     ),
                     config.admin.listen,
-                    config.admin.socket,
+                    socket_path,
                     token,
+                    SOCKET_MODE if config.admin.socket else DEFAULT_SOCKET_MODE,
                 )
             except OSError as exc:
+                if exc.errno is None:  # the socket: another server's, or not a socket
+                    raise PortInUse(str(exc)) from None
                 host, port = parse_listen(config.admin.listen or ":0")
                 raise _bind_error(exc, host, "admin API, tcp", port) from None
+            self.admin_socket = socket_path
         self._start_index_build()
         log.info(
             "started",
@@ -728,6 +741,9 @@ class App:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE + 1.0):
                 await asyncio.gather(*steps, return_exceptions=True)
+        if self.admin_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.admin_socket)
         if self.query_log is not None:
             self.query_log.close()
         if self.dnstap is not None:
