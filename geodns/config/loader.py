@@ -125,12 +125,16 @@ def admin_socket(config: ServerConfig) -> str | None:
 
 def load_geo(config: ServerConfig, build: bool | None = None) -> Geo:
     """The geography for a config: the database's cached place index when there is one; else
-    the index built now when `build` (None: when the database is small enough to build in a
-    moment), else the database itself, for the caller to build the index in the background."""
+    the index built now when `build` (None: as `geoip.index` says; "auto" builds now when the
+    database is small enough to take a moment), else the database itself, for the caller to
+    build the index in the background."""
     database = open_database(config)
     directory = cache_directory(config)
     index = load_index(directory, database.digest)
-    if index is None and (build or (build is None and len(database.data) <= SYNC_BUILD_BYTES)):
+    if build is None:
+        small = len(database.data) <= SYNC_BUILD_BYTES
+        build = config.geoip_index == "start" or (config.geoip_index == "auto" and small)
+    if index is None and build:
         index = build_index(database)
         with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
             save_index(index, directory)

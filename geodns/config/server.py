@@ -124,6 +124,7 @@ class ServerConfig:
     zone_nameservers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     geoip_database: Path | None = None
     geoip_line: int = 0
+    geoip_index: str = "auto"  # when the place index is built: INDEX_WHEN
     sites: dict[str, Site] = field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
     state_file: Path | None = None
@@ -249,8 +250,12 @@ def load_config(path: Path | None) -> ServerConfig:
         zone_soa[name] = _soa(zone_section.section("soa", SOA_KEYS), soa)
         if zone_section.has("nameservers"):
             zone_nameservers[name] = _nameservers(zone_section)
-    geoip = top.section("geoip", ("database",))
+    geoip = top.section("geoip", ("database", "index"))
     database = geoip.get("database", str, None, "a path to a .mmdb file")
+    geoip_index = geoip.text("index", "auto", " or ".join(INDEX_WHEN))
+    if geoip_index not in INDEX_WHEN:
+        geoip.problem("index", f"expected {' or '.join(INDEX_WHEN)}, got {geoip_index!r}")
+        geoip_index = "auto"
     admin = top.section("admin", ("listen", "socket", "token_file", "public_metrics"))
     query_log = top.section("query_log", ("enabled", "sample_rate", "path", "max_bytes", "backups"))
     sample_rate = query_log.get("sample_rate", (int, float), 1.0, "a fraction from 0 to 1")
@@ -321,6 +326,7 @@ def load_config(path: Path | None) -> ServerConfig:
         zone_nameservers=zone_nameservers,
         geoip_database=(base / database) if database else None,
         geoip_line=geoip.mapping.line_of("database"),
+        geoip_index=geoip_index,
         sites=sites,
         admin=admin_config,
         state_file=(base / state_file) if state_file else None,
@@ -366,6 +372,10 @@ def _check_admin_is_closed(admin: Reader, config: AdminConfig) -> None:
 
 
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))
+# when a database's place index is built the first time it is seen (geodns.config.loader.load_geo):
+# "start" before answering, "background" while the database answers directly, "auto" at start
+# up to 16 MB, else in the background
+INDEX_WHEN = ("auto", "start", "background")
 _TCP = TcpSettings()
 _RRL = RrlSettings()
 RRL_KEYS = tuple(f.name for f in fields(RrlSettings))

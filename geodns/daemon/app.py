@@ -22,14 +22,13 @@ import contextlib
 import errno
 import gc
 import ipaddress
-import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -58,7 +57,7 @@ from geodns.fleet.identity import member_identity
 from geodns.fleet.member import FleetMember
 from geodns.fleet.metrics import FleetCollector
 from geodns.geo.dynamic import records_all_down
-from geodns.geo.index import build_and_save, load_index
+from geodns.geo.index import load_index
 from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
@@ -221,7 +220,7 @@ class App:
                 self.config_path,
                 self.worker_count,
                 self._worker_stats,
-                run_worker,
+                "geodns.daemon.app:run_worker",
                 self.state.cookies.secret if self.state.cookies else None,
                 on_failed=self.stopping.set,
             )
@@ -488,17 +487,37 @@ class App:
         self.index_build = asyncio.ensure_future(self._build_index(geo.path, directory))
 
     async def _build_index(self, path: Path, directory: Path) -> None:
+        """Build the place index in a child process (`python -m geodns.geo.index`, niced), so
+        that the build neither holds the event loop nor the GIL; killed if we stop first."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        context = multiprocessing.get_context("spawn")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "geodns.geo.index",
+            str(path),
+            str(directory),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                digest = await loop.run_in_executor(pool, build_and_save, str(path), str(directory))
-        except Exception as exc:  # the direct locator keeps serving; the next reload retries
-            log.error("geo_index_failed", path=str(path), error=str(exc))
+            output, errors = await process.communicate()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
+        finally:
             self.index_build = None
+        if process.returncode != 0:  # the direct locator keeps serving; the next reload retries
+            error = errors.decode(errors="replace").strip().splitlines()
+            log.error(
+                "geo_index_failed",
+                path=str(path),
+                exitcode=process.returncode,
+                error=error[-1] if error else "",
+            )
             return
-        self.index_build = None
+        digest = output.decode().strip()
         seconds = time.perf_counter() - started
         if await self._use_index(directory, digest):
             log.info("geo_index_ready", path=str(path), seconds=round(seconds, 3))
@@ -730,9 +749,10 @@ class App:
             self.tcp.close_all()
         for task in self.tasks:
             task.cancel()
-        if self.index_build is not None:
-            self.index_build.cancel()
         steps: list[Awaitable[Any]] = []
+        if self.index_build is not None:
+            self.index_build.cancel()  # kills the build process
+            steps.append(self.index_build)
         if self.admin is not None:
             steps.append(self.admin.cleanup())
         steps.append(self._stop_health())
