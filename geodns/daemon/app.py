@@ -418,6 +418,7 @@ class App:
                 maps = await asyncio.to_thread(answer_maps, current.geo, shapes, down, kept)
                 if self.pending_down is None and self.state.snapshot.down == down:
                     self._swap(self.state.snapshot.with_view(down, current.geo, maps))
+                await asyncio.to_thread(release_free_memory)  # the build's temporaries
 
     async def _dnssec_upkeep(self) -> None:
         """Every DNSSEC_INTERVAL: the key schedule, and signing when it is due."""
@@ -543,7 +544,8 @@ class App:
             self._swap(current.with_view(current.down, new_geo, maps))
             geo.close()
             self.index_ready_at = time.time()
-            return True
+        await asyncio.to_thread(release_free_memory)  # the build's temporaries, the old maps
+        return True
 
     async def _admin_reload(self) -> tuple[bool, list[str]]:
         ok = await self.reload("admin API")
