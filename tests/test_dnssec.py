@@ -47,7 +47,7 @@ from dnssec_support import (
 
 from geodns.common.errors import ConfigError
 from geodns.control.cli import main as cli_main
-from geodns.dnssec.keys import KSK, ZSK, KeyStore
+from geodns.dnssec.keys import KSK, ZSK, KeyFileError, KeyStore
 from geodns.dnssec.rollover import key_set, publication_interval
 from geodns.geo.dynamic import evaluate
 from geodns.geo.places import Place, Placement, load_country_points
@@ -306,6 +306,22 @@ def test_check_warns_about_missing_keys(tmp_path, capsys) -> None:
         build_snapshot(load(path), geo_for(load(path)))
 
 
+def test_a_key_directory_that_cannot_be_made_is_named_with_why(tmp_path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # as /etc/geodns is for the geodns user: nothing can be made in it
+    store = KeyStore(blocker / "keys", EXAMPLE)
+    with pytest.raises(KeyFileError, match="cannot make the DNSSEC key directory .*writable"):
+        store.generate(KSK, 13, time.time(), time.time(), time.time())
+
+
+def test_check_warns_about_a_ksk_older_than_ksk_lifetime(tmp_path, capsys) -> None:
+    path = write_config(tmp_path, {"ksk_lifetime": "30d"})
+    for _ in keep_all_keys(load(path), {}, time.time() - 31 * 86400):  # keys made a month ago
+        pass
+    assert cli_main(["check", "--config", str(path)]) == 0
+    assert "is older than ksk_lifetime: roll it" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -438,6 +454,38 @@ def test_a_zsk_rollover_keeps_every_answer_valid(tmp_path) -> None:
                 for reply in replies_i:
                     validate(reply, keys_j, now=t_j)
     assert Path(tmp_path / "keys").is_dir()
+
+
+def test_a_server_started_when_a_roll_is_due_keeps_the_old_zsk_for_the_zones_largest_ttl(
+    tmp_path,
+) -> None:
+    """`geodns serve` takes its first key step before the zones are loaded. A successor made
+    then would not know the zone's largest TTL (the example's NS: a day), and the old ZSK
+    would leave the DNSKEY RRset while RRsets it signed may still sit in caches (RFC 7583
+    Iret). So that step makes first keys only; the next one, with the zones, rolls."""
+    path = write_config(
+        tmp_path, {"zsk_lifetime": "3d", "dnskey_ttl": 300, "propagation_delay": 60}
+    )
+    config = load(path)
+    policy = config.dnssec[EXAMPLE]
+    start = time.time()
+    snapshot = signed_snapshot(config, start)  # first keys, as at the first start
+    store = KeyStore(policy.key_directory, EXAMPLE)
+    (first,) = [k for k in store.load() if k.role == ZSK]
+    restart = first.activate + policy.zsk_lifetime  # the server was down when the roll was due
+    for _ in keep_all_keys(config, {}, restart):  # the step at start, before the zones load
+        pass
+    assert [k.tag for k in store.load() if k.role == ZSK] == [first.tag]
+    for _ in keep_all_keys(config, snapshot.zones, restart):  # the upkeep, zones loaded
+        pass
+    zsks = {k.tag: k for k in store.load() if k.role == ZSK}
+    assert len(zsks) == 2
+    old = zsks[first.tag]
+    largest = max(
+        rrset.ttl for node in snapshot.zones[EXAMPLE].nodes.values() for rrset in node.values()
+    )
+    assert largest == 86400
+    assert old.remove - old.retire == policy.propagation_delay + largest
 
 
 def test_a_ksk_roll_by_hand_keeps_the_dnskey_rrset_valid_under_either_ds(tmp_path, capsys) -> None:

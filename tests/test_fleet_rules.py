@@ -9,6 +9,7 @@ import pytest
 
 from geodns.common.errors import ConfigError
 from geodns.config.server import load_config
+from geodns.fleet.metrics import FleetCollector
 from geodns.fleet.quorum import decide
 from geodns.geo.sites import CheckSpec, Site
 from geodns.health.redact import public_url, redact_text
@@ -103,6 +104,32 @@ def test_fleet_drains_replace_the_local_ones_but_not_of_unknown_sites_or_ended()
     assert set(state.drains) == {"fra"} and state.view.down == {"fra"}
     assert {(c.site, c.new) for c in changes} == {("fra", "down"), ("sin", "up")}
     assert state.set_drains(state.drains, 102.0) == []  # nothing new: no refresh
+
+
+class _FleetSeen:
+    """What a member saw of the fleet (geodns.fleet.metrics.FleetSource), for the collector."""
+
+    sessions, events = 1, 0
+
+    def __init__(self, drains: dict[str, Drain]) -> None:
+        self.drains = drains
+
+    def status(self) -> dict:
+        etcd = {"connected": True, "since": 0.0}
+        return {"etcd": etcd, "members": {}, "sites": {}}
+
+
+def test_the_drains_metric_counts_drains_in_effect_not_ended_ones_etcd_still_holds() -> None:
+    # a timed drain's key outlives its end by a minute (DRAIN_LEASE_GRACE): an alert on
+    # geodns_fleet_drains > 0 must clear at the end, as every member's answers do
+    drains = {
+        "fra": Drain("fra", "drill", "ops", 100.0),
+        "sin": Drain("sin", "drill", "ops", 100.0, until=200.0),
+    }
+    for now, expected in ((150.0, 2.0), (230.0, 1.0)):
+        collector = FleetCollector(_FleetSeen(drains), clock=lambda now=now: now)
+        families = {f.name: f for f in collector.collect()}
+        assert families["geodns_fleet_drains"].samples[0].value == expected
 
 
 def test_the_fleet_section_is_checked_with_file_and_line(tmp_path: Path) -> None:

@@ -391,6 +391,7 @@ DNSSEC_KEYS = (
     "dnskey_ttl",
     "zsk_lifetime",
     "propagation_delay",
+    "ksk_lifetime",  # only for `geodns check`: the KSK is rolled by hand
 )
 DNSSEC_DURATIONS = DNSSEC_KEYS[3:]
 

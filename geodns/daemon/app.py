@@ -155,7 +155,7 @@ class App:
         self.geo = await asyncio.to_thread(load_geo, config)
         down: frozenset[str] = frozenset()
         if self.control is None and config.dnssec:  # first start: make the zones' keys
-            await asyncio.to_thread(self._keep_keys, config, {}, self.clock())
+            _log_key_steps(await asyncio.to_thread(self._keep_keys, config, {}, self.clock()))
         snapshot = await asyncio.to_thread(
             build_snapshot, config, self.geo, down, 0, None, self.clock()
         )
@@ -445,20 +445,7 @@ class App:
         config, now = self.config, self.clock()
         if self.control is None:
             zones = self.state.snapshot.zones
-            steps = await asyncio.to_thread(self._keep_keys, config, zones, now)
-            for origin, step, keys in steps:
-                if not step.empty:
-                    log.info(
-                        "dnssec_keys",
-                        zone=origin,
-                        made=[
-                            f"{k.role} publish={k.publish:.0f} active={k.activate:.0f}"
-                            for k in step.new
-                        ],
-                        retiring=[k.label for k in step.update],
-                        removed=[k.label for k in step.delete],
-                        keys=[k.label for k in keys],
-                    )
+            _log_key_steps(await asyncio.to_thread(self._keep_keys, config, zones, now))
         async with self.reload_lock:
             current = self.state.snapshot
             due = signing_due(current.signed, config, now)
@@ -575,7 +562,7 @@ class App:
         previous = current.maps if geo is current.geo else None
         now = self.clock()
         if self.control is None and config.dnssec:  # a zone newly signed gets its keys
-            self._keep_keys(config, current.zones, now)
+            _log_key_steps(self._keep_keys(config, current.zones, now))
         snapshot = build_snapshot(
             config, geo, current.down, self.generation + 1, previous, now, current.signed
         )
@@ -867,6 +854,23 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     await app.stopping.wait()
     await app.stop()
     return 1 if app.pool is not None and app.pool.failed else 0
+
+
+def _log_key_steps(steps: list[tuple[str, Plan, list[ZoneKey]]]) -> None:
+    """One `dnssec_keys` event per zone whose keys changed (made, retiring, removed): the
+    first keys at start too, so the log says when to copy the key directory (docs/dnssec.md)."""
+    for origin, step, keys in steps:
+        if not step.empty:
+            log.info(
+                "dnssec_keys",
+                zone=origin,
+                made=[
+                    f"{k.role} publish={k.publish:.0f} active={k.activate:.0f}" for k in step.new
+                ],
+                retiring=[k.label for k in step.update],
+                removed=[k.label for k in step.delete],
+                keys=[k.label for k in keys],
+            )
 
 
 def _log_zone_warnings(snapshot: Snapshot) -> None:

@@ -189,8 +189,14 @@ class KeyStore:
             path.unlink(missing_ok=True)
 
     def _make_directory(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.directory, 0o700)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.directory, 0o700)
+        except OSError as exc:  # e.g. keys/ beside a config in a directory only root writes
+            raise KeyFileError(
+                f"cannot make the DNSSEC key directory {self.directory}: "
+                f"{exc.strerror or exc} (key_directory must be writable by the server's user)"
+            ) from None
 
     def unsafe_permissions(self) -> list[str]:
         """Private key files or the key directory readable by others than the owner."""

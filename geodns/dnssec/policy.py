@@ -48,7 +48,7 @@ class DnssecPolicy:
     inception_offset: int = 3600
     dnskey_ttl: int = 3600
     zsk_lifetime: int = 90 * DAY
-    ksk_lifetime: int = 0  # 0: the KSK is rolled by hand (it changes the parent's DS)
+    ksk_lifetime: int = 0  # age after which `geodns check` says to roll the KSK by hand; 0: never
     propagation_delay: int = 3600
 
     @property

@@ -90,10 +90,17 @@ def retire_interval(policy: DnssecPolicy, max_ttl: int) -> int:
 
 
 def plan(
-    keys: Sequence[ZoneKey], policy: DnssecPolicy, now: float, max_ttl: int, lead: float = 0
+    keys: Sequence[ZoneKey],
+    policy: DnssecPolicy,
+    now: float,
+    max_ttl: int | None,
+    lead: float = 0,
 ) -> Plan:
     """The next steps of the schedule at `now`. `lead`: make a successor that much before its
-    publication time, so every process reads its file before it must publish it."""
+    publication time, so every process reads its file before it must publish it. `max_ttl`:
+    the zone's largest TTL, which sets when a replaced ZSK may leave (Iret); None while the
+    zone is not loaded (a server's first step at start): then only missing first keys are
+    made, and the successor waits for the next step, which knows the zone."""
     new: list[NewKey] = []
     update: list[ZoneKey] = []
     notes: list[str] = []
@@ -103,7 +110,7 @@ def plan(
     zsks = sorted((k for k in live if k.role == ZSK), key=lambda k: (k.activate, k.tag))
     if not zsks:
         new.append(NewKey(ZSK, now, now))
-    elif policy.zsk_lifetime:
+    elif policy.zsk_lifetime and max_ttl is not None:
         newest = zsks[-1]
         roll_at = newest.activate + policy.zsk_lifetime
         publish_at = roll_at - publication_interval(policy)
@@ -132,7 +139,7 @@ def carry_out(store: KeyStore, plan_now: Plan, algorithm: int, now: float) -> li
 
 
 def keep_keys(
-    store: KeyStore, policy: DnssecPolicy, now: float, max_ttl: int, lead: float = 0
+    store: KeyStore, policy: DnssecPolicy, now: float, max_ttl: int | None, lead: float = 0
 ) -> tuple[list[ZoneKey], Plan]:
     """One step of the unattended schedule for a zone (the main process calls it on start and
     then periodically): the keys after it, and what was done."""

@@ -12,17 +12,19 @@ the query path. Labels are bounded by the fleet's members and the config's sites
     geodns_fleet_member_differs                      {member, what} 1: zones / config differ
     geodns_fleet_site_down_votes, _site_voters       {site} the quorum's inputs
     geodns_fleet_site_disagrees                      {site} 1: this member's probes disagree
-    geodns_fleet_drains                              drains the fleet holds
+    geodns_fleet_drains                              drains in effect (a timed one until its end)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from geodns.common.logs import get_logger
+from geodns.health.state import Drain
 
 log = get_logger("geodns.fleet.metrics")
 
@@ -37,7 +39,7 @@ class FleetSource(Protocol):
     def events(self) -> int: ...
 
     @property
-    def drains(self) -> Mapping[str, Any]: ...
+    def drains(self) -> Mapping[str, Drain]: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -45,8 +47,9 @@ class FleetSource(Protocol):
 class FleetCollector:
     """A prometheus-client collector of the fleet's families."""
 
-    def __init__(self, source: FleetSource) -> None:
+    def __init__(self, source: FleetSource, clock: Callable[[], float] = time.time) -> None:
         self.source = source
+        self.clock = clock
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -125,7 +128,12 @@ class FleetCollector:
         yield down_votes
         yield voters
         yield disagrees
-        yield _gauge("geodns_fleet_drains", "Drains the fleet holds in etcd", len(source.drains))
+        now = self.clock()  # a timed drain stays in etcd for a while after its end
+        yield _gauge(
+            "geodns_fleet_drains",
+            "Drains in effect that the fleet holds in etcd",
+            sum(1 for drain in source.drains.values() if drain.active(now)),
+        )
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

@@ -90,10 +90,13 @@ def keep_all_keys(
     config: ServerConfig, zones: Mapping[str, Zone], now: float
 ) -> Iterator[tuple[str, Plan, list[ZoneKey]]]:
     """One step of every signed zone's key schedule (the main process only: it alone writes
-    key files): first keys on the first start, successors ahead of a rollover, removals."""
+    key files): first keys on the first start, successors ahead of a rollover, removals.
+    A zone missing from `zones` (not loaded yet: the step at start, or a zone newly signed
+    by a reload) gets only its first keys; its successors wait for a step that knows the
+    zone's largest TTL, which sets when the replaced ZSK may leave."""
     for origin, policy in config.dnssec.items():
         zone = zones.get(origin)
-        ttl = max_ttl(zone, policy) if zone is not None else policy.dnskey_ttl
+        ttl = max_ttl(zone, policy) if zone is not None else None
         store = KeyStore(policy.key_directory, origin)
         keys, step = keep_keys(store, policy, now, ttl, KEY_LEAD)
         yield origin, step, keys
