@@ -377,6 +377,34 @@ def test_explain_says_which_key_signs(signed) -> None:
     assert f"signed with DO=1 by ZSK {tag}" in text
 
 
+def test_a_member_that_does_not_manage_keys_signs_with_the_copies_it_is_given(tmp_path) -> None:
+    """Several nameservers of a zone serve one DNSKEY RRset: one manages the keys, the others
+    (manage_keys: false) never make or retire one, and sign with the copy of its directory."""
+    import shutil
+
+    policy = {"zsk_lifetime": "3d", "dnskey_ttl": 300, "propagation_delay": 60}
+    manager = load(write_config(tmp_path / "manager", policy))
+    follower = load(write_config(tmp_path / "follower", {**policy, "manage_keys": False}))
+    follower_keys = follower.dnssec[EXAMPLE].key_directory
+    assert follower.dnssec[EXAMPLE].manage_keys is False
+    now = time.time()
+    with pytest.raises(ConfigError, match="copy them from the server that manages them"):
+        signed_snapshot(follower, now)  # no keys of its own, and it makes none
+    assert not follower_keys.exists() or not any(follower_keys.iterdir())
+    mine = signed_snapshot(manager, now)
+    shutil.copytree(manager.dnssec[EXAMPLE].key_directory, follower_keys, dirs_exist_ok=True)
+    theirs = signed_snapshot(follower, now)
+    served = [dnskeys(ServerState(s), EXAMPLE) for s in (mine, theirs)]
+    assert served[0] == served[1]
+    later = now + 3 * 86400  # the roll is due: the manager makes a successor, the follower not
+    before = sorted(p.name for p in follower_keys.iterdir())
+    for _ in keep_all_keys(follower, theirs.zones, later):
+        pass
+    assert sorted(p.name for p in follower_keys.iterdir()) == before
+    made = [step for _, step, _ in keep_all_keys(manager, mine.zones, later) if step.new]
+    assert made, "the manager should have made a successor ZSK"
+
+
 def test_a_zsk_rollover_keeps_every_answer_valid(tmp_path) -> None:
     """The whole pre-publication schedule with an injected clock: at every step, the answers
     validate under the DNSKEY RRset served then AND under any DNSKEY RRset a resolver may

@@ -385,6 +385,7 @@ DNSSEC_KEYS = (
     "enabled",
     "algorithm",
     "key_directory",
+    "manage_keys",
     "signature_validity",
     "signature_refresh",
     "inception_offset",
@@ -393,7 +394,7 @@ DNSSEC_KEYS = (
     "propagation_delay",
     "ksk_lifetime",  # only for `geodns check`: the KSK is rolled by hand
 )
-DNSSEC_DURATIONS = DNSSEC_KEYS[3:]
+DNSSEC_DURATIONS = DNSSEC_KEYS[4:]
 
 
 def _dnssec(section: Reader, base: Path, zone: str) -> DnssecPolicy | None:
@@ -423,7 +424,8 @@ def _dnssec(section: Reader, base: Path, zone: str) -> DnssecPolicy | None:
                 )
                 continue
             times[key] = seconds
-    policy = DnssecPolicy(Path(base / directory), algorithm, **times)
+    manage = section.boolean("manage_keys", True)
+    policy = DnssecPolicy(Path(base / directory), algorithm, **times, manage_keys=manage)
     for problem in policy.problems():
         section.add(section.mapping.line, f"zones.{zone.rstrip('.')}.dnssec: {problem}")
     return policy if enabled else None

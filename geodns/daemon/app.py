@@ -848,7 +848,7 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
         await app.stop()
         raise
     except (OSError, GeodnsError) as exc:
-        log.error("listen_failed", error=str(exc))
+        log.error("start_failed", error=str(exc))  # a port in use, a key directory, ...
         await app.stop()
         return 1
     await app.stopping.wait()

@@ -50,6 +50,7 @@ class DnssecPolicy:
     zsk_lifetime: int = 90 * DAY
     ksk_lifetime: int = 0  # age after which `geodns check` says to roll the KSK by hand; 0: never
     propagation_delay: int = 3600
+    manage_keys: bool = True  # false: a fleet member that signs with keys another server makes
 
     @property
     def algorithm_name(self) -> str:

@@ -67,7 +67,8 @@ def sign_zones(
                 Problem(
                     str(store.directory),
                     0,
-                    f"zone {origin}: no active DNSSEC keys (geodns serve makes them on start)",
+                    f"zone {origin}: no active DNSSEC keys (geodns serve makes them on start; "
+                    "with manage_keys: false, copy them from the server that manages them)",
                 )
             )
             continue
@@ -91,10 +92,13 @@ def keep_all_keys(
 ) -> Iterator[tuple[str, Plan, list[ZoneKey]]]:
     """One step of every signed zone's key schedule (the main process only: it alone writes
     key files): first keys on the first start, successors ahead of a rollover, removals.
+    Zones with `manage_keys: false` are skipped: their keys come from another server.
     A zone missing from `zones` (not loaded yet: the step at start, or a zone newly signed
     by a reload) gets only its first keys; its successors wait for a step that knows the
     zone's largest TTL, which sets when the replaced ZSK may leave."""
     for origin, policy in config.dnssec.items():
+        if not policy.manage_keys:  # another server makes them; this one signs with copies
+            continue
         zone = zones.get(origin)
         ttl = max_ttl(zone, policy) if zone is not None else None
         store = KeyStore(policy.key_directory, origin)
