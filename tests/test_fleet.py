@@ -497,6 +497,12 @@ def test_status_and_metrics_show_the_whole_fleet(fleet: Fleet) -> None:
     assert table.returncode == 0, table.stderr
     for text in ("fleet: ns1", "connected", "ns2", "ns3", "ZONES DIFFER", "jkt", "2/3"):
         assert text in table.stdout, table.stdout
+    digests = {
+        line.split()[0]: line.split("zones ", 1)[1].split()[0]
+        for line in table.stdout.splitlines()
+        if line.startswith("ns") and "zones " in line
+    }
+    assert digests["ns1"] == digests["ns2"] != digests["ns3"], table.stdout
     code, metrics = admin(ns1, "GET", "/metrics")
     assert code == 200
     for line in (

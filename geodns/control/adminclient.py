@@ -164,7 +164,7 @@ def format_fleet(fleet: dict[str, Any], now: float) -> list[str]:
             f"  fail static: serving the last fleet state seen ({seen}) plus this member's "
             "own probes; drains are refused until etcd is back",
         ]
-    rows = [("MEMBER", "REPORTED", "VERSION", "ZONES", "NOTE")]
+    rows = [("MEMBER", "REPORTED", "VERSION", "ZONES", "DIGESTS", "NOTE")]
     for name, member in sorted(fleet.get("members", {}).items()):
         reported = member.get("reported")
         zones = ", ".join(f"{z} {serial}" for z, serial in sorted(member.get("zones", {}).items()))
@@ -175,6 +175,7 @@ def format_fleet(fleet: dict[str, Any], now: float) -> list[str]:
                 f"{format_duration(now - reported)} ago" if reported else "-",
                 str(member.get("version") or "-"),
                 zones or "-",
+                _digests(member),
                 ", ".join(notes),
             )
         )
@@ -197,6 +198,15 @@ def format_fleet(fleet: dict[str, Any], now: float) -> list[str]:
     if unknown:
         footer.append(f"drains of sites this member does not have: {', '.join(unknown)}")
     return ["", *head, *_table(rows), *_table(votes), *footer]
+
+
+def _digests(member: dict[str, Any]) -> str:
+    """The first 8 hex digits of a member's zones and config digests: equal on every member
+    that answers alike (geodns.fleet.identity)."""
+    zones, config = member.get("zones_digest"), member.get("config_digest")
+    if not zones and not config:
+        return "-"
+    return f"zones {str(zones or '-')[:8]} config {str(config or '-')[:8]}"
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
