@@ -583,3 +583,24 @@ def test_problems_of_the_whole_zone_name_the_record_line_and_column(tmp_path):
         ":15:1: warning: 'w.d.example.test.' is below the DNAME",
     ):
         assert f"example.test.yaml{wanted}" in result.stderr, result.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
+    """`geodns check | head -1`, `geodns status | head`: when the reader closes the pipe, geodns
+    stops quietly with 141 (128 + SIGPIPE) instead of printing a BrokenPipeError traceback."""
+    config = write_setup(tmp_path, {"example.test": APEX})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geodns", "check", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # no reader: geodns's first line meets a closed pipe
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "Traceback" not in stderr.decode(), stderr.decode()
+    assert proc.returncode == 141
