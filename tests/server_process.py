@@ -181,7 +181,7 @@ class GeodnsServer:
         zones: Mapping[str, str | Mapping[str, Any]] | None = None,
         *,
         files: Mapping[str, str | bytes] | None = None,
-        startup_timeout: float = 10.0,
+        startup_timeout: float = 30.0,  # generous: a start takes seconds on a busy 2-core machine
         ready_qname: str | None = None,
         env: Mapping[str, str] | None = None,
         extra_args: Iterable[str] = (),

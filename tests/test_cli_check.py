@@ -560,5 +560,47 @@ def test_zone_warnings(tmp_path, zone, config, phrase):
     result = check_in_process("--config", str(config_path))
     assert result.returncode == 0, result.stderr
     assert re.search(
-        rf"example\.test\.yaml:\d+(:\d+)?: warning: .*{re.escape(phrase)}", result.stderr
+        rf"example\.test\.yaml:\d+:\d+: warning: .*{re.escape(phrase)}", result.stderr
     ), result.stderr
+
+
+def test_problems_of_the_whole_zone_name_the_record_line_and_column(tmp_path):
+    """Problems found once the whole zone is read (glue, CNAME beside data, a name below a DNAME,
+    a single apex NS) point at the record, `file:line:column:`, like every other problem."""
+    text = (
+        "? ''\n: type: NS\n  value: ns1.example.net.\n"
+        "sub:\n  type: NS\n  values: [ns.sub.example.test.]\n"
+        "c:\n  - type: A\n    value: 192.0.2.1\n  - type: CNAME\n    value: x.example.test.\n"
+        "d:\n  type: DNAME\n  value: x.example.net.\n"
+        "w.d:\n  type: A\n  value: 192.0.2.2\n"
+    )
+    result = check_in_process("--config", str(write_setup(tmp_path, {"example.test": text})))
+    assert result.returncode == 1
+    for wanted in (
+        ":2:3: warning: zone 'example.test.' has a single nameserver",
+        ":5:3: error: delegation 'sub.example.test.' names in-zone nameserver",
+        ":10:5: error: CNAME at 'c.example.test.' beside other data (A)",
+        ":15:1: warning: 'w.d.example.test.' is below the DNAME",
+    ):
+        assert f"example.test.yaml{wanted}" in result.stderr, result.stderr
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
+    """`geodns check | head -1`, `geodns status | head`: when the reader closes the pipe, geodns
+    stops quietly with 141 (128 + SIGPIPE) instead of printing a BrokenPipeError traceback."""
+    config = write_setup(tmp_path, {"example.test": APEX})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geodns", "check", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # no reader: geodns's first line meets a closed pipe
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "Traceback" not in stderr.decode(), stderr.decode()
+    assert proc.returncode == 141

@@ -156,3 +156,31 @@ def test_a_search_tree_cut_short_is_refused() -> None:
     """A file shorter than its metadata's node count says is an error, not a bad answer."""
     with pytest.raises(ValueError, match="cut short"):
         unpack_children(bytes(6 * 2 - 1), 2, 24)  # two 24-bit nodes need 12 bytes
+
+
+def test_an_index_read_under_another_continent_table_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is shared across geodns versions: an index whose places were read with another
+    continent table (a geodns that took the database's continent: Cyprus in EU) must be built
+    anew, not loaded, or an `AS` rule would silently stop matching Cyprus."""
+    path = write_city_db(
+        tmp_path / "cy.mmdb", [("31.153.0.0/16", city_record("CY", "EU", 35.2, 33.4))]
+    )
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as patched:
+        import geodns.geo.codes as codes
+
+        patched.setitem(codes.CONTINENT_OF, "CY", "EU")
+        stale = GeoDatabase(path, str(path), 0, codes.continent_of)
+        save_index(build_index(stale), cache)
+        stale.close()
+        assert load_index(cache, stale.digest) is not None  # the same tables: reused
+    assert continent_of("CY") == "AS"
+    assert load_index(cache, stale.digest) is None
+    fresh = open_database(path)
+    save_index(build_index(fresh), cache)
+    index = load_index(cache, fresh.digest)
+    assert index is not None
+    place = index.locate(4, int(ipaddress.IPv4Address("31.153.1.1"))).place
+    assert place is not None and place.continent == "AS"

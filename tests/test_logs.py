@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 
 from conftest import BASE_ZONES, base_config
-from server_process import GeodnsServer
+from server_process import REPO_ROOT, GeodnsServer
 
 
 def _events(text: str) -> list[tuple[str | None, dict]]:
@@ -21,13 +25,32 @@ def _events(text: str) -> list[tuple[str | None, dict]]:
     return found
 
 
+def closed_port() -> int:
+    """A loopback TCP port nobody listens on (bound and closed again)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_journal_priorities_and_logger_names(tmp_path) -> None:
-    server = GeodnsServer(base_config(dnstap={"socket": "nobody-listens.sock"}), BASE_ZONES)
+    check = {
+        "type": "tcp",
+        "address": "127.0.0.1",
+        "port": closed_port(),
+        "interval": 1,
+        "timeout": 0.5,
+    }
+    site = {"location": {"lat": 50.1, "lon": 8.7}, "addresses": ["192.0.2.1"], "checks": [check]}
+    config = base_config(dnstap={"socket": "nobody-listens.sock"}, sites={"fra": site})
+    server = GeodnsServer(config, BASE_ZONES)
     server.stderr_path.touch()
     status = os.stat(server.stderr_path)  # systemd names the stream by device and inode
     server.extra_env["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
     with server:
         server.query("www.example.test")
+        deadline = time.monotonic() + 30  # the check fails within seconds: a generous bound
+        while '"site_state"' not in server.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         server.stop()
         events = _events(server.stderr_text())
     assert events and all(priority is not None for priority, _ in events)
@@ -36,6 +59,40 @@ def test_journal_priorities_and_logger_names(tmp_path) -> None:
     assert by_event["dnstap_reader_unreachable"][0] == "4"  # a warning
     assert all(event.get("logger", "").startswith(("geodns", "aiohttp")) for _, event in events)
     assert by_event["dnstap_reader_unreachable"][1]["logger"] == "geodns.observe.framestream"
+    # a site going down: a warning, under the name docs/operations.md filters health events by
+    assert by_event["site_state"][0] == "4"
+    assert by_event["site_state"][1]["logger"] == "geodns.health"
+
+
+def test_config_problems_carry_priorities_in_the_journal(tmp_path) -> None:
+    """`geodns serve` refusing to start (and `geodns check` run by ExecReload) prints its
+    problems before logging is set up: in the journal they carry `<3>`/`<4>` too."""
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / "t.test.yaml").write_text(
+        "? ''\n: type: NS\n  value: ns1.example.net.\nw:\n  tll: 5\n"
+    )
+    config = tmp_path / "geodns.yaml"
+    config.write_text("zones_dir: zones\n")
+    stderr = tmp_path / "stderr"
+    environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    for command in ("serve", "check"):
+        with stderr.open("w") as stream:
+            status = os.fstat(stream.fileno())
+            environ["JOURNAL_STREAM"] = f"{status.st_dev}:{status.st_ino}"
+            subprocess.run(
+                [sys.executable, "-m", "geodns", command, "--config", str(config)],
+                stderr=stream,
+                stdout=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                env=environ,
+                timeout=60,
+                check=False,
+            )
+        lines = stderr.read_text().splitlines()
+        assert any(line.startswith("<3>") and ": error: " in line for line in lines), lines
+        assert any(line.startswith("<4>") and "single nameserver" in line for line in lines)
+        assert lines[-1].startswith("<3>") and lines[-1].endswith(" error(s), 1 warning(s)")
 
 
 def test_no_priority_prefix_outside_the_journal(tmp_path, monkeypatch) -> None:

@@ -474,6 +474,22 @@ def test_the_dashboard_and_the_docs_name_only_exported_metrics(state: ServerStat
     named = {name for text in expressions for name in re.findall(r"\bgeodns_[a-z_]+", text)}
     assert len(named) > 15
     assert named <= exported, sorted(named - exported)
+    # and every metric exported is in docs/operations.md's table (fully, or as the `_suffix`
+    # of the name before it, as `geodns_query_log_lines_total`, `_dropped_total`)
+    histograms = {name[: -len("_bucket")] for name in exported if name.endswith("_bucket")}
+    families = {name for name in exported if not name.endswith(("_bucket", "_sum", "_count"))}
+    undocumented = {
+        name
+        for name in families | histograms
+        if name.startswith("geodns_")
+        and f"`{name}`" not in docs
+        and not any(
+            f"`_{name[cut + 1 :]}`" in docs and f"`{name[:cut]}_" in docs
+            for cut in range(len("geodns"), len(name))
+            if name[cut] == "_"
+        )
+    }
+    assert not undocumented, sorted(undocumented)
 
 
 def test_a_workers_sampled_networks_reach_the_main_process(state: ServerState) -> None:

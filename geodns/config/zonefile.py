@@ -418,9 +418,18 @@ class _ZoneLoader:
 
     # -- the whole zone ------------------------------------------------------------------------
 
-    def line_of(self, name: str) -> int:
+    def place_of(self, name: str, rtype: int | None = None) -> tuple[int, int]:
+        """Line and column of the record of `rtype` at `name` (or of the name's key, or of the
+        file's first key), for a problem found only once the whole zone is read."""
         relative = "" if name == self.origin else name[: -len(self.origin) - 1]
-        return self.data.line_of(relative) if relative in self.data else self.data.line
+        if relative not in self.data:
+            return self.data.line, self.data.column
+        value = self.data[relative]
+        for record in value if isinstance(value, MarkedList) else [value]:
+            written = record.get("type") if isinstance(record, MarkedDict) else None
+            if isinstance(written, str) and TYPE_CODES.get(written.upper(), -1) == rtype:
+                return record.line, record.column
+        return self.data.line_of(relative), self.data.column_of(relative)
 
     def assemble(self, soa: SoaSettings, nameservers: tuple[str, ...]) -> Zone | None:
         """Check whole-zone rules (apex NS, CNAME exclusivity, ALIAS, DNAME, glue) and build
@@ -431,13 +440,16 @@ class _ZoneLoader:
         for name, node in nodes.items():
             if TYPE_CNAME in node and len(node) > 1:
                 others = ", ".join(sorted(type_name(t) for t in node if t != TYPE_CNAME))
+                line, column = self.place_of(name, TYPE_CNAME)
                 self.add(
-                    node[TYPE_CNAME].line or self.line_of(name),
+                    line,
                     f"CNAME at '{name}' beside other data ({others}); a CNAME must stand alone",
+                    column,
                 )
         apex = nodes.setdefault(origin, {})
         if TYPE_CNAME in apex:
-            self.add(apex[TYPE_CNAME].line, "a CNAME cannot be at the zone apex")
+            line, column = self.place_of(origin, TYPE_CNAME)
+            self.add(line, "a CNAME cannot be at the zone apex", column)
         self._aliases(apex)
         dnames = self._dnames()
         if not self._apex_ns(apex, soa, nameservers):
@@ -523,18 +535,18 @@ class _ZoneLoader:
         for name in list(self.nodes):
             above = next((d for d in dnames if name.endswith("." + d)), None)
             if above is not None:
+                line, column = self.place_of(name)
                 self.warn(
-                    self.line_of(name),
+                    line,
                     f"'{name}' is below the DNAME at '{above}' and is never answered "
                     "(occluded, RFC 6672); it is left out",
+                    column,
                 )
                 del self.nodes[name]
         for name in dnames:
             if name != self.origin and TYPE_NS in self.nodes[name]:
-                self.add(
-                    self.nodes[name][TYPE_NS].line,
-                    f"DNAME at '{name}' beside a delegation (NS below the apex)",
-                )
+                line, column = self.place_of(name, TYPE_NS)
+                self.add(line, f"DNAME at '{name}' beside a delegation (NS below the apex)", column)
         return dnames
 
     def _apex_ns(
@@ -550,43 +562,49 @@ class _ZoneLoader:
                     self.data.line,
                     f"zone '{self.origin}' has no NS record at the apex ('' key): add one, or "
                     "list the zone's nameservers in the geodns config (nameservers:)",
+                    self.data.column,
                 )
                 return False
             self.warn(
                 self.data.line,
                 f"zone '{self.origin}' has no NS record at the apex: answered with the "
                 f"config's nameservers ({', '.join(nameservers)})",
+                self.data.column,
             )
             rdatas = tuple(NS(DNSLabel(n)) for n in nameservers)
             ns = apex[TYPE_NS] = RRset(self.origin, TYPE_NS, soa.ttl, rdatas)
         names = [str(rdata.label).lower() for rdata in ns.rdatas]
-        line = ns.line or self.data.line
+        line, column = self.place_of(self.origin, TYPE_NS)
         if len(names) == 1:
             self.warn(
                 line,
                 f"zone '{self.origin}' has a single nameserver ({names[0]}); RFC 1034 and "
                 "RFC 2182 ask for at least two, on different networks",
+                column,
             )
         if soa.mname is not None and soa.mname.lower() not in names:
             self.warn(
                 line,
                 f"the config's soa.mname '{soa.mname}' is not one of the zone's nameservers "
                 f"({', '.join(names)})",
+                column,
             )
         return True
 
     def _glue(self, delegations: frozenset[str]) -> None:
         for cut in delegations:
             ns = self.nodes[cut][TYPE_NS]
+            line, column = self.place_of(cut, TYPE_NS)
             for rdata in ns.rdatas:
                 target = str(rdata.label).lower()
                 in_zone = target == self.origin or target.endswith("." + self.origin)
                 node = self.nodes.get(target, {})
                 if in_zone and TYPE_A not in node and TYPE_AAAA not in node:
                     self.add(
-                        ns.line,
+                        line,
                         f"delegation '{cut}' names in-zone nameserver '{target}' that has no "
                         "A/AAAA glue record in this zone",
+                        column,
                     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from geodns import __version__
 from geodns.common.errors import ConfigError, Problem
-from geodns.common.logs import configure
+from geodns.common.logs import PRIORITIES, configure, to_journal
 from geodns.config.server import load_config
 from geodns.dns.zone import Zone
 
@@ -241,13 +241,23 @@ def _admin(args: argparse.Namespace, action: str) -> int:
 
 
 def _print_problems(problems: tuple[Problem, ...] | list[Problem]) -> None:
-    """Each problem as `file:line:column: error|warning: message`, then how many of each."""
+    """Each problem as `file:line:column: error|warning: message`, then how many of each.
+
+    Under systemd (stderr is the journal) each line starts with its syslog priority, as the
+    server's log lines do, so that `journalctl -p warning` shows why a start or an
+    `ExecReload=geodns check` failed; without it the journal files them as info."""
     if not problems:
         return
+    journal = to_journal(sys.stderr)
+
+    def prefix(severity: str) -> str:
+        return f"<{PRIORITIES[severity]}>" if journal else ""
+
     for problem in problems:
-        print(problem, file=sys.stderr)
+        print(f"{prefix(problem.severity)}{problem}", file=sys.stderr)
     errors = sum(1 for p in problems if p.is_error)
-    print(f"{errors} error(s), {len(problems) - errors} warning(s)", file=sys.stderr)
+    summary = f"{errors} error(s), {len(problems) - errors} warning(s)"
+    print(f"{prefix('error' if errors else 'warning')}{summary}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # `geodns status | head`, `geodns check | grep -m1 ...`: the reader has what it wanted.
+        # Quietly, as other command-line tools stop; Python would print a traceback, and again
+        # when it flushes stdout at exit unless stdout is pointed elsewhere first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE

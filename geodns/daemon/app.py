@@ -163,9 +163,7 @@ class App:
         if self.index == 0:
             _log_zone_warnings(snapshot)
         if self.control is None:
-            self.monitor = HealthMonitor(
-                snapshot.sites, config.state_file, self._health_changed, log
-            )
+            self.monitor = HealthMonitor(snapshot.sites, config.state_file, self._health_changed)
             down = self.monitor.view.down  # restored states and drains
             if down:
                 maps = answer_maps(self.geo, snapshot.shapes.values(), down, snapshot.maps)
@@ -286,7 +284,7 @@ class App:
         """Join the fleet before answering (bounded by fleet.timeout), so the first answers
         already follow the fleet's drains when etcd is reachable (geodns.fleet.member)."""
         assert self.monitor is not None and self.config.fleet is not None
-        self.fleet = FleetMember(self.config.fleet, self.monitor, log=log)
+        self.fleet = FleetMember(self.config.fleet, self.monitor)
         self.metrics.registry.register(FleetCollector(self.fleet))
         await self._fleet_identity(snapshot)
         await self.fleet.start()

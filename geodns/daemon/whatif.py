@@ -304,7 +304,11 @@ def format_table(result: Mapping[str, Any]) -> str:
     for move in result["moves"]:
         rows.append(
             (
-                f"{move['name']} ({move['country']})",
+                (
+                    "not located"
+                    if move["country"] == UNKNOWN_COUNTRY
+                    else f"{move['name']} ({move['country']})"
+                ),
                 move["from"] or "-",
                 move["to"] or "(none)",
                 f"{100 * move['weight'] / total:.1f}%",

@@ -20,6 +20,7 @@ alias runs of the IPv6 table, looked up in the IPv4 runs (geodns.geo.runs).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import json
 import os
@@ -34,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from geodns.common.caching import collector_paused
+from geodns.geo.codes import CONTINENT_OF
 from geodns.geo.database import GeoDatabase
 from geodns.geo.mmdbtree import unpack_children
-from geodns.geo.places import Place, Placement
+from geodns.geo.places import COUNTRY_POINTS, Place, Placement
 from geodns.geo.runs import Runs4, Runs6, alias_label, alias_prefix, merge
 
 FORMAT = 1  # bump when what the cache files hold, or how places are read, changes
@@ -283,8 +285,20 @@ def _label(
 # -- the cache directory -----------------------------------------------------------------------
 
 
+def reading_fingerprint() -> str:
+    """What decides an index's places besides the database's bytes: octoDNS's continent of
+    each country (geodns/geo/codes_table.py) and the countries' representative points
+    (geodns/data/country_points.csv). Both are in the cache key, so an index read under other
+    tables (an older geodns, or a newer octoDNS table) is built anew rather than served: such an
+    index placed a user in Cyprus in EU, where octoDNS, and so every rule, says AS."""
+    digest = hashlib.sha256(repr(sorted(CONTINENT_OF.items())).encode())
+    with contextlib.suppress(OSError):
+        digest.update(COUNTRY_POINTS.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def cache_key(digest: str) -> str:
-    return f"geo-index-v{FORMAT}-{digest[:32]}"
+    return f"geo-index-v{FORMAT}-{reading_fingerprint()}-{digest[:32]}"
 
 
 def save_index(index: PlaceIndex, directory: Path) -> Path:
