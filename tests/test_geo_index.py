@@ -184,3 +184,30 @@ def test_an_index_read_under_another_continent_table_is_not_reused(
     assert index is not None
     place = index.locate(4, int(ipaddress.IPv4Address("31.153.1.1"))).place
     assert place is not None and place.continent == "AS"
+
+
+def test_the_cache_keeps_indexes_in_use_and_drops_month_old_ones(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from geodns.geo.index import cache_key, prune_cache
+
+    database = open_database(write_city_db(tmp_path / "city.mmdb", NETWORKS))
+    cache = tmp_path / "cache"
+    save_index(build_index(database), cache)
+    month = 31 * 86400
+    now = time.time()
+    old_other, fresh_other, dead_build = (
+        cache / "geo-index-v1-x-old",
+        cache / "geo-index-v1-x-new",
+        cache / ".building-abc",
+    )
+    for path in (old_other, fresh_other, dead_build):
+        path.mkdir()
+    os.utime(old_other, (now - month, now - month))
+    os.utime(dead_build, (now - 2 * 86400, now - 2 * 86400))
+    ours = cache / cache_key(database.digest)
+    os.utime(ours, (now - month, now - month))
+    assert load_index(cache, database.digest) is not None  # loading marks it used
+    assert prune_cache(cache, now) == 2
+    assert sorted(p.name for p in cache.iterdir()) == sorted([ours.name, fresh_other.name])

@@ -57,7 +57,7 @@ from geodns.fleet.identity import member_identity
 from geodns.fleet.member import FleetMember
 from geodns.fleet.metrics import FleetCollector
 from geodns.geo.dynamic import records_all_down
-from geodns.geo.index import load_index
+from geodns.geo.index import load_index, prune_cache
 from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
@@ -153,6 +153,8 @@ class App:
         if self.control is None:
             check_ports_free(config)
         self.geo = await asyncio.to_thread(load_geo, config)
+        if self.control is None:  # indexes of databases no server has used for a month
+            await asyncio.to_thread(prune_cache, cache_directory(config))
         down: frozenset[str] = frozenset()
         if self.control is None and config.dnssec:  # first start: make the zones' keys
             _log_key_steps(await asyncio.to_thread(self._keep_keys, config, {}, self.clock()))

@@ -359,6 +359,8 @@ def load_index(directory: Path, digest: str) -> PlaceIndex | None:
         runs6 = None
         if (path / "v6_labels.npy").exists():
             runs6 = Runs6(array("v6_hi"), array("v6_lo"), array("v6_labels"))
+        with contextlib.suppress(OSError):  # used now: prune_cache keeps it
+            os.utime(path)
         return PlaceIndex(
             runs4=Runs4(array("v4_starts"), array("v4_labels")),
             runs6=runs6,
@@ -378,12 +380,30 @@ def load_index(directory: Path, digest: str) -> PlaceIndex | None:
         return None
 
 
-def prune_cache(directory: Path, keep: set[str]) -> None:
-    """Remove cached indexes of databases no longer in use (and failed builds' leftovers)."""
+UNUSED_DAYS = 30  # a cached index no server has loaded for this long is removed
+STALE_BUILD_DAYS = 1  # a build directory left this long is a dead build's
+
+
+def prune_cache(directory: Path, now: float | None = None) -> int:
+    """Remove the cached indexes no server has loaded for UNUSED_DAYS (load_index marks an
+    index used) and dead builds' leftovers; how many went. The cache directory may be shared
+    by several servers with other databases, so an index in use elsewhere is kept: it was
+    loaded (marked) at that server's start."""
+    now = time.time() if now is None else now
+    removed = 0
     with contextlib.suppress(OSError):
         for path in directory.iterdir():
-            if path.name.startswith(("geo-index-", ".building-")) and path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
+            if path.name.startswith("geo-index-"):
+                limit = UNUSED_DAYS
+            elif path.name.startswith(".building-"):
+                limit = STALE_BUILD_DAYS
+            else:
+                continue
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > limit * 86400:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+    return removed
 
 
 def build_and_save(database_path: str, cache_dir: str) -> str:
