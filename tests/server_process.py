@@ -464,12 +464,20 @@ class GeodnsServer:
         return dns.query.udp(message, where, timeout=timeout, port=self.port, source=source)
 
     def raw_udp(
-        self, data: bytes, timeout: float = 1.0, *, host: str | None = None
+        self,
+        data: bytes,
+        timeout: float = 1.0,
+        *,
+        host: str | None = None,
+        source: str | None = None,
     ) -> bytes | None:
-        """Send raw bytes in one datagram; the first reply datagram, or None on timeout."""
+        """Send raw bytes in one datagram (from `source`, a loopback address, if given); the
+        first reply datagram, or None on timeout."""
         where = host or self.host
         family = socket.AF_INET6 if ":" in where else socket.AF_INET
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            if source is not None:
+                sock.bind((source, 0))
             sock.settimeout(timeout)
             sock.sendto(data, (where, self.port))
             try:
