@@ -2,11 +2,11 @@
 
 `in_process` (module scope) answers the zones below in this process, through the answer path the
 server runs per packet, with the snapshot it would build: for what a query gets back, which needs
-no socket. `server` (module scope) runs geodns with the same zones as a real process, for what
-only a process shows (transports, framing, surviving bad input) and for a few end-to-end checks
-per file; every test module gets its own process, so a module that crashes the server does not
-take the others with it. `make_server` starts dedicated servers (e.g. with a tiny TCP idle
-timeout) and stops them after the test.
+no socket. `server` runs geodns with the same zones as a real process, for what only a process
+shows (transports, framing, surviving bad input) and for a few end-to-end checks per file. It is
+one process for the whole session (a start costs ~0.9 s of CPU, and its users only ask it
+questions); a test that would change it or must not share it starts its own with `make_server`,
+which stops it after the test. If one module kills it, that module's own checks say so first.
 """
 
 from __future__ import annotations
@@ -225,9 +225,9 @@ def in_process(tmp_path_factory: pytest.TempPathFactory) -> InProcessServer:
     return InProcessServer(tmp_path_factory.mktemp("in-process"), base_config(), BASE_ZONES)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server() -> Iterator[GeodnsServer]:
-    """geodns serving example.test and 2.0.192.in-addr.arpa (one process per test module)."""
+    """geodns serving example.test and 2.0.192.in-addr.arpa (one process for the session)."""
     with GeodnsServer(base_config(), BASE_ZONES) as srv:
         yield srv
 
