@@ -120,7 +120,7 @@ class InProcessServer:
         self.config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
         self.config = load_config(self.config_path)
         self.geo = load_geo(self.config)
-        snapshot = build_snapshot(self.config, self.geo, down)
+        snapshot = build_snapshot(self.config, self.geo)
         if down:
             maps = answer_maps(self.geo, snapshot.shapes.values(), down, snapshot.maps)
             snapshot = snapshot.with_view(down, self.geo, maps)
