@@ -1,8 +1,12 @@
 """Shared fixtures for the black-box conformance tests.
 
-`server` (module scope) runs geodns with the zones below; every test module gets its own process,
-so a module that crashes the server does not take the others with it. `make_server` starts
-dedicated servers (e.g. with a tiny TCP idle timeout) and stops them after the test.
+`in_process` (module scope) answers the zones below in this process, through the answer path the
+server runs per packet, with the snapshot it would build: for what a query gets back, which needs
+no socket. `server` runs geodns with the same zones as a real process, for what only a process
+shows (transports, framing, surviving bad input) and for a few end-to-end checks per file. It is
+one process for the whole session (a start costs ~0.9 s of CPU, and its users only ask it
+questions); a test that would change it or must not share it starts its own with `make_server`,
+which stops it after the test. If one module kills it, that module's own checks say so first.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `import geodns` without installing
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
+from inprocess import InProcessServer  # noqa: E402
 from server_process import GeodnsServer  # noqa: E402
 
 ZONE = "example.test"
@@ -215,8 +220,14 @@ def base_config(**overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def in_process(tmp_path_factory: pytest.TempPathFactory) -> InProcessServer:
+    """example.test and 2.0.192.in-addr.arpa as `server` serves them, answered in this process."""
+    return InProcessServer(tmp_path_factory.mktemp("in-process"), base_config(), BASE_ZONES)
+
+
+@pytest.fixture(scope="session")
 def server() -> Iterator[GeodnsServer]:
-    """geodns serving example.test and 2.0.192.in-addr.arpa (one process per test module)."""
+    """geodns serving example.test and 2.0.192.in-addr.arpa (one process for the session)."""
     with GeodnsServer(base_config(), BASE_ZONES) as srv:
         yield srv
 

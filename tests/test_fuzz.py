@@ -1,9 +1,11 @@
 """Property-based fuzzing of the packet path with Hypothesis.
 
-(a) random and mutated datagrams at the running server over UDP, (b) the same as framed TCP
-messages and as raw TCP byte streams, (c) the query parser `geodns.dns.wire.parse_query` in-process.
-Each example is followed by a valid probe query, so "the server still answers" is checked after
-every packet, not only at the end. Everything is bounded: example counts, sizes and timeouts.
+(a) random and mutated datagrams through the answer path in-process (`in_process`, conftest.py:
+"alive" there means no exception reached the answer path's safety net), and a smaller run of
+them at the running server over UDP; (b) framed TCP messages and raw TCP byte streams at the
+running server; (c) the query parser `geodns.dns.wire.parse_query` in-process. Each example is
+followed by a valid probe query, so "the server still answers" is checked after every packet, not
+only at the end. Everything is bounded: example counts, sizes and timeouts.
 """
 
 from __future__ import annotations
@@ -166,9 +168,32 @@ def check_reply(packet: bytes, reply: bytes) -> None:
 # --------------------------------------------------------------------------------- UDP
 
 
+def check_udp_replies(packet: bytes, replies: list[bytes]) -> None:
+    """What a datagram may get back: at most one reply, well-formed, within the UDP limit."""
+    assert len(replies) <= 1, f"{len(replies)} replies to one datagram"
+    for reply in replies:
+        check_reply(packet, reply)
+        message = dns.message.from_wire(reply)
+        limit = 512 if message.edns < 0 else 1232
+        assert len(reply) <= limit, f"{len(reply)}-byte UDP reply over the {limit} limit"
+
+
 @FUZZ
 @given(packet=packets())
-def test_udp_fuzz(server, packet):
+def test_udp_fuzz(in_process, packet):
+    qid = struct.unpack("!H", packet[:2])[0] if len(packet) >= 2 else 0
+    probe_id = qid ^ 0x8001
+    reply = in_process.raw_udp(packet)
+    probe_reply = in_process.raw_udp(probe_wire(probe_id))
+    assert in_process.alive(), f"the answer path met a bug on {packet!r}"
+    assert probe_reply is not None, f"stopped answering after {packet!r}"
+    assert parse_header(probe_reply)["id"] == probe_id
+    check_udp_replies(packet, [] if reply is None else [reply])
+
+
+@settings(FUZZ, max_examples=40)
+@given(packet=packets())
+def test_udp_fuzz_at_a_real_server(server, packet):
     qid = struct.unpack("!H", packet[:2])[0] if len(packet) >= 2 else 0
     probe_id = qid ^ 0x8001
     replies: list[bytes] = []
@@ -193,12 +218,7 @@ def test_udp_fuzz(server, packet):
             replies.append(sock.recvfrom(65535)[0])
     assert server.alive(), f"server died on {packet!r}\n{server.stderr_text()[-3000:]}"
     assert probe_reply is not None, f"server stopped answering after {packet!r}"
-    assert len(replies) <= 1, f"{len(replies)} replies to one datagram"
-    for reply in replies:
-        check_reply(packet, reply)
-        message = dns.message.from_wire(reply)
-        limit = 512 if message.edns < 0 else 1232
-        assert len(reply) <= limit, f"{len(reply)}-byte UDP reply over the {limit} limit"
+    check_udp_replies(packet, replies)
 
 
 # --------------------------------------------------------------------------------- TCP

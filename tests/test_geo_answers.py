@@ -1,8 +1,11 @@
 """Geo answers over the wire: octoDNS rules and pools, nearest, answers: N, sticky, ECS scope.
 
-A small real GeoIP2-City database is built for the test with known networks; the server is a real
-`geodns serve` process queried over UDP and TCP. 127.0.0.0/8 and ::1 are in the database too, so
-queries without ECS are located by the resolver (source) address.
+A small real GeoIP2-City database is built for the test with known networks. The answers come from
+the answer path in-process, with the snapshot `geodns serve` builds (`geo_in_process`); a real
+`geodns serve` process, queried over UDP and TCP, answers the end-to-end checks: users kept put
+by `sticky` on both transports, the resolver's own address over IPv4 and IPv6, `geodns explain`
+beside it, a database replaced under it. 127.0.0.0/8 and ::1 are in the database too, so queries
+without ECS are located by the resolver (source) address.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
+from inprocess import InProcessServer
 from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer, build_header, encode_name
 
@@ -166,12 +170,21 @@ GEO_ZONE = {
 
 
 @pytest.fixture(scope="module")
-def geo_server(tmp_path_factory: pytest.TempPathFactory):
+def geo_config(tmp_path_factory: pytest.TempPathFactory) -> dict:
     db = tmp_path_factory.mktemp("geo") / "city.mmdb"
     write_city_db(db, NETWORKS)
-    config = {"sites": SITES, "geoip": {"database": str(db)}}
-    with GeodnsServer(config, {ZONE: GEO_ZONE}) as server:
+    return {"sites": SITES, "geoip": {"database": str(db)}}
+
+
+@pytest.fixture(scope="module")
+def geo_server(geo_config: dict):
+    with GeodnsServer(geo_config, {ZONE: GEO_ZONE}) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def geo_in_process(geo_config: dict, tmp_path_factory: pytest.TempPathFactory) -> InProcessServer:
+    return InProcessServer(tmp_path_factory.mktemp("in-process"), geo_config, {ZONE: GEO_ZONE})
 
 
 def addresses(reply: dns.message.Message) -> list[str]:
@@ -186,7 +199,11 @@ def scope_of(reply: dns.message.Message) -> int | None:
 
 
 def ask(
-    server: GeodnsServer, name: str, ecs: str | None = None, rdtype: str = "A", tcp: bool = False
+    server: GeodnsServer | InProcessServer,
+    name: str,
+    ecs: str | None = None,
+    rdtype: str = "A",
+    tcp: bool = False,
 ):
     reply = server.query(f"{name}.{ZONE}", rdtype, ecs=ecs, tcp=tcp)
     assert reply.rcode() == dns.rcode.NOERROR, reply
@@ -206,26 +223,26 @@ def ask(
     ],
 )
 def test_nearest_site_for_ecs_clients(
-    geo_server: GeodnsServer, subnet: str, site: str, tcp: bool
+    geo_in_process: InProcessServer, subnet: str, site: str, tcp: bool
 ) -> None:
-    reply = ask(geo_server, "near", subnet, tcp=tcp)
+    reply = ask(geo_in_process, "near", subnet, tcp=tcp)
     assert [SITE_OF[a] for a in addresses(reply)] == [site]
     assert scope_of(reply) == 16  # the database network's prefix
     echoed = next(o for o in reply.options if isinstance(o, dns.edns.ECSOption))
     assert (echoed.address, echoed.srclen) == (subnet.split("/")[0], 24)
 
 
-def test_nearest_ipv6_and_family_filtering(geo_server: GeodnsServer) -> None:
-    reply = ask(geo_server, "near", "2a00:1000:5::/48", "AAAA")
+def test_nearest_ipv6_and_family_filtering(geo_in_process: InProcessServer) -> None:
+    reply = ask(geo_in_process, "near", "2a00:1000:5::/48", "AAAA")
     assert addresses(reply) == ["2001:db8::4"]
     assert scope_of(reply) == 32
     # Kuala Lumpur is nearest to this user but has no IPv6 address: Singapore answers AAAA
-    reply = ask(geo_server, "near", "2400:1000:1::/48", "AAAA")
+    reply = ask(geo_in_process, "near", "2400:1000:1::/48", "AAAA")
     assert addresses(reply) == ["2001:db8::2"]
-    reply = ask(geo_server, "near", "60.48.1.0/24", "A")
+    reply = ask(geo_in_process, "near", "60.48.1.0/24", "A")
     assert addresses(reply) == ["192.0.2.3"]
     # no AAAA record at all: NODATA with the SOA
-    reply = ask(geo_server, "v4only", "2a00:1000::/32", "AAAA")
+    reply = ask(geo_in_process, "v4only", "2a00:1000::/32", "AAAA")
     assert reply.answer == [] and reply.authority[0].rdtype == dns.rdatatype.SOA
 
 
@@ -238,17 +255,17 @@ def test_nearest_by_resolver_address_without_ecs(geo_server: GeodnsServer) -> No
         assert addresses(reply) == ["192.0.2.6"]
 
 
-def test_ecs_source_zero_uses_resolver_and_scope_zero(geo_server: GeodnsServer) -> None:
+def test_ecs_source_zero_uses_resolver_and_scope_zero(geo_in_process: InProcessServer) -> None:
     option = dns.edns.ECSOption("0.0.0.0", 0)
-    reply = geo_server.query(f"near.{ZONE}", "A", ecs=option)
+    reply = geo_in_process.query(f"near.{ZONE}", "A", ecs=option)
     assert addresses(reply) == ["192.0.2.4"]  # located by 127.0.0.1 -> Frankfurt
     assert scope_of(reply) == 0
 
 
-def test_answers_n_in_distance_order(geo_server: GeodnsServer) -> None:
-    reply = ask(geo_server, "three", "36.64.1.0/24")
+def test_answers_n_in_distance_order(geo_in_process: InProcessServer) -> None:
+    reply = ask(geo_in_process, "three", "36.64.1.0/24")
     assert [SITE_OF[a] for a in addresses(reply)] == ["jkt", "sin", "kul"]
-    reply = ask(geo_server, "three", "85.0.1.0/24")
+    reply = ask(geo_in_process, "three", "85.0.1.0/24")
     assert [SITE_OF[a] for a in addresses(reply)] == ["fra", "iad", "jkt"] or [
         SITE_OF[a] for a in addresses(reply)
     ][:2] == ["fra", "iad"]
@@ -266,41 +283,45 @@ def test_answers_n_in_distance_order(geo_server: GeodnsServer) -> None:
         ("10.1.0.0/24", "192.0.2.4", "not located: catch-all"),
     ],
 )
-def test_octodns_rule_order(geo_server: GeodnsServer, subnet: str, expected: str, why: str) -> None:
-    assert addresses(ask(geo_server, "rules", subnet)) == [expected], why
+def test_octodns_rule_order(
+    geo_in_process: InProcessServer, subnet: str, expected: str, why: str
+) -> None:
+    assert addresses(ask(geo_in_process, "rules", subnet)) == [expected], why
 
 
-def test_subnet_rule_scope_is_the_rule_subnet(geo_server: GeodnsServer) -> None:
-    assert scope_of(ask(geo_server, "rules", "85.0.5.0/24")) == 24
+def test_subnet_rule_scope_is_the_rule_subnet(geo_in_process: InProcessServer) -> None:
+    assert scope_of(ask(geo_in_process, "rules", "85.0.5.0/24")) == 24
 
 
-def test_static_answers_have_scope_zero(geo_server: GeodnsServer) -> None:
-    reply = ask(geo_server, "static", "36.64.1.0/24")
+def test_static_answers_have_scope_zero(geo_in_process: InProcessServer) -> None:
+    reply = ask(geo_in_process, "static", "36.64.1.0/24")
     assert addresses(reply) == ["192.0.2.77"] and scope_of(reply) == 0
 
 
-def test_scope_never_covers_a_rule_subnet_the_user_is_not_in(geo_server: GeodnsServer) -> None:
-    outside = ask(geo_server, "narrow", "85.0.1.0/24")
+def test_scope_never_covers_a_rule_subnet_the_user_is_not_in(
+    geo_in_process: InProcessServer,
+) -> None:
+    outside = ask(geo_in_process, "narrow", "85.0.1.0/24")
     assert addresses(outside) == ["192.0.2.4"]
     # 85.0.0.0/16 is one database network, but 85.0.128.0/17 answers differently: /17 at least
     assert scope_of(outside) == 17
-    inside = ask(geo_server, "narrow", "85.0.200.0/24")
+    inside = ask(geo_in_process, "narrow", "85.0.200.0/24")
     assert addresses(inside) == ["192.0.2.1"] and scope_of(inside) == 17
 
 
-def test_weights_within_a_pool(geo_server: GeodnsServer) -> None:
+def test_weights_within_a_pool(geo_in_process: InProcessServer) -> None:
     counts: Counter[str] = Counter()
     for _ in range(400):
-        counts.update(addresses(ask(geo_server, "weighted")))
+        counts.update(addresses(ask(geo_in_process, "weighted")))
     assert sum(counts.values()) == 400
     share = counts["192.0.2.2"] / 400
     assert 0.65 <= share <= 0.85, counts  # weight 3 of 4
 
 
-def test_status_and_fallback_chain(geo_server: GeodnsServer) -> None:
-    assert addresses(ask(geo_server, "chain", "36.64.1.0/24")) == ["192.0.2.3"]
+def test_status_and_fallback_chain(geo_in_process: InProcessServer) -> None:
+    assert addresses(ask(geo_in_process, "chain", "36.64.1.0/24")) == ["192.0.2.3"]
     # every pool in the chain is down: the record's plain values are the last resort
-    assert addresses(ask(geo_server, "exhausted", "36.64.1.0/24")) == ["192.0.2.99"]
+    assert addresses(ask(geo_in_process, "exhausted", "36.64.1.0/24")) == ["192.0.2.99"]
 
 
 def test_sticky_keeps_users_put(geo_server: GeodnsServer) -> None:
@@ -334,13 +355,13 @@ def _ecs_query(family: int, source: int, address: bytes) -> bytes:
     ],
 )
 def test_malformed_ecs_is_formerr(
-    geo_server: GeodnsServer, family: int, source: int, address: bytes, why: str
+    geo_in_process: InProcessServer, family: int, source: int, address: bytes, why: str
 ) -> None:
-    reply = geo_server.raw_udp(_ecs_query(family, source, address))
+    reply = geo_in_process.raw_udp(_ecs_query(family, source, address))
     assert reply is not None, why
     (qid, flags) = struct.unpack("!HH", reply[:4])
     assert qid == 0x4242 and flags & 0x8000 and flags & 0xF == dns.rcode.FORMERR, why
-    assert addresses(ask(geo_server, "near", "36.64.1.0/24")) == ["192.0.2.1"]  # still serving
+    assert addresses(ask(geo_in_process, "near", "36.64.1.0/24")) == ["192.0.2.1"]  # still serving
 
 
 def test_explain_runs_the_server_decision(geo_server: GeodnsServer) -> None:

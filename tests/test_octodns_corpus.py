@@ -91,8 +91,11 @@ class GeodnsTarget(BaseProvider):
 
 @functools.cache
 def octodns_records(name: str) -> tuple[Any, ...]:
-    """The records of a corpus zone as octoDNS loads them (loaded once: octoDNS is slow)."""
-    return tuple(octodns_zone(CORPUS, name).records)
+    """The records of a corpus zone as octoDNS loads them (loaded once: octoDNS is slow), in
+    one order: octoDNS keeps a set, whose order changes from one process to the next, and the
+    tests parametrized by them must be collected alike by every process (pytest-xdist)."""
+    records = octodns_zone(CORPUS, name).records
+    return tuple(sorted(records, key=lambda r: (r.name, r._type)))
 
 
 def octodns_zone(directory: Path, name: str) -> OctoZone:

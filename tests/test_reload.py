@@ -134,11 +134,21 @@ def test_zone_directory_changes_are_picked_up_without_a_signal() -> None:
 
 def test_reload_with_workers_reaches_every_worker() -> None:
     with GeodnsServer({"workers": 2, "watch_zones": False}, {ZONE: zone_text(1)}) as server:
+        # the main process answers before its worker has started (a worker started after the
+        # reload would read the new zone by itself): wait, bounded, for the end of the start
+        deadline = time.monotonic() + 30
+        while '"event": "started"' not in server.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         server.write_zone(ZONE, zone_text(2))
         server.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
-        # many fresh sockets: the kernel spreads them over both workers
+        # many fresh sockets: the kernel spreads them over both workers; until every one gets
+        # the new zone (bounded: a worker the reload never reached keeps answering version 1),
+        # not for a fixed second, which a loaded machine may need more than
+        deadline = time.monotonic() + 30
         seen = {answer(server, "a", "A") for _ in range(60)}
+        while seen != {"192.0.2.2"} and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen = {answer(server, "a", "A") for _ in range(60)}
         assert seen == {"192.0.2.2"}
 
 

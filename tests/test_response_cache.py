@@ -4,18 +4,20 @@ the reply cannot differ between them.
 A reply is reused only when nothing outside the query bytes chose it: not for answers located by
 the resolver's address (two resolvers can send the same bytes), not for a weighted pick made
 with the query ID, and never across a health change or a reload (the drain and reload tests in
-test_failover.py and test_reload.py send identical ECS queries before and after).
+test_failover.py and test_reload.py send identical ECS queries before and after). The queries go
+to the answer path in-process, from the client address a datagram would come from
+(`in_process`); two resolvers at a real server show that the address is the socket's.
 """
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 
 import dns.edns
 import dns.message
 import dns.rcode
 import pytest
+from inprocess import InProcessServer
 from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
@@ -69,12 +71,21 @@ CACHE_ZONE = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict:
     db = tmp_path_factory.mktemp("geo") / "city.mmdb"
     write_city_db(db, NETWORKS)
-    config = {"sites": SITES, "geoip": {"database": str(db)}}
+    return {"sites": SITES, "geoip": {"database": str(db)}}
+
+
+@pytest.fixture(scope="module")
+def server(config: dict):
     with GeodnsServer(config, {ZONE: CACHE_ZONE}) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def in_process(config: dict, tmp_path_factory: pytest.TempPathFactory) -> InProcessServer:
+    return InProcessServer(tmp_path_factory.mktemp("in-process"), config, {ZONE: CACHE_ZONE})
 
 
 def wire(name: str, ecs: str | None = None) -> bytes:
@@ -82,13 +93,13 @@ def wire(name: str, ecs: str | None = None) -> bytes:
     return dns.message.make_query(f"{name}.{ZONE}", "A", use_edns=0, options=options).to_wire()
 
 
-def ask_from(server: GeodnsServer, data: bytes, query_id: int, source: str) -> dns.message.Message:
-    """Send `data` with its ID replaced, from a chosen loopback source address."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((source, 0))
-        sock.settimeout(2)
-        sock.sendto(query_id.to_bytes(2, "big") + data[2:], (server.host, server.port))
-        reply = dns.message.from_wire(sock.recvfrom(65535)[0])
+def ask_from(
+    server: GeodnsServer | InProcessServer, data: bytes, query_id: int, source: str
+) -> dns.message.Message:
+    """Send `data` over UDP with its ID replaced, from a chosen loopback source address."""
+    wire = server.raw_udp(query_id.to_bytes(2, "big") + data[2:], timeout=2, source=source)
+    assert wire is not None
+    reply = dns.message.from_wire(wire)
     assert reply.id == query_id
     assert reply.rcode() == dns.rcode.NOERROR
     return reply
@@ -100,10 +111,12 @@ def addresses(reply: dns.message.Message) -> list[str]:
 
 @pytest.mark.parametrize(("name", "ecs"), [("static", None), ("near", "36.64.9.0/24")])
 def test_repeated_bytes_get_their_own_id_and_the_same_answer(
-    server: GeodnsServer, name: str, ecs: str | None
+    in_process: InProcessServer, name: str, ecs: str | None
 ) -> None:
     data = wire(name, ecs)
-    replies = [ask_from(server, data, query_id, "127.0.0.1") for query_id in (1, 0xBEEF, 0xFFFF)]
+    replies = [
+        ask_from(in_process, data, query_id, "127.0.0.1") for query_id in (1, 0xBEEF, 0xFFFF)
+    ]
     assert {tuple(addresses(r)) for r in replies} == {tuple(addresses(replies[0]))}
     assert addresses(replies[0]) == (["192.0.2.77"] if name == "static" else ["192.0.2.1"])
 
@@ -115,18 +128,20 @@ def test_resolver_located_answers_are_not_shared_between_resolvers(server: Geodn
         assert addresses(ask_from(server, data, 7, "127.0.0.200")) == ["192.0.2.1"]  # Jakarta
 
 
-def test_ecs_source_zero_is_located_by_the_resolver_every_time(server: GeodnsServer) -> None:
+def test_ecs_source_zero_is_located_by_the_resolver_every_time(in_process: InProcessServer) -> None:
     data = wire("near", "0.0.0.0/0")
-    assert addresses(ask_from(server, data, 9, "127.0.0.1")) == ["192.0.2.4"]
-    assert addresses(ask_from(server, data, 9, "127.0.0.200")) == ["192.0.2.1"]
+    assert addresses(ask_from(in_process, data, 9, "127.0.0.1")) == ["192.0.2.4"]
+    assert addresses(ask_from(in_process, data, 9, "127.0.0.200")) == ["192.0.2.1"]
 
 
-def test_weighted_choice_still_varies_for_identical_ecs_queries(server: GeodnsServer) -> None:
+def test_weighted_choice_still_varies_for_identical_ecs_queries(
+    in_process: InProcessServer,
+) -> None:
     data = wire("weighted", "85.0.1.0/24")
     counts = Counter(
         address
         for query_id in range(0, 65536, 1024)  # 64 IDs spread over the whole range
-        for address in addresses(ask_from(server, data, query_id, "127.0.0.1"))
+        for address in addresses(ask_from(in_process, data, query_id, "127.0.0.1"))
     )
     assert set(counts) == {"192.0.2.1", "192.0.2.2"}, counts
     assert min(counts.values()) >= 16, counts

@@ -1,7 +1,9 @@
 """Minimal answers to ANY queries (RFC 8482).
 
 A responder answers QTYPE=ANY with one RRset of the name (section 4.2) or a synthesised HINFO
-with CPU "RFC8482" (section 4.2); never the full set. Negative ANY answers stay normal.
+with CPU "RFC8482" (section 4.2); never the full set. Negative ANY answers stay normal. The
+answer path answers in-process (`in_process`, conftest.py); a real server answers ANY over UDP
+and over TCP.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def test_any_is_minimal_over_udp(server, qname):
     assert len(wire) < 512, f"{len(wire)} bytes is not a minimal answer"
 
 
-def test_any_at_apex_is_not_the_full_set(server):
-    reply = server.query(ZONE, "ANY", edns=False)
+def test_any_at_apex_is_not_the_full_set(in_process):
+    reply = in_process.query(ZONE, "ANY", edns=False)
     check_minimal(reply, f"{ZONE}.")
     # the full apex would be far over 512 bytes (300-byte TXT, NS, MX, CAA, ...)
     assert not reply.flags & dns.flags.TC
@@ -69,41 +71,41 @@ def test_any_over_tcp_is_valid(server, qname):
 
 
 @TRANSPORTS
-def test_any_nxdomain(server, tcp):
-    reply = server.query(f"nope.{ZONE}", "ANY", tcp=tcp)
+def test_any_nxdomain(in_process, tcp):
+    reply = in_process.query(f"nope.{ZONE}", "ANY", tcp=tcp)
     assert reply.rcode() == dns.rcode.NXDOMAIN
     assert reply.answer == []
     assert [r.rdtype for r in reply.authority] == [dns.rdatatype.SOA]
 
 
-def test_any_at_empty_non_terminal_is_nodata(server):
-    reply = server.query(f"b.c.{ZONE}", "ANY")
+def test_any_at_empty_non_terminal_is_nodata(in_process):
+    reply = in_process.query(f"b.c.{ZONE}", "ANY")
     assert reply.rcode() == dns.rcode.NOERROR
     assert reply.answer == []
     assert [r.rdtype for r in reply.authority] == [dns.rdatatype.SOA]
 
 
-def test_any_at_cname_returns_the_cname_only(server):
-    reply = server.query(f"alias.{ZONE}", "ANY")
+def test_any_at_cname_returns_the_cname_only(in_process):
+    reply = in_process.query(f"alias.{ZONE}", "ANY")
     assert reply.rcode() == dns.rcode.NOERROR
     kinds = [dns.rdatatype.to_text(r.rdtype) for r in reply.answer]
     assert kinds in (["CNAME"], ["HINFO"]), kinds
     assert all(r.name.to_text().lower() == f"alias.{ZONE}." for r in reply.answer)
 
 
-def test_any_below_delegation_is_referral(server):
-    reply = server.query(f"host.sub.{ZONE}", "ANY")
+def test_any_below_delegation_is_referral(in_process):
+    reply = in_process.query(f"host.sub.{ZONE}", "ANY")
     assert not reply.flags & dns.flags.AA
     assert reply.answer == []
     assert [r.rdtype for r in reply.authority] == [dns.rdatatype.NS]
 
 
-def test_any_outside_zones_refused(server):
-    assert server.query("example.com", "ANY").rcode() == dns.rcode.REFUSED
+def test_any_outside_zones_refused(in_process):
+    assert in_process.query("example.com", "ANY").rcode() == dns.rcode.REFUSED
 
 
-def test_any_at_wildcard_name_is_minimal(server):
-    reply = server.query(f"foo.wild.{ZONE}", "ANY")
+def test_any_at_wildcard_name_is_minimal(in_process):
+    reply = in_process.query(f"foo.wild.{ZONE}", "ANY")
     assert reply.rcode() == dns.rcode.NOERROR
     assert len(reply.answer) == 1
     assert reply.answer[0].name.to_text().lower() == f"foo.wild.{ZONE}."

@@ -114,24 +114,46 @@ def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_watchdog_loop_pings_at_half_the_interval(
     notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Counted against the loop's clock and the waits the loop asks for, not a fixed time: a
+    loaded machine delays pings, so a count within a fixed time depends on the machine."""
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # 0.2 s: pings every 0.1 s
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     notify_socket.setblocking(False)
+    sleep = asyncio.sleep
+    waits: list[float] = []  # what the watchdog loop asks to wait between pings
 
-    async def run() -> None:
+    async def recorded_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await sleep(seconds)
+
+    def received() -> list[bytes]:
+        got = []
+        while True:
+            try:
+                got.append(notify_socket.recv(4096))
+            except BlockingIOError:
+                return got
+
+    async def run() -> tuple[list[bytes], float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         task = asyncio.ensure_future(sdnotify.watchdog_loop())
-        await asyncio.sleep(0.35)
-        task.cancel()
-
-    asyncio.run(run())
-    pings = []
-    while True:
+        pings: list[bytes] = []
         try:
-            pings.append(notify_socket.recv(4096))
-        except BlockingIOError:
-            break
+            while len(pings) < 3 and loop.time() - started < 30:  # bounded
+                await sleep(0.01)
+                pings += received()
+            return pings, loop.time() - started
+        finally:
+            task.cancel()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sdnotify.asyncio, "sleep", recorded_sleep)
+        pings, elapsed = asyncio.run(run())
     assert set(pings) == {b"WATCHDOG=1"}
-    assert 3 <= len(pings) <= 5
+    assert len(pings) >= 3
+    assert set(waits) == {0.1}  # half the interval, between every two pings
+    assert len(pings) <= elapsed / 0.1 + 1  # so never more often, however slow the machine
 
 
 def test_watchdog_loop_skips_when_not_alive(notify_socket: socket.socket) -> None:
