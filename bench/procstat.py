@@ -7,11 +7,16 @@ processes that map it, so the PSS of a server's processes adds up to what they c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import platform
+import re
 import resource
+import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SMAPS_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Private_Dirty")
@@ -177,3 +182,35 @@ def wait_quiet(limit_s: float, threshold_pct: float = 15.0) -> float:
         busy_pct = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
         if busy_pct <= threshold_pct or time.monotonic() >= deadline:
             return round(busy_pct, 1)
+
+
+def machine() -> dict[str, Any]:
+    """What a run ran on: CPUs, their model, kernel, Python, dnsperf's and gdnsd's versions."""
+    model = ""
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle,
+    ):
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(command: list[str]) -> str:
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        match = re.search(r"[Vv]ersion\s+([\d.]+)", result.stdout + result.stderr)
+        return match.group(1) if match else ""
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dnsperf": version(["dnsperf", "-h"]),
+        "gdnsd": version(["gdnsd", "-h"]),
+    }

@@ -415,8 +415,8 @@ def table(results: Mapping[str, Mapping[str, Any]], bounds: Bounds) -> str:
     for name in names:
         cells = []
         for label in labels:
-            check = checks[label].get(name)
-            cells.append("" if check is None else f"{check.value} {_mark(check)}")
+            found = checks[label].get(name)
+            cells.append("" if found is None else f"{found.value} {_mark(found)}")
         lines.append(f"| {name} | {bound_of[name]} | " + " | ".join(cells) + " |")
     rows: dict[str, dict[str, str]] = {}
     for label in labels:

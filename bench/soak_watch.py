@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import run as bench
-import soak_report as report
-from soak_churn import GeoipFile, health_state
-from soak_plan import Clock, Plan
-from soak_servers import ServerUnderTest, signal_name
+from . import soak_report as report
+from .procstat import CLOCK_TICKS, cpu_seconds, machine_jiffies
+from .soak_churn import GeoipFile, health_state
+from .soak_plan import Clock, Plan
+from .soak_servers import ServerUnderTest, signal_name
 
 
 @dataclass
@@ -102,7 +102,7 @@ class CpuWatch:
         return sum(u.ru_utime + u.ru_stime for u in usage)
 
     def start(self, pids: list[int], clock: Clock) -> None:
-        self.machine = bench.machine_jiffies()
+        self.machine = machine_jiffies()
         self.own = self._own()
         self.began = clock.now()
         self.sample(pids)
@@ -110,16 +110,16 @@ class CpuWatch:
 
     def sample(self, pids: list[int]) -> None:
         for pid in pids:
-            seconds = bench.cpu_seconds([pid])
+            seconds = cpu_seconds([pid])
             if seconds or pid in self.last:
                 self.last[pid] = max(seconds, self.last.get(pid, 0.0))
 
     def result(self, clock: Clock) -> dict[str, Any]:
         busy0, total0 = self.machine
-        busy1, total1 = bench.machine_jiffies()
+        busy1, total1 = machine_jiffies()
         wall = max(1e-6, clock.now() - self.began)
         server = sum(v - self.first.get(pid, 0.0) for pid, v in self.last.items())
-        machine = (busy1 - busy0) / bench.CLOCK_TICKS
+        machine = (busy1 - busy0) / CLOCK_TICKS
         own = self._own() - self.own
         return {
             "server_cpu_pct": round(100 * server / wall, 1),
@@ -167,11 +167,11 @@ class Watch:
         """RSS of every process every `rss_interval_s`, the first sample at once."""
         end = self.plan.seconds
         while True:
-            sample = {"t": round(self.clock.now(), 1), "processes": self.server.rss_mb()}
-            self.rss.append(sample)
-            rss = " ".join(f"{mb:.0f}" for mb in sample["processes"].values())
+            now, processes = round(self.clock.now(), 1), self.server.rss_mb()
+            self.rss.append({"t": now, "processes": processes})
+            rss = " ".join(f"{mb:.0f}" for mb in processes.values())
             self.log(
-                f"[{self.server.label}] t={sample['t']:5.1f} s  RSS MB {rss or '-'}  "
+                f"[{self.server.label}] t={now:5.1f} s  RSS MB {rss or '-'}  "
                 f"errors {self.logs.error_lines}  tracebacks {self.logs.tracebacks}  "
                 f"deaths {len(self.deaths)}"
             )

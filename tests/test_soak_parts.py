@@ -8,18 +8,15 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
-import sys
-from pathlib import Path
 
 import dns.edns
 import dns.message
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import soak_report as report  # noqa: E402
-import soak_wire as wire  # noqa: E402
-from soak_plan import FULL, QUICK, geoip_schedule, slow_many_addresses  # noqa: E402
+from bench import soak_report as report
+from bench import soak_wire as wire
+from bench.dnswire import wire_name
+from bench.soak_plan import FULL, QUICK, geoip_schedule, slow_many_addresses
 
 NAME = "www.cdn.example.com"
 
@@ -30,7 +27,7 @@ def ecs_of(message: dns.message.Message) -> list[dns.edns.ECSOption]:
 
 def test_the_valid_ecs_queries_parse_with_the_subnet_asked() -> None:
     v4 = int(ipaddress.IPv4Address("198.51.100.0"))
-    parsed = dns.message.from_wire(wire.ecs_query(NAME, wire.FAMILY_V4, v4, 24, qid=7))
+    parsed = dns.message.from_wire(wire.ecs_query(NAME, wire.FAMILY_V4, v4, 24, ident=7))
     (option,) = ecs_of(parsed)
     assert (option.address, option.srclen, option.scopelen) == ("198.51.100.0", 24, 0)
     v6 = int(ipaddress.IPv6Address("2001:db8:1234:5600::"))
@@ -64,7 +61,7 @@ def test_ecs_cut_loses_between_one_and_eight_octets_of_a_valid_query() -> None:
 def test_ecs_bad_address_breaks_a_rule_of_rfc_7871_section_6() -> None:
     for seed in range(100):
         message = wire.ecs_bad_address(random.Random(seed), NAME)
-        option = message[12 + len(wire.wire_name(NAME)) + 4 + 11 :]  # after the OPT's header
+        option = message[12 + len(wire_name(NAME)) + 4 + 11 :]  # after the OPT's header
         code, length, family, source, _scope = struct.unpack(">HHHBB", option[:8])
         address = option[8:]
         assert code == wire.ECS_CODE and length == len(option) - 4
