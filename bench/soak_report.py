@@ -372,6 +372,9 @@ def figures(result: Mapping[str, Any]) -> dict[str, str]:
         rows["new-TCP success outside the window"] = (
             f"{_fmt_pct(outside['pct'], 1)} ({outside['answered']}/{outside['attempts']})"
         )
+    sockets = result.get("sockets")
+    if sockets:
+        rows.update(socket_rows(result, sockets))
     reloads = result.get("reloads") or {}
     rows["reloads: sent / failed / skipped (restarting) / seen in answers"] = (
         f"{_count(reloads.get('sent'))} / {_count(reloads.get('failed'))} / "
@@ -393,6 +396,36 @@ def figures(result: Mapping[str, Any]) -> dict[str, str]:
         f"{_count(result.get('server_cpu_pct'))} / {_count(result.get('soak_cpu_pct'))} / "
         f"{_count(result.get('others_cpu_pct'))}"
     )
+    return rows
+
+
+def datagrams_sent(result: Mapping[str, Any]) -> int:
+    """UDP datagrams the soak sent the server: the valid load, the walk, the bad packets."""
+    total = sum(((result.get(key) or {}).get("sent") or 0) for key in ("valid", "walk"))
+    malformed = result.get("malformed")
+    if malformed:
+        total += malformed_summary(malformed["kinds"])["sent"]
+    return total
+
+
+def socket_rows(result: Mapping[str, Any], sockets: Mapping[str, Any]) -> dict[str, str]:
+    """The kernel's view: UDP datagrams dropped at the server's full receive buffers (lost
+    before the server read them, whatever their source), and the TCP listen queue while the
+    slow clients run (samples one second apart, the first at t = 0)."""
+    rows: dict[str, str] = {}
+    drops = sockets.get("udp_drops") or 0
+    sent = datagrams_sent(result)
+    share = f" ({100.0 * drops / sent:.2f}% of {sent:,} sent)" if sent else ""
+    rows["UDP datagrams dropped by the kernel: receive buffer full"] = f"{drops:,}{share}"
+    queue = list(sockets.get("accept_queue") or [])
+    window = (result.get("slow_tcp") or {}).get("window")
+    if window:
+        queue = queue[int(window[0]) : int(window[1]) + 1]
+    if queue:
+        ordered = sorted(queue)
+        rows["TCP listen queue during slow clients: median / max (listeners)"] = (
+            f"{ordered[len(ordered) // 2]:,} / {ordered[-1]:,} ({sockets.get('listeners', 0)})"
+        )
     return rows
 
 

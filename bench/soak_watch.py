@@ -10,6 +10,9 @@
   so the other cases go on being measured. A worker that disappears is recorded too.
 - CPU: the server's (from /proc) and the rest of the machine's, so a reader can tell a loss
   caused by the server from one caused by a neighbour.
+- The kernel's side of the server's sockets every second: UDP datagrams dropped because a
+  receive buffer was full (the server did not read them in time: a query lost before the
+  server saw it, whoever sent it) and connections waiting in the TCP listen queue.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import soak_report as report
-from .procstat import CLOCK_TICKS, cpu_seconds, machine_jiffies
+from .procstat import CLOCK_TICKS, SocketQueues, cpu_seconds, machine_jiffies, socket_queues
 from .soak_churn import GeoipFile, health_state
 from .soak_plan import Clock, Plan
 from .soak_servers import ServerUnderTest, signal_name
@@ -147,6 +150,38 @@ def _kill_leftovers(server: ServerUnderTest, alive_before: list[int]) -> list[in
 
 
 @dataclass
+class SocketWatch:
+    """The kernel's counts for the server's port, sampled every second: UDP drops per second
+    (a restarted server's new sockets count from zero) and the TCP accept queue's length."""
+
+    port: int
+    last_drops: int | None = None
+    drops_per_s: list[int] = field(default_factory=list)
+    accept_queue: list[int] = field(default_factory=list)
+    udp_queued_bytes: list[int] = field(default_factory=list)
+    listeners: int = 0
+
+    def sample(self) -> None:
+        now: SocketQueues = socket_queues(self.port)
+        if self.last_drops is not None:
+            grew = now.udp_drops - self.last_drops
+            self.drops_per_s.append(grew if grew >= 0 else now.udp_drops)
+        self.last_drops = now.udp_drops
+        self.accept_queue.append(now.accept_queue)
+        self.udp_queued_bytes.append(now.udp_queued_bytes)
+        self.listeners = max(self.listeners, now.listeners)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "udp_drops": sum(self.drops_per_s),
+            "udp_drops_per_s": self.drops_per_s,
+            "accept_queue": self.accept_queue,
+            "udp_queued_bytes": self.udp_queued_bytes,
+            "listeners": self.listeners,
+        }
+
+
+@dataclass
 class Watch:
     """Everything the soak observes about one server, and the supervisor that keeps it up."""
 
@@ -156,6 +191,7 @@ class Watch:
     clock: Clock
     logs: LogWatch
     cpu: CpuWatch = field(default_factory=CpuWatch)
+    sockets: SocketWatch | None = None
     rss: list[dict[str, Any]] = field(default_factory=list)
     deaths: list[dict[str, Any]] = field(default_factory=list)
     health_seen: list[tuple[float, str | None]] = field(default_factory=list)
@@ -181,10 +217,14 @@ class Watch:
 
     async def log_and_cpu(self) -> None:
         end = self.plan.seconds
+        if self.sockets is None:
+            self.sockets = SocketWatch(self.server.setup.port)
+        self.sockets.sample()
         while self.clock.now() < end:
             await asyncio.sleep(1.0)
             self.logs.errors_per_s.append(self.logs.read(self.server.logfiles))
             self.cpu.sample(self.server.pids())
+            self.sockets.sample()
 
     async def counters(self) -> None:
         """The server's view of the health target every second (and the latest /metrics)."""
@@ -279,5 +319,6 @@ class Watch:
             "health_seen": self.health_seen,
             "health_changes_seen": changes,
             "metrics": report.parse_metrics(self.last_metrics) if self.last_metrics else None,
+            "sockets": self.sockets.result() if self.sockets else None,
             **self.cpu.result(self.clock),
         }

@@ -289,3 +289,47 @@ def test_valid_loss_is_shown_per_phase() -> None:
     }
     rows = report.figures(_result(valid=valid))
     assert rows["valid loss by phase: a / b / c"] == "0.000% / 10.000% / 0.000%"
+
+
+def test_the_kernels_socket_counts_are_read_for_the_servers_port_only() -> None:
+    from bench.procstat import parse_proc_net
+
+    udp = "\n".join(
+        [
+            "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+            "timeout inode ref pointer drops",
+            "  1: 0100007F:14E9 00000000:0000 07 00000000:00000300 00:00000000 00000000  0  0 "
+            "11 2 0000000000000000 17",
+            "  2: 0100007F:14E9 00000000:0000 07 00000000:00000000 00:00000000 00000000  0  0 "
+            "12 2 0000000000000000 5",
+            "  3: 0100007F:14EA 00000000:0000 07 00000000:00000000 00:00000000 00000000  0  0 "
+            "13 2 0000000000000000 99",
+        ]
+    )
+    found = parse_proc_net(udp, 5353, udp=True)
+    assert (found.udp_sockets, found.udp_drops, found.udp_queued_bytes) == (2, 22, 0x300)
+    tcp = "\n".join(
+        [
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid",
+            "   0: 0100007F:14E9 00000000:0000 0A 00000000:00000400 00:00000000 00000000  0 0 "
+            "21 1 0000000000000000 100 0 0 10 0",
+            "   1: 0100007F:14E9 0100007F:9C40 01 00000000:00000002 00:00000000 00000000  0 0 "
+            "22 1 0000000000000000 100 0 0 10 0",
+        ]
+    )
+    found = parse_proc_net(tcp, 5353, udp=False)
+    assert (found.listeners, found.accept_queue) == (1, 1024)  # the established one is not counted
+
+
+def test_kernel_drops_are_shown_as_a_share_of_the_datagrams_sent() -> None:
+    result = _result(
+        walk={"sent": 900_000},
+        sockets={"udp_drops": 10_000, "accept_queue": [0] * 10 + [1024] * 81 + [0] * 9},
+    )
+    rows = report.figures(result)
+    assert rows["UDP datagrams dropped by the kernel: receive buffer full"] == (
+        "10,000 (1.00% of 1,000,005 sent)"
+    )
+    assert rows["TCP listen queue during slow clients: median / max (listeners)"] == (
+        "1,024 / 1,024 (0)"
+    )
