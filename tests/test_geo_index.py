@@ -156,3 +156,31 @@ def test_a_search_tree_cut_short_is_refused() -> None:
     """A file shorter than its metadata's node count says is an error, not a bad answer."""
     with pytest.raises(ValueError, match="cut short"):
         unpack_children(bytes(6 * 2 - 1), 2, 24)  # two 24-bit nodes need 12 bytes
+
+
+def test_a_database_whose_index_is_cached_is_not_read_into_memory(tmp_path: Path) -> None:
+    """A reload onto a database whose place index is cached (the one served before, put back)
+    finds the index by the file's digest, read in chunks: it never holds a copy of the database
+    beside the snapshot in use (with a 100 MB database that was 200 MB more for a moment, and
+    the soak's per-process RSS bound failed)."""
+    import tracemalloc
+
+    from geodns.config.loader import load_geo
+    from geodns.config.server import ServerConfig
+
+    database = tmp_path / "city.mmdb"
+    database.write_bytes(BUNDLED.read_bytes())
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "cache")
+    built = load_geo(config, build=True)  # builds and caches the index
+    assert built.index is not None
+    built.close()
+    tracemalloc.start()
+    try:
+        geo = load_geo(config)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert geo.index is not None and geo.digest == built.digest
+    assert geo.signature == built.signature and geo.path == database
+    assert peak < database.stat().st_size, peak  # a copy alone would be that much
+    geo.close()

@@ -17,7 +17,7 @@ from geodns.config.zonefile import load_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
 from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
-from geodns.geo.database import GeoDatabase
+from geodns.geo.database import GeoDatabase, file_identity
 from geodns.geo.dbfacts import database_facts, unmatchable
 from geodns.geo.index import build_index, load_index, save_index
 from geodns.geo.locator import Geo
@@ -29,6 +29,17 @@ SYNC_BUILD_BYTES = 16 << 20  # databases up to this size get their index at star
 def zone_files(zones_dir: Path) -> list[Path]:
     """The zone files of a directory, in a stable order."""
     return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
+
+
+def _cached_geo(path: Path, directory: Path) -> Geo | None:
+    """The geography of the database at `path` from its cached place index, or None (no index
+    cached for these bytes, or an unreadable file: open_database then says why)."""
+    try:
+        signature, digest = file_identity(path)
+    except OSError:
+        return None
+    index = load_index(directory, digest)
+    return None if index is None else Geo.from_cached_index(path, signature, index)
 
 
 def load_zones(
@@ -114,9 +125,16 @@ def cache_directory(config: ServerConfig) -> Path:
 def load_geo(config: ServerConfig, build: bool | None = None) -> Geo:
     """The geography for a config: the database's cached place index when there is one; else
     the index built now when `build` (None: when the database is small enough to build in a
-    moment), else the database itself, for the caller to build the index in the background."""
-    database = open_database(config)
+    moment), else the database itself, for the caller to build the index in the background.
+
+    The cached index is looked for first, by the file's digest read in chunks: the database is
+    read into memory (a private copy, and the bytes read) only when there is none. A reload
+    onto a database served before keeps no copy of it beside the snapshot in use."""
     directory = cache_directory(config)
+    cached = _cached_geo(config.geoip_path, directory)
+    if cached is not None:
+        return cached
+    database = open_database(config)
     index = load_index(directory, database.digest)
     if index is None and (build or (build is None and len(database.data) <= SYNC_BUILD_BYTES)):
         index = build_index(database)

@@ -127,6 +127,17 @@ class GeoDatabase:
             self.reader.close()
 
 
+def file_identity(path: Path) -> tuple[tuple[int, int, int], str]:
+    """A database file's (mtime, size, inode) and the SHA-256 of its bytes, read through a
+    small buffer (hashlib.file_digest): what finds its cached place index without holding a
+    copy of the file. The signature is taken first, so a file rewritten meanwhile looks changed
+    on disk and is read again. Raises OSError."""
+    stat = path.stat()
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino), digest
+
+
 def _open_private(data: bytes) -> Any:
     """A maxminddb reader over an anonymous copy of `data` that nobody else can change."""
     if hasattr(os, "memfd_create"):

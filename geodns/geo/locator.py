@@ -71,9 +71,17 @@ class Geo:
 
     @classmethod
     def from_index(cls, database: GeoDatabase, index: PlaceIndex) -> Geo:
+        return cls.from_cached_index(database.path, database.signature, index)
+
+    @classmethod
+    def from_cached_index(
+        cls, path: Path, signature: tuple[int, int, int], index: PlaceIndex
+    ) -> Geo:
+        """The database at `path` (as it was when `signature` was taken), answered through its
+        index: the database itself is not needed."""
         return cls(
-            database.path,
-            database.signature,
+            path,
+            signature,
             index.database_type,
             index.build_epoch,
             index.digest,
