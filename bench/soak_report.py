@@ -390,6 +390,12 @@ def figures(result: Mapping[str, Any]) -> dict[str, str]:
             f"{_count(geoip.get('in_place'))} / {_count(geoip.get('truncated'))} / "
             f"{_count(geoip.get('atomic'))}"
         )
+    peaks = result.get("rss_peaks") or {}
+    if peaks:
+        label, mb = max(peaks.items(), key=lambda item: item[1])
+        rows["highest RSS of any process (VmHWM: between samples too)"] = (
+            f"{mb:,.1f} MB ({label.split(' (')[1].split(',')[0]})"
+        )
     logs = result.get("logs") or {}
     rows["log: lines / bytes"] = f"{_count(logs.get('lines'))} / {_count(logs.get('bytes'))}"
     rows["CPU, % of one core: server / soak and dnsperf / other sessions"] = (

@@ -245,6 +245,15 @@ class ServerUnderTest:
             labels[pid]: round(status_kb([pid]) / 1024, 1) for pid in self.pids() if pid in labels
         }
 
+    def peak_mb(self) -> dict[str, float]:
+        """VmHWM of every running process: its highest RSS so far, between samples too."""
+        labels = self.process_labels()
+        return {
+            labels[pid]: round(status_kb([pid], "VmHWM") / 1024, 1)
+            for pid in self.pids()
+            if pid in labels
+        }
+
     def reload(self) -> str:
         """geodns: SIGHUP to the main process. gdnsd: `gdnsdctl reload-zones` (gdnsd 3 leaves
         SIGHUP at its default, which ends the process). 'sent', 'failed', or 'skipped' while

@@ -193,6 +193,7 @@ class Watch:
     cpu: CpuWatch = field(default_factory=CpuWatch)
     sockets: SocketWatch | None = None
     rss: list[dict[str, Any]] = field(default_factory=list)
+    rss_peaks: dict[str, float] = field(default_factory=dict)  # VmHWM of each process
     deaths: list[dict[str, Any]] = field(default_factory=list)
     health_seen: list[tuple[float, str | None]] = field(default_factory=list)
     last_metrics: str | None = None
@@ -205,6 +206,8 @@ class Watch:
         while True:
             now, processes = round(self.clock.now(), 1), self.server.rss_mb()
             self.rss.append({"t": now, "processes": processes})
+            for label, mb in self.server.peak_mb().items():
+                self.rss_peaks[label] = max(mb, self.rss_peaks.get(label, 0.0))
             rss = " ".join(f"{mb:.0f}" for mb in processes.values())
             self.log(
                 f"[{self.server.label}] t={now:5.1f} s  RSS MB {rss or '-'}  "
@@ -312,6 +315,7 @@ class Watch:
                 previous = state
         return {
             "rss": self.rss,
+            "rss_peaks": self.rss_peaks,
             "deaths": self.deaths,
             "restart_failures": self.restart_failures,
             "starts": self.server.starts,

@@ -145,6 +145,7 @@ class App:
         )
         clients = client_factory(config)
         self.tcp = TcpRegistry(config.tcp, clients)
+        self.state.tcp_closed = self.tcp.closed  # counted by the registry, read by /metrics
         self.metrics = Metrics(
             server_state=self.state,
             reload_status=lambda: self.reload_status,

@@ -196,6 +196,7 @@ def worker_report(counters: QueryCounters, server_state: Any, query_log: Any = N
     report: dict[str, Any] = {
         "counts": counters.snapshot(),
         "server": {name: getattr(server_state, name) for name in SERVER_COUNTERS},
+        "tcp_closed": dict(getattr(server_state, "tcp_closed", {})),
     }
     if query_log is not None:
         report["query_log"] = {name: getattr(query_log, name) for name in QUERY_LOG_COUNTERS}
@@ -366,6 +367,19 @@ class GeodnsCollector:
         family = GaugeMetricFamily("geodns_tcp_connections", "TCP connections open now")
         family.add_metric([], totals["tcp_connections"])
         yield family
+        closed = dict(getattr(state, "tcp_closed", {}))
+        for report in self._reports():
+            for reason, count in report.get("tcp_closed", {}).items():
+                closed[reason] = closed.get(reason, 0) + count
+        closes = CounterMetricFamily(
+            "geodns_tcp_closed",
+            "TCP connections closed, by reason (geodns.serving.transports.CLOSE_REASONS): "
+            "the client, idle, slow_message, evicted, per_address, full, oversize, shutdown",
+            labels=("reason",),
+        )
+        for reason, count in sorted(closed.items()):
+            closes.add_metric((reason,), count)
+        yield closes
         rrl = CounterMetricFamily(
             "geodns_rrl_responses",
             "Responses held back by response rate limiting: dropped, sent truncated (slipped), "

@@ -81,6 +81,7 @@ class ServerState:
         self.rrl_slipped = 0
         self.badcookie = 0
         self.tcp_connections = 0
+        self.tcp_closed: dict[str, int] = {}  # by reason: the TCP registry's own counts
         self.error_log = RateLimitedLog(log)
 
     @property
