@@ -184,3 +184,24 @@ def test_a_database_whose_index_is_cached_is_not_read_into_memory(tmp_path: Path
     assert geo.signature == built.signature and geo.path == database
     assert peak < database.stat().st_size, peak  # a copy alone would be that much
     geo.close()
+
+
+def test_a_truncated_database_is_refused_without_being_read_into_memory(tmp_path: Path) -> None:
+    """A copy in progress or cut short (no metadata at its end, where every MaxMind DB has it)
+    is refused from its last octets: a reload every second while `cp` rewrites a 100 MB file
+    would otherwise read and copy up to 200 MB each time, only to fail."""
+    import tracemalloc
+
+    from geodns.common.errors import ConfigError
+
+    database = tmp_path / "city.mmdb"
+    data = BUNDLED.read_bytes()
+    database.write_bytes(data[: len(data) * 6 // 10])
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match="metadata"):
+            GeoDatabase(database, str(database), 3, continent_of)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < database.stat().st_size // 4, peak
