@@ -205,3 +205,36 @@ def test_a_truncated_database_is_refused_without_being_read_into_memory(tmp_path
     finally:
         tracemalloc.stop()
     assert peak < database.stat().st_size // 4, peak
+
+
+def test_a_database_rewritten_with_the_same_bytes_keeps_the_index_in_use(tmp_path: Path) -> None:
+    """`cp` of the same file, a touch, or a geoipupdate run with nothing new: the reload finds
+    the digest of the database in use and keeps its index (and so its answer maps) instead of
+    mapping the index a second time beside it and rebuilding every map; another database
+    gets its own."""
+    import os
+
+    from geodns.config.loader import load_geo
+    from geodns.config.server import ServerConfig
+
+    database = tmp_path / "city.mmdb"
+    database.write_bytes(BUNDLED.read_bytes())
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "cache")
+    first = load_geo(config, build=True)
+    assert first.index is not None
+    os.utime(database, ns=(first.signature[0] + 10**9, first.signature[0] + 10**9))
+    again = load_geo(config, current=first)
+    assert again.index is first.index and again.rankings is first.rankings
+    assert again.signature != first.signature and not again.changed_on_disk()
+    other = tmp_path / "other.mmdb"
+    data = bytearray(BUNDLED.read_bytes())
+    data[100] ^= 0xFF  # a different database (its tree's bytes differ)
+    other.write_bytes(bytes(data))
+    assert (
+        load_geo(
+            ServerConfig(geoip_database=other, cache_dir=tmp_path / "cache"),
+            build=True,
+            current=first,
+        ).index
+        is not first.index
+    )

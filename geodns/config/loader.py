@@ -31,13 +31,15 @@ def zone_files(zones_dir: Path) -> list[Path]:
     return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
 
 
-def _cached_geo(path: Path, directory: Path) -> Geo | None:
+def _cached_geo(path: Path, directory: Path, current: Geo | None) -> Geo | None:
     """The geography of the database at `path` from its cached place index, or None (no index
     cached for these bytes, or an unreadable file: open_database then says why)."""
     try:
         signature, digest = file_identity(path)
     except OSError:
         return None
+    if current is not None and current.index is not None and current.digest == digest:
+        return current.read_again(path, signature)
     index = load_index(directory, digest)
     return None if index is None else Geo.from_cached_index(path, signature, index)
 
@@ -122,16 +124,18 @@ def cache_directory(config: ServerConfig) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "geodns"
 
 
-def load_geo(config: ServerConfig, build: bool | None = None) -> Geo:
+def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | None = None) -> Geo:
     """The geography for a config: the database's cached place index when there is one; else
     the index built now when `build` (None: when the database is small enough to build in a
     moment), else the database itself, for the caller to build the index in the background.
 
     The cached index is looked for first, by the file's digest read in chunks: the database is
     read into memory (a private copy, and the bytes read) only when there is none. A reload
-    onto a database served before keeps no copy of it beside the snapshot in use."""
+    onto a database served before keeps no copy of it beside the snapshot in use; onto the
+    bytes of `current` (the geography in use: the same file copied again, touched), it keeps
+    `current`'s index, so its answer maps stay valid and nothing is mapped twice."""
     directory = cache_directory(config)
-    cached = _cached_geo(config.geoip_path, directory)
+    cached = _cached_geo(config.geoip_path, directory, current)
     if cached is not None:
         return cached
     database = open_database(config)

@@ -16,7 +16,7 @@ build date, path) and the per-index memo of site rankings.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -115,6 +115,11 @@ class Geo:
             None,
             Rankings(index),
         )
+
+    def read_again(self, path: Path, signature: tuple[int, int, int]) -> Geo:
+        """The same database found again (the same bytes, at `path` with this `signature`),
+        answered through the same index and rankings."""
+        return replace(self, path=path, signature=signature)
 
     def changed_on_disk(self) -> bool:
         """Whether the file at `path` is no longer the one read (a stat, no read)."""
