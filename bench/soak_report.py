@@ -402,6 +402,11 @@ def figures(result: Mapping[str, Any]) -> dict[str, str]:
         f"{_count(result.get('server_cpu_pct'))} / {_count(result.get('soak_cpu_pct'))} / "
         f"{_count(result.get('others_cpu_pct'))}"
     )
+    by_pid = result.get("server_cpu_pct_by_pid") or {}
+    if len(by_pid) > 1:
+        rows["server CPU by process, % of one core"] = " / ".join(
+            f"{pct:g}" for pct in sorted(by_pid.values(), reverse=True)
+        )
     return rows
 
 

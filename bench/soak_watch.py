@@ -128,6 +128,10 @@ class CpuWatch:
             "server_cpu_pct": round(100 * server / wall, 1),
             "soak_cpu_pct": round(100 * own / wall, 1),
             "others_cpu_pct": round(max(0.0, 100 * (machine - server - own) / wall), 1),
+            "server_cpu_pct_by_pid": {
+                pid: round(100 * (v - self.first.get(pid, 0.0)) / wall, 1)
+                for pid, v in self.last.items()
+            },
         }
 
 
