@@ -238,3 +238,32 @@ def test_a_database_rewritten_with_the_same_bytes_keeps_the_index_in_use(tmp_pat
         ).index
         is not first.index
     )
+
+
+def test_a_database_served_while_its_index_builds_keeps_no_second_copy(tmp_path: Path) -> None:
+    """While a big database's index is built in the background (a process of its own, which
+    reads the file itself), the direct locator answers from the private mapping alone: the bytes
+    read to make it are let go, not kept beside it (100 MB more per process for the 100 MB City
+    database, until the index was ready)."""
+    import tracemalloc
+
+    from geodns.config.loader import load_geo
+    from geodns.config.server import ServerConfig
+
+    database = tmp_path / "city.mmdb"
+    database.write_bytes(BUNDLED.read_bytes())
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "cache")
+    tracemalloc.start()
+    try:
+        geo = load_geo(config, build=False)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert geo.index is None and geo.direct is not None
+    assert held < database.stat().st_size // 2, held
+    with maxminddb.open_database(str(BUNDLED)) as reader:
+        for address in sample_addresses(5, 50):
+            expected = reader.get(address)
+            placed = geo.direct.database.place_at(address)
+            assert (placed is None) == (expected is None), address
+    geo.close()

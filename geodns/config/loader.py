@@ -144,7 +144,8 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
         index = build_index(database)
         with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
             save_index(index, directory)
-    if index is None:
+    if index is None:  # the direct locator reads the private mapping; a background build
+        database.release_bytes()  # reads the file itself: the bytes read are not needed
         return Geo.from_database(database)
     database.close()
     return Geo.from_index(database, index)
