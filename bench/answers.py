@@ -31,9 +31,10 @@ NO_ANSWER = GeoReply("no answer", None)
 
 
 def ask_geo(
-    port: int, subnets: list[int], name: str = GEO_NAME, limit_s: float = 900.0
+    port: int, subnets: list[int], name: str = GEO_NAME, limit_s: float = 900.0, do: bool = False
 ) -> dict[int, GeoReply]:
-    """The A answer and ECS scope each /24 subnet gets (ECS, as dnsperf sends it)."""
+    """The A answer and ECS scope each /24 subnet gets (ECS, as dnsperf sends it; DO=1 with
+    `do`: the RRSIGs that come with it are skipped)."""
     replies: dict[int, GeoReply] = {}
     deadline = time.monotonic() + limit_s
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -43,7 +44,7 @@ def ask_geo(
                 break
             window = subnets[start : start + ASK_WINDOW]
             messages = [
-                query_wire(name, QTYPES["A"], (subnet, 24), ident=i)
+                query_wire(name, QTYPES["A"], (subnet, 24), ident=i, do=do)
                 for i, subnet in enumerate(window)
             ]
             waiting = set(range(len(window)))

@@ -39,24 +39,28 @@ def query(
     ident: int = 0,
     options: Sequence[bytes] | None = (),
     udp_size: int = 1232,
+    do: bool = False,
 ) -> bytes:
     """A resolver-like query (RD=0): one question and, unless `options` is None, an OPT record
-    (EDNS0, `udp_size`) carrying `options` (each a complete EDNS option, code and length
-    included)."""
+    (EDNS0, `udp_size`, DO=1 when `do`) carrying `options` (each a complete EDNS option, code
+    and length included)."""
     arcount = 0 if options is None else 1
     message = struct.pack(">HHHHHH", ident, 0, 1, 0, 0, arcount)
     message += wire_name(name) + struct.pack(">HH", qtype, 1)
     if options is not None:
         rdata = b"".join(options)
-        message += b"\0" + struct.pack(">HHIH", OPT, udp_size, 0, len(rdata)) + rdata
+        flags = 0x8000 if do else 0
+        message += b"\0" + struct.pack(">HHIH", OPT, udp_size, flags, len(rdata)) + rdata
     return message
 
 
-def query_wire(name: str, qtype: int, ecs: tuple[int, int] | None = None, ident: int = 0) -> bytes:
+def query_wire(
+    name: str, qtype: int, ecs: tuple[int, int] | None = None, ident: int = 0, do: bool = False
+) -> bytes:
     """A resolver-like query: RD=0, EDNS0 (UDP 1232), optionally ECS for an IPv4 network given
-    as (32-bit address, source prefix length)."""
+    as (32-bit address, source prefix length), and DO=1 (DNSSEC OK) when `do`."""
     options = [] if ecs is None else [ecs_option(1, ecs[0], ecs[1])]
-    return query(name, qtype, ident=ident, options=options)
+    return query(name, qtype, ident=ident, options=options, do=do)
 
 
 def write_binary(path: Path, messages: Iterable[bytes]) -> int:

@@ -567,14 +567,15 @@ def check_city_db(path: Path) -> None:
 def ensure_city_db(
     path: Path, split_v4: int, split_v6: int, variants: int, log: Any = print
 ) -> dict[str, Any]:
-    """Build the database unless an up-to-date one is already at `path` (a sidecar says so)."""
-    stat = COUNTRY_DB.stat()
+    """Build the database unless an up-to-date one is already at `path` (a sidecar says so).
+    The source is known by its content's digest, not its modification time: two checkouts of
+    the same commit share the cache without building it again and again."""
     wanted = {
         "generator": GENERATOR_VERSION,
         "split_v4": split_v4,
         "split_v6": split_v6,
         "variants": variants,
-        "source": [COUNTRY_DB.name, stat.st_size, stat.st_mtime_ns],
+        "source": [COUNTRY_DB.name, hashlib.sha256(COUNTRY_DB.read_bytes()).hexdigest()],
     }
     sidecar = path.with_suffix(".json")
     if path.exists() and sidecar.exists():

@@ -110,13 +110,17 @@ class ProcessMemory:
 
 def role_of(command_line: str, index: int) -> str:
     """What a server's process is, from its command line: the main one (the first), a worker
-    (multiprocessing's spawned children), or a helper such as multiprocessing's resource tracker
-    (a small process of its own that a spawn start brings along)."""
+    (`python -m geodns.daemon.workers`, or multiprocessing's spawned children in older
+    geodns), the place index builder (`python -m geodns.geo.index`), or a helper such as
+    multiprocessing's resource tracker (a small process of its own that a spawn start brings
+    along)."""
     if index == 0:
         return "main"
     if "resource_tracker" in command_line:
         return "helper (resource tracker)"
-    if "spawn_main" in command_line:
+    if "geodns.geo.index" in command_line:
+        return "helper (index builder)"
+    if "geodns.daemon.workers" in command_line or "spawn_main" in command_line:
         return "worker"
     return "other"
 

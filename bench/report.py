@@ -219,8 +219,11 @@ def big_zone_rows(table: Table, big: dict[str, Any]) -> None:
     names = get(big, "geodns", "names") or get(big, "gdnsd", "names")
     table.section(f"zone of {fmt(names)} nearest-PoP names ({big.get('database', '')})")
     table.add("start to first answer (s)", big, lambda r: get(r, "startup_s"), digits=2)
-    table.add("RSS then (MB)", big, lambda r: get(r, "rss_start_mb"))
+    table.add(
+        "RSS then (MB; geodns: with its index builder)", big, lambda r: get(r, "rss_start_mb")
+    )
     table.add("geo index build (s)", big, index_seconds, digits=2, compare=False)
+    table.add("RSS once the index is ready (MB)", big, lambda r: get(r, "rss_ready_mb"))
     table.add("reload: time to serve the new zone (s)", big, lambda r: get(r, "reload_s"), digits=2)
     table.add(
         f"max latency @{FIXED_QPS:,} qps with a reload / without (ms)",

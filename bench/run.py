@@ -36,14 +36,17 @@ from bench import databases, popsets, workloads  # noqa: E402
 from bench.answers import compare_geo, compare_static  # noqa: E402
 from bench.common import (  # noqa: E402
     BENCH,
+    CLIENT_CPU,
     FIXED,
     PROFILES,
     SATURATE,
     SERVER_CPU,
     Paths,
+    Profile,
     default_cache,
     log,
 )
+from bench.dnssec import build_times, dnssec_lines, dnssec_run  # noqa: E402
 from bench.procstat import machine  # noqa: E402
 from bench.report import check_lines, source_lines, table, write_json  # noqa: E402
 from bench.resolver_cache import kindness  # noqa: E402
@@ -56,7 +59,7 @@ from bench.scenarios import (  # noqa: E402
     startup_run,
     with_workers,
 )
-from bench.servers import Setup, can_pin  # noqa: E402
+from bench.servers import Setup, can_pin, start_etcd, stop_process  # noqa: E402
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,7 +80,20 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-check", action="store_true", help="skip the answer comparison")
     parser.add_argument("--no-big-zone", action="store_true", help="skip the 10,000-name zone")
     parser.add_argument("--no-memory", action="store_true", help="skip workers 1 vs 2 memory")
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="also run geodns with `fleet:` on, against a local etcd (apt-get install etcd-server)",
+    )
     parser.add_argument("--no-startup", action="store_true", help="skip the 100 MB start-up")
+    parser.add_argument(
+        "--no-dnssec", action="store_true", help="skip the signed workload and Knot DNS"
+    )
+    parser.add_argument(
+        "--only-dnssec",
+        action="store_true",
+        help="only the signed workload (geodns unsigned vs signed, Knot DNS) and build times",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -98,6 +114,7 @@ def database_section(
     kinds: list[str],
     check: bool,
     workers_too: bool,
+    fleet_too: bool = False,
 ) -> dict[str, Any]:
     """One database and PoP set through both servers: their runs, the answer checks and the
     resolver-cache figures (the replies themselves are not kept in the results)."""
@@ -112,6 +129,19 @@ def database_section(
             servers[kind] = full_run(bench, kind, label, setup, loads, churn=kind == "geodns")
         else:
             servers[kind] = cpu_run(bench, kind, label, setup, loads, loads.warm + cold_asked)
+    if fleet_too:  # right after the plain run, so both see the same machine
+        etcd, endpoint = start_etcd(bench.paths.out / "etcd", CLIENT_CPU)
+        try:
+            servers["geodns-fleet"] = full_run(
+                bench,
+                "geodns",
+                f"geodns-fleet-{db.name}-{pops.label}",
+                dataclasses.replace(setup, fleet={"member": "bench", "endpoints": [endpoint]}),
+                loads,
+                ask=False,
+            )
+        finally:
+            stop_process(etcd)
     if workers_too:
         servers["geodns-2w"] = full_run(
             bench,
@@ -149,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds:
         profile = profile.with_seconds(args.seconds)
     paths = Paths(out=BENCH / "out", cache=args.cache_dir or default_cache())
-    for tool in ("dnsperf", "taskset") + (() if args.no_gdnsd else ("gdnsd", "gdnsdctl")):
+    tools = ("dnsperf", "taskset") + (() if args.no_gdnsd else ("gdnsd", "gdnsdctl"))
+    for tool in tools + (("etcd",) if args.fleet else ()):
         if shutil.which(tool) is None:
-            log(f"{tool} is not installed: apt-get install -y dnsperf gdnsd util-linux")
+            log(f"{tool} is not installed: apt-get install -y dnsperf gdnsd util-linux etcd-server")
             return 2
     py_spy = shutil.which("py-spy") if args.profile else None
     if args.profile and not py_spy:
@@ -182,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         "databases": {},
     }
     first: tuple[databases.Database, workloads.Workloads] | None = None
+    if args.only_dnssec:
+        name = (args.database or ["synthetic"])[0]
+        db = databases.load(name, paths.cache, log)
+        loads = workloads.build(databases.v4_networks(db.path), profile, paths.out, name)
+        results["dnssec"] = dnssec_section(bench, db, loads, profile)
+        return finish(results, paths, began, args.quick, dnssec_lines(results["dnssec"]))
     for name in args.database or ["synthetic"]:
         db = databases.load(name, paths.cache, log)
         t0 = time.monotonic()
@@ -195,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             workers_too = (
                 first is None and pops.label == "6-pop" and not args.no_workers and not args.quick
             )
+            fleet_too = args.fleet and first is None and pops.label == "6-pop"
             entry["sections"][pops.label] = database_section(
-                bench, db, loads, pops, kinds, not args.no_check, workers_too
+                bench, db, loads, pops, kinds, not args.no_check, workers_too, fleet_too=fleet_too
             )
         results["databases"][name] = entry
         first = first or (db, loads)
@@ -225,20 +263,43 @@ def main(argv: list[str] | None = None) -> int:
             kind: startup_run(bench, kind, f"{kind}-startup-big", Setup(big.path, six))
             for kind in kinds
         }
+    if not args.no_dnssec:
+        results["dnssec"] = dnssec_section(bench, db, loads, profile)
     if py_spy:
         from bench.profiling import profile_geodns
 
         results["py_spy"] = profile_geodns(bench, Setup(db.path, six), loads, py_spy)
-    results["elapsed_s"] = round(time.monotonic() - began, 1)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    path = paths.out / f"results-{stamp}{'-quick' if args.quick else ''}.json"
-    write_json(path, results)
+    lines = source_lines(results) + check_lines(results)
+    if "dnssec" in results:
+        lines += dnssec_lines(results["dnssec"])
     print()
     print(table(results))
+    return finish(results, paths, began, args.quick, lines)
+
+
+def finish(
+    results: dict[str, Any], paths: Paths, began: float, quick: bool, lines: list[str]
+) -> int:
+    """Write the results file and print what the table does not show."""
+    results["elapsed_s"] = round(time.monotonic() - began, 1)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    path = paths.out / f"results-{stamp}{'-quick' if quick else ''}.json"
+    write_json(path, results)
     print()
-    print("\n".join(source_lines(results) + check_lines(results)))
+    print("\n".join(lines))
     print(f"\nresults: bench/out/{path.name}  ({results['elapsed_s']:.0f} s)")
     return 0
+
+
+def dnssec_section(
+    bench: Bench, db: databases.Database, loads: workloads.Workloads, profile: Profile
+) -> dict[str, Any]:
+    """The signed workload (geodns, Knot DNS) on the 6 PoPs, and snapshot build times."""
+    six = popsets.six_pops()
+    return {
+        "run": dnssec_run(bench, db, loads, six, knot=True),
+        "build": build_times(db.path, six, 10_000, bench.paths.out / "dnssec-build"),
+    }
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,9 @@ class Setup:
     big_zone_names: int = 0  # 0: no big zone
     workers: int = 1  # geodns only
     gdnsd_threads: int = 1  # gdnsd only: its udp_threads and tcp_threads
+    fleet: dict[str, Any] | None = None  # geodns's `fleet:` section (an etcd to join), if any
+    dnssec: bool = False  # geodns: the zone signed (bench/dnssec.py)
+    knot_answers: tuple[tuple[str, str], ...] = ()  # Knot: (country, address) of www
 
 
 def geodns_geo_record(pops: PopSet, rtype: str) -> dict[str, Any]:
@@ -176,6 +180,11 @@ def write_geodns(directory: Path, port: int, setup: Setup, generation: int = 0) 
         "workers": setup.workers,
         "sites": setup.pops.geodns_sites(),
     }
+    if setup.fleet is not None:
+        config["fleet"] = setup.fleet
+    if setup.dnssec:
+        keys = str(directory / "keys")
+        config["zones"] = {ZONE: {"dnssec": {"enabled": True, "key_directory": keys}}}
     if geodns_has_setting("cache_dir"):  # a fresh geo index cache: every start builds its index
         cache = directory / "geo-cache"
         if generation == 0:  # a new server, not a reload of a running one
@@ -306,6 +315,11 @@ class Server:
         elif kind == "gdnsd":
             self.config = write_gdnsd(directory, self.port, setup)
             self.command = pin(cpus) + ["gdnsd", "-c", str(directory), "start"]
+        elif kind == "knot":
+            from .knot import write_knot
+
+            self.config = write_knot(directory, self.port, setup)
+            self.command = pin(cpus) + ["knotd", "-c", str(self.config)]
         else:
             raise ValueError(f"unknown server kind {kind!r}")
 
@@ -397,12 +411,7 @@ class Server:
         if process is None or process.poll() is not None:
             return
         family = descendants(process.pid)[1:]
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         for pid in family:  # stray workers, if any: by their own PID
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -504,3 +513,48 @@ def wait_for_index(server: Server, limit_s: float) -> dict[str, Any]:
     if value is not None:
         out["metric_seconds"] = value
     return out
+
+
+def start_etcd(
+    directory: Path, cpus: str, timeout: float = 30.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A one-node etcd (Debian's etcd-server) on the loopback for a geodns `fleet:` run, pinned
+    with dnsperf (it idles while queries are measured: no query reads etcd). Its endpoint."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    client, peer = f"http://{HOST}:{free_port()}", f"http://{HOST}:{free_port()}"
+    command = pin(cpus) + [
+        "etcd", "--name", "bench", "--data-dir", str(directory / "data"),
+        "--listen-client-urls", client, "--advertise-client-urls", client,
+        "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", f"bench={peer}", "--logger", "zap", "--log-level", "warn",
+    ]  # fmt: skip
+    with (directory / "etcd.log").open("wb") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"{client}/health", timeout=1) as response,
+        ):
+            if json.loads(response.read()).get("health") == "true":
+                return process, client
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_process(process)
+    raise RuntimeError(f"etcd did not become healthy: see {directory / 'etcd.log'}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 20 s: by the process's own PID."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

@@ -186,6 +186,7 @@ class GeodnsServer:
         env: Mapping[str, str] | None = None,
         extra_args: Iterable[str] = (),
         workdir: str | os.PathLike[str] | None = None,
+        admin_token: str | None = None,
     ) -> None:
         self.config: dict[str, Any] = dict(config or {})
         self.zones: dict[str, str | Mapping[str, Any]] = dict(zones or {})
@@ -214,10 +215,14 @@ class GeodnsServer:
         cfg.setdefault("workers", 1)
         if "zones_dir" not in cfg:
             cfg["zones_dir"] = "zones"
+        self.admin_token = admin_token  # drains and reloads over TCP need one
         if "admin" not in cfg:
             # the admin API listens on a fixed default port; give each test server its own
             self.admin_port = free_tcp_port()
             cfg["admin"] = {"listen": f"{LOOPBACK_V4}:{self.admin_port}"}
+            if admin_token is not None:
+                self.files["admin.token"] = admin_token + "\n"
+                cfg["admin"]["token_file"] = "admin.token"
         self.port: int = int(cfg["port"])
         self.config_path = self.dir / "config.yaml"
         self.zones_dir = self.dir / str(cfg["zones_dir"])

@@ -52,13 +52,16 @@ class Server:
     async def _reload(self) -> tuple[bool, list[str]]:
         return self.reloads.pop(0)
 
-    async def start(self, token: str | None = TOKEN, unix: bool = True) -> Server:
+    async def start(
+        self, token: str | None = TOKEN, unix: bool = True, public_metrics: bool = False
+    ) -> Server:
         await self.monitor.start()
         app = make_admin_app(
             self.monitor,
             self._reload,
             lambda: {"version": "9.9.9", "reload_ok": True},
             lambda accept: (METRICS, "text/plain; version=0.0.4; charset=utf-8"),
+            public_metrics=public_metrics,
         )
         self.runner = await start_admin(app, "127.0.0.1:0", self.socket if unix else None, token)
         self.port = next(a[1] for a in self.runner.addresses if isinstance(a, tuple))
@@ -78,6 +81,7 @@ class Server:
                 listen=f"127.0.0.1:{self.port}",
                 socket=self.socket if unix else None,
                 token_file=token_file,
+                no_socket=not unix,  # not the default socket of some other server on 5353
             )
         )
 
@@ -145,7 +149,7 @@ def test_drain_status_undrain_and_reload_over_tcp(short_dir: Path) -> None:
     run(main)
 
 
-def test_tcp_requires_the_token_except_for_metrics(short_dir: Path) -> None:
+def test_tcp_requires_the_token_for_every_path_metrics_too(short_dir: Path) -> None:
     async def main() -> None:
         server = await Server(short_dir).start()
         try:
@@ -155,7 +159,10 @@ def test_tcp_requires_the_token_except_for_metrics(short_dir: Path) -> None:
             assert server.monitor.view.down == frozenset()
             code, _ = await raw(server, "GET", "/status")
             assert code == 401
-            code, text = await raw(server, "GET", "/metrics")
+            code, _ = await raw(server, "GET", "/metrics")
+            assert code == 401
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            code, text = await raw(server, "GET", "/metrics", headers=bearer)
             assert code == 200 and text.encode() == METRICS
             missing = server.config(token=None)
             missing = ServerConfig(
@@ -169,12 +176,45 @@ def test_tcp_requires_the_token_except_for_metrics(short_dir: Path) -> None:
     run(main)
 
 
-def test_no_token_configured_means_none_is_asked(short_dir: Path) -> None:
+def test_public_metrics_lets_only_metrics_through_without_the_token(short_dir: Path) -> None:
+    async def main() -> None:
+        server = await Server(short_dir).start(public_metrics=True)
+        try:
+            code, text = await raw(server, "GET", "/metrics")
+            assert code == 200 and text.encode() == METRICS
+            for method, path in (("GET", "/status"), ("POST", "/drain"), ("POST", "/reload")):
+                code, _ = await raw(server, method, path, json={"site": "lon"})
+                assert code == 401, path
+            assert server.monitor.view.down == frozenset()
+        finally:
+            await server.stop()
+
+    run(main)
+
+
+def test_without_a_token_tcp_serves_reads_and_refuses_drains_and_reloads(short_dir: Path) -> None:
+    """Any local user can reach a loopback port: without a token, TCP changes no answer."""
+
     async def main() -> None:
         server = await Server(short_dir).start(token=None, unix=False)
+        config = server.config(token=None)
         try:
-            status = await call(adminclient.status, server.config(token=None))
+            status = await call(adminclient.status, config)
             assert set(status["sites"]) == {"ams", "lon"}
+            code, text = await raw(server, "GET", "/metrics")
+            assert code == 200 and text.encode() == METRICS
+            for order in (
+                lambda: adminclient.drain(config, "lon"),
+                lambda: adminclient.undrain(config, "lon"),
+                lambda: adminclient.reload(config),
+            ):
+                with pytest.raises(AdminError, match="need the admin token.*admin socket"):
+                    await call(order)
+            for path in ("/drain", "/undrain", "/reload"):
+                code, text = await raw(server, "POST", path, json={"site": "lon"})
+                assert code == 403 and "admin.token_file" in text, path
+            assert server.monitor.view.down == frozenset()
+            assert server.reloads == [(True, [])]  # no reload ran
         finally:
             await server.stop()
 
@@ -200,20 +240,23 @@ def test_unix_socket_needs_no_token(short_dir: Path) -> None:
 
 def test_unknown_site_and_bad_requests_are_clear(short_dir: Path) -> None:
     async def main() -> None:
-        server = await Server(short_dir).start(token=None, unix=False)
-        config = server.config(token=None)
+        server = await Server(short_dir).start()
+        config = server.config()
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
         try:
             with pytest.raises(AdminError, match=r"no site named 'lno' \(did you mean 'lon'\?\)"):
                 await call(adminclient.drain, config, "lno")
             with pytest.raises(AdminError, match="no site named 'paris'; sites: ams, lon"):
                 await call(adminclient.undrain, config, "paris")
-            code, text = await raw(server, "POST", "/drain", json={"site": "zzz"})
+            code, text = await raw(server, "POST", "/drain", json={"site": "zzz"}, headers=bearer)
             assert code == 404 and "no site named" in text
-            code, text = await raw(server, "POST", "/drain", data=b"{not json")
+            code, text = await raw(server, "POST", "/drain", data=b"{not json", headers=bearer)
             assert code == 400 and "JSON object" in text
-            code, text = await raw(server, "POST", "/drain", json={"site": "lon", "for_s": -5})
+            code, text = await raw(
+                server, "POST", "/drain", json={"site": "lon", "for_s": -5}, headers=bearer
+            )
             assert code == 400 and "for_s" in text
-            code, text = await raw(server, "POST", "/undrain", json={})
+            code, text = await raw(server, "POST", "/undrain", json={}, headers=bearer)
             assert code == 400 and "'site' is required" in text
             assert server.monitor.view.down == frozenset()
         finally:
@@ -235,8 +278,11 @@ def test_a_server_that_is_not_running_is_named(short_dir: Path) -> None:
     unix = ServerConfig(admin=AdminConfig(listen=None, socket=str(short_dir / "gone.sock")))
     with pytest.raises(AdminError, match="at unix:.*gone.sock: is the server running"):
         adminclient.status(unix)
+    default = ServerConfig(port=port, admin=AdminConfig(listen=None))  # the default socket
+    with pytest.raises(AdminError, match=f"at unix:.*admin-{port}.sock: is the server running"):
+        adminclient.status(default)
     with pytest.raises(AdminError, match="admin API is disabled"):
-        adminclient.status(ServerConfig(admin=AdminConfig(listen=None)))
+        adminclient.status(ServerConfig(admin=AdminConfig(listen=None, no_socket=True)))
 
 
 def test_a_stale_socket_is_replaced_and_a_live_one_is_not(short_dir: Path) -> None:

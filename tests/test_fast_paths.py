@@ -186,6 +186,49 @@ def test_fast_paths_answer_valid_and_mutated_packets_as_the_full_path_does(
     assert fast >= 300, f"only {fast} of {compared} packets met a fast path"
 
 
+def test_signed_answers_to_do_queries_take_the_fast_paths_byte_for_byte(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A signed zone (geodns.dnssec): DO=1 and DO=0 ECS queries, valid and mutated, from warm
+    caches and from the full path, byte for byte."""
+    from dnssec_support import signed_snapshot, write_config
+
+    signed = signed_snapshot(load_config(write_config(tmp_path_factory.mktemp("signed"))))
+    state = ServerState(signed)
+    rng = random.Random(7)
+
+    def signed_wire(name: str, subnet: str, query_id: int, do: bool) -> bytes:
+        option = dns.edns.ECSOption.from_text(subnet)
+        message = dns.message.make_query(
+            f"{name}.cdn.example.com", "A", use_edns=0, options=[option], want_dnssec=do
+        )
+        message.id = query_id
+        return message.to_wire()
+
+    asked = [
+        (name, subnet, do)
+        for number, subnet in enumerate(subnets(120, seed=3))
+        if ":" not in subnet
+        for name in (("www", "mx1", "api")[number % 3],)
+        for do in (True, False)
+    ]
+    for name, subnet, do in asked:  # twice: the reply cache and the templates learn
+        for _ in range(2):
+            answer(state, signed_wire(name, subnet, 1, do), client(RESOLVER), False, 0.0)
+    assert len(signed.replies) >= 50 and signed.templates.templates
+    compared = fast = 0
+    for name, subnet, do in asked + [(n, s, d) for n, s, d in asked if n == "www"]:
+        data = signed_wire(name, subnet, rng.randrange(65536), do)
+        for packet in [data, *mutations(data, rng)]:
+            fast += signed.replies.get(packet[2:]) is not None or (
+                signed.templates.answer(packet) is not None
+            )
+            got = answer(state, packet, client(RESOLVER), False, 0.0)
+            assert got == full_path(signed, packet), (name, subnet, do, packet.hex())
+            compared += 1
+    assert fast >= 100, f"only {fast} of {compared} packets met a fast path"
+
+
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -141,3 +141,12 @@ def test_a_flood_of_distinct_subnets_fills_no_cache_past_its_bound() -> None:
         assert len(cache) <= cache.max_entries and cache.bytes <= cache.max_bytes
     assert len(snapshot.replies) >= 14_000  # the flood did go through the caches
     assert len(state.limiter.accounts) >= 2048
+
+
+def test_the_architecture_doc_lists_every_cache_with_its_bounds() -> None:
+    """One table of caches: docs/architecture.md states what geodns.common.caching.CACHES holds."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    for spec in CACHES.values():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{spec.name}` |")), "")
+        assert row, f"docs/architecture.md has no row for the {spec.name} cache"
+        assert f"{spec.max_entries:,} / {spec.max_bytes >> 20} MB" in row, row

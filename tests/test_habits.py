@@ -51,7 +51,7 @@ def test_the_readme_commands_need_no_sudo_as_root() -> None:
         assert not re.search(r"(^|&& |; )sudo ", command), command
 
 
-IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
+IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "dnspython": "dns"}
 
 
 def test_declared_dependencies_are_the_ones_geodns_imports() -> None:

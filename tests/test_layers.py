@@ -11,7 +11,19 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "geodns"
-LAYERS = ("common", "dns", "geo", "config", "health", "observe", "serving", "daemon", "control")
+LAYERS = (
+    "common",
+    "dns",
+    "dnssec",
+    "geo",
+    "config",
+    "health",
+    "fleet",
+    "observe",
+    "serving",
+    "daemon",
+    "control",
+)
 
 
 def _layer(module: str) -> int | None:

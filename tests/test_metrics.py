@@ -30,7 +30,13 @@ from geodns.config.server import ServerConfig, load_config
 from geodns.daemon.app import ReloadStatus
 from geodns.dns.wire import parse_query
 from geodns.geo.locator import Geo
-from geodns.observe.metrics import OTHER_QTYPE, Metrics, QueryCounters, worker_report
+from geodns.observe.metrics import (
+    OTHER_QTYPE,
+    PATH_FULL,
+    Metrics,
+    QueryCounters,
+    worker_report,
+)
 from geodns.serving.answer_path import ServerState
 from geodns.serving.engine import Outcome
 from geodns.serving.snapshot import build_snapshot
@@ -206,8 +212,8 @@ def test_truncated_answers_and_zero_series() -> None:
     query = parse_query(wire("big.cdn.example.com", "TXT"))
     truncated = Outcome(0, "cdn.example.com.", truncated=True)
     for _ in range(3):
-        metrics.observe(query, truncated, RESOLVER, "udp")
-    metrics.observe(query, Outcome(0, "cdn.example.com."), RESOLVER, "tcp")
+        metrics.observe(query, truncated, RESOLVER, "udp", 50, PATH_FULL)
+    metrics.observe(query, Outcome(0, "cdn.example.com."), RESOLVER, "tcp", 900, PATH_FULL)
     found = samples(metrics.render()[0])
     assert (
         value(found, "geodns_truncated_answers_total", zone="cdn.example.com.", transport="udp")
@@ -234,12 +240,14 @@ def test_query_counters_keys_are_plain_and_bounded() -> None:
     counters = QueryCounters()
     outcome = Outcome(3, "cdn.example.com.")
     for qtype in range(60000, 60100):  # unregistered types fold into one key
-        counters.observe(parse_query(wire("x.cdn.example.com", qtype)), outcome, RESOLVER, "udp")
+        asked = parse_query(wire("x.cdn.example.com", qtype))
+        counters.observe(asked, outcome, RESOLVER, "udp", 90, PATH_FULL)
     assert counters.snapshot() == {
-        ("cdn.example.com.", OTHER_QTYPE, 3, "udp", None, None, False): 100
+        ("cdn.example.com.", OTHER_QTYPE, 3, "udp", None, None, False, 90, 1, PATH_FULL): 100
     }
     copy = counters.snapshot()
-    counters.observe(parse_query(wire("x.cdn.example.com")), outcome, RESOLVER, "udp")
+    asked = parse_query(wire("x.cdn.example.com"))
+    counters.observe(asked, outcome, RESOLVER, "udp", 90, PATH_FULL)
     assert len(copy) == 1 and len(counters.snapshot()) == 2  # the copy is detached
 
 
@@ -298,7 +306,7 @@ def test_render_is_fast_enough_to_scrape_often(state: ServerState) -> None:
         for by in ("ecs", "resolver", None):
             for transport in ("udp", "tcp"):
                 outcome = Outcome(0, "cdn.example.com.", site=site, located_by=by)
-                metrics.observe(query, outcome, RESOLVER, transport)
+                metrics.observe(query, outcome, RESOLVER, transport, 60, PATH_FULL)
     started = time.perf_counter()
     payload, _ = metrics.render()
     assert time.perf_counter() - started < 0.5
@@ -333,3 +341,154 @@ def test_worker_reports_are_added_to_the_main_process(state: ServerState) -> Non
     assert value(found, "geodns_dropped_packets_total") == 1
     assert value(found, "geodns_malformed_packets_total") == 1
     assert value(found, "geodns_tcp_connections") == 3
+
+
+def test_features_sizes_and_cache_lookups(state: ServerState) -> None:
+    """EDNS/DO/ECS counters, the response size histogram and reply-cache/template hits come
+    from the same one-increment counts, on every path (reply cache, template, full, TCP)."""
+    metrics = Metrics(server_state=state, process=False)
+    state.count_with(metrics.counters)
+    repeated = wire("www.cdn.example.com", ecs="36.64.0.0/24")
+    sizes = []
+    for _ in range(3):  # full, its template (kept from the second sighting), the reply cache
+        reply = ask(state, repeated, RESOLVER, False)
+        assert reply is not None
+        sizes.append(len(reply))
+    for subnet in ("36.64.1.0/24", "36.64.2.0/24"):  # the same question, other subnets
+        reply = ask(state, wire("www.cdn.example.com", ecs=subnet), RESOLVER, False)
+        assert reply is not None
+        sizes.append(len(reply))
+    do = dns.message.make_query("mx1.cdn.example.com", "A", want_dnssec=True).to_wire()
+    plain = dns.message.make_query("mx1.cdn.example.com", "A").to_wire()  # no EDNS at all
+    for data, tcp in ((do, False), (do, True), (plain, False)):
+        reply = ask(state, data, RESOLVER, tcp)
+        assert reply is not None
+        sizes.append(len(reply))
+    found = samples(metrics.render()[0])
+
+    def feature(name: str, transport: str = "udp") -> float | None:
+        return value(found, "geodns_query_features_total", feature=name, transport=transport)
+
+    assert feature("edns") == 6 and feature("edns", "tcp") == 1
+    assert feature("ecs") == 5 and feature("ecs", "tcp") == 0
+    assert feature("do") == 1 and feature("do", "tcp") == 1
+    assert value(found, "geodns_cache_lookups_total", cache="reply", result="hit") == 1
+    assert value(found, "geodns_cache_lookups_total", cache="reply", result="miss") == 6
+    assert value(found, "geodns_cache_lookups_total", cache="template", result="hit") == 3
+    assert value(found, "geodns_cache_lookups_total", cache="template", result="miss") == 1
+    udp_sizes = sizes[:6] + sizes[7:]
+    assert value(found, "geodns_response_size_bytes_count", transport="udp") == 7
+    assert value(found, "geodns_response_size_bytes_sum", transport="udp") == sum(udp_sizes)
+    assert value(found, "geodns_response_size_bytes_sum", transport="tcp") == sizes[6]
+    assert value(found, "geodns_response_size_bytes_bucket", transport="udp", le="128") == sum(
+        1 for size in udp_sizes if size <= 128
+    )
+    assert not any(name == "geodns_start_time_seconds" for name, _ in found)  # process_*'s
+
+
+def test_an_internal_error_is_a_counted_servfail(state: ServerState, monkeypatch) -> None:
+    """A bug in the engine answers SERVFAIL; that query is in geodns_queries_total too."""
+    import geodns.serving.answer_path as server_module
+
+    metrics = Metrics(server_state=state, process=False)
+    state.count_with(metrics.counters)
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server_module, "respond", broken)
+    reply = ask(state, wire("www.cdn.example.com"), RESOLVER, False)
+    assert reply is not None and dns.message.from_wire(reply).rcode() == 2
+    found = samples(metrics.render()[0])
+    labels = {"zone": "", "qtype": "A", "rcode": "SERVFAIL", "transport": "udp"}
+    assert value(found, "geodns_queries_total", **labels) == 1
+    assert value(found, "geodns_internal_errors_total") == 1
+
+
+def test_latency_and_tcp_close_reasons_from_a_real_server(make_server) -> None:
+    """The transports time every answer (batched UDP per batch, TCP per message) and count why
+    each TCP connection ended; a scrape of the running server shows both."""
+    import urllib.request
+
+    from conftest import BASE_ZONES, base_config
+    from server_process import frame, recv_frame
+
+    server = make_server(base_config(tcp={"idle_timeout": 0.3}), BASE_ZONES)
+    url = f"http://127.0.0.1:{server.admin_port}/metrics"
+
+    def scrape() -> dict[Any, float]:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return samples(response.read())
+
+    before = scrape()  # the start-up probes
+    for _ in range(20):
+        server.query("www.example.test")
+    server.query("www.example.test", tcp=True)  # dnspython closes: client_closed
+    idle = server.tcp_connect()
+    idle.sendall(frame(dns.message.make_query("www.example.test", "A").to_wire()))
+    assert recv_frame(idle) is not None
+    deadline = time.monotonic() + 10  # then it waits past tcp.idle_timeout
+    while idle.recv(1) and time.monotonic() < deadline:
+        pass
+    idle.close()
+    time.sleep(0.2)
+    after = scrape()
+
+    def grew(name: str, **labels: str) -> float:
+        return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+
+    assert grew("geodns_answer_latency_seconds_count", transport="udp") == 20
+    assert grew("geodns_answer_latency_seconds_count", transport="tcp") == 2
+    assert 0 < grew("geodns_answer_latency_seconds_sum", transport="udp") < 20
+    assert grew("geodns_answer_latency_seconds_bucket", transport="tcp", le="+Inf") == 2
+    assert grew("geodns_tcp_connections_closed_total", reason="client_closed") == 1
+    assert grew("geodns_tcp_connections_closed_total", reason="idle_timeout") == 1
+    assert value(after, "geodns_tcp_connections_closed_total", reason="limit") == 0
+
+
+def test_the_dashboard_and_the_docs_name_only_exported_metrics(state: ServerState) -> None:
+    """Every metric the Grafana dashboard and docs/operations.md's PromQL use is exported."""
+    import json
+    import re
+    from types import SimpleNamespace
+
+    counters = SimpleNamespace(written=1, dropped=0, errors=0)
+    metrics = Metrics(
+        server_state=state,
+        reload_status=lambda: ReloadStatus(),
+        health_status=lambda: {"x": {"state": "up", "drained": False, "checks": {}}},
+        geo=lambda: state.snapshot.geo,
+        query_log=lambda: counters,
+        dnstap=lambda: counters,
+    )
+    state.count_with(metrics.counters)
+    ask(state, wire("www.cdn.example.com", ecs="36.64.0.0/24"), RESOLVER, False)
+    exported = set()
+    for family in text_string_to_metric_families(metrics.render()[0].decode()):
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        exported |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+    dashboard = json.loads((ROOT / "docs" / "grafana" / "geodns-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    expressions += re.findall(r"```promql\n(.*?)```", docs, re.S)
+    named = {name for text in expressions for name in re.findall(r"\bgeodns_[a-z_]+", text)}
+    assert len(named) > 15
+    assert named <= exported, sorted(named - exported)
+
+
+def test_a_workers_sampled_networks_reach_the_main_process(state: ServerState) -> None:
+    """The console decides over the main process's network sample; a worker's report carries
+    the networks it sampled since its last report, once."""
+    worker = QueryCounters()
+    worker_state = ServerState(state.snapshot)
+    worker_state.count_with(worker)
+    for index in range(200):
+        ask(worker_state, wire("www.cdn.example.com", ecs=f"36.64.{index}.0/24"), RESOLVER, False)
+    first = pickle.loads(pickle.dumps(worker_report(worker, worker_state, sample_added=0)))
+    assert 10 < len(first["sample"]) <= worker.sample.added
+    assert {entry[0][2][:2] for entry in first["sample"]} == {bytes([36, 64])}
+    again = worker_report(worker, worker_state, sample_added=worker.sample.added)
+    assert again["sample"] == []
+    main = QueryCounters()
+    main.sample.add(first["sample"])
+    assert main.sample.entries() == first["sample"]

@@ -137,7 +137,7 @@ def test_a_reply_is_kept_from_the_second_sighting_of_its_bytes() -> None:
     snapshot = Snapshot(zones={})
     data = wire("static")
     query, key = parse_query(data), data[2:]
-    asked = Asked(query.qname, query.qtype, query.ecs)
+    asked = Asked(query.qname, query.qtype, query.ecs, query.features)
     outcome = Outcome(0, ZONE, cacheable=True)
     reply = data[:2] + b"reply"
     _remember(ServerState(snapshot), snapshot, key, reply, asked, outcome)
@@ -153,7 +153,7 @@ def test_one_off_queries_keep_no_replies_and_a_repeat_is_still_seen() -> None:
     snapshot = Snapshot(zones={})
     data = wire("static")
     query, key = parse_query(data), data[2:]
-    asked = Asked(query.qname, query.qtype, query.ecs)
+    asked = Asked(query.qname, query.qtype, query.ecs, query.features)
     outcome = Outcome(0, ZONE, cacheable=True)
     _remember(ServerState(snapshot), snapshot, key, data[:2] + b"reply", asked, outcome)
     slot = hash(key) % SIGHTING_SLOTS

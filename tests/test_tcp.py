@@ -329,9 +329,9 @@ def test_cap_does_not_affect_udp(make_server):
 
 
 def test_every_close_is_counted_by_its_reason_in_metrics(make_server):
-    """geodns_tcp_closed_total{reason}: a message that does not arrive whole in time, and a
-    connection over an address's share, each show under their reason (issue 12: the TCP
-    limits shown truly in metrics)."""
+    """geodns_tcp_connections_closed_total{reason}: a message that does not arrive whole in
+    time, and a connection over an address's share, each show under their reason (issue 12:
+    the TCP limits shown truly in metrics)."""
     from conftest import base_config
 
     srv = make_server(
@@ -354,7 +354,7 @@ def test_every_close_is_counted_by_its_reason_in_metrics(make_server):
             counts = {
                 line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
                 for line in srv.metrics_text().splitlines()
-                if line.startswith("geodns_tcp_closed_total{")
+                if line.startswith("geodns_tcp_connections_closed_total{")
             }
             if counts.get("slow_message") and counts.get("per_address"):
                 break

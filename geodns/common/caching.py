@@ -19,7 +19,7 @@ import gc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 EVICT_SHARE = 64
 ENTRY_OVERHEAD = 200  # bytes a dict slot, its key and value objects cost beyond their data
@@ -48,11 +48,11 @@ CACHES: dict[str, CacheSpec] = {
     for spec in (
         CacheSpec(
             "prepared",
-            "(lower-case query name, type)",
-            "the answer's encoded sections (geodns.dns.resolve.Prepared)",
+            "(lower-case query name, type; + 65536 for DO=1 to a signed zone)",
+            "the answer's encoded sections (geodns.dns.resolve.Prepared), or their signed twin",
             100_000,
             64 * MB,
-            "a zone set (kept across health changes, new on reload)",
+            "a zone set (kept across health changes, new on reload and on signing again)",
             "the resolution and dnslib encoding of a name (100-300 us)",
         ),
         CacheSpec(
@@ -178,12 +178,3 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def make_room(cache: dict[Any, Any], limit: int) -> None:
-    """If `cache` holds `limit` entries or more, drop its oldest entries (1/64 of the limit).
-    For small internal memos whose entries are of one fixed size; caches of the table use
-    BoundedCache."""
-    if len(cache) >= limit:
-        for key in list(islice(cache, max(1, limit // EVICT_SHARE))):
-            del cache[key]

@@ -7,7 +7,9 @@
     │   └── FormError    malformed: the reply is FORMERR
     ├── UnknownSiteError a drain or undrain names no site of the config
     ├── AdminError       the admin API could not be reached or refused a request
-    └── WorkerError      a worker process did not start
+    ├── WorkerError      a worker process did not start
+    ├── StateFileError   the state file could not be written (a drain is not acknowledged)
+    └── FleetError       etcd, the fleet's store, could not be reached or refused a request
 
 Anything else escaping a module is a bug. Configuration problems are collected, not raised one
 at a time, so that `geodns check` can print every mistake in one run; each carries the file,
@@ -99,3 +101,11 @@ class AdminError(GeodnsError):
 
 class WorkerError(GeodnsError):
     """A worker process did not start (it exited, or did not report ready in time)."""
+
+
+class StateFileError(GeodnsError):
+    """The state file could not be written, so a change that must survive a crash was undone."""
+
+
+class FleetError(GeodnsError):
+    """etcd could not be reached or refused a request; the message says which and why."""

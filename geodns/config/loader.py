@@ -124,10 +124,23 @@ def cache_directory(config: ServerConfig) -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "geodns"
 
 
+def admin_socket(config: ServerConfig) -> str | None:
+    """The admin API's Unix socket: `admin.socket`; by default `admin-<port>.sock` in the cache
+    directory (per user and per instance: one geodns per port), so that drains and reloads
+    work on this host without a token while the directory's permissions (0700) guard them;
+    None with `admin.socket: false`."""
+    if config.admin.no_socket:
+        return None
+    if config.admin.socket:
+        return config.admin.socket
+    return str(cache_directory(config) / f"admin-{config.port}.sock")
+
+
 def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | None = None) -> Geo:
     """The geography for a config: the database's cached place index when there is one; else
-    the index built now when `build` (None: when the database is small enough to build in a
-    moment), else the database itself, for the caller to build the index in the background.
+    the index built now when `build` (None: as `geoip.index` says; "auto" builds now when the
+    database is small enough to take a moment), else the database itself, for the caller to
+    build the index in the background.
 
     The cached index is looked for first, by the file's digest read in chunks: the database is
     read into memory (a private copy, and the bytes read) only when there is none. A reload
@@ -140,7 +153,10 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
         return cached
     database = open_database(config)
     index = load_index(directory, database.digest)
-    if index is None and (build or (build is None and len(database.data) <= SYNC_BUILD_BYTES)):
+    if build is None:
+        small = len(database.data) <= SYNC_BUILD_BYTES
+        build = config.geoip_index == "start" or (config.geoip_index == "auto" and small)
+    if index is None and build:
         index = build_index(database)
         with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
             save_index(index, directory)

@@ -15,7 +15,9 @@ from typing import Any
 from geodns.common.errors import ConfigError, Problem
 from geodns.common.reader import Reader
 from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
+from geodns.config.fleet import FleetConfig, parse_fleet
 from geodns.config.zonefile import MAX_TTL, SoaSettings, check_name
+from geodns.dnssec.policy import ALGORITHMS, DnssecPolicy, parse_duration
 from geodns.geo.sites import Site, parse_sites
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -33,8 +35,10 @@ class AdminConfig:
     """The local admin API (status, drains, reload, metrics)."""
 
     listen: str | None = "127.0.0.1:8053"
-    socket: str | None = None
+    socket: str | None = None  # None: the default path (geodns.config.loader.admin_socket)
     token_file: Path | None = None
+    public_metrics: bool = False  # GET /metrics without the token (it shows no secrets)
+    no_socket: bool = False  # `socket: false`: no Unix socket at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,24 @@ class CookieSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DnstapConfig:
+    """dnstap output of sampled queries (AUTH_QUERY/AUTH_RESPONSE), off unless a socket or a
+    file is given. `socket`: a Unix socket a Frame Streams reader listens on; `file`: written
+    directly, rotated by size like the query log."""
+
+    socket: str | None = None
+    file: str | None = None
+    sample_rate: float = 1.0
+    identity: str | None = None  # default: the host name
+    max_bytes: int = 100_000_000
+    backups: int = 5
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.socket or self.file) and self.sample_rate > 0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything `geodns serve` needs besides the zone files themselves."""
 
@@ -102,12 +124,16 @@ class ServerConfig:
     zone_nameservers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     geoip_database: Path | None = None
     geoip_line: int = 0
+    geoip_index: str = "auto"  # when the place index is built: INDEX_WHEN
     sites: dict[str, Site] = field(default_factory=dict)
     admin: AdminConfig = AdminConfig()
     state_file: Path | None = None
     workers: int = 0  # 0: one per core this process may run on
     watch_zones: bool = True
     query_log: QueryLogConfig = QueryLogConfig()
+    dnstap: DnstapConfig = DnstapConfig()
+    fleet: FleetConfig | None = None  # a fleet of nameservers sharing drains and health (etcd)
+    dnssec: dict[str, DnssecPolicy] = field(default_factory=dict)  # signed zones (docs/dnssec.md)
 
     def soa_for(self, zone: str) -> SoaSettings:
         return self.zone_soa.get(zone, self.soa)
@@ -141,6 +167,8 @@ TOP_KEYS = (
     "rrl",
     "cookies",
     "cache_dir",
+    "dnstap",
+    "fleet",
 )
 
 
@@ -207,25 +235,52 @@ def load_config(path: Path | None) -> ServerConfig:
     nameservers = _nameservers(top)
     zone_soa: dict[str, SoaSettings] = {}
     zone_nameservers: dict[str, tuple[str, ...]] = {}
+    dnssec: dict[str, DnssecPolicy] = {}
     zones = top.section("zones", tuple(str(k) for k in data.get("zones") or {}))
     for zone_key in zones.mapping:
         name = str(zone_key).lower().rstrip(".") + "."
         if check_name(name):
             zones.add(zones.mapping.line_of(zone_key), f"zones: '{zone_key}' is not a zone name")
             continue
-        zone_section = zones.section(zone_key, ("soa", "nameservers"))
+        zone_section = zones.section(zone_key, ("soa", "nameservers", "dnssec"))
+        if zone_section.has("dnssec"):
+            policy = _dnssec(zone_section.section("dnssec", DNSSEC_KEYS), base, name)
+            if policy is not None:
+                dnssec[name] = policy
         zone_soa[name] = _soa(zone_section.section("soa", SOA_KEYS), soa)
         if zone_section.has("nameservers"):
             zone_nameservers[name] = _nameservers(zone_section)
-    geoip = top.section("geoip", ("database",))
+    geoip = top.section("geoip", ("database", "index"))
     database = geoip.get("database", str, None, "a path to a .mmdb file")
-    admin = top.section("admin", ("listen", "socket", "token_file"))
+    geoip_index = geoip.text("index", "auto", " or ".join(INDEX_WHEN))
+    if geoip_index not in INDEX_WHEN:
+        geoip.problem("index", f"expected {' or '.join(INDEX_WHEN)}, got {geoip_index!r}")
+        geoip_index = "auto"
+    admin = top.section("admin", ("listen", "socket", "token_file", "public_metrics"))
     query_log = top.section("query_log", ("enabled", "sample_rate", "path", "max_bytes", "backups"))
     sample_rate = query_log.get("sample_rate", (int, float), 1.0, "a fraction from 0 to 1")
     if not 0 <= sample_rate <= 1:
         query_log.add(
             query_log.mapping.line_of("sample_rate"), "query_log.sample_rate: expected 0..1"
         )
+    dnstap = top.section(
+        "dnstap", ("socket", "file", "sample_rate", "identity", "max_bytes", "backups")
+    )
+    dnstap_rate = dnstap.get("sample_rate", (int, float), 1.0, "a fraction from 0 to 1")
+    if not 0 <= dnstap_rate <= 1:
+        dnstap.add(dnstap.mapping.line_of("sample_rate"), "dnstap.sample_rate: expected 0..1")
+    dnstap_socket = dnstap.get("socket", str, None, "a Unix socket path")
+    dnstap_file = dnstap.get("file", str, None, "a file path")
+    if dnstap_socket and dnstap_file:
+        dnstap.add(dnstap.mapping.line_of("file"), "dnstap: give either socket or file, not both")
+    dnstap_config = DnstapConfig(
+        socket=str(base / dnstap_socket) if dnstap_socket else None,
+        file=str(base / dnstap_file) if dnstap_file else None,
+        sample_rate=float(dnstap_rate),
+        identity=dnstap.get("identity", str, None, "a name for this server"),
+        max_bytes=dnstap.int_in("max_bytes", 0, 2**40, DnstapConfig().max_bytes),
+        backups=dnstap.int_in("backups", 0, 100, DnstapConfig().backups),
+    )
     state_file = top.get("state_file", str, None, "a file path")
     sites_value = data.get("sites")
     sites, site_problems = parse_sites(str(path), sites_value, data.line_of("sites"))
@@ -237,15 +292,19 @@ def load_config(path: Path | None) -> ServerConfig:
     query_log_config = QueryLogConfig(
         enabled=query_log.get("enabled", bool, False, "true or false"),
         sample_rate=float(sample_rate),
-        path=query_log.get("path", str, "-", "a file path or '-' for stdout"),
+        path=_beside(base, query_log.get("path", str, "-", "a file path or '-' for stdout")),
         max_bytes=query_log.int_in("max_bytes", 0, 2**40, QueryLogConfig().max_bytes),
         backups=query_log.int_in("backups", 0, 100, QueryLogConfig().backups),
     )
     admin_config = AdminConfig(
         listen=admin.get("listen", (str, type(None)), AdminConfig().listen, "host:port"),
-        socket=admin.get("socket", str, None, "a Unix socket path"),
+        socket=str(base / sock) if isinstance(sock := _admin_socket(admin), str) else None,
+        no_socket=sock is False,
         token_file=(base / t) if (t := admin.get("token_file", str, None, "a path")) else None,
+        public_metrics=admin.boolean("public_metrics", False),
     )
+    _check_admin_is_closed(admin, admin_config)
+    fleet = parse_fleet(top, base)
     if top.problems:
         raise ConfigError(top.problems)
     return ServerConfig(
@@ -267,19 +326,107 @@ def load_config(path: Path | None) -> ServerConfig:
         zone_nameservers=zone_nameservers,
         geoip_database=(base / database) if database else None,
         geoip_line=geoip.mapping.line_of("database"),
+        geoip_index=geoip_index,
         sites=sites,
         admin=admin_config,
         state_file=(base / state_file) if state_file else None,
         workers=workers,
         watch_zones=watch_zones,
         query_log=query_log_config,
+        dnstap=dnstap_config,
+        fleet=fleet,
+        dnssec=dnssec,
     )
 
 
+def _beside(base: Path, path: str) -> str:
+    """A path from the config file, relative to the config file's folder ('-' stays '-')."""
+    return path if path == "-" else str(base / path)
+
+
+def _admin_socket(admin: Reader) -> str | bool | None:
+    """`admin.socket`: a path, false (no socket), or absent/null (the default path)."""
+    value = admin.mapping.get("socket")
+    if value is None or value is False or isinstance(value, str):
+        return value
+    admin.problem("socket", f"expected a Unix socket path, or false for none, got {value!r}")
+    return None
+
+
+def _check_admin_is_closed(admin: Reader, config: AdminConfig) -> None:
+    """A TCP admin API beyond loopback without a token would let anyone drain and reload."""
+    if not config.listen or config.token_file is not None:
+        return
+    host = config.listen.rpartition(":")[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        admin.problem(
+            "listen",
+            f"{config.listen} is not a loopback address and admin.token_file is not set: anyone "
+            "who can reach it could drain sites and reload; set admin.token_file (a file holding "
+            "a token, e.g. from `openssl rand -hex 32`) or listen on 127.0.0.1 / ::1",
+        )
+
+
 SOA_KEYS = tuple(f.name for f in fields(SoaSettings))
+# when a database's place index is built the first time it is seen (geodns.config.loader.load_geo):
+# "start" before answering, "background" while the database answers directly, "auto" at start
+# up to 16 MB, else in the background
+INDEX_WHEN = ("auto", "start", "background")
 _TCP = TcpSettings()
 _RRL = RrlSettings()
 RRL_KEYS = tuple(f.name for f in fields(RrlSettings))
+
+
+DNSSEC_KEYS = (
+    "enabled",
+    "algorithm",
+    "key_directory",
+    "signature_validity",
+    "signature_refresh",
+    "inception_offset",
+    "dnskey_ttl",
+    "zsk_lifetime",
+    "propagation_delay",
+    "ksk_lifetime",  # only for `geodns check`: the KSK is rolled by hand
+)
+DNSSEC_DURATIONS = DNSSEC_KEYS[3:]
+
+
+def _dnssec(section: Reader, base: Path, zone: str) -> DnssecPolicy | None:
+    """`zones.<zone>.dnssec`: None unless `enabled: true` (DNSSEC is off by default)."""
+    enabled = section.boolean("enabled", False)
+    algorithm_text = str(section.text("algorithm", "ecdsap256sha256", "an algorithm name"))
+    algorithm = ALGORITHMS.get(algorithm_text.lower().replace("-", ""))
+    if (
+        algorithm is None
+        and algorithm_text.isdigit()
+        and int(algorithm_text) in ALGORITHMS.values()
+    ):
+        algorithm = int(algorithm_text)
+    if algorithm is None:
+        section.problem(
+            "algorithm", f"{algorithm_text!r}: expected ecdsap256sha256 (13) or ed25519 (15)"
+        )
+        algorithm = 13
+    directory = section.text("key_directory", "keys", "a directory path")
+    times: dict[str, int] = {}
+    for key in DNSSEC_DURATIONS:
+        if section.has(key):
+            seconds = parse_duration(section.mapping.get(key))
+            if seconds is None:
+                section.problem(
+                    key, "expected a duration: seconds, or a number with s, m, h, d or w"
+                )
+                continue
+            times[key] = seconds
+    policy = DnssecPolicy(Path(base / directory), algorithm, **times)
+    for problem in policy.problems():
+        section.add(section.mapping.line, f"zones.{zone.rstrip('.')}.dnssec: {problem}")
+    return policy if enabled else None
 
 
 def _rrl(section: Reader) -> RrlSettings:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dnslib import NS, SOA, DNSBuffer, DNSLabel
+from dnslib import AAAA, NS, SOA, A, DNSBuffer, DNSLabel
 
 from geodns.common.errors import ConfigError, Problem, did_you_mean
 from geodns.common.reader import Reader
@@ -136,7 +136,7 @@ class _ZoneLoader:
         self.path, self.origin, self.data = path, origin, data
         self.problems: list[Problem] = []
         # the file's reader: any key is a record name, so none is unknown
-        self.file = Reader(str(path), data, "zone", tuple(data), self.problems)
+        self.file = Reader(str(path), data, "zone", data.keys(), self.problems)
         self.nodes: dict[str, dict[int, RRset]] = {}
         self.aliases: dict[str, _Alias] = {}
         self.dynamic: list[_Dynamic] = []
@@ -602,6 +602,10 @@ def _lenient(problems: list[Problem]) -> list[Problem]:
 def _dedupe(rdatas: list[Any]) -> list[Any]:
     """Each value once (RFC 2181 section 5), compared by wire form: dnslib's equality of some
     rdata classes (CAA) compares nothing and would fold distinct values."""
+    if len(rdatas) < 2:
+        return rdatas
+    if all(type(r) is A or type(r) is AAAA for r in rdatas):  # their octets are their wire form
+        return list({(type(r), r.data): r for r in rdatas}.values())
     seen: dict[bytes, Any] = {}
     for rdata in rdatas:
         buffer = DNSBuffer()

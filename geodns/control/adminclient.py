@@ -1,8 +1,9 @@
 """The CLI side of the admin API: drain, undrain, status and reload of a running server.
 
-Each function takes the server's config (geodns.config.server.ServerConfig) and finds the server the way
-it listens: the Unix socket `admin.socket` when configured (no token needed), otherwise the TCP
-address `admin.listen` with the token read from `admin.token_file`. The functions are blocking
+Each function takes the server's config (geodns.config.server.ServerConfig) and finds the server
+the way it listens: its Unix socket (geodns.config.loader.admin_socket: no token needed) when it
+is there and this user may use it, otherwise the TCP address `admin.listen` with the token read
+from `admin.token_file` (without a token, TCP serves status and metrics, not drains). The functions are blocking
 (one short asyncio run each) and raise AdminError with a message fit for the terminal.
 """
 
@@ -11,15 +12,20 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import math
+import os
 import re
 import socket
+import stat
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from geodns.common.errors import AdminError
+from geodns.config.loader import admin_socket
 from geodns.daemon.admin import parse_listen
 
 TIMEOUT = 10.0
@@ -58,6 +64,15 @@ def reload(config: Any) -> tuple[bool, list[str]]:
     return bool(answer.get("ok")), [str(e) for e in answer.get("errors", [])]
 
 
+def whatif(config: Any, action: str, site: str) -> dict[str, Any]:
+    """Who would move if `site` were drained or failed (geodns.daemon.whatif), per the server."""
+    return _call(config, "POST", "/console/whatif", {"action": action, "site": site})
+
+
+class AdminUnreachable(AdminError):
+    """No server answers at the admin API's address."""
+
+
 def parse_duration(text: str) -> float:
     """ "30s", "10m", "2h", "1d", "1h30m" or plain seconds -> seconds; ValueError otherwise."""
     value = text.strip().lower()
@@ -71,7 +86,9 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """A short human duration: 45s, 3m12s, 2h05m, 3d04h."""
+    """A short human duration: 45s, 3m12s, 2h05m, 3d04h ("-" for what is not a finite time)."""
+    if not math.isfinite(seconds):
+        return "-"
     seconds = max(0, int(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -124,7 +141,70 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(f"  cause: {causes[index]}")
     down = status.get("down", [])
     lines.append(f"{len(sites)} site(s), {len(down)} down{': ' if down else ''}{', '.join(down)}")
+    if isinstance(status.get("fleet"), dict):
+        lines.extend(format_fleet(status["fleet"], now))
     return "\n".join(lines)
+
+
+def format_fleet(fleet: dict[str, Any], now: float) -> list[str]:
+    """The fleet part of `geodns status`: etcd, every member, every site's votes."""
+    etcd = fleet.get("etcd", {})
+    since = etcd.get("since") or now
+    if etcd.get("connected"):
+        head = [
+            f"fleet: {fleet.get('member')}, etcd connected at {etcd.get('endpoint')} "
+            f"for {format_duration(now - since)}"
+        ]
+    else:
+        synced = etcd.get("last_sync")
+        seen = f"read {format_duration(now - synced)} ago" if synced else "never read"
+        head = [
+            f"fleet: {fleet.get('member')}, etcd UNREACHABLE for {format_duration(now - since)}: "
+            f"{etcd.get('error')}",
+            f"  fail static: serving the last fleet state seen ({seen}) plus this member's "
+            "own probes; drains are refused until etcd is back",
+        ]
+    rows = [("MEMBER", "REPORTED", "VERSION", "ZONES", "NOTE")]
+    for name, member in sorted(fleet.get("members", {}).items()):
+        reported = member.get("reported")
+        zones = ", ".join(f"{z} {serial}" for z, serial in sorted(member.get("zones", {}).items()))
+        notes = [f"{what.upper()} DIFFER" for what in member.get("differs", [])]
+        rows.append(
+            (
+                name + (" (this one)" if member.get("self") else ""),
+                f"{format_duration(now - reported)} ago" if reported else "-",
+                str(member.get("version") or "-"),
+                zones or "-",
+                ", ".join(notes),
+            )
+        )
+    names = sorted(fleet.get("members", {}))
+    votes = [("SITE", "FLEET", *names, "")]
+    for site, info in sorted(fleet.get("sites", {}).items()):
+        verdict = info.get("fleet") or "-"
+        tally = f"{verdict} {info.get('down_votes', 0)}/{info.get('voters', 0)}"
+        cells = [str(info.get("votes", {}).get(name, "-")) for name in names]
+        note = "own probes disagree: following the fleet" if info.get("disagrees") else ""
+        votes.append((site, tally, *cells, note))
+    share = fleet.get("down_share", 0.5)
+    footer = [
+        f"a site is down for the fleet when more than {share:.0%} of the members with a result "
+        "say so (FLEET: down votes / voters)"
+    ]
+    if fleet.get("name_clash"):
+        footer.append(f"NAME CLASH: {fleet['name_clash']}")
+    unknown = fleet.get("drains_of_unknown_sites") or []
+    if unknown:
+        footer.append(f"drains of sites this member does not have: {', '.join(unknown)}")
+    return ["", *head, *_table(rows), *_table(votes), *footer]
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _drain_text(drain: dict[str, Any] | None, now: float) -> str:
@@ -157,14 +237,24 @@ def _who() -> str:
 def _endpoint(config: Any) -> tuple[str, str | None, str | None, str]:
     """(base URL, Unix socket path, token, where for messages) of the admin API."""
     admin = config.admin
-    if admin.socket:
-        return "http://localhost", str(admin.socket), None, f"unix:{admin.socket}"
+    unix = admin_socket(config)
+    if unix and (_is_socket(unix) or not admin.listen):
+        return "http://localhost", unix, None, f"unix:{unix}"
     if not admin.listen:
         raise AdminError("the admin API is disabled: set admin.listen or admin.socket in config")
     host, port = parse_listen(admin.listen)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return f"http://{netloc}", None, _token(admin.token_file), f"http://{netloc}"
+
+
+def _is_socket(path: str) -> bool:
+    """Whether a socket is there that this user may use (else TCP: status and metrics still
+    work for another user; drains then need the token)."""
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode) and os.access(path, os.W_OK)
+    except OSError:
+        return False
 
 
 def _token(path: Path | None) -> str | None:
@@ -221,7 +311,7 @@ async def _request(
     except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionError) as exc:
         reason = getattr(exc, "os_error", exc)
         detail = getattr(reason, "strerror", None) or str(reason)
-        raise AdminError(
+        raise AdminUnreachable(
             f"cannot reach geodns admin API at {where}: is the server running? ({detail})"
         ) from None
     except TimeoutError:

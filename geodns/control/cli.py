@@ -85,6 +85,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         geo = load_geo(config)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    if config.dnssec:
+        from geodns.control.dnssec_cli import dnssec_warnings
+
+        problems.extend(dnssec_warnings(config, zones, time.time()))
     if geo is not None:
         problems.extend(database_warnings(zones, geo))
         if not any(p.is_error for p in problems):
@@ -96,6 +100,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             count = sum(len(node) for node in zone.nodes.values())
             print(f"{zone.path}: zone {origin} OK ({count} RRsets)")
     return _report(problems, args.strict)
+
+
+def cmd_dnssec(args: argparse.Namespace) -> int:
+    from geodns.control.dnssec_cli import cmd_dnssec as run_dnssec
+
+    try:
+        config = load_config(_config_path(args.config))
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return 2
+    return run_dnssec(args, config)
 
 
 def _report(problems: tuple[Problem, ...] | list[Problem], strict: bool) -> int:
@@ -121,6 +136,48 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"geodns explain: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_whatif(args: argparse.Namespace) -> int:
+    """Who would move if a site were drained or failed: the running server's answer over the
+    networks it saw, or, with no server running, this config's over one user per country."""
+    import asyncio
+    import json
+
+    from geodns.control import adminclient
+    from geodns.daemon.whatif import format_table, what_if
+
+    try:
+        config = load_config(_config_path(args.config))
+        note = ""
+        try:
+            result = adminclient.whatif(config, args.action, args.site)
+        except adminclient.AdminUnreachable:
+            from geodns.common.errors import did_you_mean
+            from geodns.config.loader import load_geo
+            from geodns.health.state import HealthState
+            from geodns.serving.snapshot import build_snapshot
+
+            snapshot = build_snapshot(config, load_geo(config))
+            if args.site not in snapshot.sites:
+                hint = did_you_mean(args.site, snapshot.sites) or ""
+                raise ValueError(f"no site named '{args.site}'{hint}") from None
+            health = HealthState(snapshot.sites, time.time())
+            result = asyncio.run(what_if(snapshot, health, args.action, args.site, []))
+            note = "no running server reachable: every site treated as up"
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return 1
+    except (adminclient.AdminError, ValueError) as exc:
+        print(f"geodns whatif: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_table(result))
+        if note:
+            print(f"note: {note}")
     return 0
 
 
@@ -220,6 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--type", "-t", default="A", choices=["A", "AAAA", "a", "aaaa"])
     explain.add_argument("--config", "-c", help="config file (default: the bundled example)")
     explain.set_defaults(func=cmd_explain)
+    whatif = commands.add_parser(
+        "whatif", help="who would move, and how much farther, if a site were drained or failed"
+    )
+    whatif.add_argument("action", choices=["drain", "fail"])
+    whatif.add_argument("site")
+    whatif.add_argument("--json", action="store_true", help="the raw JSON of the what-if")
+    whatif.add_argument("--config", "-c", help="the server's config file (to find its admin API)")
+    whatif.set_defaults(func=cmd_whatif)
+    dnssec = commands.add_parser(
+        "dnssec",
+        help="DNSSEC: the DS records for the parent zone, the keys and their schedule",
+        description="ds: print the DS record(s) of the zone's KSK, for the parent zone. "
+        "keys: every key of the zone with its state and timings. add-ksk: make a second KSK "
+        "(a KSK roll, docs/dnssec.md); retire-ksk ZONE TAG: remove the old one.",
+    )
+    dnssec.add_argument("action", choices=["ds", "keys", "add-ksk", "retire-ksk"])
+    dnssec.add_argument("zone", help="a signed zone, e.g. cdn.example.com")
+    dnssec.add_argument("tag", nargs="?", type=int, help="retire-ksk: the old KSK's key tag")
+    dnssec.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    dnssec.set_defaults(func=cmd_dnssec)
     drain = commands.add_parser("drain", help="take a site out of rotation (a drill, maintenance)")
     drain.add_argument("site")
     drain.add_argument("--reason", "-r", help="why, shown by status and in the log")

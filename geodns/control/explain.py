@@ -10,11 +10,16 @@ every site counts as up.
 from __future__ import annotations
 
 import ipaddress
+import time
+from dataclasses import replace
 from typing import Any
 
 from geodns.config.loader import load_geo
 from geodns.config.server import ServerConfig
 from geodns.dns.zone import TYPE_A, TYPE_AAAA
+from geodns.dnssec.keys import KeyStore
+from geodns.dnssec.rollover import key_set
+from geodns.geo.answersets import answer_sets
 from geodns.geo.dynamic import DynamicRecord, Trace, evaluate
 from geodns.geo.locator import Geo
 from geodns.geo.places import Placement, fibre_rtt_ms, load_country_points
@@ -39,7 +44,7 @@ def explain(
     config: ServerConfig, who: str, name: str, qtype: str, down: frozenset[str], health_note: str
 ) -> str:
     geo = load_geo(config, build=False)
-    snapshot = build_snapshot(config, geo, down)
+    snapshot = build_snapshot(replace(config, dnssec={}), geo, down)  # signing: _dnssec_line
     rtype = TYPE_AAAA if qtype.upper() == "AAAA" else TYPE_A
     family, value, is_ecs = client_address(who)
     placement = geo.locate(family, value)
@@ -52,6 +57,7 @@ def explain(
     if not isinstance(record, DynamicRecord):
         rcode = {0: "NOERROR", 3: "NXDOMAIN", 5: "REFUSED"}.get(prepared.rcode, str(prepared.rcode))
         lines.append(f"answer:    static ({rcode}); does not depend on location; ECS scope /0")
+        lines.append(_dnssec_line(config, prepared.zone, None, ()))
         return "\n".join(lines)
     trace = Trace()
     decision = evaluate(record, placement, down, 0, trace)
@@ -78,7 +84,27 @@ def explain(
         lines.append("answer:    SERVFAIL (all_down: servfail)")
     lines.append(f"ttl:       {record.ttl}")
     lines.append(_scope_line(snapshot, geo, record, family, value, is_ecs, decision.scope, down))
+    lines.append(_dnssec_line(config, prepared.zone, record, decision.values))
     return "\n".join(lines)
+
+
+def _dnssec_line(
+    config: ServerConfig, zone: str | None, record: DynamicRecord | None, values: tuple[str, ...]
+) -> str:
+    """Whether a DO=1 query gets this answer signed, and by which key (from the key files, at
+    the wall clock: what the running server signs with)."""
+    policy = config.dnssec.get(zone or "")
+    if policy is None:
+        return "dnssec:    zone not signed"
+    keys = key_set(KeyStore(policy.key_directory, zone or "").load(), time.time())
+    if keys is None:
+        return "dnssec:    zone signed, but no active keys (geodns serve makes them)"
+    key = f"ZSK {keys.zsk.tag} ({policy.algorithm_name})"
+    if record is None:
+        return f"dnssec:    signed with DO=1 by {key}"
+    if values and frozenset(values) not in answer_sets(record)[0]:
+        return f"dnssec:    NOT signed: this value set is beyond the {key} signing limit"
+    return f"dnssec:    signed with DO=1 by {key}; this value set was signed ahead"
 
 
 def _scope_line(

@@ -22,12 +22,13 @@ import contextlib
 import errno
 import gc
 import ipaddress
-import multiprocessing
+import os
 import signal
 import socket
+import sys
+import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -36,23 +37,41 @@ from typing import Any
 from geodns import __version__
 from geodns.common.errors import ConfigError, GeodnsError, Problem
 from geodns.common.logs import get_logger
-from geodns.config.loader import cache_directory, load_geo, zone_files
+from geodns.common.memory import release_free_memory
+from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
-from geodns.daemon.admin import make_admin_app, parse_listen, start_admin
+from geodns.daemon.admin import (
+    DEFAULT_SOCKET_MODE,
+    SOCKET_MODE,
+    make_admin_app,
+    parse_listen,
+    start_admin,
+)
+from geodns.daemon.console import ConsoleSource
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
+from geodns.dns.zone import Zone
+from geodns.dnssec.keys import ZoneKey
+from geodns.dnssec.rollover import Plan
+from geodns.fleet.identity import member_identity
+from geodns.fleet.member import FleetMember
+from geodns.fleet.metrics import FleetCollector
 from geodns.geo.dynamic import records_all_down
-from geodns.geo.index import build_and_save, load_index
+from geodns.geo.index import load_index
 from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
+from geodns.observe.dnssec_metrics import DnssecCollector
+from geodns.observe.dnstap import open_dnstap
 from geodns.observe.metrics import Metrics, worker_report
 from geodns.observe.querylog import QueryLog
+from geodns.observe.spool import Spool
 from geodns.serving import udpbatch
 from geodns.serving.answer_path import Observer, ServerState
 from geodns.serving.client import ClientFactory
 from geodns.serving.cookies import CookieJar
 from geodns.serving.rrl import ResponseRateLimiter
+from geodns.serving.signing import keep_all_keys, sign_zones, signing_due
 from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
 from geodns.serving.transports import TcpProtocol, TcpRegistry, UdpProtocol
 
@@ -61,6 +80,7 @@ GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython
 WATCH_INTERVAL = 1.0
 WATCH_DEBOUNCE = 0.5
 STOP_GRACE = 1.0  # seconds a stopping server gives open connections and tasks
+DNSSEC_INTERVAL = 60.0  # seconds between looks at signature expiry and the key schedule
 
 
 class PortInUse(GeodnsError):
@@ -89,8 +109,11 @@ class App:
         index: int = 0,
         control: Connection | None = None,
         cookie_secret: bytes | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.clock = clock  # DNSSEC's notion of now (a test passes its own to roll keys)
+        self.key_lock = threading.Lock()  # one key schedule step at a time (upkeep, reload)
         self.config_path = config_path
         self.index = index
         self.control = control
@@ -109,7 +132,9 @@ class App:
         self.tasks: list[asyncio.Future[Any]] = []
         self.worker_stats: dict[int, Any] = {}
         self.monitor: HealthMonitor | None = None
+        self.fleet: FleetMember | None = None
         self.admin: Any = None
+        self.admin_socket: str | None = None  # removed at stop
         self.metrics: Metrics
         self.query_log: QueryLog | None = None
         self.tcp: TcpRegistry | None = None
@@ -117,6 +142,8 @@ class App:
         self.pending_down: frozenset[str] | None = None
         self.index_ready_at: float | None = None
         self.failed_database: tuple[int, int, int] | None = None  # its stat signature
+        self.dnstap: Spool | None = None
+        self.sample_reported = 0  # a worker: its network sample's `added` at the last report
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -127,7 +154,12 @@ class App:
             check_ports_free(config)
         self.geo = await asyncio.to_thread(load_geo, config)
         down: frozenset[str] = frozenset()
-        snapshot = await asyncio.to_thread(build_snapshot, config, self.geo, down)
+        if self.control is None and config.dnssec:  # first start: make the zones' keys
+            _log_key_steps(await asyncio.to_thread(self._keep_keys, config, {}, self.clock()))
+        snapshot = await asyncio.to_thread(
+            build_snapshot, config, self.geo, down, 0, None, self.clock()
+        )
+        await asyncio.to_thread(release_free_memory)  # what the build freed
         if self.index == 0:
             _log_zone_warnings(snapshot)
         if self.control is None:
@@ -145,7 +177,6 @@ class App:
         )
         clients = client_factory(config)
         self.tcp = TcpRegistry(config.tcp, clients)
-        self.state.tcp_closed = self.tcp.closed  # counted by the registry, read by /metrics
         self.metrics = Metrics(
             server_state=self.state,
             reload_status=lambda: self.reload_status,
@@ -153,14 +184,22 @@ class App:
             geo=lambda: self.geo,
             query_log=lambda: self.query_log,
             workers=lambda: list(self.worker_stats.values()),
+            dnstap=lambda: self.dnstap,
             process=self.control is None,
         )
+        state = self.state
+        self.metrics.registry.register(DnssecCollector(lambda: state.snapshot.signed, self.clock))
         if config.query_log.enabled:
             self.query_log = QueryLog(config.query_log, worker=self.index)
+        if config.dnstap.enabled:
+            self.dnstap, self.state.tap = open_dnstap(config.dnstap, worker=self.index)
         if self.query_log is None:  # counting only: cached replies carry their counter slot
             self.state.count_with(self.metrics.counters)
         else:
             self.state.observer = _observer(self.metrics.observe, self.query_log)
+        token = _read_token(config.admin.token_file) if self.control is None else None
+        if self.monitor is not None and config.fleet is not None:
+            await self._start_fleet(snapshot)
         await self._bind(clients)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -170,6 +209,7 @@ class App:
             loop.add_reader(self.control.fileno(), self._control_message)
             self.control.send(("ready", None))
             self.tasks.append(asyncio.ensure_future(self._report_stats()))
+            self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
             settle_heap()
             return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
@@ -180,25 +220,40 @@ class App:
                 self.config_path,
                 self.worker_count,
                 self._worker_stats,
-                run_worker,
+                "geodns.daemon.app:run_worker",
                 self.state.cookies.secret if self.state.cookies else None,
                 on_failed=self.stopping.set,
             )
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
-        if config.admin.listen or config.admin.socket:
+        socket_path = admin_socket(config)
+        if config.admin.listen or socket_path:
             try:
                 self.admin = await start_admin(
                     make_admin_app(
-                        self.monitor, self._admin_reload, self._status, self.metrics.render
+                        self.monitor,
+                        self._admin_reload,
+                        self._status,
+                        self.metrics.render,
+                        ConsoleSource(
+                            lambda: self.state.snapshot if self.state is not None else None,
+                            lambda: self.metrics.counters.sample,
+                            self.metrics.collector.answers_by_site,
+                        ),
+                        self.fleet,
+                        public_metrics=config.admin.public_metrics,
                     ),
                     config.admin.listen,
-                    config.admin.socket,
-                    _read_token(config.admin.token_file),
+                    socket_path,
+                    token,
+                    SOCKET_MODE if config.admin.socket else DEFAULT_SOCKET_MODE,
                 )
             except OSError as exc:
+                if exc.errno is None:  # the socket: another server's, or not a socket
+                    raise PortInUse(str(exc)) from None
                 host, port = parse_listen(config.admin.listen or ":0")
                 raise _bind_error(exc, host, "admin API, tcp", port) from None
+            self.admin_socket = socket_path
         self._start_index_build()
         log.info(
             "started",
@@ -213,6 +268,7 @@ class App:
             geo_index=self.geo.index is not None,
         )
         self.tasks.append(asyncio.ensure_future(self._watch_files()))
+        self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
         self.tasks.append(asyncio.ensure_future(sdnotify.watchdog_loop()))
         settle_heap()
         sdnotify.ready(self._status_line())
@@ -225,6 +281,27 @@ class App:
         if settings.secret_file is not None:
             secret = read_cookie_secret(settings.secret_file)
         return CookieJar(secret)
+
+    async def _start_fleet(self, snapshot: Snapshot) -> None:
+        """Join the fleet before answering (bounded by fleet.timeout), so the first answers
+        already follow the fleet's drains when etcd is reachable (geodns.fleet.member)."""
+        assert self.monitor is not None and self.config.fleet is not None
+        self.fleet = FleetMember(self.config.fleet, self.monitor, log=log)
+        self.metrics.registry.register(FleetCollector(self.fleet))
+        await self._fleet_identity(snapshot)
+        await self.fleet.start()
+
+    async def _fleet_identity(self, snapshot: Snapshot) -> None:
+        """Tell the fleet what this member serves now: zone serials and digests."""
+        if self.fleet is not None:
+            self.fleet.set_identity(
+                await asyncio.to_thread(
+                    member_identity,
+                    self.config,
+                    snapshot.zones,
+                    snapshot.geo.build_epoch if snapshot.geo is not None else 0,
+                )
+            )
 
     def _status_line(self) -> str:
         assert self.state is not None
@@ -341,6 +418,52 @@ class App:
                 maps = await asyncio.to_thread(answer_maps, current.geo, shapes, down, kept)
                 if self.pending_down is None and self.state.snapshot.down == down:
                     self._swap(self.state.snapshot.with_view(down, current.geo, maps))
+                await asyncio.to_thread(release_free_memory)  # the build's temporaries
+
+    async def _dnssec_upkeep(self) -> None:
+        """Every DNSSEC_INTERVAL: the key schedule, and signing when it is due."""
+        while self.config.dnssec:
+            try:
+                await self.keep_dnssec()
+            except Exception as exc:  # the current signatures keep serving; tried again later
+                log.error("dnssec_upkeep_failed", error=str(exc))
+            await asyncio.sleep(DNSSEC_INTERVAL)
+
+    def _keep_keys(
+        self, config: ServerConfig, zones: Mapping[str, Zone], now: float
+    ) -> list[tuple[str, Plan, list[ZoneKey]]]:
+        """One step of every signed zone's key schedule (in a thread; never two at once)."""
+        with self.key_lock:
+            return list(keep_all_keys(config, zones, now))
+
+    async def keep_dnssec(self) -> bool:
+        """One step of DNSSEC upkeep at `self.clock()`: the main process runs each signed
+        zone's key schedule (it alone writes key files); every process then signs its zones
+        again, off the event loop, when signatures near expiry, a key changes state or the key
+        files changed. Returns whether a newly signed snapshot was swapped in."""
+        assert self.state is not None
+        config, now = self.config, self.clock()
+        if self.control is None:
+            zones = self.state.snapshot.zones
+            _log_key_steps(await asyncio.to_thread(self._keep_keys, config, zones, now))
+        async with self.reload_lock:
+            current = self.state.snapshot
+            due = signing_due(current.signed, config, now)
+            if not due:
+                return False
+            signed = await asyncio.to_thread(sign_zones, config, current.zones, now, current.signed)
+            self._swap(self.state.snapshot.with_signatures(signed))
+        for origin in due.zones:
+            zone = signed[origin]
+            log.info(
+                "dnssec_signed",
+                zone=origin,
+                zsk=zone.keys.zsk.tag,
+                made=zone.made,
+                reused=zone.reused,
+                seconds=round(zone.seconds, 3),
+            )
+        return True
 
     def _start_index_build(self) -> None:
         """The first start with a new database: build its place index in a background process
@@ -352,17 +475,37 @@ class App:
         self.index_build = asyncio.ensure_future(self._build_index(geo.path, directory))
 
     async def _build_index(self, path: Path, directory: Path) -> None:
+        """Build the place index in a child process (`python -m geodns.geo.index`, niced), so
+        that the build neither holds the event loop nor the GIL; killed if we stop first."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        context = multiprocessing.get_context("spawn")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "geodns.geo.index",
+            str(path),
+            str(directory),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                digest = await loop.run_in_executor(pool, build_and_save, str(path), str(directory))
-        except Exception as exc:  # the direct locator keeps serving; the next reload retries
-            log.error("geo_index_failed", path=str(path), error=str(exc))
+            output, errors = await process.communicate()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise
+        finally:
             self.index_build = None
+        if process.returncode != 0:  # the direct locator keeps serving; the next reload retries
+            error = errors.decode(errors="replace").strip().splitlines()
+            log.error(
+                "geo_index_failed",
+                path=str(path),
+                exitcode=process.returncode,
+                error=error[-1] if error else "",
+            )
             return
-        self.index_build = None
+        digest = output.decode().strip()
         seconds = time.perf_counter() - started
         if await self._use_index(directory, digest):
             log.info("geo_index_ready", path=str(path), seconds=round(seconds, 3))
@@ -388,7 +531,8 @@ class App:
             self._swap(current.with_view(current.down, new_geo, maps))
             geo.close()
             self.index_ready_at = time.time()
-            return True
+        await asyncio.to_thread(release_free_memory)  # the build's temporaries, the old maps
+        return True
 
     async def _admin_reload(self) -> tuple[bool, list[str]]:
         ok = await self.reload("admin API")
@@ -418,7 +562,12 @@ class App:
         in_use = current.geo.index if current.geo is not None else None
         same_index = geo.index is not None and geo.index is in_use
         previous = current.maps if geo is current.geo or same_index else None
-        snapshot = build_snapshot(config, geo, current.down, self.generation + 1, previous)
+        now = self.clock()
+        if self.control is None and config.dnssec:  # a zone newly signed gets its keys
+            _log_key_steps(self._keep_keys(config, current.zones, now))
+        snapshot = build_snapshot(
+            config, geo, current.down, self.generation + 1, previous, now, current.signed
+        )
         return config, geo, snapshot
 
     async def _reload(self, cause: str) -> bool:
@@ -452,6 +601,7 @@ class App:
         self._swap(snapshot)
         if old_geo is not None and old_geo is not geo:
             old_geo.close()  # no query holds it: the loop is single-threaded and just swapped
+        await asyncio.to_thread(release_free_memory)  # the old snapshot's and the build's
         self.reload_status = ReloadStatus(
             ok=True,
             successes=self.reload_status.successes + 1,
@@ -459,6 +609,12 @@ class App:
         )
         if self.pool is not None:
             self.pool.broadcast("reload")
+        if self.fleet is not None:
+            if config.fleet != self.fleet.config:
+                log.warning(
+                    "reload_fleet_unchanged", reason="fleet settings change on restart only"
+                )
+            await self._fleet_identity(snapshot)
         if self.index == 0:
             self._start_index_build()
             log.info(
@@ -490,6 +646,7 @@ class App:
                 "last_attempt": status.last_attempt,
                 "errors": list(status.errors),
             },
+            **({"fleet": self.fleet.status()} if self.fleet is not None else {}),
         }
 
     async def _report_stats(self) -> None:
@@ -497,10 +654,13 @@ class App:
         assert self.control is not None
         while True:
             await asyncio.sleep(STATS_INTERVAL)
+            sample = self.metrics.counters.sample
+            report = worker_report(
+                self.metrics.counters, self.state, self.query_log, self.dnstap, self.sample_reported
+            )
+            self.sample_reported = sample.added
             try:
-                self.control.send(
-                    ("stats", worker_report(self.metrics.counters, self.state, self.query_log))
-                )
+                self.control.send(("stats", report))
             except OSError:
                 return
 
@@ -523,7 +683,10 @@ class App:
             self.stopping.set()
 
     def _worker_stats(self, index: int, stats: Any) -> None:
-        """Counters a worker reports; the metrics endpoint adds them to the main process's."""
+        """Counters a worker reports; the metrics endpoint adds them to the main process's.
+        Its newly sampled networks join the main process's sample (the console's)."""
+        if isinstance(stats, dict):
+            self.metrics.counters.sample.add(stats.pop("sample", ()))
         self.worker_stats[index] = stats
 
     async def _watch_files(self) -> None:
@@ -558,6 +721,13 @@ class App:
 
     # -- stop ------------------------------------------------------------------------------------
 
+    async def _stop_health(self) -> None:
+        """Leave the fleet (its votes go with the lease), then stop the checks."""
+        if self.fleet is not None:
+            await self.fleet.stop()
+        if self.monitor is not None:
+            await self.monitor.stop()
+
     async def stop(self) -> None:
         """Stop serving within about STOP_GRACE seconds: listeners first, then everything else."""
         if self.index == 0:
@@ -570,20 +740,25 @@ class App:
             self.tcp.close_all()
         for task in self.tasks:
             task.cancel()
-        if self.index_build is not None:
-            self.index_build.cancel()
         steps: list[Awaitable[Any]] = []
+        if self.index_build is not None:
+            self.index_build.cancel()  # kills the build process
+            steps.append(self.index_build)
         if self.admin is not None:
             steps.append(self.admin.cleanup())
-        if self.monitor is not None:
-            steps.append(self.monitor.stop())
+        steps.append(self._stop_health())
         if self.pool is not None:
             steps.append(self.pool.stop())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE + 1.0):
                 await asyncio.gather(*steps, return_exceptions=True)
+        if self.admin_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.admin_socket)
         if self.query_log is not None:
-            self.query_log.close(timeout=STOP_GRACE)
+            self.query_log.close()
+        if self.dnstap is not None:
+            self.dnstap.close()
         if self.index == 0:
             log.info("stopped")
 
@@ -683,6 +858,23 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     return 1 if app.pool is not None and app.pool.failed else 0
 
 
+def _log_key_steps(steps: list[tuple[str, Plan, list[ZoneKey]]]) -> None:
+    """One `dnssec_keys` event per zone whose keys changed (made, retiring, removed): the
+    first keys at start too, so the log says when to copy the key directory (docs/dnssec.md)."""
+    for origin, step, keys in steps:
+        if not step.empty:
+            log.info(
+                "dnssec_keys",
+                zone=origin,
+                made=[
+                    f"{k.role} publish={k.publish:.0f} active={k.activate:.0f}" for k in step.new
+                ],
+                retiring=[k.label for k in step.update],
+                removed=[k.label for k in step.delete],
+                keys=[k.label for k in keys],
+            )
+
+
 def _log_zone_warnings(snapshot: Snapshot) -> None:
     """One log event per doubt the zone files raised (a skipped record, a zone without NS...):
     `geodns check` prints the same ones."""
@@ -705,22 +897,37 @@ def _observer(counters: Observer, query_log: QueryLog) -> Observer:
     """The per-query observer when the query log is on: the metrics counters, then the log."""
     log_query = query_log.observe
 
-    def both(query: Any, outcome: Any, client: str, transport: str) -> None:
-        counters(query, outcome, client, transport)
-        log_query(query, outcome, client, transport)
+    def both(query: Any, outcome: Any, client: str, transport: str, size: int, path: int) -> None:
+        counters(query, outcome, client, transport, size, path)
+        log_query(query, outcome, client, transport, size, path)
 
     return both
 
 
 def _read_token(path: Path | None) -> str | None:
+    """The admin token; an empty or unreadable token file stops the start (it must never mean
+    "no authentication")."""
     if path is None:
         return None
     try:
-        return path.read_text(encoding="utf-8").strip() or None
+        token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(
             [Problem(str(path), 0, f"cannot read admin.token_file: {exc.strerror}")]
         ) from exc
+    if not token:
+        raise ConfigError(
+            [
+                Problem(
+                    str(path),
+                    0,
+                    "admin.token_file is empty: that would turn the admin API's authentication "
+                    "off; put a token in it (e.g. `openssl rand -hex 32 > FILE`) or remove "
+                    "admin.token_file",
+                )
+            ]
+        )
+    return token
 
 
 def _runner() -> Callable[..., Any]:

@@ -7,17 +7,26 @@ every reload to the workers over a pipe, so probes are not multiplied by N and a
 every worker in milliseconds. Workers report their query counters back once a second for the
 metrics endpoint.
 
-Workers are spawned (not forked): each is a fresh interpreter that loads the same config and
-zones, which keeps asyncio, uvloop and the MaxMind reader free of fork hazards.
+Workers are started, not forked: each is a fresh interpreter (`python -m geodns.daemon.workers`)
+that loads the same config and zones, which keeps asyncio, uvloop and the database free of fork
+hazards. They are plain child processes with one end of a socket pair, not `multiprocessing`
+ones: multiprocessing's start methods add a resource-tracker process (13 MB) beside them. A
+worker asks the kernel to stop it when the main process dies (PR_SET_PDEATHSIG), and stops when
+its pipe closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
+import ctypes
+import ctypes.util
+import importlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +46,7 @@ RESTART_DELAY = 0.5  # seconds before a dead worker is started again
 MAX_RESTARTS = 5  # deaths within RESTART_WINDOW before the pool gives up
 RESTART_WINDOW = 60.0
 REPLAYED = ("health", "index")  # state messages a (re)started worker is sent once ready
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,17 +83,17 @@ class WorkerPool:
         config_path: Path,
         count: int,
         on_stats: Callable[[int, Any], None],
-        entry: WorkerEntry,
+        entry: str,
         cookie_secret: bytes | None = None,
         on_failed: Callable[[], None] | None = None,
     ) -> None:
         self.config_path = config_path
-        self.entry = entry
+        self.entry = entry  # "module:function", a WorkerEntry the worker imports
         self.cookie_secret = cookie_secret  # handed over in memory, never on a command line
         self.count = count
         self.on_stats = on_stats
         self.on_failed = on_failed
-        self.processes: dict[int, Any] = {}
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.connections: dict[int, Connection] = {}
         self.ready: set[int] = set()
         self.latest: dict[str, Any] = {}  # kind -> payload of the state messages a worker needs
@@ -101,25 +111,22 @@ class WorkerPool:
         while len(self.ready) < self.count - 1:
             if loop.time() > deadline:
                 raise WorkerError("workers did not start in time")
-            dead = [p for p in self.processes.values() if p.exitcode is not None]
+            dead = [p for p in self.processes.values() if p.poll() is not None]
             if dead:
-                raise WorkerError(f"worker exited during start-up with code {dead[0].exitcode}")
+                raise WorkerError(f"worker exited during start-up with code {dead[0].returncode}")
             await asyncio.sleep(0.05)
 
     def _spawn(self, index: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        process = context.Process(
-            target=worker_main,
-            args=(self.entry, str(self.config_path), child, index, self.cookie_secret),
-            name=f"geodns-worker-{index}",
-            daemon=True,
-        )
-        process.start()
-        child.close()
+        parent, child = socket.socketpair()
+        command = [sys.executable, "-m", "geodns.daemon.workers", self.entry]
+        command += [str(self.config_path), str(index), str(child.fileno())]
+        with child:
+            process = subprocess.Popen(command, pass_fds=(child.fileno(),))
+        connection = Connection(parent.detach())
+        connection.send(("secret", self.cookie_secret))  # in memory, never on a command line
         self.processes[index] = process
-        self.connections[index] = parent
-        asyncio.get_running_loop().add_reader(parent.fileno(), self._receive, index, parent)
+        self.connections[index] = connection
+        asyncio.get_running_loop().add_reader(connection.fileno(), self._receive, index, connection)
 
     def _receive(self, index: int, connection: Connection) -> None:
         try:
@@ -144,10 +151,11 @@ class WorkerPool:
         if self.stopping:
             return
         process = self.processes[index]
-        process.join(timeout=0)  # reap: no zombie stays behind
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1)  # reap: no zombie stays behind (its pipe closed: it is ending)
         now = time.monotonic()
         self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW] + [now]
-        log.error("worker_lost", worker=index, exitcode=process.exitcode)
+        log.error("worker_lost", worker=index, exitcode=process.returncode)
         if len(self.deaths) > MAX_RESTARTS:
             self.failed = True
             log.error("workers_failing", deaths=len(self.deaths), window_s=RESTART_WINDOW)
@@ -177,11 +185,12 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10
         for process in self.processes.values():
-            while process.is_alive() and loop.time() < deadline:
+            while process.poll() is None and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            if process.is_alive():
+            if process.poll() is None:
                 process.kill()
-            process.join(timeout=1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=1)
         for connection in self.connections.values():
             if not connection.closed:
                 with contextlib.suppress(ValueError, OSError):
@@ -189,15 +198,34 @@ class WorkerPool:
                 connection.close()
 
 
-def worker_main(
-    entry: WorkerEntry,
-    config_path: str,
-    connection: Connection,
-    index: int,
-    cookie_secret: bytes | None,
-) -> None:
-    """Entry point of a spawned worker process: `entry` (a module-level function, pickled by
-    name, so the worker imports the server only once spawned) runs the worker's server."""
+def worker_main(argv: list[str]) -> int:
+    """A worker process: `python -m geodns.daemon.workers ENTRY CONFIG INDEX FD`. ENTRY is the
+    "module:function" of a WorkerEntry (imported here, so the worker loads the server only
+    once started); FD its end of the socket pair, whose first message is the cookie secret."""
+    entry_name, config_path, index, descriptor = argv
+    _stop_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and when to reload
-    raise SystemExit(entry(Path(config_path), connection, index, cookie_secret))
+    connection = Connection(int(descriptor))
+    kind, secret = connection.recv()
+    if kind != "secret":
+        raise WorkerError(f"expected the cookie secret first, got {kind!r}")
+    module, _, function = entry_name.partition(":")
+    entry: WorkerEntry = getattr(importlib.import_module(module), function)
+    return entry(Path(config_path), connection, int(index), secret)
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM when the main process dies, however it dies (Linux's PR_SET_PDEATHSIG): a worker
+    must not hold the port for a server that is gone."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the call: stop now
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(worker_main(sys.argv[1:]))

@@ -8,8 +8,9 @@ encoded for this exact (lower-cased) question, so a repeat query only patches th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from dnslib import AAAA, CNAME, QTYPE, RD, RR, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
@@ -23,6 +24,7 @@ from geodns.dns.zone import (
     TYPE_DS,
     TYPE_MX,
     TYPE_NS,
+    TYPE_SOA,
     TYPE_SRV,
     RRset,
     Zone,
@@ -37,6 +39,25 @@ RCODE_REFUSED = 5
 RCODE_YXDOMAIN = 6
 MAX_CNAME_CHAIN = 8
 MAX_VARIANTS = 256  # encoded decisions kept per dynamic answer (a record has a few)
+TYPE_NSEC = 47
+
+
+class ZoneSignatures(Protocol):
+    """A signed zone's DNSSEC records, all made before any query (geodns.dnssec.signer):
+    a signed answer is joined from them, never signed here. `name` is the RRset's owner in
+    the zone (a wildcard's is '*.'), `owner` the name written in the answer."""
+
+    def rrsigs(self, name: str, rtype: int, owner: DNSLabel) -> list[RR]: ...
+
+    def value_rrsigs(
+        self, name: str, rtype: int, values: tuple[str, ...], owner: DNSLabel
+    ) -> list[RR] | None: ...
+
+    def hinfo_rrsigs(self, name: str, owner: DNSLabel) -> list[RR]: ...
+
+    def nsec_at(self, name: str) -> list[RR]: ...
+
+    def nsec_covering(self, name: str) -> list[RR]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +95,12 @@ class Prepared:
     negative: tuple[RR, ...] = ()
     variants: dict[tuple[str, ...], Sections] = field(default_factory=dict)
     source: Zone | None = None
+    # DNSSEC (a signed zone asked with DO=1): the records' signatures, the RRset's name in
+    # the zone (a wildcard's), and the wildcard's proof for the authority section
+    signing: ZoneSignatures | None = None
+    rrset_name: str = ""
+    proof: tuple[RR, ...] = ()
+    unsigned: int = 0  # variants answered without a signature (none was made: a bug)
 
     @property
     def size(self) -> int:
@@ -90,7 +117,10 @@ class Prepared:
                 sections = self._cname_variant(values[0])
             elif values:
                 rrs = [_address_rr(self.owner, rtype, self.ttl, a) for a in values]
-                sections = encode(self.labels, self.qtype, [*self.prefix, *rrs], [], [])
+                rrs.extend(self._signatures(rtype, values))
+                sections = encode(
+                    self.labels, self.qtype, [*self.prefix, *rrs], list(self.proof), []
+                )
             else:
                 sections = encode(
                     self.labels, self.qtype, list(self.prefix), list(self.negative), []
@@ -99,16 +129,27 @@ class Prepared:
                 self.variants[values] = sections
         return sections
 
+    def _signatures(self, rtype: int, values: tuple[str, ...]) -> list[RR]:
+        """The pre-made RRSIG of this value set ([] unsigned; counted when one is missing)."""
+        if self.signing is None:
+            return []
+        assert self.owner is not None
+        rrsigs = self.signing.value_rrsigs(self.rrset_name, rtype, values, self.owner)
+        if rrsigs is None:
+            self.unsigned += 1
+            return []
+        return rrsigs
+
     def _cname_variant(self, target: str) -> Sections:
         """A dynamic CNAME's answer: the CNAME to the chosen target, followed inside the zone
         as a static CNAME is when what it leads to is a static positive answer. Otherwise (a
         target in another zone, itself dynamic, or a name with no data) the CNAME stands
         alone and the resolver asks for the target itself, which is always correct."""
         cname = RR(self.owner, QTYPE.CNAME, ttl=self.ttl, rdata=CNAME(DNSLabel(target)))
-        answer = [*self.prefix, cname]
+        answer = [*self.prefix, cname, *self._signatures(TYPE_CNAME, (target,))]
         zone = self.source
         if self.qtype != TYPE_CNAME and zone is not None and zone.contains(target):
-            chase = _Resolution(zone, self.labels, self.qtype)
+            chase = _Resolution(zone, self.labels, self.qtype, self.signing)
             chase.answer = list(answer)
             chased = chase.follow(target, DNSLabel(target), {target})
             if (
@@ -118,7 +159,7 @@ class Prepared:
                 and chased.full.nscount == 0
             ):
                 return chased.full
-        return encode(self.labels, self.qtype, answer, [], [])
+        return encode(self.labels, self.qtype, answer, list(self.proof), [])
 
 
 def _address_rr(owner: DNSLabel | None, rtype: int, ttl: int, address: str) -> RR:
@@ -162,8 +203,11 @@ def split_wire(key: bytes) -> tuple[bytes, ...]:
 class Resolver:
     """Resolves names against one immutable set of zones."""
 
-    def __init__(self, zones: dict[str, Zone]) -> None:
+    def __init__(
+        self, zones: dict[str, Zone], signatures: Mapping[str, ZoneSignatures] | None = None
+    ) -> None:
         self.zones = zones
+        self.signatures = signatures or {}
 
     def find_zone(self, name: str) -> Zone | None:
         candidate = name
@@ -175,21 +219,32 @@ class Resolver:
                 return None
             candidate = candidate.split(".", 1)[1] or "."
 
-    def resolve(self, labels: tuple[bytes, ...], qtype: int) -> Prepared:
+    def resolve(self, labels: tuple[bytes, ...], qtype: int, dnssec: bool = False) -> Prepared:
+        """The answer to (name, type); with `dnssec` (the query's DO bit), a signed zone's
+        answer carries its RRSIGs and NSEC proofs (RFC 4035 section 3.1)."""
         name = name_of(labels)
         zone = self.find_zone(name)
         if zone is None:
             return Prepared(RCODE_REFUSED, False, EMPTY, EMPTY)
-        return _Resolution(zone, labels, qtype).run(name)
+        signing = self.signatures.get(zone.origin) if dnssec else None
+        return _Resolution(zone, labels, qtype, signing).run(name)
 
 
 class _Resolution:
     """One slow-path resolution inside one zone."""
 
-    def __init__(self, zone: Zone, labels: tuple[bytes, ...], qtype: int) -> None:
+    def __init__(
+        self,
+        zone: Zone,
+        labels: tuple[bytes, ...],
+        qtype: int,
+        signing: ZoneSignatures | None = None,
+    ) -> None:
         self.zone, self.labels, self.qtype = zone, labels, qtype
+        self.signing = signing
         self.answer: list[RR] = []
         self.additional: list[RR] = []
+        self.proof: list[RR] = []  # DNSSEC: NSEC records of a wildcard answer (authority)
 
     def run(self, name: str) -> Prepared:
         return self.follow(name, DNSLabel(self.labels), {name})
@@ -214,26 +269,35 @@ class _Resolution:
                 name, owner = target, DNSLabel(target)
                 continue
             node = zone.nodes.get(name)
+            wildcard: str | None = None
             if node is None and name not in zone.empty_non_terminals and cut is None:
-                node = zone.nodes.get("*." + zone.closest_encloser(name))
+                wildcard = "*." + zone.closest_encloser(name)
+                node = zone.nodes.get(wildcard)
             if node is None:
                 rcode = RCODE_NOERROR if zone.exists(name) else RCODE_NXDOMAIN
-                return self._negative(rcode)
+                return self._negative(rcode, name)
+            if self.signing is not None and wildcard is not None:
+                self.proof.extend(self.signing.nsec_covering(name))  # RFC 4035 section 3.1.3.3
             if qtype == TYPE_ANY:
                 return self._any(node, owner)
+            if qtype == TYPE_NSEC and self.signing is not None and wildcard is None:
+                nsec = self.signing.nsec_at(name)
+                if nsec:
+                    self.answer.extend(nsec)
+                    return self._positive()
             rrset = node.get(qtype)
             if rrset is not None:
                 if rrset.dynamic is not None:
                     return self._dynamic(rrset, owner)
-                self.answer.extend(_rrs(rrset, owner))
+                self._add(rrset, owner)
                 self._add_targets(rrset)
                 return self._positive()
             cname = node.get(TYPE_CNAME)
             if cname is None:
-                return self._negative(RCODE_NOERROR)
+                return self._negative(RCODE_NOERROR, name, wildcard)
             if cname.dynamic is not None:
                 return self._dynamic(cname, owner)
-            self.answer.extend(_rrs(cname, owner))
+            self._add(cname, owner)
             if qtype == TYPE_CNAME:
                 return self._positive()
             target = str(cname.rdatas[0].label).lower()
@@ -243,10 +307,19 @@ class _Resolution:
             name, owner = target, DNSLabel(target)
         return self._positive()
 
+    def _add(self, rrset: RRset, owner: DNSLabel) -> None:
+        """An RRset into the answer, with its RRSIG when signing."""
+        self.answer.extend(_rrs(rrset, owner))
+        if self.signing is not None:
+            self.answer.extend(self.signing.rrsigs(rrset.name, rrset.rtype, owner))
+
     def _positive(self, rcode: int = RCODE_NOERROR) -> Prepared:
         self.additional = _unique(self.additional)
-        full = encode(self.labels, self.qtype, self.answer, [], self.additional)
-        reduced = encode(self.labels, self.qtype, self.answer, [], []) if self.additional else full
+        proof = _unique(self.proof)
+        full = encode(self.labels, self.qtype, self.answer, proof, self.additional)
+        reduced = (
+            encode(self.labels, self.qtype, self.answer, proof, []) if self.additional else full
+        )
         return Prepared(rcode, True, full, reduced, zone=self.zone.origin)
 
     def _substitute(self, name: str, owner: DNSLabel, dname: str) -> str | None:
@@ -254,7 +327,7 @@ class _Resolution:
         DNAME's owner replaced by its target; None when that name would be too long (the
         answer is then YXDOMAIN)."""
         rrset = self.zone.nodes[dname][TYPE_DNAME]
-        self.answer.extend(_rrs(rrset, DNSLabel(dname)))
+        self._add(rrset, DNSLabel(dname))
         root = str(rrset.rdatas[0].label).lower()
         target = name[: -len(dname)] + (root if root != "." else "")
         if len(target) > 254:  # 255 octets on the wire
@@ -266,13 +339,45 @@ class _Resolution:
         zone = self.zone
         return RR(DNSLabel(zone.origin), QTYPE.SOA, ttl=zone.negative_ttl, rdata=zone.soa.rdatas[0])
 
-    def _negative(self, rcode: int) -> Prepared:
-        sections = encode(self.labels, self.qtype, self.answer, [self._soa_rr()], [])
+    def _signed_soa(self) -> list[RR]:
+        """The SOA of a negative answer, with its RRSIG when signing."""
+        soa = [self._soa_rr()]
+        if self.signing is not None:
+            origin = self.zone.origin
+            soa.extend(self.signing.rrsigs(origin, TYPE_SOA, DNSLabel(origin)))
+        return soa
+
+    def _negative(self, rcode: int, name: str = "", wildcard: str | None = None) -> Prepared:
+        authority = self._signed_soa()
+        if self.signing is not None:
+            authority.extend(self._denial(rcode, name, wildcard))
+        sections = encode(self.labels, self.qtype, self.answer, _unique(authority), [])
         return Prepared(rcode, True, sections, sections, zone=self.zone.origin)
+
+    def _denial(self, rcode: int, name: str, wildcard: str | None) -> list[RR]:
+        """The NSEC records proving a negative answer (RFC 4035 section 3.1.3): for NXDOMAIN
+        the name's and the source of synthesis's absence; for NODATA the name's own NSEC (an
+        empty non-terminal's covering one), plus the wildcard's when the wildcard matched."""
+        signing = self.signing
+        assert signing is not None
+        if rcode == RCODE_NXDOMAIN:
+            closest = self.zone.closest_encloser(name)
+            return signing.nsec_covering(name) + signing.nsec_covering("*." + closest)
+        proof = signing.nsec_covering(name)
+        if wildcard is not None:
+            proof += signing.nsec_at(wildcard)
+        return proof
 
     def _referral(self, cut: str) -> Prepared:
         ns = self.zone.nodes[cut][TYPE_NS]
         authority = _rrs(ns, DNSLabel(cut))
+        if self.signing is not None:  # the DS RRset, signed, or the NSEC proving there is none
+            ds = self.zone.nodes[cut].get(TYPE_DS)
+            if ds is not None:
+                authority.extend(_rrs(ds, DNSLabel(cut)))
+                authority.extend(self.signing.rrsigs(cut, TYPE_DS, DNSLabel(cut)))
+            else:
+                authority.extend(self.signing.nsec_at(cut))
         glue = []
         for rdata in ns.rdatas:
             glue.extend(self._addresses_of(str(rdata.label).lower()))
@@ -282,11 +387,17 @@ class _Resolution:
 
     def _any(self, node: dict[int, RRset], owner: DNSLabel) -> Prepared:
         """RFC 8482: one RRset, or a synthesised HINFO when that RRset would be dynamic."""
+        static = [node[t] for t in sorted(node) if node[t].dynamic is None]
         if TYPE_CNAME in node:
-            self.answer.extend(_rrs(node[TYPE_CNAME], owner))
+            self._add(node[TYPE_CNAME], owner)
+        elif self.signing is not None and static:  # one RRset that has a signature
+            self._add(static[0], owner)
         else:
             ttl = min(rrset.ttl for rrset in node.values())
             self.answer.append(RR(owner, QTYPE.HINFO, ttl=ttl, rdata=RD(b"\x07RFC8482\x00")))
+            if self.signing is not None:
+                name = next(iter(node.values())).name
+                self.answer.extend(self.signing.hinfo_rrsigs(name, owner))
         return self._positive()
 
     def _dynamic(self, rrset: RRset, owner: DNSLabel) -> Prepared:
@@ -302,8 +413,11 @@ class _Resolution:
             prefix=tuple(self.answer),
             owner=owner,
             ttl=rrset.ttl,
-            negative=(self._soa_rr(),),
+            negative=tuple(self._signed_soa()),
             source=self.zone,
+            signing=self.signing,
+            rrset_name=rrset.name,
+            proof=tuple(_unique(self.proof)),
         )
 
     def _add_targets(self, rrset: RRset) -> None:
@@ -318,10 +432,17 @@ class _Resolution:
         if not node:
             return []
         rrs: list[RR] = []
+        signing = self.signing if self.zone.delegation_for(target) is None else None  # glue: no
         for rtype in ADDRESS_TYPES:
             rrset = node.get(rtype)
             if rrset is not None:
-                rrs.extend(_rrs(rrset, DNSLabel(target)))
+                owner = DNSLabel(target)
+                rrs.extend(_rrs(rrset, owner))
+                if signing is not None and rrset.dynamic is None:
+                    rrs.extend(signing.rrsigs(target, rtype, owner))
+                elif signing is not None:
+                    values = tuple(str(r) for r in rrset.rdatas)
+                    rrs.extend(signing.value_rrsigs(target, rtype, values, owner) or [])
         return rrs
 
 
@@ -341,4 +462,4 @@ def _rrs(rrset: RRset, owner: DNSLabel) -> list[RR]:
     return [RR(owner, rrset.rtype, ttl=rrset.ttl, rdata=rdata) for rdata in rrset.rdatas]
 
 
-__all__ = ["TYPE_AAAA", "Prepared", "Resolver", "Sections", "encode"]
+__all__ = ["TYPE_AAAA", "Prepared", "Resolver", "Sections", "ZoneSignatures", "encode"]

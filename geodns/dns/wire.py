@@ -15,6 +15,10 @@ OPT_TYPE = 41
 ECS_OPTION = 8
 COOKIE_OPTION = 10  # RFC 7873
 ECS_MAX_BITS = {1: 32, 2: 128}
+# what a query carried, as bits of one int (counted per query: geodns.observe.metrics)
+FEATURE_EDNS = 1
+FEATURE_DO = 2
+FEATURE_ECS = 4
 
 
 class Query:
@@ -53,6 +57,16 @@ class Query:
     ecs: tuple[int, int, bytes] | None
     ecs_at_end: bool  # the ECS address is the packet's last bytes (geodns.serving.templates)
     cookie: bytes | None  # the COOKIE option's data: 8 (client) or 16-40 octets (+ server)
+
+    @property
+    def features(self) -> int:
+        """FEATURE_* bits: an OPT record, the DO bit, an ECS option (read by the metrics only
+        when a query is counted, so the parser does not pay for it)."""
+        return (
+            (FEATURE_EDNS if self.edns else 0)
+            | (FEATURE_DO if self.do else 0)
+            | (FEATURE_ECS if self.ecs is not None else 0)
+        )
 
 
 def parse_query(data: bytes) -> Query:

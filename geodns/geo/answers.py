@@ -138,6 +138,11 @@ class AnswerMap:
         """(answer id, ECS scope) of an address."""
         if family == 4:
             return self.runs4.lookup(value)
+        return self.lookup6(value)
+
+    def lookup6(self, value: int) -> tuple[int, int]:
+        """(answer id, ECS scope) of an IPv6 address; IPv4 seen through an alias (::/96,
+        ::ffff:0:0/96, 6to4, Teredo) answers as that IPv4 address, scoped in IPv6 terms."""
         if self.runs6 is None:
             return self.unlocated, 0
         label, prefix = self.runs6.lookup(value)

@@ -11,10 +11,11 @@ geodns.geo.dynamic; this module only reads and checks YAML.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from geodns.common.errors import did_you_mean
 from geodns.common.reader import Reader
@@ -43,6 +44,7 @@ HEALTHCHECK_PROTOCOLS = ("HTTP", "HTTPS", "ICMP", "TCP", "UDP")  # what octoDNS 
 PROBED_PROTOCOLS = ("HTTP", "HTTPS", "TCP")  # what geodns probes
 STATUSES = ("up", "down", "obey")
 KINDS = {TYPE_A: "A", TYPE_AAAA: "AAAA"}  # any other dynamic type is a CNAME
+_T = TypeVar("_T")
 
 
 class DynamicCompilerForSites:
@@ -56,6 +58,10 @@ class DynamicCompilerForSites:
                 self.site_of[address] = site.name
         self.implicit_sites: dict[str, Site] = {}
         self.templates: dict[str, Site] = {}
+        # equal values, candidates and their tuples, built once and shared by every record
+        # that has them: a zone of 10,000 records over the same six addresses holds six
+        # Targets, not 60,000 (see _share)
+        self.shared: dict[Any, Any] = {}
 
     def compile(
         self,
@@ -89,7 +95,7 @@ class DynamicCompilerForSites:
         settings = reader.nested(raw_settings, "octodns.geodns", GEODNS_KEYS)
         health_site = self._healthcheck(reader, owner)
         raw_values = record.get("values", [record.get("value")])
-        values = tuple(
+        values = self._share_tuple(
             self._target(str(v), kind, addresses, health_site, 1, "obey")
             for v in (raw_values if isinstance(raw_values, list) else [raw_values])
             if v is not None
@@ -102,7 +108,7 @@ class DynamicCompilerForSites:
         nearest, nearest_pools = self._nearest(settings)
         candidates: tuple[Candidate, ...] = ()
         if nearest:
-            candidates = self._candidates(settings, pools, values, nearest_pools)
+            candidates = self._share_tuple(self._candidates(settings, pools, values, nearest_pools))
         answers = settings.int_in("answers", 1, 16, 1)
         if kind == "CNAME" and answers != 1:
             settings.problem("answers", "a CNAME answers one target")
@@ -150,6 +156,20 @@ class DynamicCompilerForSites:
             all_down=all_down,
         )
 
+    def _share(self, key: Hashable, make: Callable[[], _T]) -> _T:
+        """The one object this compiler holds for `key`, made by `make` the first time. Keys are
+        plain tuples (of strings, numbers and the ids of objects already shared, which this
+        compiler keeps alive): hashing them is cheaper than hashing the frozen objects."""
+        shared = self.shared.get(key)
+        if shared is None:
+            shared = self.shared[key] = make()
+        return cast(_T, shared)
+
+    def _share_tuple(self, items: Iterable[_T]) -> tuple[_T, ...]:
+        """One tuple object per sequence of shared objects."""
+        items = tuple(items)
+        return self._share(("tuple", *map(id, items)), lambda: items)
+
     # -- values and their sites ----------------------------------------------------------------
 
     def _target(
@@ -169,11 +189,14 @@ class DynamicCompilerForSites:
             owners = {self.site_of.get(a) for a in addresses.get(canonical, ())}
             site = owners.pop() if len(owners) == 1 else None
         else:
-            canonical = str(ipaddress.ip_address(value))
+            canonical = _canonical_ip(value)
             site = self.site_of.get(canonical)
         if site is None and health_site is not None:
             site = self._implicit_site(canonical, kind, health_site)
-        return Target(canonical, site, weight, status)
+        return self._share(
+            ("target", canonical, site, weight, status),
+            lambda: Target(canonical, site, weight, status),
+        )
 
     def _implicit_site(self, value: str, kind: str, template: str) -> str:
         """A value outside every site, under an octoDNS healthcheck: probe it by its own name."""
@@ -567,7 +590,15 @@ class DynamicCompilerForSites:
             by_site.setdefault(target.site, []).append(target)
         for site_name, targets in by_site.items():
             site = self.sites[site_name]
-            candidates.append(Candidate(site_name, site.latitude, site.longitude, tuple(targets)))
+            shared_targets = self._share_tuple(targets)
+            candidates.append(
+                self._share(
+                    ("candidate", site_name, id(shared_targets)),
+                    functools.partial(
+                        Candidate, site_name, site.latitude, site.longitude, shared_targets
+                    ),
+                )
+            )
         return tuple(candidates)
 
     def _sticky(self, settings: Reader) -> tuple[float | None, tuple[int, int]]:
@@ -584,3 +615,9 @@ class DynamicCompilerForSites:
         v4 = section.int_in("prefix_v4", 0, 32, 24)
         v6 = section.int_in("prefix_v6", 0, 128, 56)
         return margin, (v4, v6)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _canonical_ip(value: str) -> str:
+    """An address in canonical text (memoised: a big zone repeats its sites' few addresses)."""
+    return str(ipaddress.ip_address(value))

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -372,8 +373,8 @@ def prune_cache(directory: Path, keep: set[str]) -> None:
 
 
 def build_and_save(database_path: str, cache_dir: str) -> str:
-    """Build and save the index of one database (the entry of the background build process,
-    run at a lower priority so the servers keep their CPU); returns the database's digest."""
+    """Build and save the index of one database (the background build process's work, at a
+    lower priority so the servers keep their CPU); returns the database's digest."""
     from geodns.geo.codes import continent_of
 
     with contextlib.suppress(OSError):
@@ -384,3 +385,7 @@ def build_and_save(database_path: str, cache_dir: str) -> str:
     finally:
         database.close()
     return database.digest
+
+
+if __name__ == "__main__":  # the daemon's background build: DATABASE CACHE_DIR -> the digest
+    print(build_and_save(sys.argv[1], sys.argv[2]))

@@ -20,13 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from geodns.common.caching import make_room
+from geodns.common.caching import BoundedCache
 from geodns.geo.answers import Rankings
 from geodns.geo.database import GeoDatabase
 from geodns.geo.index import PlaceIndex
 from geodns.geo.places import Placement
-
-NETWORK_CACHE_LIMIT = 65_536  # DirectLocator: addresses placed (a few MB; interim use only)
 
 
 class Locator(Protocol):
@@ -38,7 +36,7 @@ class DirectLocator:
 
     def __init__(self, database: GeoDatabase) -> None:
         self.database = database
-        self.cache: dict[tuple[int, int], Placement] = {}
+        self.cache: BoundedCache[tuple[int, int], Placement] = BoundedCache("direct_places")
 
     def locate(self, family: int, value: int) -> Placement:
         if family == 6 and value >> 32 == 0xFFFF:  # IPv4-mapped: the IPv4 address's place
@@ -51,8 +49,7 @@ class DirectLocator:
         address = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
         place, prefix = self.database.place_and_prefix(address)
         placement = Placement(place, family, value, prefix)
-        make_room(self.cache, NETWORK_CACHE_LIMIT)
-        self.cache[(family, value)] = placement
+        self.cache.put((family, value), placement, 96)
         return placement
 
 

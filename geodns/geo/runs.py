@@ -48,31 +48,41 @@ def merge(labels: np.ndarray, *starts: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 class Runs4:
-    """IPv4 blocks: starts (uint32, ascending, the first is 0) and an int32 label each."""
+    """IPv4 blocks: starts (uint32, ascending, the first is 0) and an int32 label each.
 
-    __slots__ = ("starts", "labels", "_starts", "_labels", "_index", "_count")
+    Two tables of the first 16 bits speed a lookup up. `_index[b]` counts the blocks that start
+    at or before b.0.0, so a bisection only searches the blocks of one /16. And when a whole /16
+    lies inside one block, `_whole[b]` holds that block's label and the widest prefix of any
+    address in it (the same for all: a block wider than /16 is a union of whole /16s), so most
+    lookups are one array read (answer maps merge runs by answer: their blocks are wide).
+    """
+
+    __slots__ = ("starts", "labels", "_starts", "_labels", "_index", "_whole", "_count")
 
     def __init__(self, starts: np.ndarray, labels: np.ndarray) -> None:
         self.starts, self.labels = starts, labels
-        index = np.searchsorted(
-            starts, np.arange((1 << V4_INDEX_BITS) + 1, dtype=np.uint64) << 16, "right"
-        )
+        bases = np.arange((1 << V4_INDEX_BITS) + 1, dtype=np.int64) << 16
+        index = np.searchsorted(starts, bases, "right")
         self._starts = _view(starts, np.uint32)
         self._labels = _view(labels, np.int32)
         self._index = _view(index, np.uint32)
+        self._whole = _view(_whole_buckets(starts, labels, index, bases), np.int64)
         self._count = len(starts)
 
     def lookup(self, value: int) -> tuple[int, int]:
         """(label, prefix) of an IPv4 address given as an int."""
-        starts, index = self._starts, self._index
         top = value >> 16
+        whole = self._whole[top]
+        if whole:
+            return (whole >> 8) - WHOLE_BIAS, whole & 0xFF
+        starts, index = self._starts, self._index
         i = bisect_right(starts, value, max(index[top] - 1, 0), index[top + 1]) - 1
         end = starts[i + 1] if i + 1 < self._count else 1 << 32
         return self._labels[i], widest_prefix(value, starts[i], end, 32)
 
     @property
     def nbytes(self) -> int:
-        return int(self.starts.nbytes + self.labels.nbytes) + 4 * ((1 << V4_INDEX_BITS) + 1)
+        return int(self.starts.nbytes + self.labels.nbytes) + 12 * ((1 << V4_INDEX_BITS) + 1)
 
 
 class Runs6:
@@ -108,6 +118,38 @@ class Runs6:
     @property
     def nbytes(self) -> int:
         return int(self.hi.nbytes + self.lo.nbytes + self.labels.nbytes)
+
+
+WHOLE_BIAS = 1 << 33  # labels are stored biased in `_whole`, so any label packs non-zero
+
+
+def _whole_buckets(
+    starts: np.ndarray, labels: np.ndarray, index: np.ndarray, bases: np.ndarray
+) -> np.ndarray:
+    """Per /16: (label + WHOLE_BIAS) << 8 | prefix when the /16 lies inside one block, else 0."""
+    buckets = 1 << V4_INDEX_BITS
+    whole = np.zeros(buckets, dtype=np.int64)
+    if len(starts) == 0:
+        return whole
+    base = bases[:buckets]
+    first = index[:buckets] - 1  # the block holding each /16's first address
+    # the /16 lies inside that block when no other block starts at or before its last address
+    inside = np.searchsorted(starts, base + 0xFFFF, "right") == index[:buckets]
+    starts64 = starts.astype(np.int64)
+    block_start = starts64[first]
+    following = np.minimum(first + 1, len(starts) - 1)
+    block_end = np.where(first + 1 < len(starts), starts64[following], 1 << 32)
+    low = np.where(block_start > 0, _bit_length(base ^ (block_start - 1)) - 1, 32)
+    high = np.where(block_end < (1 << 32), _bit_length(base ^ block_end) - 1, 32)
+    prefix = 32 - np.minimum(np.minimum(low, high), 32)
+    packed = (labels.astype(np.int64)[first] + WHOLE_BIAS) << 8 | prefix
+    whole[inside & (prefix <= 16)] = packed[inside & (prefix <= 16)]
+    return whole
+
+
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """int.bit_length of non-negative integers below 2**53, element-wise."""
+    return np.where(values > 0, np.frexp(values.astype(np.float64))[1], 0)
 
 
 def alias_prefix(label: int) -> int:

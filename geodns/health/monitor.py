@@ -11,7 +11,12 @@ Every site state change is one `site_state` event (site, old, new, cause, streak
 called only when the set of down sites changes. The state file keeps the known state of every
 checked target and every drain, written atomically (temp file, fsync, rename) in a thread
 whenever that changes, and is read back in the constructor, so the first snapshot can already
-carry the restored view.
+carry the restored view. `save()` waits until the file holds the current state: the admin API
+acknowledges a drain only then, so an acknowledged drain survives a crash.
+
+In a fleet (geodns.fleet) the monitor still probes and decides its own checks; the fleet reads
+its votes (`health.own_votes()`, after every change it is told of through `subscribe`) and
+hands back the fleet's drains and verdicts (`set_fleet`).
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from typing import Any
 
 import aiohttp
 
+from geodns.common.errors import StateFileError
 from geodns.common.logs import get_logger
 from geodns.geo.sites import CheckSpec, Site
 from geodns.health.probes import ProbeResult, new_session, run_probe
-from geodns.health.state import DOWN, Drain, HealthState, HealthView, SiteChange
+from geodns.health.state import DOWN, Drain, HealthState, HealthView, SharedVerdict, SiteChange
 
 Probe = Callable[[CheckSpec, aiohttp.ClientSession | None], Awaitable[ProbeResult]]
 GRACE = 1.0  # beyond a probe's own timeout, before the monitor gives up on it
@@ -67,7 +73,9 @@ class HealthMonitor:
         self._timer: asyncio.TimerHandle | None = None
         self._saved_revision = -1
         self._writer: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()  # one writer of the state file at a time
         self._write_error: str | None = None
+        self._listeners: list[Callable[[], None]] = []
         self._errors_logged: set[str] = set()
         self._published = self.health.view
         self._warn_conflicts()
@@ -139,6 +147,43 @@ class HealthMonitor:
         self._schedule_expiry()
         return drain
 
+    def put_drain(self, site: str, drain: Drain | None) -> None:
+        """Put a site's drain back as it was (None: not drained), e.g. when saving a change failed."""
+        self._apply(self.health.put_drain(site, drain, self.clock()))
+        self._schedule_expiry()
+
+    def set_fleet(
+        self, drains: Mapping[str, Drain] | None, verdicts: Mapping[str, SharedVerdict] | None
+    ) -> None:
+        """Adopt the fleet's drains (replacing this server's own; None: keep them) and its
+        verdicts by site (None: back to this server's own checks); one published view for both
+        (geodns.fleet)."""
+        now = self.clock()
+        changes = self.health.set_drains(drains, now) if drains is not None else []
+        changes += self.health.set_shared(verdicts, now)
+        self._apply(changes)
+        self._schedule_expiry()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every probe result, drain or reload (it must be cheap)."""
+        self._listeners.append(listener)
+
+    async def save(self) -> None:
+        """Return once the state file holds the current state (written, fsynced, renamed).
+
+        StateFileError when it cannot be written; at once when there is no state file.
+        """
+        if self.state_file is None:
+            return
+        async with self._write_lock:
+            if self.health.revision == self._saved_revision:
+                return
+            revision, saved = self.health.revision, self.health.to_saved()
+            if not await asyncio.to_thread(self._write, revision, saved):
+                raise StateFileError(
+                    f"cannot write state_file {self.state_file}: {self._write_error}"
+                )
+
     def status(self) -> dict[str, Any]:
         """Every site's state, since when, last result, streak, drain and down cause (JSON-able)."""
         self._expire()
@@ -194,6 +239,11 @@ class HealthMonitor:
                 streak=change.streak,
             )
         self._save()
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # the listener's bug; the monitor goes on
+                self.log.exception("health_listener_failed")
         view = self.health.view
         if not publish:
             self._published = view
@@ -262,9 +312,12 @@ class HealthMonitor:
 
     async def _write_loop(self) -> None:
         while self.health.revision != self._saved_revision:
-            revision, saved = self.health.revision, self.health.to_saved()
-            if not await asyncio.to_thread(self._write, revision, saved):
-                return  # retried on the next change
+            async with self._write_lock:
+                if self.health.revision == self._saved_revision:
+                    return
+                revision, saved = self.health.revision, self.health.to_saved()
+                if not await asyncio.to_thread(self._write, revision, saved):
+                    return  # retried on the next change
 
     def _write(self, revision: int, saved: dict[str, Any]) -> bool:
         """Write atomically: temp file, fsync, rename. A crash leaves the old file or the new."""

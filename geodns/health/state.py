@@ -19,6 +19,9 @@ comes back as values for the monitor to log, persist and publish. The rules kept
   only: a data centre's own `datacenters` are not followed.
 - A drain lasts until undrained or until its `until`; an expired drain ends by itself in
   `expire(now)`.
+- In a fleet (geodns.fleet) a site's checks are decided by the fleet's quorum of vantage points,
+  handed in with `set_shared`; this member's own checks still run, vote, and show in status. The
+  fleet's drains replace the local ones whole (`set_drains`).
 - The view the DNS engine reads is a frozen set of site names not to answer. A new `HealthView` is
   made only when that set changes, so a query pays `name not in view.down` and nothing else, and
   caches keyed on the view's identity stay valid while nothing changes.
@@ -26,16 +29,44 @@ comes back as values for the monitor to log, persist and publish. The rules kept
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from geodns.common.errors import UnknownSiteError
 from geodns.geo.sites import CheckSpec, Site
+from geodns.health.redact import public_url, redact_text
 
 UP = "up"
 DOWN = "down"
 SAVE_VERSION = 1
+MAX_DRAIN_SECONDS = 366 * 86400  # a timed drain lasts at most a year (and a day): longer is a typo
+MAX_REASON_CHARS = 500  # a drain's reason: a sentence or a ticket link, not a document
+MAX_BY_CHARS = 200
+
+
+def drain_problem(reason: Any, by: Any, duration_s: Any) -> str | None:
+    """Why a drain request cannot be taken as it is, or None. The admin API answers 400 with it."""
+    if not isinstance(reason, str) or not isinstance(by, str):
+        return "reason and by must be strings"
+    if len(reason) > MAX_REASON_CHARS:
+        return f"reason is {len(reason)} characters long: at most {MAX_REASON_CHARS}"
+    if len(by) > MAX_BY_CHARS:
+        return f"by is {len(by)} characters long: at most {MAX_BY_CHARS}"
+    if duration_s is None:
+        return None
+    if (
+        not isinstance(duration_s, int | float)
+        or isinstance(duration_s, bool)
+        or not math.isfinite(duration_s)
+        or not 0 < duration_s <= MAX_DRAIN_SECONDS
+    ):
+        return (
+            f"for_s must be a number of seconds > 0 and at most {MAX_DRAIN_SECONDS} "
+            f"(366 days; leave it out to drain until undrained), got {duration_s!r}"
+        )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,14 +166,38 @@ class Drain:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Drain:
+        """A drain from the state file or the fleet's store; ValueError when it is not one."""
         until = data.get("until")
+        since = float(data.get("since", 0.0))
+        if until is not None:
+            until = float(until)
+            if not math.isfinite(until):
+                raise ValueError(f"a drain's end must be a finite time, got {until!r}")
+        if not math.isfinite(since):
+            raise ValueError(f"a drain's start must be a finite time, got {since!r}")
+        if until is not None and until - since > MAX_DRAIN_SECONDS + 1:
+            raise ValueError(f"a drain lasts at most {MAX_DRAIN_SECONDS} seconds (366 days)")
         return cls(
             site=str(data["site"]),
-            reason=str(data.get("reason", "")),
-            by=str(data.get("by", "")),
-            since=float(data.get("since", 0.0)),
-            until=None if until is None else float(until),
+            reason=str(data.get("reason", ""))[:MAX_REASON_CHARS],
+            by=str(data.get("by", ""))[:MAX_BY_CHARS],
+            since=since,
+            until=until,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SharedVerdict:
+    """The fleet's decision on a site's checks, taken instead of this member's own (geodns.fleet).
+
+    `down_votes` of `voters` vantage points (members whose probes of the site have a result) say
+    the site is down; `reason` is the cause shown when it is.
+    """
+
+    down: bool
+    down_votes: int
+    voters: int
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +235,7 @@ class HealthState:
         self.view = HealthView()
         self.conflicts: list[str] = []
         self.revision = 0
+        self.shared: dict[str, SharedVerdict] | None = None  # None: this server runs alone
         self.set_sites(sites, now)
 
     # -- inputs ------------------------------------------------------------------------------
@@ -239,6 +295,64 @@ class HealthState:
             return None, []
         return drain, self._refresh(now, "undrained")
 
+    def set_drains(self, drains: Mapping[str, Drain], now: float) -> list[SiteChange]:
+        """Adopt a whole set of drains (the fleet's): drains of unknown sites and ended ones are
+        left out, the rest replace every drain this state had."""
+        wanted = {
+            name: drain
+            for name, drain in drains.items()
+            if name in self.sites and drain.active(now)
+        }
+        if wanted == self.drains:
+            return []
+        self.drains = wanted
+        return self._refresh(now, "fleet drains changed")
+
+    def put_drain(self, site: str, drain: Drain | None, now: float) -> list[SiteChange]:
+        """Set one site's drain as it was (None: not drained); undoes a drain that failed to save."""
+        if drain is None:
+            self.drains.pop(site, None)
+        else:
+            self.drains[site] = drain
+        return self._refresh(now, "drain restored")
+
+    def set_shared(
+        self, verdicts: Mapping[str, SharedVerdict] | None, now: float
+    ) -> list[SiteChange]:
+        """The fleet's verdicts by site (None: decide by this server's own checks again).
+
+        A site without a verdict (no vantage point has a result for it yet) is decided by this
+        server's own checks."""
+        shared = dict(verdicts) if verdicts is not None else None
+        if shared == self.shared:
+            return []
+        self.shared = shared
+        return self._refresh(now, "fleet verdict")
+
+    def own_votes(self) -> dict[str, dict[str, Any]]:
+        """This server's verdict on every site with checks, from its own probes only (no drains,
+        no data centres): what it tells the fleet. `state` is "unchecked" until every check of the
+        site has a result, unless one is already down."""
+        votes: dict[str, dict[str, Any]] = {}
+        for name, site in self.sites.items():
+            if not site.checks:
+                continue
+            states = [self.checks[c.key] for c in site.checks]
+            down = [
+                f"check {public_url(c.key)} down: {redact_text(s.last.detail) if s.last else 'restored from the state file'}"
+                for c, s in zip(site.checks, states, strict=True)
+                if not s.up
+            ]
+            if down:
+                state = DOWN
+            elif all(s.checked for s in states):
+                state = UP
+            else:
+                state = "unchecked"
+            since = max((s.since or 0.0 for s in states), default=0.0)
+            votes[name] = {"state": state, "since": since, "detail": "; ".join(down)}
+        return votes
+
     def expire(self, now: float) -> list[SiteChange]:
         """End the timed drains whose time is up."""
         expired = [name for name, d in self.drains.items() if not d.active(now)]
@@ -257,6 +371,11 @@ class HealthState:
         drain = self.drains.get(site.name)
         if drain is not None and drain.active(now):
             reasons.append(drain.describe())
+        verdict = self.shared.get(site.name) if self.shared is not None else None
+        if verdict is not None:
+            if verdict.down:
+                reasons.append(verdict.reason or "down for the fleet")
+            return reasons
         for check in site.checks:
             state = self.checks[check.key]
             if not state.up:
@@ -297,6 +416,7 @@ class HealthState:
     def status(self, now: float) -> dict[str, Any]:
         """Every site: state, since, last result, streak, drain, why it is down. JSON-able."""
         sites: dict[str, Any] = {}
+        votes = self.own_votes() if self.shared is not None else {}
         for name, site in sorted(self.sites.items()):
             info = self.info[name]
             checks = {c.key: self._check_status(c.key) for c in site.checks}
@@ -307,14 +427,24 @@ class HealthState:
                 "state": info.state,
                 "checked": all(self.checks[c.key].checked for c in site.checks),
                 "since": info.since,
-                "down_cause": "; ".join(info.reasons) or None,
+                "down_cause": redact_text("; ".join(info.reasons)) or None,
                 "last": checks[deciding]["last"] if deciding else None,
                 "streak": checks[deciding]["streak"] if deciding else 0,
                 "drained": drain is not None,
                 "drain": drain.to_json() if drain is not None else None,
                 "datacenters": list(site.datacenters),
-                "checks": checks,
+                "checks": _public_checks(checks),
             }
+            verdict = self.shared.get(name) if self.shared is not None else None
+            if verdict is not None and name in votes:
+                own = votes[name]["state"]
+                sites[name]["fleet"] = {
+                    "state": DOWN if verdict.down else UP,
+                    "down_votes": verdict.down_votes,
+                    "voters": verdict.voters,
+                    "own": own,
+                    "disagrees": own != "unchecked" and (own == DOWN) != verdict.down,
+                }
         return {"now": now, "down": sorted(self.view.down), "sites": sites}
 
     def _check_status(self, key: str) -> dict[str, Any]:
@@ -328,7 +458,12 @@ class HealthState:
             "ok": last.ok if last else None,
             "latency": last.latency if last else None,
             "last": (
-                {"ok": last.ok, "detail": last.detail, "latency": last.latency, "at": last.at}
+                {
+                    "ok": last.ok,
+                    "detail": redact_text(last.detail),
+                    "latency": last.latency,
+                    "at": last.at,
+                }
                 if last
                 else None
             ),
@@ -395,6 +530,20 @@ class HealthState:
             if info is not None and isinstance(entry, Mapping) and entry.get("state") == info.state:
                 info.since = _number(entry.get("since"), info.since)
         return changes, dropped
+
+
+def _public_checks(checks: dict[str, Any]) -> dict[str, Any]:
+    """Checks keyed by their public names (geodns.health.redact); two checks that differ only in
+    what is hidden keep apart as "name (2)"."""
+    public: dict[str, Any] = {}
+    for key, value in checks.items():
+        name = public_url(key)
+        unique, count = name, 1
+        while unique in public:
+            count += 1
+            unique = f"{name} ({count})"
+        public[unique] = value
+    return public
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

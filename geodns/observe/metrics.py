@@ -1,10 +1,12 @@
-"""Prometheus metrics, counted on the query path for the price of one dictionary update.
+"""Prometheus metrics, counted on the query path for the price of one list increment.
 
 prometheus-client's `Counter.inc()` takes a lock and walks a label dictionary: about a
 microsecond, which is a measurable share of a query that costs a few. So the query path never
-touches prometheus-client: `QueryCounters.observe` (a `geodns.serving.server.Observer`) adds one to a plain
-dict keyed by a tuple of what the engine decided, and `GeodnsCollector` turns that dict, and the
-server's other state, into metric families when Prometheus scrapes. The rules it keeps:
+touches prometheus-client: `QueryCounters.observe` (a `geodns.serving.server.Observer`) adds one
+to a plain count kept per tuple of everything the metrics are cut by (what the engine decided,
+the response's size, the query's EDNS features, how the reply was found), and `GeodnsCollector`
+turns those counts, the transports' latency histograms (geodns.observe.timing) and the server's
+other state into metric families when Prometheus scrapes. The rules it keeps:
 
 * Counting is single-threaded (the event loop); a scrape from another thread copies the dict
   first (an atomic C-level copy under the GIL), so it never sees it change under it.
@@ -20,7 +22,7 @@ server's other state, into metric families when Prometheus scrapes. The rules it
 from __future__ import annotations
 
 import platform
-import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -28,6 +30,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -35,6 +38,9 @@ from prometheus_client.exposition import choose_encoder
 
 from geodns import __version__
 from geodns.common.logs import get_logger
+from geodns.dns.wire import FEATURE_DO, FEATURE_ECS, FEATURE_EDNS
+from geodns.observe.sample import NetworkSample
+from geodns.observe.timing import Histogram
 
 log = get_logger("geodns.observe.metrics")
 
@@ -114,8 +120,18 @@ def rcode_text(rcode: int) -> str:
     return RCODE_NAMES.get(rcode) or f"RCODE{rcode}"
 
 
-# (zone, qtype, rcode, transport, site, located_by, truncated)
-CountKey = tuple[str | None, int, int, str, str | None, str | None, bool]
+# How a UDP reply was found (the `path` of a count): the full path (parser and engine), a subnet
+# template (geodns.serving.subnet_templates), or the reply cache. TCP is always the full path.
+PATH_FULL = 0
+PATH_TEMPLATE = 1
+PATH_REPLY_CACHE = 2
+# what the query carried (Query.features, Asked.features): bits, so one int in the key
+FEATURE_NAMES = ((FEATURE_EDNS, "edns"), (FEATURE_DO, "do"), (FEATURE_ECS, "ecs"))
+# bytes: a plain A answer is under 100, 512 is the old UDP limit, 1232 the usual EDNS size
+SIZE_BOUNDS = (64, 128, 256, 512, 768, 1024, 1232, 1472, 2048, 4096, 16384, 65535)
+
+# (zone, qtype, rcode, transport, site, located_by, truncated, response size, features, path)
+CountKey = tuple[str | None, int, int, str, str | None, str | None, bool, int, int, int]
 
 
 class QueryCounters:
@@ -123,31 +139,48 @@ class QueryCounters:
 
     Each distinct key (the tuple of everything the metrics are cut by) gets a slot in a flat
     list of counts; the collector sums the keys into each family at scrape time. `observe` has
-    the signature of `geodns.serving.server.Observer`; `slot` gives a key's slot once, so that a reply
-    kept in the reply cache carries it and a repeat of its query is counted by
-    `tally[slot] += 1` alone (geodns.serving.server.handle).
+    the signature of `geodns.serving.answer_path.Observer`; `slot` gives the slot of a reply
+    kept in the reply cache or a template, so that the reply carries it and a repeat of its
+    query is counted by `tally[slot] += 1` alone (geodns.serving.answer_path.answer). A key holds the
+    response's size and the query's EDNS features, so a cached reply's one increment counts
+    its size and features too.
+
+    `observe` also feeds the network sample (geodns.observe.sample) about once every
+    `sample.every` queries it sees: a decrement and a comparison per query.
     """
 
-    __slots__ = ("slots", "tally")
+    __slots__ = ("slots", "tally", "sample", "countdown")
 
-    def __init__(self) -> None:
+    def __init__(self, sample: NetworkSample | None = None) -> None:
         self.slots: dict[CountKey, int] = {}
         self.tally: list[int] = []
+        self.sample = sample if sample is not None else NetworkSample()
+        self.countdown = self.sample.gap()
 
-    def observe(self, query: Any, outcome: Any, client: str, transport: str) -> None:
-        """Count one answered query (query: geodns.dns.wire.Query, outcome: geodns.serving.engine.Outcome)."""
-        self.tally[self.slot(query.qtype, outcome, transport)] += 1
+    def observe(
+        self, asked: Any, outcome: Any, client: str, transport: str, size: int, path: int
+    ) -> None:
+        """Count one answered query (asked: a geodns.dns.wire.Query or the
+        geodns.serving.snapshot.Asked kept of one, outcome: geodns.serving.engine.Outcome, size: the
+        response's bytes, path: PATH_*)."""
+        self.tally[self.slot(asked, outcome, transport, size, path)] += 1
+        self.countdown -= 1
+        if self.countdown <= 0:
+            self.countdown = self.sample.take(asked, client)
 
-    def slot(self, qtype: int, outcome: Any, transport: str) -> int:
-        """The slot in `tally` of the queries of this type, outcome and transport."""
+    def slot(self, asked: Any, outcome: Any, transport: str, size: int, path: int) -> int:
+        """The slot in `tally` of the queries asked so, answered so, over `transport`."""
         key = (
             outcome.zone,
-            qtype,
+            asked.qtype,
             outcome.rcode,
             transport,
             outcome.site,
             outcome.located_by,
             outcome.truncated,
+            size,
+            asked.features,
+            path,
         )
         slot = self.slots.get(key)
         if slot is None:
@@ -159,7 +192,8 @@ class QueryCounters:
         if key[1] not in QTYPE_NAMES:
             key = (key[0], OTHER_QTYPE) + key[2:]
         elif len(self.slots) >= MAX_KEYS:
-            key = (None, OTHER_QTYPE, key[2], key[3], None, None, False)
+            size = SIZE_BOUNDS[min(bisect_left(SIZE_BOUNDS, key[7]), len(SIZE_BOUNDS) - 1)]
+            key = (None, OTHER_QTYPE, key[2], key[3], None, None, False, size) + key[8:]
         slot = self.slots.get(key)
         if slot is None:
             slot = self.slots[key] = len(self.tally)
@@ -184,22 +218,51 @@ SERVER_COUNTERS = (
     "cookies_invalid",
     "cookies_new",
 )
-QUERY_LOG_COUNTERS = ("written", "dropped", "errors")
+SPOOL_COUNTERS = ("written", "dropped", "errors")
+QUERY_LOG_COUNTERS = SPOOL_COUNTERS
+# why a TCP connection ended (geodns.serving.transports counts each once)
+TCP_CLOSE_REASONS = (
+    "client_closed",  # the client closed it
+    "reset",  # the client reset it, or an error did
+    "idle_timeout",  # no message under way for tcp.idle_timeout
+    "slow_message",  # a message did not arrive whole within tcp.message_timeout
+    "oversized",  # a length prefix past 64 KiB
+    "evicted",  # the process was full and this one had gone longest without a message
+    "per_address",  # refused: its address held tcp.max_per_address connections
+    "limit",  # refused: tcp.max_connections reached and nothing could be evicted
+    "shutdown",  # the server stopped
+)
 
 
-def worker_report(counters: QueryCounters, server_state: Any, query_log: Any = None) -> dict:
+def worker_report(
+    counters: QueryCounters,
+    server_state: Any,
+    query_log: Any = None,
+    dnstap: Any = None,
+    sample_added: int | None = None,
+) -> dict:
     """What a worker process sends to the main process for the metrics endpoint (picklable).
 
     Counters are totals since the worker started, so a lost or repeated report does no harm:
-    the main process keeps the latest one per worker.
+    the main process keeps the latest one per worker. The exception is "sample": the network
+    sample's entries added since `sample_added` (the sample's `added` at the last report), which
+    the main process adds to its own sample once.
     """
     report: dict[str, Any] = {
         "counts": counters.snapshot(),
         "server": {name: getattr(server_state, name) for name in SERVER_COUNTERS},
-        "tcp_closed": dict(getattr(server_state, "tcp_closed", {})),
+        "latency": {
+            "udp": server_state.udp_latency.report(),
+            "tcp": server_state.tcp_latency.report(),
+        },
+        "tcp_closed": dict(server_state.tcp_closed),
     }
     if query_log is not None:
         report["query_log"] = {name: getattr(query_log, name) for name in QUERY_LOG_COUNTERS}
+    if dnstap is not None:
+        report["dnstap"] = {name: getattr(dnstap, name) for name in SPOOL_COUNTERS}
+    if sample_added is not None:
+        report["sample"] = counters.sample.newer_than(sample_added)
     return report
 
 
@@ -207,17 +270,18 @@ class GeodnsCollector:
     """A prometheus-client collector: builds every geodns metric family at scrape time.
 
     Sources, each optional:
-      server_state   geodns.serving.server.ServerState (`.malformed`, `.dropped`, `.errors`,
+      server_state   geodns.serving.answer_path.ServerState (`.malformed`, `.dropped`, `.errors`,
                      `.tcp_connections`, `.snapshot` with `.zones` and `.generation`)
       reload_status  () -> an object with `.ok`, `.successes`, `.failures`, `.last_success`,
                      `.last_attempt`, `.errors` (geodns.daemon.app.ReloadStatus)
       health_status  () -> {site: {"state": "up"|"down"|..., "drained": bool,
                      "checks": {check_key: {"ok": bool|None, "latency": seconds|None}}}}
                      ("checks" may also be a list of such dicts with a "key")
-      geo            () -> the GeoLocator in use (`.build_epoch`, `.database_type`, `.path`)
+      geo            () -> the geodns.geo.locator.Geo in use (`.build_epoch`, `.database_type`, `.path`)
       query_log      () -> the QueryLog or None (`.written`, `.dropped`, `.errors`)
+      dnstap         () -> the dnstap Spool or None (`.written`, `.dropped`, `.errors`)
       workers        () -> the latest `worker_report()` of each worker process; added to the
-                     query, packet, TCP and query log counts of this process
+                     query, packet, latency, TCP, query log and dnstap counts of this process
     A source that raises is skipped for that scrape and logged; the rest is still served.
     """
 
@@ -231,7 +295,7 @@ class GeodnsCollector:
         geo: Callable[[], Any] | None = None,
         query_log: Callable[[], Any] | None = None,
         workers: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
-        started: float | None = None,
+        dnstap: Callable[[], Any] | None = None,
     ) -> None:
         self.counters = counters
         self.server_state = server_state
@@ -240,7 +304,7 @@ class GeodnsCollector:
         self.geo = geo
         self.query_log = query_log
         self.workers = workers
-        self.started = time.time() if started is None else started
+        self.dnstap = dnstap
 
     def collect(self) -> Iterator[Metric]:
         for name, part in (
@@ -251,6 +315,7 @@ class GeodnsCollector:
             ("health", self._health),
             ("geoip", self._geoip),
             ("query_log", self._query_log),
+            ("dnstap", self._dnstap),
         ):
             try:
                 families = list(part())
@@ -269,11 +334,7 @@ class GeodnsCollector:
                 "implementation": platform.python_implementation(),
             },
         )
-        start = GaugeMetricFamily(
-            "geodns_start_time_seconds", "When this server process started (Unix time)"
-        )
-        start.add_metric([], self.started)
-        return info, start
+        return (info,)  # the start time is process_start_time_seconds
 
     def _reports(self) -> list[Mapping[str, Any]]:
         if self.workers is None:
@@ -291,13 +352,28 @@ class GeodnsCollector:
                 counts[key] = counts.get(key, 0) + count
         return counts
 
+    def answers_by_site(self) -> dict[str, int]:
+        """Geo answers per site since start, every process included (the console's share)."""
+        totals: dict[str, int] = {}
+        for key, count in self._all_counts().items():
+            if key[4] is not None:
+                for site in key[4].split(","):
+                    totals[site] = totals.get(site, 0) + count
+        return totals
+
     def _queries(self) -> Iterable[Metric]:
         queries: dict[tuple[str, str, str, str], int] = {}
         answers: dict[tuple[str, str], int] = {}
         located: dict[str, int] = {}
         truncated: dict[tuple[str, str], int] = {}
+        features: dict[tuple[str, str], int] = {}
+        sizes: dict[str, tuple[list[int], int]] = {}
+        lookups = {
+            (cache, result): 0 for cache in ("reply", "template") for result in ("hit", "miss")
+        }
         for key, count in self._all_counts().items():
-            zone, qtype, rcode, transport, site, located_by, was_truncated = key
+            (zone, qtype, rcode, transport, site, located_by, was_truncated) = key[:7]
+            size, carried, path = key[7:]
             zone_label = zone or ""
             labels = (
                 zone_label,
@@ -314,6 +390,16 @@ class GeodnsCollector:
             if was_truncated:
                 cut = (zone_label, transport)
                 truncated[cut] = truncated.get(cut, 0) + count
+            for bit, name in FEATURE_NAMES:
+                if carried & bit:
+                    features[name, transport] = features.get((name, transport), 0) + count
+            buckets, total = sizes.get(transport) or ([0] * (len(SIZE_BOUNDS) + 1), 0)
+            buckets[bisect_left(SIZE_BOUNDS, size)] += count
+            sizes[transport] = (buckets, total + size * count)
+            if transport == "udp":
+                lookups["reply", "hit" if path == PATH_REPLY_CACHE else "miss"] += count
+                if path != PATH_REPLY_CACHE and carried & FEATURE_ECS:
+                    lookups["template", "hit" if path == PATH_TEMPLATE else "miss"] += count
         queries_family = CounterMetricFamily(
             "geodns_queries",
             "Queries answered, by zone ('' when outside every zone), type, rcode and transport",
@@ -348,6 +434,34 @@ class GeodnsCollector:
         for cut_labels, count in sorted(truncated.items()):
             family.add_metric(cut_labels, count)
         yield family
+        family = CounterMetricFamily(
+            "geodns_query_features",
+            "Answered queries that carried an EDNS OPT record (edns), the DO bit (do) or an "
+            "EDNS Client Subnet option (ecs)",
+            labels=("feature", "transport"),
+        )
+        for _, name in FEATURE_NAMES:
+            for transport in ("udp", "tcp"):
+                family.add_metric((name, transport), features.get((name, transport), 0))
+        yield family
+        family = CounterMetricFamily(
+            "geodns_cache_lookups",
+            "UDP queries by whether the reply cache (cache=reply) had their reply, and ECS "
+            "queries it had not by whether a subnet template (cache=template) answered them",
+            labels=("cache", "result"),
+        )
+        for lookup_labels, count in sorted(lookups.items()):
+            family.add_metric(lookup_labels, count)
+        yield family
+        histogram = HistogramMetricFamily(
+            "geodns_response_size_bytes",
+            "Size of the responses sent, in bytes (TCP: without the length prefix)",
+            labels=("transport",),
+        )
+        for transport in ("udp", "tcp"):
+            buckets, total = sizes.get(transport) or ([0] * (len(SIZE_BOUNDS) + 1), 0)
+            histogram.add_metric((transport,), _cumulative(SIZE_BOUNDS, buckets), total)
+        yield histogram
 
     def _server(self) -> Iterable[Metric]:
         state = self.server_state
@@ -367,19 +481,6 @@ class GeodnsCollector:
         family = GaugeMetricFamily("geodns_tcp_connections", "TCP connections open now")
         family.add_metric([], totals["tcp_connections"])
         yield family
-        closed = dict(getattr(state, "tcp_closed", {}))
-        for report in self._reports():
-            for reason, count in report.get("tcp_closed", {}).items():
-                closed[reason] = closed.get(reason, 0) + count
-        closes = CounterMetricFamily(
-            "geodns_tcp_closed",
-            "TCP connections closed, by reason (geodns.serving.transports.CLOSE_REASONS): "
-            "the client, idle, slow_message, evicted, per_address, full, oversize, shutdown",
-            labels=("reason",),
-        )
-        for reason, count in sorted(closed.items()):
-            closes.add_metric((reason,), count)
-        yield closes
         rrl = CounterMetricFamily(
             "geodns_rrl_responses",
             "Responses held back by response rate limiting: dropped, sent truncated (slipped), "
@@ -398,6 +499,23 @@ class GeodnsCollector:
         for result in ("valid", "invalid", "new"):
             cookies.add_metric((result,), totals[f"cookies_{result}"])
         yield cookies
+        closed = dict.fromkeys(TCP_CLOSE_REASONS, 0)
+        for source in [getattr(state, "tcp_closed", {})] + [
+            report.get("tcp_closed", {}) for report in self._reports()
+        ]:
+            for reason, count in source.items():
+                closed[reason] = closed.get(reason, 0) + count
+        closed_family = CounterMetricFamily(
+            "geodns_tcp_connections_closed",
+            "TCP connections ended, by reason: client_closed, reset, idle_timeout, "
+            "slow_message, oversized, evicted (to make room), per_address and limit (refused), "
+            "shutdown",
+            labels=("reason",),
+        )
+        for reason, count in closed.items():
+            closed_family.add_metric((reason,), count)
+        yield closed_family
+        yield from self._latency(state)
         snapshot = getattr(state, "snapshot", None)
         if snapshot is not None:
             family = GaugeMetricFamily("geodns_zones", "Zones being served")
@@ -408,6 +526,26 @@ class GeodnsCollector:
             )
             family.add_metric([], snapshot.generation)
             yield family
+
+    def _latency(self, state: Any) -> Iterable[Metric]:
+        histogram = HistogramMetricFamily(
+            "geodns_answer_latency_seconds",
+            "Time from reading a query to sending its answer, by transport (UDP in batches: "
+            "every query of a batch waited from the batch's read to its send)",
+            labels=("transport",),
+        )
+        for transport in ("udp", "tcp"):
+            own = getattr(state, f"{transport}_latency", None)
+            if own is None:
+                continue
+            total = Histogram(own.bounds)
+            total.add(own.report())
+            for report in self._reports():
+                latency = report.get("latency", {}).get(transport)
+                if latency is not None:
+                    total.add(latency)
+            histogram.add_metric((transport,), _cumulative(total.bounds, total.counts), total.total)
+        yield histogram
 
     def _reload(self) -> Iterable[Metric]:
         if self.reload_status is None:
@@ -504,6 +642,23 @@ class GeodnsCollector:
             ("geodns_query_log_errors", "errors", "Query log lines lost to write errors"),
         )
 
+    def _dnstap(self) -> Iterable[Metric]:
+        if self.dnstap is None:
+            return
+        spool = self.dnstap()
+        if spool is None:
+            return
+        yield from _counters(
+            self._totals(spool, SPOOL_COUNTERS, "dnstap"),
+            ("geodns_dnstap_queries", "written", "Sampled queries written to the dnstap output"),
+            (
+                "geodns_dnstap_dropped",
+                "dropped",
+                "Sampled queries dropped: the dnstap spool was full or no reader was connected",
+            ),
+            ("geodns_dnstap_errors", "errors", "Sampled queries lost to dnstap write errors"),
+        )
+
     def _totals(self, source: Any, names: Iterable[str], section: str) -> dict[str, int]:
         """This process's counters named `names` plus the workers' reports of `section`."""
         totals = {name: getattr(source, name) for name in names}
@@ -519,6 +674,20 @@ def _counters(totals: Mapping[str, int], *specs: tuple[str, str, str]) -> Iterab
         family = CounterMetricFamily(name, text)
         family.add_metric([], totals[key])
         yield family
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last is +Inf) -> Prometheus's cumulative (le, count) pairs."""
+    running = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else _le(bound), running))
+    return buckets
+
+
+def _le(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
 
 
 def _checks(checks: Any) -> Iterable[tuple[str, Mapping[str, Any]]]:
@@ -547,6 +716,7 @@ class Metrics:
         geo: Callable[[], Any] | None = None,
         query_log: Callable[[], Any] | None = None,
         workers: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+        dnstap: Callable[[], Any] | None = None,
         process: bool = True,
     ) -> None:
         self.counters = QueryCounters()
@@ -560,6 +730,7 @@ class Metrics:
             geo=geo,
             query_log=query_log,
             workers=workers,
+            dnstap=dnstap,
         )
         self.registry.register(self.collector)
         if process:

@@ -21,18 +21,37 @@ snapshot, so the same bytes always get the same reply from it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from geodns.common.errors import Drop, FormError
 from geodns.common.lograte import RateLimitedLog
 from geodns.common.logs import get_logger
+from geodns.dns.names import name_text
+from geodns.dns.resolve import RCODE_SERVFAIL
 from geodns.dns.wire import Query, parse_query
+from geodns.observe.metrics import (
+    PATH_FULL,
+    PATH_REPLY_CACHE,
+    PATH_TEMPLATE,
+    TCP_CLOSE_REASONS,
+    QueryCounters,
+)
+from geodns.observe.timing import Histogram
 from geodns.serving.client import Client
 from geodns.serving.cookies import CookieJar
-from geodns.serving.engine import BADCOOKIE, Outcome, bare, formerr, respond, servfail
+from geodns.serving.engine import (
+    BADCOOKIE,
+    RRL_ERROR,
+    Outcome,
+    bare,
+    formerr,
+    respond,
+    servfail,
+)
 from geodns.serving.engine import truncated_copy as slip_copy
 from geodns.serving.rrl import DROP, SEND, ResponseRateLimiter
 from geodns.serving.snapshot import SIGHTING_BITS, SIGHTING_SLOTS, Asked, CachedReply, Snapshot
+from geodns.serving.templates import Template
 
 log = get_logger("geodns.serving.answer_path")
 MAX_CACHED_QUERY = 512  # bytes: longer queries are answered but not kept
@@ -47,13 +66,29 @@ class Asking(Protocol):
     def qtype(self) -> int: ...
     @property
     def ecs(self) -> tuple[int, int, bytes] | None: ...
+    @property
+    def features(self) -> int: ...
 
 
-Observer = Callable[[Asking, Outcome, str, str], None]
-"""Called once per answered query: (what was asked, what was decided, client, "udp"/"tcp")."""
+Observer = Callable[[Asking, Outcome, str, str, int, int], None]
+"""Called once per answered query: (what was asked, what was decided, client, "udp" or "tcp",
+the reply's size in bytes, how it was found: geodns.observe.metrics.PATH_*)."""
 
-SlotOf = Callable[[int, Outcome, str], int]
-"""Gives the counter slot of (query type, outcome, transport) (geodns.observe.metrics)."""
+SlotOf = Callable[[Asking, Outcome, str, int, int], int]
+"""The counter slot of (asked, outcome, transport, reply size, path): geodns.observe.metrics."""
+
+
+class Tap(Protocol):
+    """Sees every query's bytes and reply at the transports (geodns.observe.dnstap.DnstapTap)."""
+
+    def batched(self, listener: Any, offset: int, query: bytes, response: bytes | None) -> None: ...
+    def datagram(
+        self, transport: Any, address: Any, query: bytes, response: bytes | None
+    ) -> None: ...
+    def stream(self, connection: Any, query: bytes, response: bytes | None) -> None: ...
+
+
+SERVFAIL_OUTCOME = Outcome(RCODE_SERVFAIL, None, rrl=RRL_ERROR)
 
 
 class ServerState:
@@ -74,6 +109,7 @@ class ServerState:
         # reply from a cache is counted by one list increment (geodns.observe.metrics)
         self.tally: list[int] | None = None
         self.slot_of: SlotOf | None = None
+        self.counters: QueryCounters | None = None  # for the network sample of template hits
         self.malformed = 0
         self.dropped = 0
         self.errors = 0
@@ -81,7 +117,10 @@ class ServerState:
         self.rrl_slipped = 0
         self.badcookie = 0
         self.tcp_connections = 0
-        self.tcp_closed: dict[str, int] = {}  # by reason: the TCP registry's own counts
+        self.tcp_closed = dict.fromkeys(TCP_CLOSE_REASONS, 0)  # by reason (transports)
+        self.udp_latency = Histogram()  # receive to send, seconds (geodns.observe.timing)
+        self.tcp_latency = Histogram()
+        self.tap: Tap | None = None  # dnstap, when configured
         self.error_log = RateLimitedLog(log)
 
     @property
@@ -96,12 +135,12 @@ class ServerState:
     def cookies_new(self) -> int:
         return self.cookies.new if self.cookies is not None else 0
 
-    def count_with(self, counters: object) -> None:
-        """Make `counters` (geodns.observe.metrics.QueryCounters) the observer, with its
-        slot-counting fast path."""
-        self.observer = counters.observe  # type: ignore[attr-defined]
-        self.tally = counters.tally  # type: ignore[attr-defined]
-        self.slot_of = counters.slot  # type: ignore[attr-defined]
+    def count_with(self, counters: QueryCounters) -> None:
+        """Make `counters` the observer, with its slot-counting fast path for cached replies."""
+        self.observer = counters.observe
+        self.tally = counters.tally
+        self.slot_of = counters.slot
+        self.counters = counters
 
 
 def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: float) -> bytes | None:
@@ -117,23 +156,62 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
                 verdict = _limit(state, client, outcome, now)
                 if verdict != SEND:
                     return slip_copy(reply) if verdict != DROP else None
-            _count(state, cached.asked, outcome, cached.slot, client, "udp")
+            tally = state.tally
+            if tally is not None and cached.slot >= 0:
+                tally[cached.slot] += 1
+            elif state.observer is not None:
+                state.observer(
+                    cached.asked, outcome, client.text, "udp", len(reply), PATH_REPLY_CACHE
+                )
             return reply
         hit = snapshot.templates.answer(data)
         if hit is not None:  # the same question before, from another client subnet
-            template = hit.template
-            outcome = template.outcomes[hit.answer]
-            reply = hit.reply
+            reply, template, answer_id, scope, address = hit
+            outcome = template.outcomes[answer_id]
             if state.limiter is not None and not client.exempt:
                 verdict = _limit(state, client, outcome, now)
                 if verdict != SEND:
                     return slip_copy(reply) if verdict != DROP else None
-            ecs = (template.ecs_family, template.source, hit.address)
-            asked = Asked(template.qname, template.qtype, ecs)
-            if state.observer is not None and state.tally is None:  # the query log reads it
-                outcome = outcome._replace(scope=hit.scope)
-            _remember(state, snapshot, key, reply, asked, outcome)
-            _count(state, asked, outcome, template.slots[hit.answer], client, "udp")
+            # the first sighting of these bytes only notes them (see _remember); the second
+            # keeps the reply, with what observers read of the query
+            hashed = hash(key)
+            at = hashed & (SIGHTING_SLOTS - 1)
+            tag = (hashed >> SIGHTING_BITS) % 255 + 1
+            sighted = snapshot.sightings
+            asked = None
+            if sighted[at] != tag:
+                sighted[at] = tag
+            else:
+                asked = _template_asked(template, address)
+                stored = _slot(state, asked, outcome, len(reply), PATH_REPLY_CACHE)
+                snapshot.replies.put(
+                    key,
+                    CachedReply(reply[2:], asked, outcome, stored),
+                    len(key) + len(reply),
+                )
+            tally = state.tally
+            slot = template.slots[answer_id]
+            if tally is not None and slot >= 0:
+                tally[slot] += 1
+                # a template hit is a new network: the network sample sees them as the full
+                # path's queries (a repeat from the reply cache is not a new one)
+                counters = state.counters
+                if counters is not None:
+                    counters.countdown -= 1
+                    if counters.countdown <= 0:
+                        asked = asked or _template_asked(template, address)
+                        counters.countdown = counters.sample.take(asked, client.text)
+            elif state.observer is not None:
+                if asked is None:
+                    asked = _template_asked(template, address)
+                state.observer(
+                    asked,
+                    outcome._replace(scope=scope),
+                    client.text,
+                    "udp",
+                    len(reply),
+                    PATH_TEMPLATE,
+                )
             return reply
     try:
         query = parse_query(data)
@@ -152,9 +230,13 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
     except Exception:
         state.errors += 1
         state.error_log.exception(
-            "engine_error", client=client.text, qtype=query.qtype, qname=_name_text(query.qname)
+            "engine_error", client=client.text, qtype=query.qtype, qname=name_text(query.qname)
         )
-        return servfail(query, snapshot)
+        reply = servfail(query, snapshot)
+        if state.observer is not None:  # counted like any answer
+            transport = "tcp" if tcp else "udp"
+            state.observer(query, SERVFAIL_OUTCOME, client.text, transport, len(reply), PATH_FULL)
+        return reply
 
 
 def _full_path(
@@ -182,16 +264,17 @@ def _full_path(
                     return bare(query, BADCOOKIE, snapshot, cookie)
                 return slip_copy(response, query) if verdict != DROP else None
         if outcome.cacheable and not cookie and len(data) <= MAX_CACHED_QUERY:
-            asked = Asked(query.qname, query.qtype, query.ecs)
+            asked = Asked(query.qname, query.qtype, query.ecs, query.features)
             _remember(state, snapshot, data[2:], response, asked, outcome)
             if query.ecs is not None and query.ecs_at_end:
                 record = snapshot.prepare(query.key, query.qtype).dynamic
                 answer_map = snapshot.answer_map(record) if record is not None else None
                 if record is None or answer_map is not None:
-                    slot_of = state.slot_of
-                    slot = slot_of(query.qtype, outcome, "udp") if slot_of is not None else -1
+                    slot = _slot(state, asked, outcome, len(response), PATH_TEMPLATE)
                     snapshot.templates.learn(data, query, response, outcome, answer_map, slot)
-    _count(state, query, outcome, -1, client, "tcp" if tcp else "udp")
+    if state.observer is not None:
+        transport = "tcp" if tcp else "udp"
+        state.observer(query, outcome, client.text, transport, len(response), PATH_FULL)
     return response
 
 
@@ -219,35 +302,21 @@ def _remember(
     if sighted[at] != tag:
         sighted[at] = tag
         return
-    slot_of = state.slot_of
-    slot = slot_of(asked.qtype, outcome, "udp") if slot_of is not None else -1
+    slot = _slot(state, asked, outcome, len(reply), PATH_REPLY_CACHE)
     snapshot.replies.put(key, CachedReply(reply[2:], asked, outcome, slot), len(key) + len(reply))
 
 
-def _count(
-    state: ServerState, asked: Asking, outcome: Outcome, slot: int, client: Client, transport: str
-) -> None:
-    tally = state.tally
-    if tally is not None:
-        if slot < 0:
-            assert state.slot_of is not None
-            slot = state.slot_of(asked.qtype, outcome, transport)
-        tally[slot] += 1
-    elif state.observer is not None:
-        state.observer(asked, outcome, client.text, transport)
+def _slot(state: ServerState, asked: Asking, outcome: Outcome, size: int, path: int) -> int:
+    """The counter slot a cached reply carries, so its repeats are counted by one increment;
+    -1 when nothing counts by slot (the query log is on: every query goes to the observer)."""
+    slot_of = state.slot_of
+    return slot_of(asked, outcome, "udp", size, path) if slot_of is not None else -1
+
+
+def _template_asked(template: Template, address: bytes) -> Asked:
+    ecs = (template.ecs_family, template.source, address)
+    return Asked(template.qname, template.qtype, ecs, template.features)
 
 
 def _packed(client: Client) -> bytes:
     return client.value.to_bytes(4 if client.family == 4 else 16, "big")
-
-
-def _name_text(qname: bytes) -> str:
-    """A wire name as text for a log line (dots between labels, escapes for odd octets)."""
-    labels = []
-    position = 0
-    while position < len(qname) and qname[position]:
-        length = qname[position]
-        label = qname[position + 1 : position + 1 + length]
-        labels.append("".join(chr(b) if 33 <= b < 127 and b != 46 else f"\\{b:03d}" for b in label))
-        position += 1 + length
-    return ".".join(labels) + "."

@@ -78,7 +78,7 @@ def respond(
     qtype = query.qtype
     if query.qclass != CLASS_IN or qtype in (TYPE_AXFR, TYPE_IXFR):
         return bare(query, RCODE_REFUSED, snapshot, cookie), _ERROR_OUTCOMES[RCODE_REFUSED]
-    prepared = snapshot.prepare(query.key, qtype)
+    prepared = snapshot.prepare(query.key, qtype, query.do)
     scope = 0
     decision: Decision | None = None
     located_by: str | None = None

@@ -13,6 +13,7 @@ geography-dependent (replies, templates, place decisions) starts empty.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -22,12 +23,14 @@ from geodns.config.loader import load_zones
 from geodns.config.server import ServerConfig
 from geodns.dns.resolve import Prepared, Resolver, split_wire
 from geodns.dns.zone import Zone
+from geodns.dnssec.signer import SignedZone
 from geodns.geo.answers import AnswerMap, Shape, build_map, shape_of
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.dynamic import Decision, DynamicRecord
 from geodns.geo.locator import Geo
 from geodns.geo.places import Place
 from geodns.geo.sites import Site
+from geodns.serving.signing import sign_zones
 from geodns.serving.templates import Templates
 
 if TYPE_CHECKING:
@@ -35,15 +38,18 @@ if TYPE_CHECKING:
 
 SIGHTING_BITS = 17
 SIGHTING_SLOTS = 1 << SIGHTING_BITS
+SIGNED = 1 << 16  # added to the type in the prepared cache's key: the signed twin (DO=1)
 
 
 class Asked:
     """What observers read of a query whose reply came from a cache: a few plain values."""
 
-    __slots__ = ("qname", "qtype", "ecs")
+    __slots__ = ("qname", "qtype", "ecs", "features")
 
-    def __init__(self, qname: bytes, qtype: int, ecs: tuple[int, int, bytes] | None) -> None:
-        self.qname, self.qtype, self.ecs = qname, qtype, ecs
+    def __init__(
+        self, qname: bytes, qtype: int, ecs: tuple[int, int, bytes] | None, features: int
+    ) -> None:
+        self.qname, self.qtype, self.ecs, self.features = qname, qtype, ecs, features
 
 
 class CachedReply:
@@ -67,6 +73,7 @@ class Snapshot:
     generation: int = 0
     shapes: Mapping[DynamicRecord, Shape] = field(default_factory=dict)
     maps: Mapping[Shape, AnswerMap] = field(default_factory=dict)
+    signed: Mapping[str, SignedZone] = field(default_factory=dict)  # DNSSEC, by zone origin
     record_maps: dict[DynamicRecord, AnswerMap] = field(init=False)  # shapes then maps, joined
     resolver: Resolver = field(init=False)
     prepared: BoundedCache[tuple[bytes, int], Prepared] = field(init=False)
@@ -77,7 +84,8 @@ class Snapshot:
     place_decisions: BoundedCache[tuple[DynamicRecord, Place], Decision] = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "resolver", Resolver(dict(self.zones)))
+        served = {**self.zones, **{o: z.zone for o, z in self.signed.items()}}
+        object.__setattr__(self, "resolver", Resolver(served, self.signed))
         self._join_maps()
         object.__setattr__(self, "prepared", BoundedCache("prepared"))
         self._fresh_caches()
@@ -99,12 +107,14 @@ class Snapshot:
     def answer_map(self, record: DynamicRecord) -> AnswerMap | None:
         return self.record_maps.get(record)
 
-    def prepare(self, key: bytes, qtype: int) -> Prepared:
-        """The resolved, encoded answer for a (lower-case wire name, type), cached."""
-        cache_key = (key, qtype)
+    def prepare(self, key: bytes, qtype: int, dnssec: bool = False) -> Prepared:
+        """The resolved, encoded answer for a (lower-case wire name, type), cached; with
+        `dnssec` (DO=1) and signed zones, the signed twin (RRSIGs, NSEC proofs)."""
+        signed = dnssec and bool(self.signed)
+        cache_key = (key, qtype | SIGNED if signed else qtype)
         prepared = self.prepared.get(cache_key)
         if prepared is None:
-            prepared = self.resolver.resolve(split_wire(key), qtype)
+            prepared = self.resolver.resolve(split_wire(key), qtype, signed)
             self.prepared.put(cache_key, prepared, len(key) + prepared.size)
         return prepared
 
@@ -117,6 +127,11 @@ class Snapshot:
         object.__setattr__(clone, "resolver", self.resolver)
         object.__setattr__(clone, "prepared", self.prepared)
         return clone
+
+    def with_signatures(self, signed: Mapping[str, SignedZone]) -> Snapshot:
+        """The same zones and view, signed anew (signatures refreshed, a key rolled): every
+        answer is prepared again, the answer maps carry over."""
+        return replace(self, signed=signed)
 
 
 def dynamic_records(zones: Mapping[str, Zone]) -> Iterable[DynamicRecord]:
@@ -132,10 +147,32 @@ def record_shapes(zones: Mapping[str, Zone]) -> dict[DynamicRecord, Shape]:
     one Shape object (and so one map)."""
     shapes: dict[Hashable, Shape] = {}
     by_record: dict[DynamicRecord, Shape] = {}
+    # records compiled from alike YAML share their values and candidates (the compiler makes
+    # them once), so one look-up by those objects' identities skips shape_of for all but the
+    # first of them: a zone of 10,000 alike records computes one shape, not 10,000
+    by_parts: dict[Hashable, Shape | None] = {}
     for record in dynamic_records(zones):
-        shape = shape_of(record)
+        parts = (
+            record.rtype,
+            id(record.values),
+            id(record.candidates),
+            tuple(map(id, record.pools.values())),
+            record.rules,
+            record.nearest,
+            record.answers,
+            record.default_order,
+            record.all_down,
+            record.sticky_margin_km,
+        )
+        if parts in by_parts:
+            shape = by_parts[parts]
+        else:
+            shape = shape_of(record)
+            if shape is not None:
+                shape = shapes.setdefault(shape.key, shape)
+            by_parts[parts] = shape
         if shape is not None:
-            by_record[record] = shapes.setdefault(shape.key, shape)
+            by_record[record] = shape
     return by_record
 
 
@@ -190,14 +227,23 @@ def build_snapshot(
     down: frozenset[str] = frozenset(),
     generation: int = 0,
     previous_maps: Mapping[Shape, AnswerMap] | None = None,
+    now: float | None = None,
+    previous_signed: Mapping[str, SignedZone] | None = None,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
-    probed by an octoDNS `healthcheck`, so the health monitor checks those too."""
+    probed by an octoDNS `healthcheck`, so the health monitor checks those too. Zones the
+    config signs are signed at `now` (the wall clock by default), carrying over the previous
+    snapshot's signatures that still hold (geodns.serving.signing)."""
     with collector_paused():  # loading makes millions of objects that all live on
         compiler = DynamicCompilerForSites(config.sites)
         zones = load_zones(config, compiler)
         shapes = record_shapes(zones)
+        signed = (
+            sign_zones(config, zones, time.time() if now is None else now, previous_signed)
+            if config.dnssec
+            else {}
+        )
     return Snapshot(
         zones=zones,
         geo=geo,
@@ -207,4 +253,5 @@ def build_snapshot(
         generation=generation,
         shapes=shapes,
         maps=answer_maps(geo, shapes.values(), down, previous_maps),
+        signed=signed,
     )

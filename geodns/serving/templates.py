@@ -22,6 +22,7 @@ A new snapshot (reload, health change, drain) starts with no templates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from geodns.common.caching import BoundedCache
@@ -39,24 +40,21 @@ class Template(NamedTuple):
     """One question asked with ECS, as learned from fully parsed queries."""
 
     length: int  # octets of the ECS address
-    family: int  # 4 or 6
     shift: int  # bits to shift the address's integer value by to make a full address
     answer_map: AnswerMap | None  # None: a static answer
+    lookup: Callable[[int], tuple[int, int]] | None  # the answer map's, for this family
     qname: bytes  # what was asked, for observers: the question's name as sent, its type,
     qtype: int  # and the ECS family code and source prefix of every query it answers
     ecs_family: int
     source: int
+    features: int  # what its queries carry (EDNS, DO, ECS): the same bytes, so the same bits
     heads: dict[int, bytes]  # answer id -> the reply after the ID, up to the scope byte
     outcomes: dict[int, Outcome]  # answer id -> what it is counted as (scope: per query)
     slots: dict[int, int]  # answer id -> its counter slot (geodns.observe.metrics), or -1
 
 
-class TemplateHit(NamedTuple):
-    reply: bytes
-    template: Template
-    answer: int
-    scope: int
-    address: bytes
+TemplateHit = tuple[bytes, Template, int, int, bytes]
+"""(the reply, the template, its answer id, the scope, the query's ECS address)"""
 
 
 class Templates:
@@ -76,18 +74,15 @@ class Templates:
         else:
             return None
         address = data[-length:]
-        answer_map = template.answer_map
-        if answer_map is None:
+        lookup = template.lookup
+        if lookup is None:
             answer, scope = STATIC, 0
         else:
-            value = int.from_bytes(address) << template.shift
-            answer, scope = answer_map.lookup(template.family, value)
+            answer, scope = lookup(int.from_bytes(address) << template.shift)
         head = template.heads.get(answer)
         if head is None:
             return None
-        return TemplateHit(
-            data[:2] + head + SCOPE_BYTES[scope] + address, template, answer, scope, address
-        )
+        return data[:2] + head + SCOPE_BYTES[scope] + address, template, answer, scope, address
 
     def learn(
         self,
@@ -114,16 +109,20 @@ class Templates:
         key = data[2:-length]
         template = self.templates.get(key)
         if template is None:
-            family, bits = (4, 32) if family_code == 1 else (6, 128)
+            bits = 32 if family_code == 1 else 128
+            lookup = None
+            if answer_map is not None:
+                lookup = answer_map.runs4.lookup if family_code == 1 else answer_map.lookup6
             template = Template(
                 length,
-                family,
                 bits - 8 * length,
                 answer_map,
+                lookup,
                 query.qname,
                 query.qtype,
                 family_code,
                 source,
+                query.features,
                 {},
                 {},
                 {},

@@ -13,7 +13,9 @@ limits (`tcp:` in the config, geodns.config.server.TcpSettings), as BIND and Kno
 - a process holds at most `max_connections`; when full, a new connection takes the place of
   one that never completed a message (the oldest such), else of the one idle the longest, so
   clients that send whole queries keep getting in while slots are held by ones that do not.
-Every close is counted by its reason (metrics: geodns_tcp_closed_total). The limits are per
+Every close is counted once, by its reason (geodns.observe.metrics.TCP_CLOSE_REASONS, metric
+geodns_tcp_connections_closed_total); every message's time from receipt to reply goes to a
+latency histogram, and to dnstap when it is on. The limits are per
 process: with `workers: N`, N times `max_connections` in all (metrics sum the processes).
 """
 
@@ -24,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 from geodns.common.caching import BoundedCache
@@ -34,27 +37,14 @@ from geodns.serving.client import Client, ClientFactory
 MAX_MESSAGE = 65535
 
 
-CLOSE_REASONS = (
-    "client",  # the client closed or reset it
-    "idle",  # idle_timeout with no message under way
-    "slow_message",  # a message did not arrive whole within message_timeout
-    "evicted",  # the process was full and this one had gone longest without a message
-    "per_address",  # refused: its address already held max_per_address connections
-    "full",  # refused: full and nothing could be evicted
-    "oversize",  # framing said more than a message can hold
-    "shutdown",
-)
-
-
 @dataclass
 class TcpRegistry:
-    """The open TCP connections of one process, their per-address counts and close reasons."""
+    """The open TCP connections of one process and their per-address counts."""
 
     limits: TcpSettings
     clients: ClientFactory
     connections: set[TcpProtocol] = field(default_factory=set)
     per_address: dict[str, int] = field(default_factory=dict)
-    closed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CLOSE_REASONS, 0))
     accepted: int = 0
 
     def admit(self, connection: TcpProtocol, address: str) -> str | None:
@@ -64,14 +54,14 @@ class TcpRegistry:
         if len(self.connections) >= self.limits.max_connections:
             victim = min(self.connections, key=_usefulness, default=None)
             if victim is None:
-                return "full"
+                return "limit"
             victim.close("evicted")
         self.connections.add(connection)
         self.per_address[address] = self.per_address.get(address, 0) + 1
         self.accepted += 1
         return None
 
-    def release(self, connection: TcpProtocol, address: str, reason: str) -> None:
+    def release(self, connection: TcpProtocol, address: str) -> None:
         if connection in self.connections:
             self.connections.discard(connection)
             left = self.per_address.get(address, 1) - 1
@@ -79,7 +69,6 @@ class TcpRegistry:
                 self.per_address[address] = left
             else:
                 self.per_address.pop(address, None)
-        self.closed[reason] = self.closed.get(reason, 0) + 1
 
     def close_all(self) -> None:
         for connection in list(self.connections):
@@ -109,9 +98,14 @@ class UdpProtocol(asyncio.DatagramProtocol):
         if client is None:
             client = self.factory.from_text(addr[0])
             self.clients.put(addr[0], client, 100)
-        reply = answer(self.state, data, client, False, time.time())
+        started = perf_counter()
+        state = self.state
+        reply = answer(state, data, client, False, time.time())
         if reply is not None:
             self.transport.sendto(reply, addr)
+            state.udp_latency.observe(perf_counter() - started)
+        if state.tap is not None:
+            state.tap.datagram(self.transport, addr, data, reply)
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors and the like: not ours
         pass
@@ -133,7 +127,8 @@ class TcpProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.last_useful = clock()  # accept time, then when the last whole message arrived
         self.served = 0  # whole messages received
-        self.reason: str | None = None  # why we closed it, once we have
+        self.reason: str | None = None  # why we closed it, once we have (TCP_CLOSE_REASONS)
+        self.tap_peer: Any = None  # both ends, encoded once by a dnstap tap
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -142,7 +137,7 @@ class TcpProtocol(asyncio.Protocol):
         refused = self.registry.admit(self, self.address)
         if refused is not None:
             self.reason = refused
-            self.registry.closed[refused] = self.registry.closed.get(refused, 0) + 1
+            self.state.tcp_closed[refused] += 1
             transport.abort()
             return
         self.state.tcp_connections += 1
@@ -153,7 +148,7 @@ class TcpProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._arm(self.registry.limits.idle_timeout, "idle")
+        self._arm(self.registry.limits.idle_timeout, "idle_timeout")
 
     def _arm(self, seconds: float, reason: str) -> None:
         if self.timer is not None:
@@ -165,7 +160,7 @@ class TcpProtocol(asyncio.Protocol):
         if self.reason is None:
             self.reason = reason
         if self.transport is not None:
-            self.transport.abort() if reason in ("evicted", "oversize") else self.transport.close()
+            self.transport.abort() if reason in ("evicted", "oversized") else self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
@@ -174,6 +169,7 @@ class TcpProtocol(asyncio.Protocol):
         client = self.client
         assert client is not None
         answered = False
+        state = self.state
         while len(buffer) >= 2:
             length = (buffer[0] << 8) | buffer[1]
             if len(buffer) < 2 + length:
@@ -181,11 +177,15 @@ class TcpProtocol(asyncio.Protocol):
             message = bytes(buffer[2 : 2 + length])
             del buffer[: 2 + length]
             answered = True
-            reply = answer(self.state, message, client, True, time.time())
+            started = perf_counter()
+            reply = answer(state, message, client, True, time.time())
             if reply is not None:
                 self.transport.write(len(reply).to_bytes(2, "big") + reply)
+                state.tcp_latency.observe(perf_counter() - started)
+            if state.tap is not None:
+                state.tap.stream(self, message, reply)
         if len(buffer) > MAX_MESSAGE + 2:
-            self.close("oversize")
+            self.close("oversized")
             return
         limits = self.registry.limits
         if answered:
@@ -193,7 +193,7 @@ class TcpProtocol(asyncio.Protocol):
             self.served += 1
         if not buffer:
             if answered:
-                self._arm(limits.idle_timeout, "idle")
+                self._arm(limits.idle_timeout, "idle_timeout")
         elif answered or started_empty:  # a new message began: it has message_timeout to arrive
             self._arm(limits.message_timeout, "slow_message")
 
@@ -209,5 +209,7 @@ class TcpProtocol(asyncio.Protocol):
             self.timer = None
         if self.client is not None:  # admitted
             self.state.tcp_connections -= 1
-            self.registry.release(self, self.address, self.reason or "client")
+            self.registry.release(self, self.address)
+            reason = self.reason or ("reset" if exc is not None else "client_closed")
+            self.state.tcp_closed[reason] += 1
             self.client = None

@@ -21,6 +21,7 @@ import ctypes
 import errno
 import socket
 import time
+from time import perf_counter
 from typing import Any
 
 from geodns.common.caching import BoundedCache
@@ -183,7 +184,9 @@ class BatchedUdp:
 
     def _answer(self, count: int) -> None:
         """Answer the `count` datagrams just read, then send the replies in one call."""
+        started = perf_counter()
         state = self.state
+        tap = state.tap
         words, recv_buffer, names = self.recv_words, self.recv_buffer, self.names
         send_view, send_lengths, send_pointers = (
             self.send_view,
@@ -222,6 +225,8 @@ class BatchedUdp:
                 state.errors += 1
                 state.error_log.exception("udp_error", client=client.text, size=len(data))
                 continue
+            if tap is not None:
+                tap.batched(self, name, data, response)
             if response is None:
                 continue
             size = len(response)
@@ -236,6 +241,7 @@ class BatchedUdp:
             replies += 1
         if replies:
             self._send(replies)
+            state.udp_latency.observe(perf_counter() - started, replies)
 
     def _send(self, replies: int) -> None:
         sent = 0
