@@ -6,9 +6,10 @@ messages of one simple shape, and a few struct calls do that in seconds.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,39 @@ ECS_OPTION = 8
 
 
 def wire_name(name: str) -> bytes:
-    return b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+    """The uncompressed wire form of a dotted name."""
+    labels = [label for label in name.rstrip(".").split(".") if label]
+    return b"".join(bytes([len(label)]) + label.encode("ascii") for label in labels) + b"\0"
+
+
+def ecs_option(family: int, address: int, source: int, scope: int = 0) -> bytes:
+    """An ECS option (RFC 7871 section 6), code and length included: FAMILY 1 (IPv4, `address`
+    a 32-bit int) or 2 (IPv6, 128 bits), ADDRESS cut to the octets SOURCE PREFIX-LENGTH needs."""
+    width = 4 if family == 1 else 16
+    raw = address.to_bytes(width, "big")[: (source + 7) // 8]
+    return struct.pack(">HHHBB", ECS_OPTION, 4 + len(raw), family, source, scope) + raw
+
+
+def query(
+    name: str,
+    qtype: int,
+    *,
+    ident: int = 0,
+    options: Sequence[bytes] | None = (),
+    udp_size: int = 1232,
+    do: bool = False,
+) -> bytes:
+    """A resolver-like query (RD=0): one question and, unless `options` is None, an OPT record
+    (EDNS0, `udp_size`, DO=1 when `do`) carrying `options` (each a complete EDNS option, code
+    and length included)."""
+    arcount = 0 if options is None else 1
+    message = struct.pack(">HHHHHH", ident, 0, 1, 0, 0, arcount)
+    message += wire_name(name) + struct.pack(">HH", qtype, 1)
+    if options is not None:
+        rdata = b"".join(options)
+        flags = 0x8000 if do else 0
+        message += b"\0" + struct.pack(">HHIH", OPT, udp_size, flags, len(rdata)) + rdata
+    return message
 
 
 def query_wire(
@@ -26,27 +59,21 @@ def query_wire(
 ) -> bytes:
     """A resolver-like query: RD=0, EDNS0 (UDP 1232), optionally ECS for an IPv4 network given
     as (32-bit address, source prefix length), and DO=1 (DNSSEC OK) when `do`."""
-    option = b""
-    if ecs is not None:
-        address, prefix = ecs
-        raw = address.to_bytes(4, "big")[: (prefix + 7) // 8]
-        option = struct.pack(">HHHBB", ECS_OPTION, 4 + len(raw), 1, prefix, 0) + raw
-    opt = b"\0" + struct.pack(">HHIH", OPT, 1232, 0x8000 if do else 0, len(option)) + option
-    return (
-        struct.pack(">HHHHHH", ident, 0, 1, 0, 0, 1)
-        + wire_name(name)
-        + struct.pack(">HH", qtype, 1)
-        + opt
-    )
+    options = [] if ecs is None else [ecs_option(1, ecs[0], ecs[1])]
+    return query(name, qtype, ident=ident, options=options, do=do)
 
 
 def write_binary(path: Path, messages: Iterable[bytes]) -> int:
-    """dnsperf -B input: each message after its 2-byte length (dnsperf rewrites the ID)."""
+    """dnsperf -B input: each message after its 2-byte length (dnsperf rewrites the ID). Written
+    whole or not at all (a temporary file renamed over `path`), so a file kept between runs is
+    never half written."""
     count = 0
-    with path.open("wb") as handle:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as handle:
         for message in messages:
             handle.write(struct.pack(">H", len(message)) + message)
             count += 1
+    os.replace(temporary, path)
     return count
 
 

@@ -1,17 +1,26 @@
-"""CPU and memory of processes and of the whole machine, from /proc (proc(5)).
+"""CPU and memory of processes and of the whole machine, from /proc (proc(5)); the kernel's view
+of a server's sockets; what the machine is.
 
 Server CPU is utime + stime of the server's processes, never wall time; memory is VmRSS from
 /proc/PID/status and RSS/PSS from /proc/PID/smaps_rollup (PSS divides each shared page among the
 processes that map it, so the PSS of a server's processes adds up to what they cost together).
+A server's sockets, from /proc/net/{udp,tcp}{,6}: the datagrams the kernel dropped because a
+receive buffer was full (the server did not read fast enough), and the connections waiting in
+its listen queue to be accepted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import platform
+import re
 import resource
+import subprocess
 import time
 from dataclasses import dataclass
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SMAPS_KEYS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Private_Dirty")
@@ -101,13 +110,17 @@ class ProcessMemory:
 
 def role_of(command_line: str, index: int) -> str:
     """What a server's process is, from its command line: the main one (the first), a worker
-    (multiprocessing's spawned children), or a helper such as multiprocessing's resource tracker
-    (a small process of its own that a spawn start brings along)."""
+    (`python -m geodns.daemon.workers`, or multiprocessing's spawned children in older
+    geodns), the place index builder (`python -m geodns.geo.index`), or a helper such as
+    multiprocessing's resource tracker (a small process of its own that a spawn start brings
+    along)."""
     if index == 0:
         return "main"
     if "resource_tracker" in command_line:
         return "helper (resource tracker)"
-    if "spawn_main" in command_line:
+    if "geodns.geo.index" in command_line:
+        return "helper (index builder)"
+    if "geodns.daemon.workers" in command_line or "spawn_main" in command_line:
         return "worker"
     return "other"
 
@@ -177,3 +190,84 @@ def wait_quiet(limit_s: float, threshold_pct: float = 15.0) -> float:
         busy_pct = 100.0 * (busy1 - busy0) / max(1, total1 - total0)
         if busy_pct <= threshold_pct or time.monotonic() >= deadline:
             return round(busy_pct, 1)
+
+
+@dataclass(frozen=True)
+class SocketQueues:
+    """The kernel's counts for the sockets bound to one local port (every process's)."""
+
+    udp_sockets: int = 0
+    udp_drops: int = 0  # datagrams dropped since the sockets were made: receive buffer full
+    udp_queued_bytes: int = 0  # waiting to be read now
+    listeners: int = 0  # TCP sockets in LISTEN
+    accept_queue: int = 0  # connections completed by the kernel, not yet accepted
+
+
+def parse_proc_net(text: str, port: int, udp: bool) -> SocketQueues:
+    """The sockets of one /proc/net/{udp,tcp}{,6} text whose local port is `port` (proc(5):
+    ports in hex; for a LISTEN socket, rx_queue is its accept queue's length; a UDP line ends
+    with its drops)."""
+    wanted = f":{port:04X}"
+    sockets = drops = queued = 0
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or not fields[1].endswith(wanted):
+            continue
+        rx_queue = int(fields[4].split(":")[1], 16)
+        if udp:
+            sockets += 1
+            drops += int(fields[-1])
+            queued += rx_queue
+        elif fields[3] == "0A":  # TCP_LISTEN
+            sockets += 1
+            queued += rx_queue
+    if udp:
+        return SocketQueues(udp_sockets=sockets, udp_drops=drops, udp_queued_bytes=queued)
+    return SocketQueues(listeners=sockets, accept_queue=queued)
+
+
+def socket_queues(port: int) -> SocketQueues:
+    """UDP drops and queued bytes, TCP listeners and their accept queues, on `port` (IPv4 and
+    IPv6, this network namespace)."""
+    totals: dict[str, int] = {}
+    for name, udp in (("udp", True), ("udp6", True), ("tcp", False), ("tcp6", False)):
+        try:
+            with open(f"/proc/net/{name}", encoding="ascii") as handle:
+                found = parse_proc_net(handle.read(), port, udp)
+        except OSError:
+            continue
+        for key, value in dataclasses.asdict(found).items():
+            totals[key] = totals.get(key, 0) + value
+    return SocketQueues(**totals)
+
+
+def machine() -> dict[str, Any]:
+    """What a run ran on: CPUs, their model, kernel, Python, dnsperf's and gdnsd's versions."""
+    model = ""
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle,
+    ):
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(command: list[str]) -> str:
+        try:
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        match = re.search(r"[Vv]ersion\s+([\d.]+)", result.stdout + result.stderr)
+        return match.group(1) if match else ""
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dnsperf": version(["dnsperf", "-h"]),
+        "gdnsd": version(["gdnsd", "-h"]),
+    }

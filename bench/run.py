@@ -20,14 +20,9 @@ here is stopped by its own PID.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime as dt
-import os
-import platform
-import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +47,7 @@ from bench.common import (  # noqa: E402
     log,
 )
 from bench.dnssec import build_times, dnssec_lines, dnssec_run  # noqa: E402
+from bench.procstat import machine  # noqa: E402
 from bench.report import check_lines, source_lines, table, write_json  # noqa: E402
 from bench.resolver_cache import kindness  # noqa: E402
 from bench.scenarios import (  # noqa: E402
@@ -108,38 +104,6 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--cache-dir", type=Path, default=None, help="where databases are kept (outside the repo)"
     )
     return parser.parse_args(argv)
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    with (
-        contextlib.suppress(OSError),
-        open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle,
-    ):
-        for line in handle:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-
-    def version(command: list[str]) -> str:
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=10, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        match = re.search(r"[Vv]ersion\s+([\d.]+)", result.stdout + result.stderr)
-        return match.group(1) if match else ""
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "dnsperf": version(["dnsperf", "-h"]),
-        "gdnsd": version(["gdnsd", "-h"]),
-        "pinning": can_pin(),
-    }
 
 
 def database_section(
@@ -238,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "profile": profile.name,
-        "machine": machine(),
+        "machine": {**machine(), "pinning": can_pin()},
         "settings": {
             **dataclasses.asdict(profile),
             "saturate_dnsperf": SATURATE,

@@ -112,6 +112,7 @@ class Setup:
     pops: PopSet
     big_zone_names: int = 0  # 0: no big zone
     workers: int = 1  # geodns only
+    gdnsd_threads: int = 1  # gdnsd only: its udp_threads and tcp_threads
     fleet: dict[str, Any] | None = None  # geodns's `fleet:` section (an etcd to join), if any
     dnssec: bool = False  # geodns: the zone signed (bench/dnssec.py)
     knot_answers: tuple[tuple[str, str], ...] = ()  # Knot: (country, address) of www
@@ -144,17 +145,28 @@ def geodns_big_zone(setup: Setup, generation: int) -> dict[str, Any]:
     return zone
 
 
+def geodns_zone(pops: PopSet) -> dict[str, Any]:
+    """The zone both servers serve, as geodns's octoDNS YAML: the static mix and `www`, the
+    nearest PoP (A and AAAA)."""
+    zone = dict(GEODNS_STATIC_ZONE)
+    zone["www"] = [geodns_geo_record(pops, "A"), geodns_geo_record(pops, "AAAA")]
+    return zone
+
+
+def yaml_text(data: Any) -> str:
+    """YAML of `data`, with libyaml's emitter where PyYAML has it (a big zone is written fast)."""
+    dump = yaml.CSafeDumper if hasattr(yaml, "CSafeDumper") else yaml.SafeDumper
+    return yaml.dump(data, Dumper=dump, sort_keys=True)
+
+
 def write_geodns(directory: Path, port: int, setup: Setup, generation: int = 0) -> Path:
     """geodns's config and zones in `directory`; returns the config file."""
     zones = directory / "zones"
     zones.mkdir(parents=True, exist_ok=True)
-    zone = dict(GEODNS_STATIC_ZONE)
-    zone["www"] = [geodns_geo_record(setup.pops, "A"), geodns_geo_record(setup.pops, "AAAA")]
-    dump = yaml.CSafeDumper if hasattr(yaml, "CSafeDumper") else yaml.SafeDumper
-    (zones / f"{ZONE}.yaml").write_text(yaml.dump(zone, Dumper=dump, sort_keys=True))
+    (zones / f"{ZONE}.yaml").write_text(yaml_text(geodns_zone(setup.pops)))
     big = zones / f"{BIG_ZONE}.yaml"
     if setup.big_zone_names:
-        big.write_text(yaml.dump(geodns_big_zone(setup, generation), Dumper=dump))
+        big.write_text(yaml_text(geodns_big_zone(setup, generation)))
     elif big.exists():
         big.unlink()
     config = {
@@ -202,8 +214,8 @@ options => {{
   listen => [ {HOST}:{port} ]
   run_dir => {directory / "run"}
   state_dir => {directory / "state"}
-  udp_threads => 1
-  tcp_threads => 1
+  udp_threads => {setup.gdnsd_threads}
+  tcp_threads => {setup.gdnsd_threads}
   edns_client_subnet => true
 }}
 plugins => {{
@@ -274,15 +286,24 @@ class Server:
     measure, stop. Every process is stopped by its own PID."""
 
     def __init__(
-        self, kind: str, label: str, directory: Path, logfile: Path, setup: Setup, cpus: str
+        self,
+        kind: str,
+        label: str,
+        directory: Path,
+        logfile: Path,
+        setup: Setup,
+        cpus: str | None,
+        port: int | None = None,
     ) -> None:
+        """Writes the server's config into `directory`; `cpus` None: not pinned; `port` None:
+        a free one. `logfile` may be changed between starts (each start writes a new one)."""
         self.kind = kind
         self.label = label
         self.directory = directory
         self.logfile = logfile
         self.setup = setup
         self.cpus = cpus
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.generation = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0  # wall-clock time of the start, to place its log events

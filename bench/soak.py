@@ -45,35 +45,33 @@ from typing import Any
 
 import yaml
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent))
+if __package__ in (None, ""):  # `python bench/soak.py`: import `bench` and `geodns` from the
+    # repository, and not bench/'s modules as top-level names (sys.path[0] is the script's folder)
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import mmdb_synth  # noqa: E402
-import run as bench  # noqa: E402
-import soak_report as report  # noqa: E402
-from soak_churn import GeoipFile, HealthTarget, reload_every_second  # noqa: E402
-from soak_load import (  # noqa: E402
+from bench import databases, mmdb_synth  # noqa: E402
+from bench import soak_report as report  # noqa: E402
+from bench.common import BENCH, HOST, ROOT, default_cache, log  # noqa: E402
+from bench.dnswire import write_binary  # noqa: E402
+from bench.procstat import machine, wait_quiet  # noqa: E402
+from bench.servers import can_pin, free_port, wait_for_index  # noqa: E402
+from bench.soak_churn import GeoipFile, HealthTarget, reload_every_second  # noqa: E402
+from bench.soak_load import (  # noqa: E402
     database_networks,
     dnsperf_fixed_rate,
     dnsperf_phases,
     send_malformed,
     valid_messages,
     walk_messages,
-    write_datafile,
 )
-from soak_plan import FULL, QUICK, VALID_SOURCE, WALK_SOURCE, Clock, Plan  # noqa: E402
-from soak_servers import ServerSetup, ServerUnderTest, new_token  # noqa: E402
-from soak_tcp import probe_new_tcp, slow_clients, slow_result  # noqa: E402
-from soak_watch import LogWatch, Watch  # noqa: E402
+from bench.soak_plan import FULL, QUICK, VALID_SOURCE, WALK_SOURCE, Clock, Plan  # noqa: E402
+from bench.soak_servers import ServerSetup, ServerUnderTest, new_token  # noqa: E402
+from bench.soak_tcp import probe_new_tcp, slow_clients, slow_result  # noqa: E402
+from bench.soak_watch import LogWatch, Watch  # noqa: E402
 
-OUT = bench.OUT
+OUT = BENCH / "out"
 SOAK_OUT = OUT / "soak"
 WALK_VERSION = 1  # bump when soak_wire's walk or query format changes: the cached file is stale
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,34 +79,31 @@ def log(message: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def city_database(choice: str) -> Path:
-    """The database both servers load: bench/run.py's synthetic City databases ("big": 5.4M
-    networks and 187,741 distinct records, ~100 MB; "small": 1.7M networks and 32,853 records,
-    23 MB), built once and cached in bench/out/, or the path of any City .mmdb. The big one is
-    the default: per-record caches can only show how they grow when there are many records."""
-    if choice == "big":
-        path = OUT / "city-100mb.mmdb"
-        mmdb_synth.ensure_city_db(path, log=log, **bench.BIG_DB)
-        return path
-    if choice == "small":
-        path = OUT / "city-bench.mmdb"
-        mmdb_synth.ensure_city_db(path, log=log, **bench.BENCH_DB)
-        return path
+def city_database(choice: str, cache: Path) -> Path:
+    """The database both servers load: the benchmark's synthetic City databases
+    (bench/databases.py; "big": 5.4M networks and 187,741 distinct records, ~100 MB; "small":
+    1.7M networks and 32,853 records, 23 MB), built once and kept in the benchmark's cache
+    directory, or the path of any City .mmdb. The big one is the default: per-record caches can
+    only show how they grow when there are many records."""
+    if choice in ("big", "small"):
+        return databases.synthetic(cache, log, big=choice == "big").path
     return Path(choice).resolve()
 
 
-def prepare_inputs(plan: Plan, database: str) -> dict[str, Any]:
+def prepare_inputs(plan: Plan, database: str, cache: Path) -> dict[str, Any]:
     OUT.mkdir(parents=True, exist_ok=True)
     SOAK_OUT.mkdir(parents=True, exist_ok=True)
-    city = city_database(database)
+    cache.mkdir(parents=True, exist_ok=True)
+    city = city_database(database, cache)
     began = time.monotonic()
     v4, v6 = database_networks(mmdb_synth.COUNTRY_DB)
-    valid = write_datafile(SOAK_OUT / "valid.bin", valid_messages(v4, v6))
+    valid = SOAK_OUT / "valid.bin"
+    write_binary(valid, valid_messages(v4, v6))
     count = plan.walk_count
     count_v6 = int(count * plan.walk_v6_share)
     walk = SOAK_OUT / f"walk-v{WALK_VERSION}-{count}-{count_v6}.bin"  # cached: 40 s to write
     if not walk.exists():
-        write_datafile(walk, walk_messages(v4, v6, count, plan.walk_v6_share))
+        write_binary(walk, walk_messages(v4, v6, count, plan.walk_v6_share))
     log(
         f"inputs: {len(v4):,} IPv4 and {len(v6):,} IPv6 database networks; walk of "
         f"{count:,} distinct subnets ({count - count_v6:,} /24 + {count_v6:,} /56) "
@@ -126,7 +121,7 @@ def prepare_inputs(plan: Plan, database: str) -> dict[str, Any]:
 
 def free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((bench.HOST, 0))
+        sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
 
@@ -175,7 +170,6 @@ async def abuse(
     watch.cpu.start(server.pids(), clock)
     health = HealthTarget(setup.health_port)
     port = setup.port
-    walk_q = max(200, plan.walk_qps // 20)
     jobs: dict[str, Any] = {
         "valid": asyncio.to_thread(
             dnsperf_phases,
@@ -195,7 +189,7 @@ async def abuse(
             plan.seconds,
             plan.dnsperf_timeout_s,
             1,
-            walk_q,
+            plan.walk_outstanding,
         ),
         "malformed": asyncio.to_thread(send_malformed, port, plan, stop),
         "slow": slow_clients(port, plan, clock),
@@ -216,11 +210,12 @@ async def abuse(
         )
     finally:
         stop.set()
-    done = dict(zip(names, outcomes, strict=True))
-    for name, outcome in done.items():
+    done: dict[str, Any] = {}
+    for name, outcome in zip(names, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             log(f"[{setup.kind}] {name} failed: {type(outcome).__name__}: {outcome}")
-            done[name] = None
+            outcome = None
+        done[name] = outcome
     walk = done["walk"] or {}
     walk.update(v4=inputs["walk_v4"], v6=inputs["walk_v6"])
     result: dict[str, Any] = {
@@ -251,13 +246,13 @@ def soak_server(
     (directory / "logs").mkdir(parents=True)
     database = directory / "geoip.mmdb"
     shutil.copyfile(inputs["city"], database)
-    extra = {}
+    extra: dict[str, Any] = {}
     if kind == "geodns" and args.geodns_config:
         extra = yaml.safe_load(Path(args.geodns_config).read_text(encoding="utf-8")) or {}
     setup = ServerSetup(
         kind=kind,
         directory=directory,
-        port=bench.free_port(),
+        port=free_port(),
         database=database,
         health_port=free_tcp_port(),
         admin_port=free_tcp_port() if kind == "geodns" else None,
@@ -265,20 +260,27 @@ def soak_server(
         workers=args.workers,
         extra_config=extra,
     )
-    busy = bench.wait_quiet(plan.quiet_wait_s, threshold_pct=25.0)
-    log(f"[{kind}] machine busy {busy}% of all CPUs before the start")
     server = ServerUnderTest(setup, directory / "logs")
     log(f"[{kind}] starting: {' '.join(server.command)}")
     startup = server.start()
-    processes = server.wait_all_processes(expected_processes(kind, args.workers))
-    log(
-        f"[{kind}] answering after {startup:.2f} s, {processes} process(es); soaking {plan.seconds:.0f} s"
-    )
     try:
+        # geodns builds the big database's place index in a background process the first time
+        # (its cache_dir is fresh): the soak measures the server as it runs once that is done
+        index = wait_for_index(server.server, plan.index_wait_s)
+        if index:
+            log(f"[{kind}] geo index: {index}")
+        processes = server.wait_all_processes(expected_processes(kind, args.workers))
+        busy = wait_quiet(plan.quiet_wait_s, threshold_pct=25.0)
+        log(
+            f"[{kind}] answering after {startup:.2f} s, {processes} process(es); machine busy "
+            f"{busy}% of all CPUs; soaking {plan.seconds:.0f} s"
+        )
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             result = runner.run(abuse(server, plan, inputs, overwrite_geoip=kind in args.geoip_for))
         result["startup_s"] = round(startup, 2)
+        result["geo_index"] = index
         result["processes_at_start"] = processes
+        result["machine_busy_before_pct"] = busy
         if kind == "gdnsd":
             result["server_stats"] = gdnsd_stats(server)
     finally:
@@ -331,7 +333,7 @@ def gdnsd_stats(server: ServerUnderTest) -> dict[str, Any]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="25 s per server, smaller counts")
     parser.add_argument("--seconds", type=float, help="seconds per server (rates stay)")
     parser.add_argument("--no-gdnsd", action="store_true", help="geodns only")
@@ -345,6 +347,12 @@ def parse_args() -> argparse.Namespace:
         "--database",
         default="big",
         help="the City database both servers load: big (default), small, or a path",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the benchmark keeps its databases (default: the benchmark's cache directory)",
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="geodns `workers` (default: its own, one per core)"
@@ -397,7 +405,7 @@ def main() -> int:
         log(f"the open-file limit ({limit}) is too low for the slow TCP clients")
         return 2
     began = time.monotonic()
-    inputs = prepare_inputs(plan, args.database)
+    inputs = prepare_inputs(plan, args.database, args.cache_dir or default_cache())
     results: dict[str, Any] = {}
     for kind in kinds:
         results[kind] = soak_server(kind, plan, inputs, args)
@@ -408,7 +416,7 @@ def main() -> int:
         "plan": asdict(plan),
         "database": {"path": str(inputs["city"]), "bytes": inputs["city"].stat().st_size},
         "bounds": report.bounds_dict(bounds),
-        "machine": bench.machine(),
+        "machine": {**machine(), "pinning": can_pin()},
         "elapsed_s": round(time.monotonic() - began, 1),
         "servers": results,
     }
@@ -448,7 +456,7 @@ def main() -> int:
             print(
                 f"note: {sent['sent']:,} bad packets sent, fewer than the {plan.malformed_min:,} planned"
             )
-    print(f"\nresults: {path.relative_to(bench.ROOT)}  ({saved['elapsed_s']:.0f} s)")
+    print(f"\nresults: {path.relative_to(ROOT)}  ({saved['elapsed_s']:.0f} s)")
     failures = (
         report.failed(report.evaluate(results["geodns"], bounds)) if "geodns" in results else []
     )

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import soak_wire as wire
-from soak_plan import PROBE_SOURCE, SERVER, Clock, GeoipStep, Plan, geoip_schedule
-from soak_servers import HEALTH_PATH, ServerUnderTest, write_atomically, zone_text
+from . import soak_wire as wire
+from .common import ZONE
+from .soak_plan import PROBE_SOURCE, SERVER, Clock, GeoipStep, Plan, geoip_schedule
+from .soak_servers import HEALTH_PATH, ServerUnderTest, write_atomically, zone_text
 
 CHUNK = 128 * 1024
 
@@ -40,7 +41,7 @@ CHUNK = 128 * 1024
 
 def _ask_txt(port: int, serial: int, timeout: float = 0.3) -> bool:
     """Does `soak.cdn.example.com TXT` carry reload-<serial> now?"""
-    message = wire.query("soak.cdn.example.com", wire.QTYPE_TXT, qid=serial & 0xFFFF)
+    message = wire.query(f"soak.{ZONE}", wire.QTYPE_TXT, ident=serial & 0xFFFF)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((PROBE_SOURCE, 0))
         sock.settimeout(timeout)

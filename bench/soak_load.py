@@ -10,7 +10,6 @@ rcodes read from the header, and a bounded number per second parsed with dnspyth
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 import threading
@@ -21,11 +20,13 @@ from typing import Any
 
 import dns.message
 import maxminddb
-import run as bench
-import soak_wire as wire
-from soak_plan import MALFORMED_SOURCE, SERVER, Plan
 
-GEO_NAME = bench.GEO_NAME
+from . import soak_wire as wire
+from .common import GEO_NAME
+from .dnswire import QTYPES
+from .loadgen import dnsperf
+from .soak_plan import MALFORMED_SOURCE, SERVER, Plan
+from .workloads import STATIC_MIX
 
 
 def database_networks(path: Path) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -34,16 +35,6 @@ def database_networks(path: Path) -> tuple[list[tuple[int, int]], list[tuple[int
         return wire.database_networks(reader)
     finally:
         reader.close()
-
-
-def write_datafile(path: Path, messages: list[bytes]) -> Path:
-    """dnsperf -B input, written whole or not at all (a cached file is never half written)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as handle:
-        for chunk in wire.dnsperf_binary(messages):
-            handle.write(chunk)
-    os.replace(temporary, path)
-    return path
 
 
 def valid_messages(v4: list[tuple[int, int]], v6: list[tuple[int, int]]) -> list[bytes]:
@@ -55,7 +46,7 @@ def valid_messages(v4: list[tuple[int, int]], v6: list[tuple[int, int]]) -> list
         wire.ecs_query(GEO_NAME, family, subnet, 24 if family == wire.FAMILY_V4 else 56)
         for family, subnet in subnets
     ]
-    static = [wire.query(name, bench.QTYPES[kind]) for name, kind in bench.STATIC_MIX]
+    static = [wire.query(name, QTYPES[kind]) for name, kind in STATIC_MIX]
     return messages + static * 10
 
 
@@ -86,12 +77,12 @@ def dnsperf_fixed_rate(
 ) -> dict[str, Any]:
     """dnsperf at a fixed rate for `seconds` (or `runs` passes of the file, if sooner), at
     most `outstanding` queries in flight."""
-    extra = ["-a", source, "-c", "4", "-q", str(outstanding), "-t", str(timeout_s)]
-    extra += ["-Q", str(qps)]
+    extra: tuple[str, ...] = ("-a", source, "-c", "4", "-q", str(outstanding))
+    extra += ("-t", str(timeout_s), "-Q", str(qps))
     if runs is not None:
-        extra += ["-l", str(seconds)]
+        extra += ("-l", str(seconds))
     try:
-        stats = bench.dnsperf(port, datafile, seconds, extra, runs=runs)
+        stats = dnsperf(port, datafile, seconds, extra, runs=runs)
     except RuntimeError as exc:
         return {"error": str(exc)[:500], "rate": qps}
     stats["rate"] = qps

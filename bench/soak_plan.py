@@ -54,11 +54,20 @@ class Plan:
     rss_interval_s: float = 10.0
     dnsperf_timeout_s: float = 2.0
     quiet_wait_s: float = 30.0  # wait at most this long for other sessions' load to drop
+    index_wait_s: float = 600.0  # wait at most this long for geodns's geo index after a start
     seed: int = 12
 
     @property
     def walk_count(self) -> int:
         return int(self.walk_qps * self.seconds)
+
+    @property
+    def walk_outstanding(self) -> int:
+        """Walk queries dnsperf keeps in flight: a second's worth for every second of its
+        timeout, so the walk keeps its rate even when the server answers none of it (geodns's
+        response rate limiting drops most of a flood from one network, and an attacker walking
+        subnets does not wait for answers either)."""
+        return int(self.walk_qps * self.dnsperf_timeout_s)
 
     @property
     def malformed_count(self) -> int:

@@ -372,6 +372,9 @@ def figures(result: Mapping[str, Any]) -> dict[str, str]:
         rows["new-TCP success outside the window"] = (
             f"{_fmt_pct(outside['pct'], 1)} ({outside['answered']}/{outside['attempts']})"
         )
+    sockets = result.get("sockets")
+    if sockets:
+        rows.update(socket_rows(result, sockets))
     reloads = result.get("reloads") or {}
     rows["reloads: sent / failed / skipped (restarting) / seen in answers"] = (
         f"{_count(reloads.get('sent'))} / {_count(reloads.get('failed'))} / "
@@ -387,12 +390,53 @@ def figures(result: Mapping[str, Any]) -> dict[str, str]:
             f"{_count(geoip.get('in_place'))} / {_count(geoip.get('truncated'))} / "
             f"{_count(geoip.get('atomic'))}"
         )
+    peaks = result.get("rss_peaks") or {}
+    if peaks:
+        label, mb = max(peaks.items(), key=lambda item: item[1])
+        rows["highest RSS of any process (VmHWM: between samples too)"] = (
+            f"{mb:,.1f} MB ({label.split(' (')[1].split(',')[0]})"
+        )
     logs = result.get("logs") or {}
     rows["log: lines / bytes"] = f"{_count(logs.get('lines'))} / {_count(logs.get('bytes'))}"
     rows["CPU, % of one core: server / soak and dnsperf / other sessions"] = (
         f"{_count(result.get('server_cpu_pct'))} / {_count(result.get('soak_cpu_pct'))} / "
         f"{_count(result.get('others_cpu_pct'))}"
     )
+    by_pid = result.get("server_cpu_pct_by_pid") or {}
+    if len(by_pid) > 1:
+        rows["server CPU by process, % of one core"] = " / ".join(
+            f"{pct:g}" for pct in sorted(by_pid.values(), reverse=True)
+        )
+    return rows
+
+
+def datagrams_sent(result: Mapping[str, Any]) -> int:
+    """UDP datagrams the soak sent the server: the valid load, the walk, the bad packets."""
+    total = sum(((result.get(key) or {}).get("sent") or 0) for key in ("valid", "walk"))
+    malformed = result.get("malformed")
+    if malformed:
+        total += malformed_summary(malformed["kinds"])["sent"]
+    return total
+
+
+def socket_rows(result: Mapping[str, Any], sockets: Mapping[str, Any]) -> dict[str, str]:
+    """The kernel's view: UDP datagrams dropped at the server's full receive buffers (lost
+    before the server read them, whatever their source), and the TCP listen queue while the
+    slow clients run (samples one second apart, the first at t = 0)."""
+    rows: dict[str, str] = {}
+    drops = sockets.get("udp_drops") or 0
+    sent = datagrams_sent(result)
+    share = f" ({100.0 * drops / sent:.2f}% of {sent:,} sent)" if sent else ""
+    rows["UDP datagrams dropped by the kernel: receive buffer full"] = f"{drops:,}{share}"
+    queue = list(sockets.get("accept_queue") or [])
+    window = (result.get("slow_tcp") or {}).get("window")
+    if window:
+        queue = queue[int(window[0]) : int(window[1]) + 1]
+    if queue:
+        ordered = sorted(queue)
+        rows["TCP listen queue during slow clients: median / max (listeners)"] = (
+            f"{ordered[len(ordered) // 2]:,} / {ordered[-1]:,} ({sockets.get('listeners', 0)})"
+        )
     return rows
 
 
@@ -415,8 +459,8 @@ def table(results: Mapping[str, Mapping[str, Any]], bounds: Bounds) -> str:
     for name in names:
         cells = []
         for label in labels:
-            check = checks[label].get(name)
-            cells.append("" if check is None else f"{check.value} {_mark(check)}")
+            found = checks[label].get(name)
+            cells.append("" if found is None else f"{found.value} {_mark(found)}")
         lines.append(f"| {name} | {bound_of[name]} | " + " | ".join(cells) + " |")
     rows: dict[str, dict[str, str]] = {}
     for label in labels:

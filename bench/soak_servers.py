@@ -1,9 +1,10 @@
 """The servers under soak, seen from outside: their config files, processes, logs and counters.
 
-geodns and gdnsd get the benchmark's zone, PoPs and database (bench/run.py writes both), plus
+geodns and gdnsd get the benchmark's zone, PoPs and database (bench/servers.py writes both), plus
 what the soak needs: a TXT record that every reload changes, a health check against the soak's
-local HTTP target, the admin API with a token (geodns), a monitored multifo resource (gdnsd),
-and two DNS processes each (geodns's default on two cores; gdnsd `udp_threads`/`tcp_threads` 2).
+local HTTP target, the admin API on TCP with a token (geodns), response rate limiting that
+exempts only the valid load (geodns), a monitored multifo resource (gdnsd), and two DNS
+processes each (geodns's default on two cores; gdnsd `udp_threads`/`tcp_threads` 2).
 
 `ServerUnderTest` starts a server, restarts it when it dies (so the rest of the soak goes on and
 the death is counted), reloads it, lists its processes and reads its counters. Each start writes
@@ -19,7 +20,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -27,12 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import run as bench
 import yaml
 
-HOST = bench.HOST
+from .common import HOST, ZONE
+from .popsets import six_pops
+from .procstat import command_line, descendants, role_of, stat_fields, status_kb
+from .servers import GDNSD_ZONE, Server, Setup, geo_probe, geodns_zone, yaml_text
+from .soak_plan import VALID_SOURCE
+
 HEALTH_SITE = "frankfurt"  # the PoP whose health check the soak's HTTP target answers
 HEALTH_PATH = "/health"
+RRL_EXEMPT = (VALID_SOURCE.rsplit(".", 1)[0] + ".0/24",)
+"""The only networks geodns's response rate limiting exempts in the soak: the valid load's. Its
+default exempts all of loopback, where every stream of the soak comes from; the walk and the bad
+packets are limited as an attacker's would be (TCP is never rate limited)."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +60,13 @@ class ServerSetup:
     @property
     def zone_path(self) -> Path:
         if self.kind == "geodns":
-            return self.directory / "zones" / f"{bench.ZONE}.yaml"
-        return self.directory / "zones" / bench.ZONE
+            return self.directory / "zones" / f"{ZONE}.yaml"
+        return self.directory / "zones" / ZONE
+
+    def bench_setup(self) -> Setup:
+        """What bench/servers.py writes for this server: the six PoPs, this database, geodns's
+        `workers` (0: its own default) and gdnsd's two threads."""
+        return Setup(self.database, six_pops(), workers=self.workers, gdnsd_threads=2)
 
 
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,16 +83,10 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 def zone_text(setup: ServerSetup, serial: int) -> str:
     """The zone with the reload marker `soak TXT "reload-<serial>"` (and gdnsd's monitored name)."""
     if setup.kind == "geodns":
-        sites = bench.example_sites()
-        pop_list = bench.pops(sites)
-        order = ", ".join(bench.DEFAULT_ORDER)
-        v4 = "\n".join(f"      - {p[3]}" for p in sorted(pop_list, key=lambda p: p[3]))
-        v6 = "\n".join(
-            f"      - {p[4]}" for p in sorted(pop_list, key=lambda p: p[4] or "") if p[4]
-        )
-        base = bench.GEODNS_ZONE.format(order=order, v4=v4, v6=v6)
-        return base + f"soak:\n  ttl: 5\n  type: TXT\n  value: reload-{serial}\n"
-    return bench.GDNSD_ZONE + f'flip 30 DYNA multifo!flip\nsoak 5 TXT "reload-{serial}"\n'
+        zone = geodns_zone(setup.bench_setup().pops)
+        zone["soak"] = {"ttl": 5, "type": "TXT", "value": f"reload-{serial}"}
+        return yaml_text(zone)
+    return GDNSD_ZONE + f'flip 30 DYNA multifo!flip\nsoak 5 TXT "reload-{serial}"\n'
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -88,10 +95,13 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def write_geodns(setup: ServerSetup) -> Path:
-    sites = bench.example_sites()
-    sites[HEALTH_SITE] = dict(sites[HEALTH_SITE])
-    sites[HEALTH_SITE]["checks"] = [
+def write_geodns(setup: ServerSetup, config_path: Path) -> None:
+    """bench/servers.py's geodns config (a fresh geo index cache, the admin socket, JSON logs),
+    with the soak's health check on `frankfurt`, the admin API on TCP with a token, RRL that
+    exempts only the valid load, and --geodns-config merged in last."""
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    site = dict(config["sites"][HEALTH_SITE])
+    site["checks"] = [
         {
             "type": "http",
             "address": HOST,
@@ -103,38 +113,32 @@ def write_geodns(setup: ServerSetup) -> Path:
             "rise": 1,
         }
     ]
-    path = bench.write_geodns_config(
-        setup.directory, setup.port, setup.database, sites, setup.workers
-    )
-    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config["sites"][HEALTH_SITE] = site
     token_file = setup.directory / "admin.token"
     token_file.write_text((setup.token or "") + "\n", encoding="ascii")
     token_file.chmod(0o600)
-    config["admin"] = {"listen": f"{HOST}:{setup.admin_port}", "token_file": str(token_file)}
+    config["admin"] = {
+        **config.get("admin", {}),
+        "listen": f"{HOST}:{setup.admin_port}",
+        "token_file": str(token_file),
+    }
     config["logging"] = {"level": "info", "format": "json"}
+    config["rrl"] = {"exempt": list(RRL_EXEMPT)}
     if setup.workers == 0:
         config.pop("workers", None)  # the default: one DNS process per core
     config = deep_merge(config, setup.extra_config)
-    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     write_atomically(setup.zone_path, zone_text(setup, 0))
-    return path
 
 
-GDNSD_THREADS = (
-    "  udp_threads => 1\n  tcp_threads => 1\n",
-    "  udp_threads => 2\n  tcp_threads => 2\n",
-)
-
-
-def write_gdnsd(setup: ServerSetup) -> Path:
-    """bench/run.py's gdnsd config, with two UDP and two TCP threads (geodns runs two processes
-    on two cores), an http_status service on the soak's health target (gdnsd's minimum
+def write_gdnsd(setup: ServerSetup) -> None:
+    """bench/servers.py's gdnsd config (two UDP and two TCP threads: geodns runs two processes
+    on two cores), with an http_status service on the soak's health target (gdnsd's minimum
     interval, 2 s with a 1 s timeout, and thresholds of 1) and a multifo name it monitors."""
-    bench.write_gdnsd_config(setup.directory, setup.port, setup.database, bench.example_sites())
     path = setup.directory / "config"
     text = path.read_text(encoding="utf-8")
-    if GDNSD_THREADS[0] not in text or "plugins => {\n" not in text:
-        raise RuntimeError("bench/run.py's gdnsd config changed shape: update soak_servers.py")
+    if "plugins => {\n" not in text:
+        raise RuntimeError("bench/servers.py's gdnsd config changed shape: update soak_servers.py")
     service = (
         "service_types => {\n"
         f"  soakweb => {{ plugin => http_status, port => {setup.health_port}, "
@@ -143,20 +147,9 @@ def write_gdnsd(setup: ServerSetup) -> Path:
         "}\n"
     )
     multifo = f"  multifo => {{ flip => {{ service_types => [ soakweb ], lo => {HOST} }} }}\n"
-    text = text.replace(*GDNSD_THREADS).replace(
-        "plugins => {\n", service + "plugins => {\n" + multifo, 1
-    )
+    text = text.replace("plugins => {\n", service + "plugins => {\n" + multifo, 1)
     path.write_text(text, encoding="utf-8")
     write_atomically(setup.zone_path, zone_text(setup, 0))
-    return path
-
-
-def command(setup: ServerSetup) -> list[str]:
-    if setup.kind == "geodns":
-        config = write_geodns(setup)
-        return [sys.executable, "-m", "geodns", "serve", "--config", str(config)]
-    write_gdnsd(setup)
-    return ["gdnsd", "-c", str(setup.directory), "start"]
 
 
 def signal_name(code: int | None) -> str:
@@ -176,10 +169,22 @@ class ServerUnderTest:
         self.setup = setup
         self.logs_dir = logs_dir
         self.max_starts = max_starts
-        self.command = command(setup)
         self.starts = 0
         self.logfiles: list[Path] = []
-        self.server: bench.Server | None = None
+        self.server = Server(
+            setup.kind,
+            setup.kind,
+            setup.directory,
+            logs_dir / f"{setup.kind}-1.log",
+            setup.bench_setup(),
+            cpus=None,  # not pinned: two DNS processes on the two cores
+            port=setup.port,
+        )
+        if setup.kind == "geodns":
+            write_geodns(setup, self.server.config)
+        else:
+            write_gdnsd(setup)
+        self.command = self.server.command
         self.known_pids: dict[int, str] = {}
         self.ready = False  # answering, and not being started again: reloads may be sent
 
@@ -188,15 +193,14 @@ class ServerUnderTest:
         return self.setup.kind
 
     def start(self) -> float:
-        """Start (or start again); seconds until the first answer."""
+        """Start (or start again), with a new log file; seconds until the first answer."""
         if self.starts >= self.max_starts:
             raise RuntimeError(f"{self.label}: started {self.starts} times, giving up")
         self.ready = False
         self.starts += 1
-        logfile = self.logs_dir / f"{self.label}-{self.starts}.log"
-        self.logfiles.append(logfile)
-        self.server = bench.Server(self.label, self.command, self.setup.port, logfile)
-        seconds = self.server.start(bench.probe_query(), timeout=120)
+        self.server.logfile = self.logs_dir / f"{self.label}-{self.starts}.log"
+        self.logfiles.append(self.server.logfile)
+        seconds = self.server.start(geo_probe(), timeout=120)
         self.ready = True
         return seconds
 
@@ -209,12 +213,12 @@ class ServerUnderTest:
 
     @property
     def main_pid(self) -> int | None:
-        process = self.server.process if self.server else None
+        process = self.server.process
         return process.pid if process is not None else None
 
     def exit_code(self) -> int | None:
         """None while the main process runs; its return code once it has ended."""
-        process = self.server.process if self.server else None
+        process = self.server.process
         return None if process is None else process.poll()
 
     def pids(self) -> list[int]:
@@ -223,7 +227,7 @@ class ServerUnderTest:
         main = self.main_pid
         if main is None or self.exit_code() is not None:
             return []
-        return [pid for pid in bench.descendants(main) if _running(pid)]
+        return [pid for pid in descendants(main) if _running(pid)]
 
     def process_labels(self) -> dict[int, str]:
         """'pid N (main)' / 'pid N (worker)' for every running process; remembered, so a
@@ -231,14 +235,21 @@ class ServerUnderTest:
         main = self.main_pid
         for pid in self.pids():
             if pid not in self.known_pids:
-                role = "main" if pid == main else _role(pid)
+                role = role_of(command_line(pid), 0 if pid == main else 1)
                 self.known_pids[pid] = f"pid {pid} ({role}, start {self.starts})"
         return self.known_pids
 
     def rss_mb(self) -> dict[str, float]:
         labels = self.process_labels()
         return {
-            labels[pid]: round(bench.memory_kb([pid]) / 1024, 1)
+            labels[pid]: round(status_kb([pid]) / 1024, 1) for pid in self.pids() if pid in labels
+        }
+
+    def peak_mb(self) -> dict[str, float]:
+        """VmHWM of every running process: its highest RSS so far, between samples too."""
+        labels = self.process_labels()
+        return {
+            labels[pid]: round(status_kb([pid], "VmHWM") / 1024, 1)
             for pid in self.pids()
             if pid in labels
         }
@@ -306,8 +317,8 @@ class ServerUnderTest:
     def stop(self, timeout: float = 20.0) -> dict[str, Any]:
         """SIGTERM, and the seconds until the main process exits (issue 12 asks for <= 2 s)."""
         server = self.server
-        process = server.process if server else None
-        if server is None or process is None or process.poll() is not None:
+        process = server.process
+        if process is None or process.poll() is not None:
             return {"seconds": None, "code": None if process is None else process.returncode}
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -324,17 +335,8 @@ class ServerUnderTest:
 
 
 def _running(pid: int) -> bool:
-    fields = bench.stat_fields(pid)
+    fields = stat_fields(pid)
     return fields is not None and fields[0] not in (b"Z", b"X")
-
-
-def _role(pid: int) -> str:
-    """'worker', or 'helper' for multiprocessing's resource tracker (no DNS in it)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return "worker"
-    return "helper" if b"resource_tracker" in cmdline else "worker"
 
 
 def new_token() -> str:

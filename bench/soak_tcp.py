@@ -21,10 +21,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import soak_wire as wire
-from soak_plan import PROBE_SOURCE, SERVER, SLOW_ONE_SOURCE, Clock, Plan, slow_many_addresses
-
-GEO_NAME = "www.cdn.example.com"
+from . import soak_wire as wire
+from .common import GEO_NAME, ZONE
+from .soak_plan import PROBE_SOURCE, SERVER, SLOW_ONE_SOURCE, Clock, Plan, slow_many_addresses
 
 
 @dataclass
@@ -52,7 +51,7 @@ async def _slow_client(
     stop_at = plan.slow_window[1]
     await asyncio.sleep(max(0.0, start_at - clock.now()))
     message = wire.ecs_query(
-        GEO_NAME, wire.FAMILY_V4, 0x08080800, 24, qid=random.randrange(1 << 16)
+        GEO_NAME, wire.FAMILY_V4, 0x08080800, 24, ident=random.randrange(1 << 16)
     )
     stream = struct.pack(">H", len(message)) + message
     first = True
@@ -123,7 +122,7 @@ async def slow_clients(port: int, plan: Plan, clock: Clock) -> SlowStats:
 
 async def _probe(port: int, plan: Plan, clock: Clock, qid: int) -> tuple[float, bool, float]:
     began = clock.now()
-    message = wire.query("ns1.cdn.example.com", wire.QTYPE_A, qid=qid)
+    message = wire.query(f"ns1.{ZONE}", wire.QTYPE_A, ident=qid)
     try:
         async with asyncio.timeout(plan.probe_timeout_s):
             reader, writer = await asyncio.open_connection(
@@ -144,7 +143,7 @@ async def _probe(port: int, plan: Plan, clock: Clock, qid: int) -> tuple[float, 
 async def probe_new_tcp(port: int, plan: Plan, clock: Clock) -> list[tuple[float, bool, float]]:
     """One new-TCP query every `probe_interval_s` for the whole soak (each its own task, so a
     probe left hanging does not delay the next)."""
-    tasks = []
+    tasks: list[asyncio.Future[tuple[float, bool, float]]] = []
     qid = 0
     end = plan.seconds - 0.5
     while clock.now() < end and len(tasks) < int(plan.seconds / plan.probe_interval_s) + 1:

@@ -10,6 +10,9 @@
   so the other cases go on being measured. A worker that disappears is recorded too.
 - CPU: the server's (from /proc) and the rest of the machine's, so a reader can tell a loss
   caused by the server from one caused by a neighbour.
+- The kernel's side of the server's sockets every second: UDP datagrams dropped because a
+  receive buffer was full (the server did not read them in time: a query lost before the
+  server saw it, whoever sent it) and connections waiting in the TCP listen queue.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import run as bench
-import soak_report as report
-from soak_churn import GeoipFile, health_state
-from soak_plan import Clock, Plan
-from soak_servers import ServerUnderTest, signal_name
+from . import soak_report as report
+from .procstat import CLOCK_TICKS, SocketQueues, cpu_seconds, machine_jiffies, socket_queues
+from .soak_churn import GeoipFile, health_state
+from .soak_plan import Clock, Plan
+from .soak_servers import ServerUnderTest, signal_name
 
 
 @dataclass
@@ -102,7 +105,7 @@ class CpuWatch:
         return sum(u.ru_utime + u.ru_stime for u in usage)
 
     def start(self, pids: list[int], clock: Clock) -> None:
-        self.machine = bench.machine_jiffies()
+        self.machine = machine_jiffies()
         self.own = self._own()
         self.began = clock.now()
         self.sample(pids)
@@ -110,21 +113,25 @@ class CpuWatch:
 
     def sample(self, pids: list[int]) -> None:
         for pid in pids:
-            seconds = bench.cpu_seconds([pid])
+            seconds = cpu_seconds([pid])
             if seconds or pid in self.last:
                 self.last[pid] = max(seconds, self.last.get(pid, 0.0))
 
     def result(self, clock: Clock) -> dict[str, Any]:
         busy0, total0 = self.machine
-        busy1, total1 = bench.machine_jiffies()
+        busy1, total1 = machine_jiffies()
         wall = max(1e-6, clock.now() - self.began)
         server = sum(v - self.first.get(pid, 0.0) for pid, v in self.last.items())
-        machine = (busy1 - busy0) / bench.CLOCK_TICKS
+        machine = (busy1 - busy0) / CLOCK_TICKS
         own = self._own() - self.own
         return {
             "server_cpu_pct": round(100 * server / wall, 1),
             "soak_cpu_pct": round(100 * own / wall, 1),
             "others_cpu_pct": round(max(0.0, 100 * (machine - server - own) / wall), 1),
+            "server_cpu_pct_by_pid": {
+                pid: round(100 * (v - self.first.get(pid, 0.0)) / wall, 1)
+                for pid, v in self.last.items()
+            },
         }
 
 
@@ -147,6 +154,38 @@ def _kill_leftovers(server: ServerUnderTest, alive_before: list[int]) -> list[in
 
 
 @dataclass
+class SocketWatch:
+    """The kernel's counts for the server's port, sampled every second: UDP drops per second
+    (a restarted server's new sockets count from zero) and the TCP accept queue's length."""
+
+    port: int
+    last_drops: int | None = None
+    drops_per_s: list[int] = field(default_factory=list)
+    accept_queue: list[int] = field(default_factory=list)
+    udp_queued_bytes: list[int] = field(default_factory=list)
+    listeners: int = 0
+
+    def sample(self) -> None:
+        now: SocketQueues = socket_queues(self.port)
+        if self.last_drops is not None:
+            grew = now.udp_drops - self.last_drops
+            self.drops_per_s.append(grew if grew >= 0 else now.udp_drops)
+        self.last_drops = now.udp_drops
+        self.accept_queue.append(now.accept_queue)
+        self.udp_queued_bytes.append(now.udp_queued_bytes)
+        self.listeners = max(self.listeners, now.listeners)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "udp_drops": sum(self.drops_per_s),
+            "udp_drops_per_s": self.drops_per_s,
+            "accept_queue": self.accept_queue,
+            "udp_queued_bytes": self.udp_queued_bytes,
+            "listeners": self.listeners,
+        }
+
+
+@dataclass
 class Watch:
     """Everything the soak observes about one server, and the supervisor that keeps it up."""
 
@@ -156,7 +195,9 @@ class Watch:
     clock: Clock
     logs: LogWatch
     cpu: CpuWatch = field(default_factory=CpuWatch)
+    sockets: SocketWatch | None = None
     rss: list[dict[str, Any]] = field(default_factory=list)
+    rss_peaks: dict[str, float] = field(default_factory=dict)  # VmHWM of each process
     deaths: list[dict[str, Any]] = field(default_factory=list)
     health_seen: list[tuple[float, str | None]] = field(default_factory=list)
     last_metrics: str | None = None
@@ -167,11 +208,13 @@ class Watch:
         """RSS of every process every `rss_interval_s`, the first sample at once."""
         end = self.plan.seconds
         while True:
-            sample = {"t": round(self.clock.now(), 1), "processes": self.server.rss_mb()}
-            self.rss.append(sample)
-            rss = " ".join(f"{mb:.0f}" for mb in sample["processes"].values())
+            now, processes = round(self.clock.now(), 1), self.server.rss_mb()
+            self.rss.append({"t": now, "processes": processes})
+            for label, mb in self.server.peak_mb().items():
+                self.rss_peaks[label] = max(mb, self.rss_peaks.get(label, 0.0))
+            rss = " ".join(f"{mb:.0f}" for mb in processes.values())
             self.log(
-                f"[{self.server.label}] t={sample['t']:5.1f} s  RSS MB {rss or '-'}  "
+                f"[{self.server.label}] t={now:5.1f} s  RSS MB {rss or '-'}  "
                 f"errors {self.logs.error_lines}  tracebacks {self.logs.tracebacks}  "
                 f"deaths {len(self.deaths)}"
             )
@@ -181,10 +224,14 @@ class Watch:
 
     async def log_and_cpu(self) -> None:
         end = self.plan.seconds
+        if self.sockets is None:
+            self.sockets = SocketWatch(self.server.setup.port)
+        self.sockets.sample()
         while self.clock.now() < end:
             await asyncio.sleep(1.0)
             self.logs.errors_per_s.append(self.logs.read(self.server.logfiles))
             self.cpu.sample(self.server.pids())
+            self.sockets.sample()
 
     async def counters(self) -> None:
         """The server's view of the health target every second (and the latest /metrics)."""
@@ -272,6 +319,7 @@ class Watch:
                 previous = state
         return {
             "rss": self.rss,
+            "rss_peaks": self.rss_peaks,
             "deaths": self.deaths,
             "restart_failures": self.restart_failures,
             "starts": self.server.starts,
@@ -279,5 +327,6 @@ class Watch:
             "health_seen": self.health_seen,
             "health_changes_seen": changes,
             "metrics": report.parse_metrics(self.last_metrics) if self.last_metrics else None,
+            "sockets": self.sockets.result() if self.sockets else None,
             **self.cpu.result(self.clock),
         }

@@ -17,51 +17,20 @@ import random
 import struct
 from collections.abc import Callable, Iterable, Sequence
 
-ECS_CODE = 8
-OPT_TYPE = 41
-QTYPE_A = 1
-QTYPE_AAAA = 28
-QTYPE_TXT = 16
+from .dnswire import ECS_OPTION, QTYPES, ecs_option, query
+
+ECS_CODE = ECS_OPTION
+QTYPE_A = QTYPES["A"]
+QTYPE_AAAA = QTYPES["AAAA"]
+QTYPE_TXT = QTYPES["TXT"]
 FAMILY_V4 = 1
 FAMILY_V6 = 2
 
 
-def wire_name(name: str) -> bytes:
-    """The uncompressed wire form of a dotted name."""
-    labels = [label for label in name.rstrip(".").split(".") if label]
-    return b"".join(bytes([len(label)]) + label.encode("ascii") for label in labels) + b"\0"
-
-
-def ecs_option(family: int, address: int, source: int, scope: int = 0) -> bytes:
-    """An ECS option (RFC 7871 section 6): ADDRESS cut to the octets SOURCE PREFIX-LENGTH needs."""
-    width = 4 if family == FAMILY_V4 else 16
-    raw = address.to_bytes(width, "big")[: (source + 7) // 8]
-    return struct.pack(">HHHBB", ECS_CODE, 4 + len(raw), family, source, scope) + raw
-
-
-def query(
-    qname: str,
-    qtype: int,
-    *,
-    qid: int = 0,
-    options: Sequence[bytes] | None = (),
-    udp_size: int = 1232,
-) -> bytes:
-    """A resolver-like query (RD=0): one question and, unless `options` is None, an OPT record
-    carrying `options` (each a complete EDNS option, code and length included)."""
-    arcount = 0 if options is None else 1
-    message = struct.pack(">HHHHHH", qid, 0, 1, 0, 0, arcount)
-    message += wire_name(qname) + struct.pack(">HH", qtype, 1)
-    if options is not None:
-        rdata = b"".join(options)
-        message += b"\0" + struct.pack(">HHIH", OPT_TYPE, udp_size, 0, len(rdata)) + rdata
-    return message
-
-
-def ecs_query(qname: str, family: int, address: int, source: int, *, qid: int = 0) -> bytes:
+def ecs_query(qname: str, family: int, address: int, source: int, *, ident: int = 0) -> bytes:
     """A valid geo query with one ECS option: A for an IPv4 subnet, AAAA for an IPv6 one."""
     qtype = QTYPE_A if family == FAMILY_V4 else QTYPE_AAAA
-    return query(qname, qtype, qid=qid, options=[ecs_option(family, address, source)])
+    return query(qname, qtype, ident=ident, options=[ecs_option(family, address, source)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,7 +47,7 @@ def _random_subnet(rng: random.Random) -> tuple[int, int, int]:
 
 def _valid_ecs(rng: random.Random, qname: str) -> bytes:
     family, address, source = _random_subnet(rng)
-    return ecs_query(qname, family, address, source, qid=rng.randrange(1 << 16))
+    return ecs_query(qname, family, address, source, ident=rng.randrange(1 << 16))
 
 
 def ecs_cut(rng: random.Random, qname: str) -> bytes:
@@ -103,7 +72,7 @@ def ecs_two_options(rng: random.Random, qname: str) -> bytes:
         other_family, other_address, other_source = _random_subnet(rng)
         second = ecs_option(other_family, other_address, other_source)
     qtype = QTYPE_A if family == FAMILY_V4 else QTYPE_AAAA
-    return query(qname, qtype, qid=rng.randrange(1 << 16), options=[first, second])
+    return query(qname, qtype, ident=rng.randrange(1 << 16), options=[first, second])
 
 
 def ecs_scope_nonzero(rng: random.Random, qname: str) -> bytes:
@@ -111,7 +80,7 @@ def ecs_scope_nonzero(rng: random.Random, qname: str) -> bytes:
     family, address, source = _random_subnet(rng)
     option = ecs_option(family, address, source, scope=rng.randint(1, source))
     qtype = QTYPE_A if family == FAMILY_V4 else QTYPE_AAAA
-    return query(qname, qtype, qid=rng.randrange(1 << 16), options=[option])
+    return query(qname, qtype, ident=rng.randrange(1 << 16), options=[option])
 
 
 def ecs_bad_address(rng: random.Random, qname: str) -> bytes:
@@ -133,7 +102,7 @@ def ecs_bad_address(rng: random.Random, qname: str) -> bytes:
     else:  # an unknown family
         body = struct.pack(">HBB", rng.randint(3, 0xFFFF), source, 0) + raw[: (source + 7) // 8]
     option = struct.pack(">HH", ECS_CODE, len(body)) + body
-    return query(qname, QTYPE_A, qid=rng.randrange(1 << 16), options=[option])
+    return query(qname, QTYPE_A, ident=rng.randrange(1 << 16), options=[option])
 
 
 def _any_valid(rng: random.Random, qname: str) -> bytes:
@@ -142,7 +111,7 @@ def _any_valid(rng: random.Random, qname: str) -> bytes:
     if shape == 0:
         return _valid_ecs(rng, qname)
     qtype = rng.choice((QTYPE_A, QTYPE_AAAA, QTYPE_TXT))
-    return query(qname, qtype, qid=rng.randrange(1 << 16), options=() if shape == 1 else None)
+    return query(qname, qtype, ident=rng.randrange(1 << 16), options=() if shape == 1 else None)
 
 
 def bit_flips(rng: random.Random, qname: str) -> bytes:
@@ -281,9 +250,3 @@ def interleave(v4: Sequence[int], v6: Sequence[int]) -> list[tuple[int, int]]:
             out.append((FAMILY_V6, v6[i6]))
             i6 += 1
     return out
-
-
-def dnsperf_binary(messages: Iterable[bytes]) -> Iterable[bytes]:
-    """dnsperf -B input: each message preceded by its 2-octet length (dnsperf rewrites IDs)."""
-    for message in messages:
-        yield struct.pack(">H", len(message)) + message

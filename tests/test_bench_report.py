@@ -225,6 +225,8 @@ def test_processes_are_told_apart_by_their_command_line() -> None:
     assert role_of("python -m geodns serve", 0) == "main"
     assert role_of(spawn, 2) == "worker"
     assert role_of(tracker, 1) == "helper (resource tracker)"
+    assert role_of("python -m geodns.daemon.workers run_worker geodns.yaml 1 7", 1) == "worker"
+    assert role_of("python -m geodns.geo.index city.mmdb cache", 1) == "helper (index builder)"
     memory = {
         "processes": [
             {"rss_mb": 90.0, "pss_mb": 70.0},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import maxminddb
@@ -22,7 +23,7 @@ from mmdb_factory import city_record, rewrite_record_size, write_city_db
 from geodns.geo.codes import continent_of
 from geodns.geo.database import GeoDatabase
 from geodns.geo.index import build_index, load_index, save_index
-from geodns.geo.locator import DirectLocator
+from geodns.geo.locator import DirectLocator, Geo
 from geodns.geo.mmdbtree import unpack_children
 
 BUNDLED = Path(__file__).resolve().parent.parent / "geodns" / "data" / "geodns-country.mmdb"
@@ -211,3 +212,122 @@ def test_the_cache_keeps_indexes_in_use_and_drops_month_old_ones(tmp_path: Path)
     assert load_index(cache, database.digest) is not None  # loading marks it used
     assert prune_cache(cache, now) == 2
     assert sorted(p.name for p in cache.iterdir()) == sorted([ours.name, fresh_other.name])
+
+
+def test_a_database_whose_index_is_cached_is_not_read_into_memory(tmp_path: Path) -> None:
+    """A reload onto a database whose place index is cached (the one served before, put back)
+    finds the index by the file's digest, read in chunks: it never holds a copy of the database
+    beside the snapshot in use (with a 100 MB database that was 200 MB more for a moment, and
+    the soak's per-process RSS bound failed)."""
+    import tracemalloc
+
+    from geodns.config.loader import load_geo
+    from geodns.config.server import ServerConfig
+
+    database = tmp_path / "city.mmdb"
+    database.write_bytes(BUNDLED.read_bytes())
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "cache")
+    built = load_geo(config, build=True)  # builds and caches the index
+    assert built.index is not None
+    built.close()
+
+    def peak_of(load: Callable[[], object]) -> int:
+        tracemalloc.start()
+        try:
+            load()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    index_alone = peak_of(lambda: load_index(tmp_path / "cache", built.digest))
+    found: list[Geo] = []
+    peak = peak_of(lambda: found.append(load_geo(config)))
+    (geo,) = found
+    assert geo.index is not None and geo.digest == built.digest
+    assert geo.signature == built.signature and geo.path == database
+    # loading the index itself makes arrays of its own; a copy of the file would be its size
+    assert peak - index_alone < database.stat().st_size // 2, (peak, index_alone)
+    geo.close()
+
+
+def test_a_truncated_database_is_refused_without_being_read_into_memory(tmp_path: Path) -> None:
+    """A copy in progress or cut short (no metadata at its end, where every MaxMind DB has it)
+    is refused from its last octets: a reload every second while `cp` rewrites a 100 MB file
+    would otherwise read and copy up to 200 MB each time, only to fail."""
+    import tracemalloc
+
+    from geodns.common.errors import ConfigError
+
+    database = tmp_path / "city.mmdb"
+    data = BUNDLED.read_bytes()
+    database.write_bytes(data[: len(data) * 6 // 10])
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match="metadata"):
+            GeoDatabase(database, str(database), 3, continent_of)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < database.stat().st_size // 4, peak
+
+
+def test_a_database_rewritten_with_the_same_bytes_keeps_the_index_in_use(tmp_path: Path) -> None:
+    """`cp` of the same file, a touch, or a geoipupdate run with nothing new: the reload finds
+    the digest of the database in use and keeps its index (and so its answer maps) instead of
+    mapping the index a second time beside it and rebuilding every map; another database
+    gets its own."""
+    import os
+
+    from geodns.config.loader import load_geo
+    from geodns.config.server import ServerConfig
+
+    database = tmp_path / "city.mmdb"
+    database.write_bytes(BUNDLED.read_bytes())
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "cache")
+    first = load_geo(config, build=True)
+    assert first.index is not None
+    os.utime(database, ns=(first.signature[0] + 10**9, first.signature[0] + 10**9))
+    again = load_geo(config, current=first)
+    assert again.index is first.index and again.rankings is first.rankings
+    assert again.signature != first.signature and not again.changed_on_disk()
+    other = tmp_path / "other.mmdb"
+    data = bytearray(BUNDLED.read_bytes())
+    data[100] ^= 0xFF  # a different database (its tree's bytes differ)
+    other.write_bytes(bytes(data))
+    assert (
+        load_geo(
+            ServerConfig(geoip_database=other, cache_dir=tmp_path / "cache"),
+            build=True,
+            current=first,
+        ).index
+        is not first.index
+    )
+
+
+def test_a_database_served_while_its_index_builds_keeps_no_second_copy(tmp_path: Path) -> None:
+    """While a big database's index is built in the background (a process of its own, which
+    reads the file itself), the direct locator answers from the private mapping alone: the bytes
+    read to make it are let go, not kept beside it (100 MB more per process for the 100 MB City
+    database, until the index was ready)."""
+    import tracemalloc
+
+    from geodns.config.loader import load_geo
+    from geodns.config.server import ServerConfig
+
+    database = tmp_path / "city.mmdb"
+    database.write_bytes(BUNDLED.read_bytes())
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "cache")
+    tracemalloc.start()
+    try:
+        geo = load_geo(config, build=False)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert geo.index is None and geo.direct is not None
+    assert held < database.stat().st_size // 2, held
+    with maxminddb.open_database(str(BUNDLED)) as reader:
+        for address in sample_addresses(5, 50):
+            expected = reader.get(address)
+            placed = geo.direct.database.place_at(address)
+            assert (placed is None) == (expected is None), address
+    geo.close()

@@ -8,18 +8,15 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
-import sys
-from pathlib import Path
 
 import dns.edns
 import dns.message
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-import soak_report as report  # noqa: E402
-import soak_wire as wire  # noqa: E402
-from soak_plan import FULL, QUICK, geoip_schedule, slow_many_addresses  # noqa: E402
+from bench import soak_report as report
+from bench import soak_wire as wire
+from bench.dnswire import wire_name
+from bench.soak_plan import FULL, QUICK, geoip_schedule, slow_many_addresses
 
 NAME = "www.cdn.example.com"
 
@@ -30,7 +27,7 @@ def ecs_of(message: dns.message.Message) -> list[dns.edns.ECSOption]:
 
 def test_the_valid_ecs_queries_parse_with_the_subnet_asked() -> None:
     v4 = int(ipaddress.IPv4Address("198.51.100.0"))
-    parsed = dns.message.from_wire(wire.ecs_query(NAME, wire.FAMILY_V4, v4, 24, qid=7))
+    parsed = dns.message.from_wire(wire.ecs_query(NAME, wire.FAMILY_V4, v4, 24, ident=7))
     (option,) = ecs_of(parsed)
     assert (option.address, option.srclen, option.scopelen) == ("198.51.100.0", 24, 0)
     v6 = int(ipaddress.IPv6Address("2001:db8:1234:5600::"))
@@ -64,7 +61,7 @@ def test_ecs_cut_loses_between_one_and_eight_octets_of_a_valid_query() -> None:
 def test_ecs_bad_address_breaks_a_rule_of_rfc_7871_section_6() -> None:
     for seed in range(100):
         message = wire.ecs_bad_address(random.Random(seed), NAME)
-        option = message[12 + len(wire.wire_name(NAME)) + 4 + 11 :]  # after the OPT's header
+        option = message[12 + len(wire_name(NAME)) + 4 + 11 :]  # after the OPT's header
         code, length, family, source, _scope = struct.unpack(">HHHBB", option[:8])
         address = option[8:]
         assert code == wire.ECS_CODE and length == len(option) - 4
@@ -292,3 +289,47 @@ def test_valid_loss_is_shown_per_phase() -> None:
     }
     rows = report.figures(_result(valid=valid))
     assert rows["valid loss by phase: a / b / c"] == "0.000% / 10.000% / 0.000%"
+
+
+def test_the_kernels_socket_counts_are_read_for_the_servers_port_only() -> None:
+    from bench.procstat import parse_proc_net
+
+    udp = "\n".join(
+        [
+            "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+            "timeout inode ref pointer drops",
+            "  1: 0100007F:14E9 00000000:0000 07 00000000:00000300 00:00000000 00000000  0  0 "
+            "11 2 0000000000000000 17",
+            "  2: 0100007F:14E9 00000000:0000 07 00000000:00000000 00:00000000 00000000  0  0 "
+            "12 2 0000000000000000 5",
+            "  3: 0100007F:14EA 00000000:0000 07 00000000:00000000 00:00000000 00000000  0  0 "
+            "13 2 0000000000000000 99",
+        ]
+    )
+    found = parse_proc_net(udp, 5353, udp=True)
+    assert (found.udp_sockets, found.udp_drops, found.udp_queued_bytes) == (2, 22, 0x300)
+    tcp = "\n".join(
+        [
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid",
+            "   0: 0100007F:14E9 00000000:0000 0A 00000000:00000400 00:00000000 00000000  0 0 "
+            "21 1 0000000000000000 100 0 0 10 0",
+            "   1: 0100007F:14E9 0100007F:9C40 01 00000000:00000002 00:00000000 00000000  0 0 "
+            "22 1 0000000000000000 100 0 0 10 0",
+        ]
+    )
+    found = parse_proc_net(tcp, 5353, udp=False)
+    assert (found.listeners, found.accept_queue) == (1, 1024)  # the established one is not counted
+
+
+def test_kernel_drops_are_shown_as_a_share_of_the_datagrams_sent() -> None:
+    result = _result(
+        walk={"sent": 900_000},
+        sockets={"udp_drops": 10_000, "accept_queue": [0] * 10 + [1024] * 81 + [0] * 9},
+    )
+    rows = report.figures(result)
+    assert rows["UDP datagrams dropped by the kernel: receive buffer full"] == (
+        "10,000 (1.00% of 1,000,005 sent)"
+    )
+    assert rows["TCP listen queue during slow clients: median / max (listeners)"] == (
+        "1,024 / 1,024 (0)"
+    )

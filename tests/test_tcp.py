@@ -326,3 +326,40 @@ def test_cap_does_not_affect_udp(make_server):
     with srv.tcp_connect() as sock:
         assert _served(sock, 0x7500)
         assert srv.answers(WWW)  # UDP is not counted against the TCP cap
+
+
+def test_every_close_is_counted_by_its_reason_in_metrics(make_server):
+    """geodns_tcp_connections_closed_total{reason}: a message that does not arrive whole in
+    time, and a connection over an address's share, each show under their reason (issue 12:
+    the TCP limits shown truly in metrics)."""
+    from conftest import base_config
+
+    srv = make_server(
+        base_config(
+            workers=1, tcp={"message_timeout": 0.5, "max_per_address": 1, "idle_timeout": 30}
+        )
+    )
+    slow = _connect_from(srv, "127.0.0.7")
+    held = _connect_from(srv, "127.0.0.8")
+    try:
+        slow.sendall(b"\x00")  # a message begins and never ends
+        assert _served(held, 0x7800)
+        refused = _connect_from(srv, "127.0.0.8")
+        with refused:
+            assert wait_closed(refused, 3.0), "a second connection from one address was kept"
+        assert wait_closed(slow, 3.0), "a message that never ended kept its connection"
+        counts: dict[str, float] = {}
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            counts = {
+                line.split('reason="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in srv.metrics_text().splitlines()
+                if line.startswith("geodns_tcp_connections_closed_total{")
+            }
+            if counts.get("slow_message") and counts.get("per_address"):
+                break
+            time.sleep(0.1)
+        assert counts.get("slow_message", 0) >= 1 and counts.get("per_address", 0) >= 1, counts
+    finally:
+        held.close()
+        slow.close()

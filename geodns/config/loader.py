@@ -17,7 +17,7 @@ from geodns.config.zonefile import load_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
 from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
-from geodns.geo.database import GeoDatabase
+from geodns.geo.database import GeoDatabase, file_identity
 from geodns.geo.dbfacts import database_facts, unmatchable
 from geodns.geo.index import build_index, load_index, save_index
 from geodns.geo.locator import Geo
@@ -29,6 +29,19 @@ SYNC_BUILD_BYTES = 16 << 20  # databases up to this size get their index at star
 def zone_files(zones_dir: Path) -> list[Path]:
     """The zone files of a directory, in a stable order."""
     return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
+
+
+def _cached_geo(path: Path, directory: Path, current: Geo | None) -> Geo | None:
+    """The geography of the database at `path` from its cached place index, or None (no index
+    cached for these bytes, or an unreadable file: open_database then says why)."""
+    try:
+        signature, digest = file_identity(path)
+    except OSError:
+        return None
+    if current is not None and current.index is not None and current.digest == digest:
+        return current.read_again(path, signature)
+    index = load_index(directory, digest)
+    return None if index is None else Geo.from_cached_index(path, signature, index)
 
 
 def load_zones(
@@ -123,13 +136,22 @@ def admin_socket(config: ServerConfig) -> str | None:
     return str(cache_directory(config) / f"admin-{config.port}.sock")
 
 
-def load_geo(config: ServerConfig, build: bool | None = None) -> Geo:
+def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | None = None) -> Geo:
     """The geography for a config: the database's cached place index when there is one; else
     the index built now when `build` (None: as `geoip.index` says; "auto" builds now when the
     database is small enough to take a moment), else the database itself, for the caller to
-    build the index in the background."""
-    database = open_database(config)
+    build the index in the background.
+
+    The cached index is looked for first, by the file's digest read in chunks: the database is
+    read into memory (a private copy, and the bytes read) only when there is none. A reload
+    onto a database served before keeps no copy of it beside the snapshot in use; onto the
+    bytes of `current` (the geography in use: the same file copied again, touched), it keeps
+    `current`'s index, so its answer maps stay valid and nothing is mapped twice."""
     directory = cache_directory(config)
+    cached = _cached_geo(config.geoip_path, directory, current)
+    if cached is not None:
+        return cached
+    database = open_database(config)
     index = load_index(directory, database.digest)
     if build is None:
         small = len(database.data) <= SYNC_BUILD_BYTES
@@ -138,7 +160,8 @@ def load_geo(config: ServerConfig, build: bool | None = None) -> Geo:
         index = build_index(database)
         with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
             save_index(index, directory)
-    if index is None:
+    if index is None:  # the direct locator reads the private mapping; a background build
+        database.release_bytes()  # reads the file itself: the bytes read are not needed
         return Geo.from_database(database)
     database.close()
     return Geo.from_index(database, index)

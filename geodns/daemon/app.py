@@ -557,9 +557,11 @@ class App:
         config = load_config(self.config_path) if self.config_path else self.config
         geo = self.geo
         if config.geoip_path != geo.path or geo.changed_on_disk():
-            geo = load_geo(config)
+            geo = load_geo(config, current=geo)
         current = self.state.snapshot
-        previous = current.maps if geo is current.geo else None
+        in_use = current.geo.index if current.geo is not None else None
+        same_index = geo.index is not None and geo.index is in_use
+        previous = current.maps if geo is current.geo or same_index else None
         now = self.clock()
         if self.control is None and config.dnssec:  # a zone newly signed gets its keys
             _log_key_steps(self._keep_keys(config, current.zones, now))

@@ -50,6 +50,11 @@ class GeoDatabase:
         self.where, self.line = where, line
         try:
             stat = path.stat()
+            if not has_metadata(path):  # before reading it all: cheap, and no copy made
+                raise self._error(
+                    f"cannot open GeoIP database {path}: no MaxMind DB metadata in its last "
+                    f"{METADATA_WINDOW // 1024} KiB (a copy in progress, or a file cut short?)"
+                )
             data = path.read_bytes()
         except OSError as exc:
             raise self._error(f"cannot read GeoIP database {path}: {exc.strerror}") from None
@@ -125,6 +130,30 @@ class GeoDatabase:
         self.data = b""
         with contextlib.suppress(Exception):
             self.reader.close()
+
+
+METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"  # starts the metadata (MaxMind DB format 2.0)
+METADATA_WINDOW = 128 * 1024  # the format puts the metadata within the file's last 128 KiB
+
+
+def has_metadata(path: Path) -> bool:
+    """Whether the file ends the way every MaxMind DB does, with its metadata marker in the
+    last 128 KiB: a file being rewritten in place, or cut short, does not. Raises OSError."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - METADATA_WINDOW))
+        return METADATA_MARKER in handle.read(METADATA_WINDOW)
+
+
+def file_identity(path: Path) -> tuple[tuple[int, int, int], str]:
+    """A database file's (mtime, size, inode) and the SHA-256 of its bytes, read through a
+    small buffer (hashlib.file_digest): what finds its cached place index without holding a
+    copy of the file. The signature is taken first, so a file rewritten meanwhile looks changed
+    on disk and is read again. Raises OSError."""
+    stat = path.stat()
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino), digest
 
 
 def _open_private(data: bytes) -> Any:

@@ -16,7 +16,7 @@ build date, path) and the per-index memo of site rankings.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -68,9 +68,17 @@ class Geo:
 
     @classmethod
     def from_index(cls, database: GeoDatabase, index: PlaceIndex) -> Geo:
+        return cls.from_cached_index(database.path, database.signature, index)
+
+    @classmethod
+    def from_cached_index(
+        cls, path: Path, signature: tuple[int, int, int], index: PlaceIndex
+    ) -> Geo:
+        """The database at `path` (as it was when `signature` was taken), answered through its
+        index: the database itself is not needed."""
         return cls(
-            database.path,
-            database.signature,
+            path,
+            signature,
             index.database_type,
             index.build_epoch,
             index.digest,
@@ -104,6 +112,11 @@ class Geo:
             None,
             Rankings(index),
         )
+
+    def read_again(self, path: Path, signature: tuple[int, int, int]) -> Geo:
+        """The same database found again (the same bytes, at `path` with this `signature`),
+        answered through the same index and rankings."""
+        return replace(self, path=path, signature=signature)
 
     def changed_on_disk(self) -> bool:
         """Whether the file at `path` is no longer the one read (a stat, no read)."""
