@@ -315,7 +315,6 @@ class App:
         assert state is not None and registry is not None
         config = self.config
         shared = self.worker_count > 1  # SO_REUSEPORT only when our workers share the ports
-        clock = loop.time
         bound = 0
         for address in config.listen:
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -331,7 +330,7 @@ class App:
                 raise _bind_error(exc, address, "udp", config.port) from None
             try:
                 server = await loop.create_server(
-                    lambda: TcpProtocol(state, registry, clock),
+                    lambda: TcpProtocol(state, registry),
                     host=address,
                     port=config.port,
                     family=family,
