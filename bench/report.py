@@ -1,5 +1,7 @@
 """The report: the results as JSON, and the table (markdown, ready for docs/benchmark.md) with
-geodns, gdnsd and their ratio side by side, plus the answer checks in words.
+geodns, gdnsd and their ratio side by side, plus the answer checks in words. A run with a
+baseline (an older geodns, `bench/run.py --baseline DIR`) has its column and the ratio
+geodns/baseline right after geodns's.
 
 The table is built from the results dict alone, so it can be redrawn from a saved JSON file:
 `python -m bench.report bench/out/results-....json`.
@@ -86,11 +88,17 @@ def index_seconds(run: Any) -> Any:
 
 
 class Table:
-    """Rows of (label, geodns, gdnsd, ratio, extra columns...)."""
+    """Rows of (label, geodns, [baseline, geodns/baseline,] gdnsd, geodns/gdnsd, extra
+    columns...)."""
 
-    def __init__(self, extra: list[str]) -> None:
+    def __init__(self, extra: list[str], baseline: str | None = None) -> None:
         self.extra = extra
+        self.baseline = baseline
         self.rows: list[Row] = []
+
+    def headers(self) -> list[str]:
+        versus = [self.baseline, f"geodns/{self.baseline}"] if self.baseline else []
+        return ["metric", "geodns", *versus, "gdnsd", "geodns/gdnsd", *self.extra]
 
     def section(self, title: str) -> None:
         self.rows.append([f"**{title}**"])
@@ -104,9 +112,14 @@ class Table:
         compare: bool = True,
     ) -> None:
         a, b = value(runs.get("geodns")), value(runs.get("gdnsd"))
-        if a is None and b is None and all(value(runs.get(k)) is None for k in self.extra):
+        others = self.extra + ([self.baseline] if self.baseline else [])
+        if a is None and b is None and all(value(runs.get(k)) is None for k in others):
             return
-        row = [label, fmt(a, digits), fmt(b, digits), ratio(a, b) if compare else ""]
+        row = [label, fmt(a, digits)]
+        if self.baseline:
+            old = value(runs.get(self.baseline))
+            row += [fmt(old, digits), ratio(a, old) if compare else ""]
+        row += [fmt(b, digits), ratio(a, b) if compare else ""]
         row += [fmt(value(runs.get(k)), digits) for k in self.extra]
         self.rows.append(row)
 
@@ -278,17 +291,17 @@ def startup_rows(table: Table, startup: dict[str, Any]) -> None:
 def table(results: dict[str, Any]) -> str:
     """The whole table: one section per database and PoP set, then the big zone, memory with
     1 and 2 workers, and start-up with the big database."""
+    baseline = get(results, "baseline", "label")
     extra = sorted(
         {
             label
             for database in (results.get("databases") or {}).values()
             for section in (database.get("sections") or {}).values()
             for label in (section.get("servers") or {})
-            if label not in ("geodns", "gdnsd")
+            if label not in ("geodns", "gdnsd", baseline)
         }
     )
-    headers = ["metric", "geodns", "gdnsd", "geodns/gdnsd", *extra]
-    rows = Table(extra)
+    rows = Table(extra, baseline)
     for name, database in (results.get("databases") or {}).items():
         for label, section in (database.get("sections") or {}).items():
             pops = label.replace("-pop", " PoPs")
@@ -299,7 +312,7 @@ def table(results: dict[str, Any]) -> str:
         memory_rows(rows, results["memory"])
     if results.get("startup_big_db"):
         startup_rows(rows, results["startup_big_db"])
-    return markdown(headers, rows.rows)
+    return markdown(rows.headers(), rows.rows)
 
 
 def check_lines(results: dict[str, Any]) -> list[str]:

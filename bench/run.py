@@ -5,13 +5,16 @@ cost resolvers' caches, memory per process, start-up and reloads of a big zone, 
     python bench/run.py --quick                           # a smoke run, a few minutes
     python bench/run.py --database geolite2-2018          # on a real City database (downloaded)
     python bench/run.py --database synthetic --database geolite2-2018 --pops 6 --pops 100
+    python bench/run.py --baseline ../geodns-old          # also an older geodns, same run
 
 For each database: both servers through the static, warm and cold workloads with the 6 PoPs
 of the bundled example, then warm and cold with 100 PoPs; the answers of both for every subnet
-compared; the ECS scopes each returns and the resolver cache blocks they need. Then, on the
-first database: a zone of 10,000 nearest-PoP names (start-up, RSS, a reload under load), and
-geodns's memory with 1 and 2 workers after a cold run. Results go to bench/out/results-*.json
-and the table is printed (markdown).
+compared; the ECS scopes each returns and the resolver cache blocks they need. With
+--baseline DIR, an older geodns (DIR: its source tree) runs the 6-PoP workloads right after
+geodns, as the column geodns@<its commit>. Then, on the first database: a zone of 10,000
+nearest-PoP names (start-up, RSS, a reload under load), and geodns's memory with 1 and 2
+workers after a cold run. Results go to bench/out/results-*.json and the table is printed
+(markdown).
 
 Only 127.0.0.1 is ever a target. Every loop is bounded in count and time; every process started
 here is stopped by its own PID.
@@ -59,7 +62,14 @@ from bench.scenarios import (  # noqa: E402
     startup_run,
     with_workers,
 )
-from bench.servers import Setup, can_pin, start_etcd, stop_process  # noqa: E402
+from bench.servers import (  # noqa: E402
+    Setup,
+    can_pin,
+    geodns_top_keys,
+    source_commit,
+    start_etcd,
+    stop_process,
+)
 
 
 def arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,11 +109,39 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run py-spy against geodns under load (pip install py-spy)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also run the geodns of DIR (an older source tree, e.g. a git worktree of an older "
+        "commit) through the 6-PoP workloads, as a column geodns@<commit> beside geodns",
+    )
     parser.add_argument("--seconds", type=float, help="override the seconds per measurement")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="where databases are kept (outside the repo)"
     )
     return parser.parse_args(argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """An older geodns to run beside this one: its source tree and its short commit."""
+
+    source: Path
+    commit: str
+
+    @property
+    def label(self) -> str:
+        """Its column in the report and its key among a section's servers."""
+        return f"geodns@{self.commit}"
+
+
+def baseline_of(source: Path) -> Baseline:
+    """The baseline of `--baseline DIR`, labelled geodns@<DIR's short commit>; its geodns is
+    imported once here (a tree that does not import fails now, not after an hour of runs)."""
+    source = source.resolve()
+    geodns_top_keys(source)
+    return Baseline(source, source_commit(source))
 
 
 def database_section(
@@ -115,9 +153,11 @@ def database_section(
     check: bool,
     workers_too: bool,
     fleet_too: bool = False,
+    baseline: Baseline | None = None,
 ) -> dict[str, Any]:
     """One database and PoP set through both servers: their runs, the answer checks and the
-    resolver-cache figures (the replies themselves are not kept in the results)."""
+    resolver-cache figures (the replies themselves are not kept in the results). With a
+    baseline (6 PoPs only), the older geodns right after geodns, under the same rules."""
     full = pops.label == "6-pop"
     setup = Setup(db.path, pops)
     cold_asked = loads.cold if full else loads.block_networks(bench.profile.block_networks)
@@ -127,6 +167,15 @@ def database_section(
         label = f"{kind}-{db.name}-{pops.label}"
         if full:
             servers[kind] = full_run(bench, kind, label, setup, loads, churn=kind == "geodns")
+            if kind == "geodns" and baseline is not None:
+                servers[baseline.label] = full_run(
+                    bench,
+                    "geodns",
+                    f"{baseline.label.replace('@', '-')}-{db.name}-{pops.label}",
+                    dataclasses.replace(setup, source=baseline.source),
+                    loads,
+                    ask=False,
+                )
         else:
             servers[kind] = cpu_run(bench, kind, label, setup, loads, loads.warm + cold_asked)
     if fleet_too:  # right after the plain run, so both see the same machine
@@ -188,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile and not py_spy:
         log("--profile needs py-spy: pip install py-spy")
         return 2
+    baseline = None
+    if args.baseline is not None:
+        if not (args.baseline / "geodns" / "__main__.py").is_file():
+            log(f"--baseline {args.baseline}: not a geodns source tree (no geodns/__main__.py)")
+            return 2
+        baseline = baseline_of(args.baseline)
+        log(f"baseline: {baseline.label}")
     paths.create()
     bench = Bench(paths, profile)
     began = time.monotonic()
@@ -212,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         "pops": {pops.label: [dataclasses.asdict(p) for p in pops.pops] for pops in pop_sets},
         "databases": {},
     }
+    if baseline is not None:
+        results["baseline"] = {"label": baseline.label, "commit": baseline.commit}
     first: tuple[databases.Database, workloads.Workloads] | None = None
     if args.only_dnssec:
         name = (args.database or ["synthetic"])[0]
@@ -234,7 +292,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             fleet_too = args.fleet and first is None and pops.label == "6-pop"
             entry["sections"][pops.label] = database_section(
-                bench, db, loads, pops, kinds, not args.no_check, workers_too, fleet_too=fleet_too
+                bench,
+                db,
+                loads,
+                pops,
+                kinds,
+                not args.no_check,
+                workers_too,
+                fleet_too=fleet_too,
+                baseline=baseline,
             )
         results["databases"][name] = entry
         first = first or (db, loads)

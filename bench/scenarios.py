@@ -1,7 +1,8 @@
 """The measurements, each a function of (what to run, against which server) to a result dict:
 
 - `full_run`: one server through the static, warm and cold workloads (saturated rate, CPU per
-  query, latency at a fixed rate), its memory after the cold run, churn, and its answers;
+  query, latency at a fixed rate), its memory after the cold run, churn, and its answers (an
+  older geodns as a baseline: `Setup.source`, without churn or answers);
 - `cpu_run`: warm and cold CPU per query only (the 100-PoP configuration);
 - `startup_run`: start to first answer and RSS, best of a few starts;
 - `big_zone_run`: the zone of many nearest-PoP names: start-up, RSS, and a reload under load;
@@ -99,6 +100,8 @@ def full_run(
     server = bench.server(kind, label, setup, cpus)
     result: dict[str, Any] = {"label": label, "kind": kind, "workers": setup.workers}
     result["command"] = " ".join(server.command)
+    if setup.source is not None:
+        result["command"] = f"PYTHONPATH={setup.source} {result['command']}"
     log(f"[{label}] starting: {result['command']}")
     result.update(start(bench, server))
     try:

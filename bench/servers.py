@@ -2,14 +2,20 @@
 processes (start, wait for the first answer, reload, stop by PID).
 
 geodns is a black box here: a config file and zone files in, DNS answers, /proc, its JSON log
-lines and its /metrics out. gdnsd is Debian's 3.8, with a geoip map in city-auto-mode (no `map`
-stanza: the nearest datacenter by distance for everyone, the decision geodns's `nearest` makes).
+lines and its /metrics out. It is the geodns under test, or (`Setup.source`) an older source
+tree run as a baseline: the same interpreter with PYTHONPATH and cwd set to that tree, so
+`-m geodns` imports the old code, and its config written for what the old reader accepts.
+
+gdnsd is Debian's 3.8, with a geoip map in city-auto-mode (no `map` stanza: the nearest
+datacenter by distance for everyone, the decision geodns's `nearest` makes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import importlib
 import json
 import os
 import shutil
@@ -116,6 +122,7 @@ class Setup:
     fleet: dict[str, Any] | None = None  # geodns's `fleet:` section (an etcd to join), if any
     dnssec: bool = False  # geodns: the zone signed (bench/dnssec.py)
     knot_answers: tuple[tuple[str, str], ...] = ()  # Knot: (country, address) of www
+    source: Path | None = None  # geodns only: an older geodns's source tree (None: this one)
 
 
 def geodns_geo_record(pops: PopSet, rtype: str) -> dict[str, Any]:
@@ -185,7 +192,8 @@ def write_geodns(directory: Path, port: int, setup: Setup, generation: int = 0) 
     if setup.dnssec:
         keys = str(directory / "keys")
         config["zones"] = {ZONE: {"dnssec": {"enabled": True, "key_directory": keys}}}
-    if geodns_has_setting("cache_dir"):  # a fresh geo index cache: every start builds its index
+    # a fresh geo index cache (every start builds its index), where that geodns has one
+    if geodns_has_setting("cache_dir", setup.source):
         cache = directory / "geo-cache"
         if generation == 0:  # a new server, not a reload of a running one
             shutil.rmtree(cache, ignore_errors=True)
@@ -306,12 +314,16 @@ class Server:
         self.port = free_port() if port is None else port
         self.generation = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None  # None: this process's environment
+        self.cwd: Path | None = None  # None: this process's working directory
         self.started_at = 0.0  # wall-clock time of the start, to place its log events
         directory.mkdir(parents=True, exist_ok=True)
         if kind == "geodns":
             self.config = write_geodns(directory, self.port, setup)
             self.command = pin(cpus) + [sys.executable, "-m", "geodns", "serve"]
             self.command += ["--config", str(self.config)]
+            if setup.source is not None:  # the old tree's code, not the installed geodns
+                self.env, self.cwd = source_environment(setup.source), setup.source
         elif kind == "gdnsd":
             self.config = write_gdnsd(directory, self.port, setup)
             self.command = pin(cpus) + ["gdnsd", "-c", str(directory), "start"]
@@ -330,7 +342,12 @@ class Server:
         self.started_at = time.time()
         began = time.monotonic()
         self.process = subprocess.Popen(
-            self.command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+            self.command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
+            cwd=self.cwd,
         )
         handle.close()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -457,23 +474,85 @@ def metric_value(text: str, name: str) -> float | None:
     return None
 
 
-def geodns_has_setting(key: str) -> bool:
-    """Whether this geodns's config accepts a top-level `key` (settings come and go as geodns
-    changes; the benchmark treats it as a black box)."""
-    from geodns.config import server as geodns_config
-
-    return key in getattr(geodns_config, "TOP_KEYS", ())
+def source_environment(source: Path) -> dict[str, str]:
+    """This process's environment with PYTHONPATH set to `source` alone: `python -m geodns`
+    (run with cwd `source`) then imports the geodns of that tree."""
+    return {**os.environ, "PYTHONPATH": str(source)}
 
 
-def geodns_reports_index() -> bool:
-    """Whether this geodns logs geo_index_ready (the event arrives with its precomputed geo
-    index): only then is it worth waiting for the event after a start."""
-    package = ROOT / "geodns"
+# The top-level config keys of the geodns that `python -m geodns` imports, and where it comes
+# from; the config reader moved from geodns.config (a module) to geodns.config.server.
+TOP_KEYS_PROBE = """
+import importlib, json, geodns
+keys = ()
+for name in ("geodns.config.server", "geodns.config"):
+    try:
+        keys = tuple(getattr(importlib.import_module(name), "TOP_KEYS", ()))
+    except ImportError:
+        continue
+    if keys:
+        break
+print(json.dumps({"file": geodns.__file__, "keys": list(keys)}))
+"""
+
+
+@functools.cache
+def geodns_top_keys(source: Path | None = None) -> frozenset[str]:
+    """The top-level config keys the geodns of `source` accepts (None: the geodns under test,
+    asked in this process). An older tree is asked by a small subprocess that imports it the
+    way its server will be started; a tree whose geodns is not what that imports is refused."""
+    if source is None:
+        for name in ("geodns.config.server", "geodns.config"):
+            with contextlib.suppress(ImportError):
+                keys = getattr(importlib.import_module(name), "TOP_KEYS", ())
+                if keys:
+                    return frozenset(keys)
+        return frozenset()
+    done = subprocess.run(
+        [sys.executable, "-c", TOP_KEYS_PROBE],
+        env=source_environment(source),
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"cannot import geodns from {source}: {done.stderr[-2000:]}")
+    found = json.loads(done.stdout)
+    if not Path(found["file"]).resolve().is_relative_to(source.resolve()):
+        raise RuntimeError(f"PYTHONPATH={source} imports geodns from {found['file']}, not {source}")
+    return frozenset(found["keys"])
+
+
+def geodns_has_setting(key: str, source: Path | None = None) -> bool:
+    """Whether the geodns of `source` (None: the one under test) accepts a top-level config
+    `key` (settings come and go as geodns changes; the benchmark treats it as a black box)."""
+    return key in geodns_top_keys(source)
+
+
+def geodns_reports_index(source: Path | None = None) -> bool:
+    """Whether the geodns of `source` (None: the one under test) logs geo_index_ready (the
+    event arrives with its precomputed geo index): only then is it worth waiting for the event
+    after a start. Read from the tree's files: an old tree without an index has no such event."""
+    package = (source or ROOT) / "geodns"
     for path in package.rglob("*.py"):
         with contextlib.suppress(OSError):
             if INDEX_EVENT in path.read_text(encoding="utf-8"):
                 return True
     return False
+
+
+def source_commit(source: Path) -> str:
+    """The short commit of a source tree (git rev-parse --short HEAD), to label its runs."""
+    done = subprocess.run(
+        ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.strip()
 
 
 def wait_for_index(server: Server, limit_s: float) -> dict[str, Any]:
@@ -487,7 +566,7 @@ def wait_for_index(server: Server, limit_s: float) -> dict[str, Any]:
     gdnsd: {}."""
     if server.kind != "geodns":
         return {}
-    if not geodns_reports_index():
+    if not geodns_reports_index(server.setup.source):
         return {"reported": False}
     deadline = time.monotonic() + limit_s
     while True:

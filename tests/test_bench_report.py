@@ -234,3 +234,22 @@ def test_processes_are_told_apart_by_their_command_line() -> None:
         ]
     }
     assert report.process_memory(memory) == "90.0 / 70.0 + 12.0 / 7.0 (helper)"
+
+
+def test_a_baseline_has_its_column_and_ratio_right_after_geodns() -> None:
+    with_baseline = results()
+    with_baseline["baseline"] = {"label": "geodns@5027c23", "commit": "5027c23"}
+    section = report.get(with_baseline, "databases", "geolite2-2018", "sections", "100-pop")
+    section["servers"]["geodns@5027c23"] = server(12.5, 100.0)
+    lines = report.table(with_baseline).splitlines()
+    assert lines[0] == (
+        "| metric | geodns | geodns@5027c23 | geodns/geodns@5027c23 | gdnsd | geodns/gdnsd |"
+    )
+    assert "| cold geo: server CPU µs/query | 10.0 | 12.5 | 0.80 | 5.0 | 2.00 |" in lines
+    assert (
+        "| RSS after the cold run, all processes (MB) | 120.0 | 100.0 | 1.20 | 40.0 | 3.00 |"
+        in lines
+    )
+    assert "| warm geo: lost (saturated + fixed rate) | 0 | 0 |  | 0 |  |" in lines
+    # a row the baseline has no figure for (the big zone): a dash and no ratio
+    assert "| start to first answer (s) | 17.70 | - |  | 1.90 | 9.32 |" in lines
