@@ -9,6 +9,8 @@ a burst is read in batches and that an oversized datagram is dropped without cos
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -136,3 +138,58 @@ def test_one_readable_event_answers_a_burst_in_batches_and_drops_an_oversized_da
         listener.close()
         for client in clients:
             client.close()
+
+
+BURST = 2_000  # queries sent while the server cannot read: ten times what the default holds
+
+
+def _receive_buffer_within_reach(size: int) -> int:
+    """What a process like the server's gets when it asks for `size` bytes of receive buffer."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        return udpbatch.set_receive_buffer(probe, size)
+    finally:
+        probe.close()
+
+
+def _answered_after_a_stalled_burst(server: GeodnsServer) -> int:
+    """Stop the server, send BURST queries, let it go on: how many replies come back."""
+    query = dns.message.make_query(f"n1.{ZONE}", "A").to_wire()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        udpbatch.set_receive_buffer(client, 16 << 20)  # room for every reply
+        client.bind((LOOPBACK_V4, 0))
+        client.settimeout(3.0)
+        server.send_signal(signal.SIGSTOP)
+        try:
+            for number in range(BURST):
+                client.sendto(
+                    bytes((number >> 8, number & 255)) + query[2:], (server.host, server.port)
+                )
+        finally:
+            server.send_signal(signal.SIGCONT)
+        answered: set[bytes] = set()
+        with contextlib.suppress(TimeoutError):
+            while len(answered) < BURST:
+                answered.add(client.recv(4096)[:2])
+        return len(answered)
+    finally:
+        client.close()
+
+
+@pytest.mark.skipif(
+    _receive_buffer_within_reach(8 << 20) < 4 << 20,
+    reason="this machine caps UDP receive buffers below 4 MiB (net.core.rmem_max, no "
+    "CAP_NET_ADMIN)",
+)
+def test_a_burst_that_arrives_while_the_server_is_busy_waits_in_the_receive_buffer() -> None:
+    """A big `udp.receive_buffer` (4 MiB by default; 8 MiB here) holds a burst that arrives
+    while the event loop is busy (here: the process stopped): every query is answered once it
+    runs again, where the system's default buffer (`receive_buffer: 0`, about 208 KiB) drops
+    most of them."""
+    counts = {}
+    for size in (0, 8 << 20):
+        with GeodnsServer({"udp": {"receive_buffer": size}}, {ZONE: BATCH_ZONE}) as running:
+            counts[size] = _answered_after_a_stalled_burst(running)
+    assert counts[8 << 20] == BURST, counts
+    assert counts[0] < BURST // 2, counts

@@ -115,6 +115,9 @@ class ServerConfig:
     cookies: CookieSettings = CookieSettings()
     cache_dir: Path | None = None  # where the geo index is kept (None: see cache_directory())
     udp_batch: int = 32  # datagrams per recvmmsg/sendmmsg; 0: one at a time through asyncio
+    # SO_RCVBUF asked for each UDP socket (the kernel caps it at net.core.rmem_max); 0: the
+    # system's default. Bursts wait here while the loop serves TCP or a reload's swap
+    udp_receive_buffer: int = 4 << 20
     log_level: str = "info"
     log_format: str = "auto"
     soa: SoaSettings = SoaSettings()
@@ -287,7 +290,9 @@ def load_config(path: Path | None) -> ServerConfig:
     top.problems.extend(site_problems)
     max_udp_size = edns.int_in("max_udp_size", 512, 4096, defaults.max_udp_size)
     workers = top.int_in("workers", 0, 64, defaults.workers)
-    udp_batch = top.section("udp", ("batch",)).int_in("batch", 0, 1024, defaults.udp_batch)
+    udp = top.section("udp", ("batch", "receive_buffer"))
+    udp_batch = udp.int_in("batch", 0, 1024, defaults.udp_batch)
+    udp_receive_buffer = udp.int_in("receive_buffer", 0, 1 << 30, defaults.udp_receive_buffer)
     watch_zones = top.get("watch_zones", bool, True, "true or false")
     query_log_config = QueryLogConfig(
         enabled=query_log.get("enabled", bool, False, "true or false"),
@@ -318,6 +323,7 @@ def load_config(path: Path | None) -> ServerConfig:
         cookies=cookie_settings,
         cache_dir=(base / cache_dir) if cache_dir else None,
         udp_batch=udp_batch,
+        udp_receive_buffer=udp_receive_buffer,
         log_level=log_level,
         log_format=log_format,
         soa=soa,

@@ -138,6 +138,7 @@ class App:
         self.metrics: Metrics
         self.query_log: QueryLog | None = None
         self.tcp: TcpRegistry | None = None
+        self.receive_buffer_warned = False  # udp.receive_buffer capped: said once
         self.index_build: asyncio.Future[Any] | None = None
         self.pending_down: frozenset[str] | None = None
         self.index_ready_at: float | None = None
@@ -351,27 +352,36 @@ class App:
         self, address: str, family: int, shared: bool, clients: ClientFactory
     ) -> Any:
         """A UDP listener: batched system calls where the platform has them (geodns.serving.
-        udpbatch), asyncio's datagram transport otherwise or when `udp.batch` is 0."""
+        udpbatch), asyncio's datagram transport otherwise or when `udp.batch` is 0; either
+        with the receive buffer `udp.receive_buffer` asks for (warned once when capped)."""
         loop = asyncio.get_running_loop()
         state = self.state
         assert state is not None
         port = self.config.port
+        listener: Any
         if self.config.udp_batch and udpbatch.available():
-            listener = udpbatch.BatchedUdp(
-                udpbatch.open_socket(address, port, family, shared),
-                state,
-                self.config.udp_batch,
-                clients,
-            )
+            sock = udpbatch.open_socket(address, port, family, shared)
+            listener = udpbatch.BatchedUdp(sock, state, self.config.udp_batch, clients)
             listener.start(loop)
-            return listener
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: UdpProtocol(state, clients),
-            local_addr=(address, port),
-            family=family,
-            reuse_port=shared,
-        )
-        return transport
+        else:
+            listener, _ = await loop.create_datagram_endpoint(
+                lambda: UdpProtocol(state, clients),
+                local_addr=(address, port),
+                family=family,
+                reuse_port=shared,
+            )
+            sock = listener.get_extra_info("socket")
+        wanted = self.config.udp_receive_buffer
+        got = udpbatch.set_receive_buffer(sock, wanted)
+        if got < wanted and not self.receive_buffer_warned:
+            self.receive_buffer_warned = True
+            log.warning(
+                "udp_receive_buffer_capped",
+                wanted=wanted,
+                got=got,
+                hint="raise the sysctl net.core.rmem_max (docs/operations.md)",
+            )
+        return listener
 
     # -- rebuilding the snapshot ---------------------------------------------------------------
 

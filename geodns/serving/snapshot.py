@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from geodns.serving.engine import Outcome
 
 SIGHTING_BITS = 17
-SIGHTING_SLOTS = 1 << SIGHTING_BITS
+SIGHTING_SLOTS = 1 << SIGHTING_BITS  # tag bytes noting query bytes seen once (answer_path)
+SIGHTING_MASK = SIGHTING_SLOTS - 1
 SIGNED = 1 << 16  # added to the type in the prepared cache's key: the signed twin (DO=1)
 
 

@@ -20,6 +20,7 @@ import asyncio
 import ctypes
 import errno
 import socket
+import sys
 import time
 from time import perf_counter
 from typing import Any
@@ -39,6 +40,8 @@ EAGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 # plain ints: the socket module's flags are enum members, whose `&` runs Python code
 MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 MSG_TRUNC = int(socket.MSG_TRUNC)
+# Linux's option to set a receive buffer past net.core.rmem_max (socket has no name for it)
+SO_RCVBUFFORCE: int | None = 33 if sys.platform.startswith("linux") else None
 
 
 class _IoVec(ctypes.Structure):
@@ -273,3 +276,24 @@ def open_socket(address: str, port: int, family: int, reuse_port: bool) -> socke
         sock.close()
         raise
     return sock
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a receive buffer of `size` bytes (0: leave the system's default); the bytes of
+    queries the socket can now hold (the kernel reports twice that, for its bookkeeping).
+
+    The default (about 208 KiB on Linux) holds a few hundred small datagrams: a burst that
+    arrives while the event loop accepts TCP connections or swaps a snapshot overflows it and
+    the kernel drops queries (the soak counted 5% of datagrams dropped so, gdnsd 0.01%, both on
+    the default). As Unbound's `so-rcvbuf` does, SO_RCVBUFFORCE is tried first (it needs
+    CAP_NET_ADMIN, which root has), then SO_RCVBUF, which Linux caps at net.core.rmem_max."""
+    if size > 0:
+        for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            if option is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, size)
+                break
+            except OSError:
+                continue
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
