@@ -56,6 +56,7 @@ from geodns.dnssec.rollover import Plan
 from geodns.fleet.identity import member_identity
 from geodns.fleet.member import FleetMember
 from geodns.fleet.metrics import FleetCollector
+from geodns.geo.answers import Shape
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import load_index, prune_cache
 from geodns.geo.locator import Geo
@@ -402,29 +403,42 @@ class App:
             log.error("all_down", zone=zone, record=owner, type=rtype, answer=mode)
 
     def _apply_down(self, down: frozenset[str]) -> None:
-        """Swap in a health view; views that arrive while one is being applied are coalesced
-        (the newest wins)."""
+        """Swap in a health view at once, with the answer maps it leaves valid (records of the
+        others are decided per place meanwhile): a drain is answered by the next query, even
+        while a rebuild or a reload holds the lock (a drain acknowledged with 200 was then
+        still answered the old way for as long as the rebuild took). The maps it needs are
+        rebuilt by a task; views that arrive meanwhile are coalesced (the newest wins)."""
+        self._swap_view(down)
         waiting = self.pending_down is not None
         self.pending_down = down
         if not waiting:
             self.tasks.append(asyncio.ensure_future(self._apply_pending()))
 
+    def _swap_view(self, down: frozenset[str]) -> list[Shape]:
+        """Swap in `down` with the maps still valid under it (milliseconds); the stale shapes."""
+        assert self.state is not None
+        current = self.state.snapshot
+        shapes = set(current.shapes.values())
+        kept, stale = still_valid_maps(current.geo, shapes, down, current.maps)
+        if current.down != down or len(kept) != len(current.maps):
+            self._swap(current.with_view(down, current.geo, kept))
+        return stale
+
     async def _apply_pending(self) -> None:
-        """Swap in the newest view at once, with the answer maps it leaves valid (records of
-        the others are decided per place meanwhile), then rebuild those maps off the event
-        loop and swap again. A drain is answered by the next query, not after the rebuild."""
+        """Rebuild, off the event loop, the answer maps the newest view needs, and swap them
+        in (the view itself was swapped in by _apply_down; a reload that held the lock
+        meanwhile may have swapped in its own snapshot, so the view is applied again first)."""
         async with self.reload_lock:
             while self.pending_down is not None:
                 assert self.state is not None
                 down = self.pending_down
                 self.pending_down = None
-                current = self.state.snapshot
-                shapes = set(current.shapes.values())
-                kept, stale = still_valid_maps(current.geo, shapes, down, current.maps)
-                self._swap(current.with_view(down, current.geo, kept))
+                stale = self._swap_view(down)
                 if not stale or self.pending_down is not None:
                     continue  # a newer view is waiting: rebuild for that one instead
-                maps = await asyncio.to_thread(answer_maps, current.geo, shapes, down, kept)
+                current = self.state.snapshot  # with `down` and the maps that hold under it
+                shapes = set(current.shapes.values())
+                maps = await asyncio.to_thread(answer_maps, current.geo, shapes, down, current.maps)
                 if self.pending_down is None and self.state.snapshot.down == down:
                     self._swap(self.state.snapshot.with_view(down, current.geo, maps))
                 await asyncio.to_thread(release_free_memory)  # the build's temporaries
