@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import pytest
 from etcd_process import ETCD, EtcdCluster, Relay
 from health_targets import HttpEndpoint
@@ -155,8 +156,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def answer(member: GeodnsServer, subnet: str) -> list[str]:
-    reply = member.query(f"www.{ZONE}", "A", ecs=subnet, timeout=1.0)
+def answer(member: GeodnsServer, subnet: str, timeout: float = 1.0) -> list[str]:
+    """The A answer for a user in `subnet`; empty when no reply came within `timeout`."""
+    try:
+        reply = member.query(f"www.{ZONE}", "A", ecs=subnet, timeout=timeout)
+    except dns.exception.Timeout:
+        return []
     return [rr.address for rrset in reply.answer for rr in rrset]
 
 
@@ -266,16 +271,20 @@ def test_a_drain_reaches_every_member_within_a_second_and_a_timed_one_ends_toget
     wait_all(fleet.members, FRANKFURT, SIN, PROPAGATION + SLACK)
     ends = {status(m)["sites"]["fra"]["drain"]["until"] for m in fleet.members}
     assert ends == {timed["until"]}  # one end, set once by the member that took the drain
-    ended: dict[int, float] = {}
+    ended: dict[int, float] = {}  # when the first query that saw it ended was sent
+    seen: dict[int, float] = {}  # and when its reply came back
     deadline = time.monotonic() + 1.5 + SLACK
     while len(ended) < 3 and time.monotonic() < deadline:
         for index, member in enumerate(fleet.members):
-            if index not in ended and answer(member, FRANKFURT) == FRA:
-                ended[index] = time.time()
+            asked = time.time()  # short timeouts: a lost reply must not delay the others' turn
+            if index not in ended and answer(member, FRANKFURT, timeout=0.2) == FRA:
+                ended[index], seen[index] = asked, time.time()
     assert len(ended) == 3, f"the timed drain did not end on every member: {ended}"
+    # each member's own timer ends it at the one `until` (asserted above); what the polling
+    # sees also holds the machine's load, so the bound has slack (typically 0.01-0.1 s)
     spread = max(ended.values()) - min(ended.values())
-    assert spread < 0.5, f"the timed drain ended {spread:.3f}s apart"
-    assert min(ended.values()) >= timed["until"]  # not before its end
+    assert spread < SLACK, f"the timed drain ended {spread:.3f}s apart"
+    assert min(seen.values()) >= timed["until"]  # not before its end
     note(
         capsys,
         f"drain reached the other members {reached * 1000:.0f} ms after it was acknowledged "
