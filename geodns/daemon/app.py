@@ -140,6 +140,7 @@ class App:
         self.query_log: QueryLog | None = None
         self.tcp: TcpRegistry | None = None
         self.receive_buffer_warned = False  # udp.receive_buffer capped: said once
+        self.early_orders: list[tuple[str, Any]] = []  # a worker's orders read before binding
         self.index_build: asyncio.Future[Any] | None = None
         self.pending_down: frozenset[str] | None = None
         self.index_ready_at: float | None = None
@@ -169,9 +170,13 @@ class App:
         if self.control is None:
             self.monitor = HealthMonitor(snapshot.sites, config.state_file, self._health_changed)
             down = self.monitor.view.down  # restored states and drains
-            if down:
-                maps = answer_maps(self.geo, snapshot.shapes.values(), down, snapshot.maps)
-                snapshot = snapshot.with_view(down, self.geo, maps)
+        else:
+            down = self._handed_over_view()
+        if down:
+            maps = await asyncio.to_thread(
+                answer_maps, self.geo, snapshot.shapes.values(), down, snapshot.maps
+            )
+            snapshot = snapshot.with_view(down, self.geo, maps)
         self.state = ServerState(
             snapshot,
             ResponseRateLimiter(config.rrl) if config.rrl.enabled else None,
@@ -209,6 +214,9 @@ class App:
         if self.control is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the main process reloads us
             loop.add_reader(self.control.fileno(), self._control_message)
+            for kind, payload in self.early_orders:
+                self._obey(kind, payload)
+            self.early_orders.clear()
             self.control.send(("ready", None))
             self.tasks.append(asyncio.ensure_future(self._report_stats()))
             self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
@@ -226,6 +234,7 @@ class App:
                 self.state.cookies.secret if self.state.cookies else None,
                 on_failed=self.stopping.set,
             )
+            self.pool.latest["health"] = sorted(self.monitor.view.down)  # handed over at spawn
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
         socket_path = admin_socket(config)
@@ -687,6 +696,20 @@ class App:
             except OSError:
                 return
 
+    def _handed_over_view(self) -> frozenset[str]:
+        """A worker: the health view the main process sent with the secret (its drains and down
+        sites), read before the worker binds, so a worker started or restarted after a drain
+        never answers without it. Orders that follow it wait for the event loop's reader."""
+        assert self.control is not None
+        down: frozenset[str] = frozenset()
+        while not self.early_orders and self.control.poll(0):
+            kind, payload = self.control.recv()
+            if kind == "health":
+                down = frozenset(payload)
+            else:
+                self.early_orders.append((kind, payload))
+        return down
+
     def _control_message(self) -> None:
         """A worker's orders from the main process: new health view, reload, index, stop."""
         assert self.control is not None and self.state is not None
@@ -696,6 +719,9 @@ class App:
             asyncio.get_running_loop().remove_reader(self.control.fileno())
             self.stopping.set()
             return
+        self._obey(kind, payload)
+
+    def _obey(self, kind: str, payload: Any) -> None:
         if kind == "health":
             self._apply_down(frozenset(payload))
         elif kind == "reload":

@@ -124,6 +124,8 @@ class WorkerPool:
             process = subprocess.Popen(command, pass_fds=(child.fileno(),))
         connection = Connection(parent.detach())
         connection.send(("secret", self.cookie_secret))  # in memory, never on a command line
+        if "health" in self.latest:  # applied before it binds: it never answers a stale view
+            connection.send(("health", self.latest["health"]))
         self.processes[index] = process
         self.connections[index] = connection
         asyncio.get_running_loop().add_reader(connection.fileno(), self._receive, index, connection)
