@@ -192,4 +192,5 @@ def test_a_burst_that_arrives_while_the_server_is_busy_waits_in_the_receive_buff
         with GeodnsServer({"udp": {"receive_buffer": size}}, {ZONE: BATCH_ZONE}) as running:
             counts[size] = _answered_after_a_stalled_burst(running)
     assert counts[8 << 20] == BURST, counts
-    assert counts[0] < BURST // 2, counts
+    if _receive_buffer_within_reach(0) < 1 << 20:  # the system's default (net.core.rmem_default)
+        assert counts[0] < BURST // 2, counts

@@ -80,16 +80,25 @@ class TcpRegistry:
 
     def completed_message(self, connection: TcpProtocol) -> None:
         """`connection` completed a message: it goes to the end of the useful ones."""
-        if self.waiting.pop(connection, 0) is None or self.useful.pop(connection, 0) is None:
+        if self._remove(connection):
             self.useful[connection] = None
 
     def release(self, connection: TcpProtocol, address: str) -> None:
-        if self.waiting.pop(connection, 0) is None or self.useful.pop(connection, 0) is None:
+        """`connection` leaves (closed, or evicted: its slot is free at once); counted once."""
+        if self._remove(connection):
             left = self.per_address.get(address, 1) - 1
             if left > 0:
                 self.per_address[address] = left
             else:
                 self.per_address.pop(address, None)
+
+    def _remove(self, connection: TcpProtocol) -> bool:
+        """Take `connection` out of the eviction order; whether it was in it."""
+        for connections in (self.waiting, self.useful):
+            if connection in connections:
+                del connections[connection]
+                return True
+        return False
 
     def close_all(self) -> None:
         for connection in [*self.waiting, *self.useful]:
