@@ -14,7 +14,7 @@ a zone with errors is refused whole, a zone with warnings only is served with th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from dnslib import AAAA, NS, SOA, A, DNSBuffer, DNSLabel
 
 from geodns.common.errors import ConfigError, Problem, did_you_mean
 from geodns.common.reader import Reader
-from geodns.common.yamlsrc import MarkedDict, MarkedList, load_yaml
+from geodns.common.yamlsrc import MarkedDict, MarkedList, content_key, load_yaml
 from geodns.config.rdata import (
     ALIAS,
     SERVED_TYPES,
@@ -127,6 +127,19 @@ class _Dynamic:
     record: MarkedDict
     rrset: RRset
     lenient: bool
+    content: Hashable  # the record's content_key: records written alike compile once
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadRecord:
+    """What a record written without a problem reads as, whatever its name: kept per content
+    so that every other record written alike skips the reading (see _ZoneLoader._record)."""
+
+    rtype: int
+    ttl: int
+    rdatas: tuple[Any, ...]
+    dynamic: bool
+    lenient: bool
 
 
 class _ZoneLoader:
@@ -140,6 +153,10 @@ class _ZoneLoader:
         self.nodes: dict[str, dict[int, RRset]] = {}
         self.aliases: dict[str, _Alias] = {}
         self.dynamic: list[_Dynamic] = []
+        # records written alike are read and compiled once: by content_key, and the content
+        # keys of records met before by identity (a YAML alias is the same object)
+        self.read_alike: dict[Hashable, _ReadRecord] = {}
+        self.content_keys: dict[int, Hashable] = {}
 
     def add(self, line: int, message: str, column: int = 0) -> None:
         self.file.add(line, message, column=column)
@@ -206,6 +223,14 @@ class _ZoneLoader:
         if not isinstance(record, MarkedDict):
             self.add(line, "expected a record mapping with 'type' and 'value' or 'values'", column)
             return
+        content = self.content_keys.get(id(record))
+        if content is None:
+            content = self.content_keys[id(record)] = content_key(record)
+        alike = self.read_alike.get(content)
+        if alike is not None:
+            rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line=record.line)
+            self._store(rrset, alike.dynamic, record, alike.lenient, content, line, column, key)
+            return
         problems: list[Problem] = []
         reader = Reader(str(self.path), record, "record", RECORD_KEYS, problems, prefix="")
         octodns = record.get("octodns")
@@ -221,13 +246,31 @@ class _ZoneLoader:
         if isinstance(stored, _Alias):
             self.aliases[name] = stored
             return
-        node = self.nodes.setdefault(name, {})
-        if stored.rtype in node:
-            self.add(line, f"second {type_name(stored.rtype)} record at '{key}'", column)
+        if not problems and type_name(stored.rtype) not in SERVICE_NAME_TYPES:
+            # read the same for any name: only a service type's checks depend on it
+            self.read_alike[content] = _ReadRecord(
+                stored.rtype, stored.ttl, stored.rdatas, dynamic, lenient
+            )
+        self._store(stored, dynamic, record, lenient, content, line, column, key)
+
+    def _store(
+        self,
+        rrset: RRset,
+        dynamic: bool,
+        record: MarkedDict,
+        lenient: bool,
+        content: Hashable,
+        line: int,
+        column: int,
+        key: str,
+    ) -> None:
+        node = self.nodes.setdefault(rrset.name, {})
+        if rrset.rtype in node:
+            self.add(line, f"second {type_name(rrset.rtype)} record at '{key}'", column)
             return
-        node[stored.rtype] = stored
+        node[rrset.rtype] = rrset
         if dynamic:  # compiled once every record is read
-            self.dynamic.append(_Dynamic(record, stored, lenient))
+            self.dynamic.append(_Dynamic(record, rrset, lenient, content))
 
     def _read_record(
         self, reader: Reader, name: str, key: str
@@ -392,7 +435,8 @@ class _ZoneLoader:
         """Compile every dynamic record, knowing the zone's static addresses (a CNAME pool value
         that names an in-zone host takes the site of that host's addresses)."""
         addresses: dict[str, tuple[str, ...]] = {}
-        for name, node in self.nodes.items():
+        has_cname = any(pending.rrset.rtype == TYPE_CNAME for pending in self.dynamic)
+        for name, node in self.nodes.items() if has_cname else ():  # only CNAMEs look here
             found = tuple(
                 str(rdata)
                 for rtype in (TYPE_A, TYPE_AAAA)
@@ -401,8 +445,22 @@ class _ZoneLoader:
             )
             if found:
                 addresses[name] = found
+        compiled_alike: dict[tuple[Hashable, int], Any] = {}
         for pending in self.dynamic:
             rrset = pending.rrset
+            node = self.nodes[rrset.name]
+            alike_key = (pending.content, rrset.rtype)
+            spec = compiled_alike.get(alike_key)
+            if spec is not None:
+                node[rrset.rtype] = RRset(
+                    rrset.name,
+                    rrset.rtype,
+                    rrset.ttl,
+                    rrset.rdatas,
+                    rrset.line,
+                    spec.with_owner(rrset.name),
+                )
+                continue
             problems: list[Problem] = []
             reader = Reader(
                 str(self.path), pending.record, "record", tuple(pending.record), problems, prefix=""
@@ -410,11 +468,12 @@ class _ZoneLoader:
             spec = compile_dynamic(reader, rrset.name, rrset.rtype, rrset.ttl, addresses)
             failed = any(p.is_error for p in problems)
             self.problems.extend(_lenient(problems) if failed and pending.lenient else problems)
-            node = self.nodes[rrset.name]
             if failed:
                 del node[rrset.rtype]
             elif spec is not None:
                 node[rrset.rtype] = replace(rrset, dynamic=spec)
+                if not problems and _compiles_alike_anywhere(pending.record, rrset.rtype):
+                    compiled_alike[alike_key] = spec
 
     # -- the whole zone ------------------------------------------------------------------------
 
@@ -606,6 +665,15 @@ class _ZoneLoader:
                         "A/AAAA glue record in this zone",
                         column,
                     )
+
+
+def _compiles_alike_anywhere(record: MarkedDict, rtype: int) -> bool:
+    """Whether a dynamic record compiles to the same spec (but its owner) at any name of the
+    zone: an A/AAAA record without an octoDNS healthcheck. A CNAME's pool values take the sites
+    of in-zone names, and a healthcheck probes the record's own name by default."""
+    octodns = record.get("octodns")
+    has_healthcheck = isinstance(octodns, MarkedDict) and "healthcheck" in octodns
+    return rtype in (TYPE_A, TYPE_AAAA) and not has_healthcheck
 
 
 def _lenient(problems: list[Problem]) -> list[Problem]:

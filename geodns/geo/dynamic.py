@@ -143,6 +143,15 @@ class DynamicRecord:
     def __post_init__(self) -> None:
         object.__setattr__(self, "has_subnets", any(rule.subnets for rule in self.rules))
 
+    def with_owner(self, owner: str) -> DynamicRecord:
+        """The same record at another name (records written alike are compiled once): a
+        shallow copy, so the values, pools and candidates stay the same shared objects."""
+        clone = object.__new__(DynamicRecord)
+        fields = clone.__dict__
+        fields.update(self.__dict__)
+        fields["owner"] = owner
+        return clone
+
     @property
     def family(self) -> int:
         return 4 if self.rtype == TYPE_A else 6
