@@ -291,22 +291,42 @@ class GeodnsServer:
         self._stderr_file = open(self.stderr_path, "ab")  # noqa: SIM115 - closed in stop()
         self._stdout_file = open(self.stdout_path, "ab")  # noqa: SIM115
         self.returncode = None
-        self.proc = subprocess.Popen(
-            self.command() + self.extra_args,
-            stdin=subprocess.DEVNULL,
-            stdout=self._stdout_file,
-            stderr=self._stderr_file,
-            cwd=str(self.dir),
-            env=self.environment(),
-        )
+        env = self.environment()
+        notified = self._notify_socket(env)
         try:
-            self._wait_ready()
-        except BaseException:
-            self.kill()
-            raise
+            self.proc = subprocess.Popen(
+                self.command() + self.extra_args,
+                stdin=subprocess.DEVNULL,
+                stdout=self._stdout_file,
+                stderr=self._stderr_file,
+                cwd=str(self.dir),
+                env=env,
+            )
+            try:
+                self._wait_ready(notified)
+            except BaseException:
+                self.kill()
+                raise
+        finally:
+            if notified is not None:
+                notified.close()
         return self
 
-    def _wait_ready(self) -> None:
+    def _notify_socket(self, env: dict[str, str]) -> socket.socket | None:
+        """A datagram socket named by $NOTIFY_SOCKET, as systemd gives a Type=notify service:
+        the server says READY=1 once everything (the admin API too) has started, which is
+        after its first answers. None when the test set its own NOTIFY_SOCKET."""
+        if "NOTIFY_SOCKET" in self.extra_env:
+            return None
+        path = self.dir / "notify.sock"
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        env["NOTIFY_SOCKET"] = str(path)
+        return sock
+
+    def _wait_ready(self, notified: socket.socket | None) -> None:
+        """Until the server answers over UDP and TCP, and (with `notified`) said READY=1."""
         deadline = time.monotonic() + self.startup_timeout
         query = make_query(self.ready_qname, "SOA").to_wire()
         answered = False
@@ -326,12 +346,27 @@ class GeodnsServer:
             ):
                 sock.sendall(frame(query))
                 if recv_frame(sock, timeout=0.5) is not None:
+                    self._wait_notified(notified, deadline)
                     return
             time.sleep(0.05)
         raise ServerStartError(
             f"geodns did not answer on {self.host}:{self.port} within "
             f"{self.startup_timeout}s (udp answered: {answered}):\n{self.stderr_text()}"
         )
+
+    def _wait_notified(self, notified: socket.socket | None, deadline: float) -> None:
+        while notified is not None and time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise ServerStartError(f"geodns exited during startup:\n{self.stderr_text()}")
+            notified.settimeout(max(0.01, min(0.2, deadline - time.monotonic())))
+            try:
+                message = notified.recv(4096)
+            except TimeoutError:
+                continue
+            if b"READY=1" in message.split(b"\n"):
+                return
+        if notified is not None:
+            raise ServerStartError(f"geodns answered but never said READY=1:\n{self.stderr_text()}")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

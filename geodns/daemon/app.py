@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import gc
+import importlib
 import ipaddress
 import os
 import signal
@@ -32,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geodns import __version__
 from geodns.common.errors import ConfigError, GeodnsError, Problem
@@ -41,21 +42,8 @@ from geodns.common.memory import release_free_memory
 from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
-from geodns.daemon.admin import (
-    DEFAULT_SOCKET_MODE,
-    SOCKET_MODE,
-    make_admin_app,
-    parse_listen,
-    start_admin,
-)
-from geodns.daemon.console import ConsoleSource
 from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
 from geodns.dns.zone import Zone
-from geodns.dnssec.keys import ZoneKey
-from geodns.dnssec.rollover import Plan
-from geodns.fleet.identity import member_identity
-from geodns.fleet.member import FleetMember
-from geodns.fleet.metrics import FleetCollector
 from geodns.geo.answers import Shape
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import load_index, prune_cache
@@ -72,9 +60,17 @@ from geodns.serving.answer_path import Observer, ServerState
 from geodns.serving.client import ClientFactory
 from geodns.serving.cookies import CookieJar
 from geodns.serving.rrl import ResponseRateLimiter
-from geodns.serving.signing import keep_all_keys, sign_zones, signing_due
 from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
 from geodns.serving.transports import TcpProtocol, TcpRegistry, UdpProtocol
+
+if TYPE_CHECKING:
+    # imported where they are used, not here: the admin API and health probes (aiohttp), DNSSEC
+    # (dnspython, cryptography) and the fleet are a third of a start-up's time and 20 MB of
+    # every process; a worker never uses the admin API, the probes or the fleet, and a server
+    # without DNSSEC never signs (docs/architecture.md, "Start-up")
+    from geodns.dnssec.keys import ZoneKey
+    from geodns.dnssec.rollover import Plan
+    from geodns.fleet.member import FleetMember
 
 log = get_logger("geodns")
 GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython: 10)
@@ -147,6 +143,9 @@ class App:
         self.failed_database: tuple[int, int, int] | None = None  # its stat signature
         self.dnstap: Spool | None = None
         self.sample_reported = 0  # a worker: its network sample's `added` at the last report
+        # the zone files as they were when the snapshot in use was read from them: a change
+        # made while a start or a reload reads them is seen by the watcher, not lost
+        self.zones_seen: tuple[tuple[str, int, int], ...] = ()
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -159,6 +158,7 @@ class App:
         if self.control is None:  # indexes of databases no server has used for a month
             await asyncio.to_thread(prune_cache, cache_directory(config))
         down: frozenset[str] = frozenset()
+        self.zones_seen = self._zones_signature()
         if self.control is None and config.dnssec:  # first start: make the zones' keys
             _log_key_steps(await asyncio.to_thread(self._keep_keys, config, {}, self.clock()))
         snapshot = await asyncio.to_thread(
@@ -223,6 +223,8 @@ class App:
             settle_heap()
             return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        # the bound sockets answer while the modules of the probes and the admin API load
+        await asyncio.to_thread(_import_main_modules)
         assert self.monitor is not None
         await self.monitor.start()
         if self.worker_count > 1 and self.config_path is not None:
@@ -239,6 +241,15 @@ class App:
             self.pool.broadcast("health", sorted(self.monitor.view.down))
         socket_path = admin_socket(config)
         if config.admin.listen or socket_path:
+            from geodns.daemon.admin import (
+                DEFAULT_SOCKET_MODE,
+                SOCKET_MODE,
+                make_admin_app,
+                parse_listen,
+                start_admin,
+            )
+            from geodns.daemon.console import ConsoleSource
+
             try:
                 self.admin = await start_admin(
                     make_admin_app(
@@ -296,6 +307,9 @@ class App:
     async def _start_fleet(self, snapshot: Snapshot) -> None:
         """Join the fleet before answering (bounded by fleet.timeout), so the first answers
         already follow the fleet's drains when etcd is reachable (geodns.fleet.member)."""
+        from geodns.fleet.member import FleetMember
+        from geodns.fleet.metrics import FleetCollector
+
         assert self.monitor is not None and self.config.fleet is not None
         self.fleet = FleetMember(self.config.fleet, self.monitor)
         self.metrics.registry.register(FleetCollector(self.fleet))
@@ -304,6 +318,8 @@ class App:
 
     async def _fleet_identity(self, snapshot: Snapshot) -> None:
         """Tell the fleet what this member serves now: zone serials and digests."""
+        from geodns.fleet.identity import member_identity
+
         if self.fleet is not None:
             self.fleet.set_identity(
                 await asyncio.to_thread(
@@ -465,6 +481,8 @@ class App:
         self, config: ServerConfig, zones: Mapping[str, Zone], now: float
     ) -> list[tuple[str, Plan, list[ZoneKey]]]:
         """One step of every signed zone's key schedule (in a thread; never two at once)."""
+        from geodns.serving.signing import keep_all_keys
+
         with self.key_lock:
             return list(keep_all_keys(config, zones, now))
 
@@ -473,6 +491,8 @@ class App:
         zone's key schedule (it alone writes key files); every process then signs its zones
         again, off the event loop, when signatures near expiry, a key changes state or the key
         files changed. Returns whether a newly signed snapshot was swapped in."""
+        from geodns.serving.signing import sign_zones, signing_due
+
         assert self.state is not None
         config, now = self.config, self.clock()
         if self.control is None:
@@ -604,6 +624,7 @@ class App:
 
     async def _reload(self, cause: str) -> bool:
         try:
+            self.zones_seen = self._zones_signature()
             # built in a thread so the event loop keeps answering from the old snapshot meanwhile
             config, geo, snapshot = await asyncio.to_thread(self._build)
             self.generation += 1
@@ -740,18 +761,14 @@ class App:
 
     async def _watch_files(self) -> None:
         """Re-read the GeoIP database when it changes on disk, and the zones when they do."""
-        zones_seen = self._zones_signature()
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             if self._database_changed():
                 await asyncio.sleep(WATCH_DEBOUNCE)  # let a copy finish
                 await self.reload("geoip database changed")
-            if self.config.watch_zones:
-                signature = self._zones_signature()
-                if signature != zones_seen:
-                    await asyncio.sleep(WATCH_DEBOUNCE)  # let an editor or rsync finish
-                    zones_seen = self._zones_signature()
-                    await self.reload("zone files changed")
+            if self.config.watch_zones and self._zones_signature() != self.zones_seen:
+                await asyncio.sleep(WATCH_DEBOUNCE)  # let an editor or rsync finish
+                await self.reload("zone files changed")  # takes the new signature
 
     def _database_changed(self) -> bool:
         """The database file is not the one in use, nor one that already failed to load (a
@@ -905,6 +922,14 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
     await app.stopping.wait()
     await app.stop()
     return 1 if app.pool is not None and app.pool.failed else 0
+
+
+def _import_main_modules() -> None:
+    """Import what only the main process runs after binding: the health probes and the admin
+    API with its console (aiohttp, a third of a start-up). Run in a thread, so that the first
+    queries are answered meanwhile; the later imports of these modules are then free."""
+    for module in ("geodns.health.probes", "geodns.daemon.admin", "geodns.daemon.console"):
+        importlib.import_module(module)
 
 
 def _log_key_steps(steps: list[tuple[str, Plan, list[ZoneKey]]]) -> None:

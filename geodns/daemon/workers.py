@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import importlib
 import os
 import signal
@@ -220,11 +219,8 @@ def worker_main(argv: list[str]) -> int:
 def _stop_with_parent() -> None:
     """SIGTERM when the main process dies, however it dies (Linux's PR_SET_PDEATHSIG): a worker
     must not hold the port for a server that is gone."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(OSError, AttributeError):  # the loaded C library's prctl
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before the call: stop now
         raise SystemExit(1)
 

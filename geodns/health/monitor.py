@@ -29,17 +29,19 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from geodns.common.errors import StateFileError
 from geodns.common.logs import get_logger
 from geodns.geo.sites import CheckSpec, Site
-from geodns.health.probes import ProbeResult, new_session, run_probe
 from geodns.health.state import DOWN, Drain, HealthState, HealthView, SharedVerdict, SiteChange
 
-Probe = Callable[[CheckSpec, aiohttp.ClientSession | None], Awaitable[ProbeResult]]
+if TYPE_CHECKING:  # the probes (and aiohttp) are imported when probing starts, not before
+    import aiohttp
+
+    from geodns.health.probes import ProbeResult
+
+Probe = Callable[[CheckSpec, "aiohttp.ClientSession | None"], Awaitable["ProbeResult"]]
 GRACE = 1.0  # beyond a probe's own timeout, before the monitor gives up on it
 EXPIRY_SLACK = 0.01  # the drain timer fires this late, so the drain has surely ended
 
@@ -54,14 +56,14 @@ class HealthMonitor:
         on_change: Callable[[HealthView], None],
         log: Any = None,
         *,
-        probe: Probe = run_probe,
+        probe: Probe | None = None,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.state_file = state_file
         self.on_change = on_change
         self.log = log if log is not None else get_logger("geodns.health")
-        self.probe = probe
+        self.probe = probe  # None: geodns.health.probes.run_probe, imported by start()
         self.clock = clock
         self.jitter = jitter
         self.health = HealthState(sites, clock())
@@ -90,7 +92,13 @@ class HealthMonitor:
 
     async def start(self) -> None:
         """Start one probe task per check target and the drain expiry timer."""
+        # aiohttp is imported here, after the first answers: restoring states and drains
+        # (the constructor) needs none of it, and its import is a third of a start-up
+        from geodns.health.probes import new_session, run_probe
+
         self.started = True
+        if self.probe is None:
+            self.probe = run_probe
         self.session = new_session()
         self._sync_tasks()
         self._expire()
@@ -210,6 +218,7 @@ class HealthMonitor:
             try:
                 # asyncio.timeout, not wait_for: wait_for can swallow a cancellation on 3.11
                 async with asyncio.timeout(spec.timeout + GRACE):
+                    assert self.probe is not None  # set by start()
                     result = await self.probe(spec, self.session)
             except TimeoutError:
                 result = (False, f"timeout after {spec.timeout:g}s", loop.time() - started)

@@ -5,10 +5,12 @@ zones (geodns.dnssec.signer.SignedZone)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from geodns.dnssec.signer import SignedZone
+if TYPE_CHECKING:  # a server without DNSSEC does not import the signer (dnspython, cryptography)
+    from geodns.dnssec.signer import SignedZone
 
 
 class DnssecCollector:

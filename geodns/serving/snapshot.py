@@ -23,17 +23,16 @@ from geodns.config.loader import load_zones
 from geodns.config.server import ServerConfig
 from geodns.dns.resolve import Prepared, Resolver, split_wire
 from geodns.dns.zone import Zone
-from geodns.dnssec.signer import SignedZone
 from geodns.geo.answers import AnswerMap, Shape, build_map, shape_of
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.dynamic import Decision, DynamicRecord
 from geodns.geo.locator import Geo
 from geodns.geo.places import Place
 from geodns.geo.sites import Site
-from geodns.serving.signing import sign_zones
 from geodns.serving.templates import Templates
 
 if TYPE_CHECKING:
+    from geodns.dnssec.signer import SignedZone
     from geodns.serving.engine import Outcome
 
 SIGHTING_BITS = 17
@@ -240,11 +239,12 @@ def build_snapshot(
         compiler = DynamicCompilerForSites(config.sites)
         zones = load_zones(config, compiler)
         shapes = record_shapes(zones)
-        signed = (
-            sign_zones(config, zones, time.time() if now is None else now, previous_signed)
-            if config.dnssec
-            else {}
-        )
+        signed: Mapping[str, SignedZone] = {}
+        if config.dnssec:  # DNSSEC's modules (dnspython, cryptography) only where it is on
+            from geodns.serving.signing import sign_zones
+
+            now = time.time() if now is None else now
+            signed = sign_zones(config, zones, now, previous_signed)
     return Snapshot(
         zones=zones,
         geo=geo,
