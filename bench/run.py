@@ -42,6 +42,7 @@ from bench.common import (  # noqa: E402
     CLIENT_CPU,
     FIXED,
     PROFILES,
+    ROOT,
     SATURATE,
     SERVER_CPU,
     Paths,
@@ -65,6 +66,7 @@ from bench.scenarios import (  # noqa: E402
 from bench.servers import (  # noqa: E402
     Setup,
     can_pin,
+    compile_bytecode,
     geodns_top_keys,
     source_commit,
     start_etcd,
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = baseline_of(args.baseline)
         log(f"baseline: {baseline.label}")
     paths.create()
+    for tree in [ROOT] + ([baseline.source] if baseline is not None else []):
+        compile_bytecode(tree)
     bench = Bench(paths, profile)
     began = time.monotonic()
     if not can_pin():

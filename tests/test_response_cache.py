@@ -24,7 +24,7 @@ from server_process import GeodnsServer
 from geodns.dns.wire import parse_query
 from geodns.serving.answer_path import ServerState, _remember
 from geodns.serving.engine import Outcome
-from geodns.serving.snapshot import SIGHTING_SLOTS, Asked, Snapshot
+from geodns.serving.snapshot import SIGHTING_BITS, SIGHTING_SLOTS, Asked, Snapshot, retire
 
 ZONE = "cache.test"
 
@@ -191,14 +191,43 @@ def test_two_queries_whose_sightings_share_a_slot_both_reach_the_reply_cache() -
     query, key = parse_query(data), data[2:]
     asked = Asked(query.qname, query.qtype, query.ecs, query.features)
     outcome = Outcome(0, ZONE, cacheable=True)
-    slot = hash(key) % SIGHTING_SLOTS
-    rival = next(
+
+    def slots(value: bytes) -> tuple[int, int, int]:  # first slot, second slot, tag
+        hashed = hash(value)
+        tag = (hashed >> SIGHTING_BITS) % 255 + 1
+        return hashed % SIGHTING_SLOTS, (hashed >> 32) % SIGHTING_SLOTS, tag
+
+    first, second, tag = slots(key)
+    rival = next(  # shares the first slot only (not the second, not the tag: hash seed free)
         other
         for other in (key + index.to_bytes(4, "big") for index in range(4 * SIGHTING_SLOTS))
-        if hash(other) % SIGHTING_SLOTS == slot
-        and (hash(other) >> 32) % SIGHTING_SLOTS != (hash(key) >> 32) % SIGHTING_SLOTS
+        if slots(other)[0] == first
+        and slots(other)[1] not in (first, second)
+        and slots(other)[2] != tag
     )
     for _ in range(2):  # each asked twice, in turn
         for which in (key, rival):
             _remember(ServerState(snapshot), snapshot, which, data[:2] + b"reply", asked, outcome)
     assert key in snapshot.replies and rival in snapshot.replies
+
+
+def test_a_retired_snapshot_is_emptied_but_what_it_shares_is_kept(
+    config: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """retire() (run in a thread after every swap) empties the old snapshot's own caches and
+    leaves the prepared answers a health change carries over to the new one."""
+    server = InProcessServer(tmp_path_factory.mktemp("retire"), config, {ZONE: CACHE_ZONE})
+    for subnet in ("36.64.1.0/24", "85.0.1.0/24"):
+        for _ in range(3):  # a reply is kept from its second sighting
+            server.query(f"near.{ZONE}", "A", ecs=subnet)
+    old = server.snapshot
+    assert len(old.prepared) and len(old.replies) and len(old.templates.templates)
+    healthier = old.with_view(frozenset({"fra"}), old.geo, {})
+    assert healthier.prepared is old.prepared
+    retire(old, healthier)
+    assert not old.replies and not old.templates.templates and not old.place_decisions
+    assert old.replies.bytes == 0 and not old.replies.sizes
+    assert len(healthier.prepared) > 0  # shared: kept
+    reloaded = Snapshot(zones=old.zones, geo=old.geo)
+    retire(healthier, reloaded)
+    assert not healthier.prepared and healthier.prepared.bytes == 0
