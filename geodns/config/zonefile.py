@@ -14,7 +14,7 @@ a zone with errors is refused whole, a zone with warnings only is served with th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,15 @@ from dnslib import AAAA, NS, SOA, A, DNSBuffer, DNSLabel
 
 from geodns.common.errors import ConfigError, Problem, did_you_mean
 from geodns.common.reader import Reader
-from geodns.common.yamlsrc import MarkedDict, MarkedList, content_key, load_yaml
+from geodns.common.yamlsrc import (
+    Entry,
+    MappingEntries,
+    MarkedDict,
+    MarkedList,
+    UnusualYaml,
+    content_key,
+    load_yaml,
+)
 from geodns.config.rdata import (
     ALIAS,
     SERVED_TYPES,
@@ -96,14 +104,19 @@ def load_zone_file(
     error = check_name(origin)
     if error:
         raise ConfigError([Problem(str(path), 0, f"file name is not a zone name: {error}")])
-    data = load_yaml(path)
-    if data is None:
-        data = MarkedDict(line=1, column=1)
-    if not isinstance(data, MarkedDict):
-        raise ConfigError([Problem(str(path), 1, "expected a mapping of record names to records")])
-    loader = _ZoneLoader(path, origin, data)
-    loader.read_records()
-    loader.compile_dynamic(compile_dynamic)
+    loader = _ZoneLoader(path, origin, compile_dynamic)
+    entries = MappingEntries(path)
+    try:
+        loader.read_records(entries, entries)
+    except UnusualYaml:  # merge keys, tags on collections: the whole file the classic way
+        data = load_yaml(path)
+        if not isinstance(data, MarkedDict):
+            raise ConfigError(
+                [Problem(str(path), 1, "expected a mapping of record names to records")]
+            ) from None
+        loader = _ZoneLoader(path, origin, compile_dynamic)
+        loader.read_records(_entries_of(data), data)
+    loader.compile_cnames()
     zone = loader.assemble(soa, nameservers)
     if any(p.is_error for p in loader.problems) or zone is None:
         raise ConfigError(loader.problems)
@@ -120,9 +133,14 @@ class _Alias:
     column: int
 
 
+def _entries_of(data: MarkedDict) -> list[Entry]:
+    return [(key, value, data.line_of(key), data.column_of(key)) for key, value in data.items()]
+
+
 @dataclass(slots=True)
 class _Dynamic:
-    """A record whose `dynamic`/`octodns.geodns` settings are compiled once the zone is read."""
+    """A record whose `dynamic`/`octodns.geodns` settings are compiled: an A/AAAA record as it
+    is read, a CNAME once the whole zone is (its pool values may name in-zone hosts)."""
 
     record: MarkedDict
     rrset: RRset
@@ -145,18 +163,21 @@ class _ReadRecord:
 class _ZoneLoader:
     """Reads one zone file's records, then checks the whole zone and builds it."""
 
-    def __init__(self, path: Path, origin: str, data: MarkedDict) -> None:
-        self.path, self.origin, self.data = path, origin, data
+    def __init__(self, path: Path, origin: str, compile_dynamic: DynamicCompiler) -> None:
+        self.path, self.origin = path, origin
+        self.compile_dynamic = compile_dynamic
         self.problems: list[Problem] = []
-        # the file's reader: any key is a record name, so none is unknown
-        self.file = Reader(str(path), data, "zone", data.keys(), self.problems)
+        # the file's reader, for problems only: every key of a zone file is a record name
+        self.file = Reader(str(path), MarkedDict(), "zone", (), self.problems)
+        self.line = self.column = 1  # the file's mapping, once read
+        # where each name's records were written, for problems found once the zone is read
+        self.written: dict[str, tuple[int, int, tuple[tuple[Any, int, int], ...]]] = {}
         self.nodes: dict[str, dict[int, RRset]] = {}
         self.aliases: dict[str, _Alias] = {}
-        self.dynamic: list[_Dynamic] = []
-        # records written alike are read and compiled once: by content_key, and the content
-        # keys of records met before by identity (a YAML alias is the same object)
+        self.cnames: list[_Dynamic] = []  # dynamic CNAMEs, compiled once the zone is read
+        # records written alike are read and compiled once, found by their content_key
         self.read_alike: dict[Hashable, _ReadRecord] = {}
-        self.content_keys: dict[int, Hashable] = {}
+        self.compiled_alike: dict[tuple[Hashable, int], Any] = {}
 
     def add(self, line: int, message: str, column: int = 0) -> None:
         self.file.add(line, message, column=column)
@@ -166,10 +187,10 @@ class _ZoneLoader:
 
     # -- records -------------------------------------------------------------------------------
 
-    def read_records(self) -> None:
-        data = self.data
-        for key, value in data.items():
-            line, column = data.line_of(key), data.column_of(key)
+    def read_records(self, entries: Iterable[Entry], mapping: MappingEntries | MarkedDict) -> None:
+        """Read each record as its entry arrives (the file's values are not all held at once:
+        geodns.common.yamlsrc.MappingEntries); `mapping` gives the file mapping's place."""
+        for key, value, line, column in entries:
             name = self._owner_name(key, line, column)
             if name is None:
                 continue
@@ -178,8 +199,10 @@ class _ZoneLoader:
                 records = list(value)
             else:
                 places, records = [(line, column)], [value]
+            self.written[str(key).lower()] = (line, column, tuple(map(_written_type, records)))
             for record, (record_line, record_column) in zip(records, places, strict=True):
                 self._record(record, record_line, record_column, name, str(key))
+        self.line, self.column = mapping.line, mapping.column
 
     def _owner_name(self, key: Any, line: int, column: int) -> str | None:
         origin = self.origin
@@ -223,9 +246,7 @@ class _ZoneLoader:
         if not isinstance(record, MarkedDict):
             self.add(line, "expected a record mapping with 'type' and 'value' or 'values'", column)
             return
-        content = self.content_keys.get(id(record))
-        if content is None:
-            content = self.content_keys[id(record)] = content_key(record)
+        content = content_key(record)
         alike = self.read_alike.get(content)
         if alike is not None:
             rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line=record.line)
@@ -269,8 +290,13 @@ class _ZoneLoader:
             self.add(line, f"second {type_name(rrset.rtype)} record at '{key}'", column)
             return
         node[rrset.rtype] = rrset
-        if dynamic:  # compiled once every record is read
-            self.dynamic.append(_Dynamic(record, rrset, lenient, content))
+        if not dynamic:
+            return
+        pending = _Dynamic(record, rrset, lenient, content)
+        if rrset.rtype == TYPE_CNAME:
+            self.cnames.append(pending)  # compiled once every record is read
+        else:
+            self._compile(pending, {})  # an A/AAAA record needs none of the zone's addresses
 
     def _read_record(
         self, reader: Reader, name: str, key: str
@@ -431,12 +457,11 @@ class _ZoneLoader:
 
     # -- dynamic records -----------------------------------------------------------------------
 
-    def compile_dynamic(self, compile_dynamic: DynamicCompiler) -> None:
-        """Compile every dynamic record, knowing the zone's static addresses (a CNAME pool value
-        that names an in-zone host takes the site of that host's addresses)."""
+    def compile_cnames(self) -> None:
+        """Compile every dynamic CNAME, knowing the zone's static addresses (a pool value that
+        names an in-zone host takes the site of that host's addresses)."""
         addresses: dict[str, tuple[str, ...]] = {}
-        has_cname = any(pending.rrset.rtype == TYPE_CNAME for pending in self.dynamic)
-        for name, node in self.nodes.items() if has_cname else ():  # only CNAMEs look here
+        for name, node in self.nodes.items() if self.cnames else ():
             found = tuple(
                 str(rdata)
                 for rtype in (TYPE_A, TYPE_AAAA)
@@ -445,35 +470,37 @@ class _ZoneLoader:
             )
             if found:
                 addresses[name] = found
-        compiled_alike: dict[tuple[Hashable, int], Any] = {}
-        for pending in self.dynamic:
-            rrset = pending.rrset
-            node = self.nodes[rrset.name]
-            alike_key = (pending.content, rrset.rtype)
-            spec = compiled_alike.get(alike_key)
-            if spec is not None:
-                node[rrset.rtype] = RRset(
-                    rrset.name,
-                    rrset.rtype,
-                    rrset.ttl,
-                    rrset.rdatas,
-                    rrset.line,
-                    spec.with_owner(rrset.name),
-                )
-                continue
-            problems: list[Problem] = []
-            reader = Reader(
-                str(self.path), pending.record, "record", tuple(pending.record), problems, prefix=""
+        for pending in self.cnames:
+            self._compile(pending, addresses)
+
+    def _compile(self, pending: _Dynamic, addresses: Mapping[str, tuple[str, ...]]) -> None:
+        rrset = pending.rrset
+        node = self.nodes[rrset.name]
+        alike_key = (pending.content, rrset.rtype)
+        spec = self.compiled_alike.get(alike_key)
+        if spec is not None:
+            node[rrset.rtype] = RRset(
+                rrset.name,
+                rrset.rtype,
+                rrset.ttl,
+                rrset.rdatas,
+                rrset.line,
+                spec.with_owner(rrset.name),
             )
-            spec = compile_dynamic(reader, rrset.name, rrset.rtype, rrset.ttl, addresses)
-            failed = any(p.is_error for p in problems)
-            self.problems.extend(_lenient(problems) if failed and pending.lenient else problems)
-            if failed:
-                del node[rrset.rtype]
-            elif spec is not None:
-                node[rrset.rtype] = replace(rrset, dynamic=spec)
-                if not problems and _compiles_alike_anywhere(pending.record, rrset.rtype):
-                    compiled_alike[alike_key] = spec
+            return
+        problems: list[Problem] = []
+        reader = Reader(
+            str(self.path), pending.record, "record", tuple(pending.record), problems, prefix=""
+        )
+        spec = self.compile_dynamic(reader, rrset.name, rrset.rtype, rrset.ttl, addresses)
+        failed = any(p.is_error for p in problems)
+        self.problems.extend(_lenient(problems) if failed and pending.lenient else problems)
+        if failed:
+            del node[rrset.rtype]
+        elif spec is not None:
+            node[rrset.rtype] = replace(rrset, dynamic=spec)
+            if not problems and _compiles_alike_anywhere(pending.record, rrset.rtype):
+                self.compiled_alike[alike_key] = spec
 
     # -- the whole zone ------------------------------------------------------------------------
 
@@ -481,14 +508,14 @@ class _ZoneLoader:
         """Line and column of the record of `rtype` at `name` (or of the name's key, or of the
         file's first key), for a problem found only once the whole zone is read."""
         relative = "" if name == self.origin else name[: -len(self.origin) - 1]
-        if relative not in self.data:
-            return self.data.line, self.data.column
-        value = self.data[relative]
-        for record in value if isinstance(value, MarkedList) else [value]:
-            written = record.get("type") if isinstance(record, MarkedDict) else None
-            if isinstance(written, str) and TYPE_CODES.get(written.upper(), -1) == rtype:
-                return record.line, record.column
-        return self.data.line_of(relative), self.data.column_of(relative)
+        written = self.written.get(relative)
+        if written is None:
+            return self.line, self.column
+        line, column, records = written
+        for written_type, record_line, record_column in records:
+            if isinstance(written_type, str) and TYPE_CODES.get(written_type.upper(), -1) == rtype:
+                return record_line, record_column
+        return line, column
 
     def assemble(self, soa: SoaSettings, nameservers: tuple[str, ...]) -> Zone | None:
         """Check whole-zone rules (apex NS, CNAME exclusivity, ALIAS, DNAME, glue) and build
@@ -618,17 +645,17 @@ class _ZoneLoader:
         if ns is None:
             if not nameservers:
                 self.add(
-                    self.data.line,
+                    self.line,
                     f"zone '{self.origin}' has no NS record at the apex ('' key): add one, or "
                     "list the zone's nameservers in the geodns config (nameservers:)",
-                    self.data.column,
+                    self.column,
                 )
                 return False
             self.warn(
-                self.data.line,
+                self.line,
                 f"zone '{self.origin}' has no NS record at the apex: answered with the "
                 f"config's nameservers ({', '.join(nameservers)})",
-                self.data.column,
+                self.column,
             )
             rdatas = tuple(NS(DNSLabel(n)) for n in nameservers)
             ns = apex[TYPE_NS] = RRset(self.origin, TYPE_NS, soa.ttl, rdatas)
@@ -674,6 +701,13 @@ def _compiles_alike_anywhere(record: MarkedDict, rtype: int) -> bool:
     octodns = record.get("octodns")
     has_healthcheck = isinstance(octodns, MarkedDict) and "healthcheck" in octodns
     return rtype in (TYPE_A, TYPE_AAAA) and not has_healthcheck
+
+
+def _written_type(record: Any) -> tuple[Any, int, int]:
+    """A record's written type and place, kept for problems found once the zone is read."""
+    if isinstance(record, MarkedDict):
+        return record.get("type"), record.line, record.column
+    return None, 0, 0
 
 
 def _lenient(problems: list[Problem]) -> list[Problem]:
