@@ -411,3 +411,25 @@ def test_database_is_reread_when_it_changes(tmp_path: Path) -> None:
                 break
             time.sleep(0.2)
         assert answer == ["192.0.2.6"]
+
+
+def test_right_after_ready_answers_come_from_the_answer_maps(tmp_path: Path) -> None:
+    """The main process answers before its answer maps are built (records decided per place,
+    each place's own block as the scope) and says READY=1 once they are: the first query after
+    READY gets the map's block. Jakarta and Bandung are two places in neighbouring /16s, both
+    nearest to jkt: the place index keeps them apart (/16 each), the answer map merges them."""
+    db = tmp_path / "city.mmdb"
+    write_city_db(
+        db,
+        [
+            ("36.64.0.0/16", city_record("ID", "AS", -6.2, 106.8, "Jakarta")),
+            ("36.65.0.0/16", city_record("ID", "AS", -6.9, 107.6, "Bandung")),
+            ("127.0.0.0/8", city_record("DE", "EU", 50.1, 8.7, "Frankfurt")),
+        ],
+    )
+    config = {"sites": SITES, "geoip": {"database": str(db)}}
+    with GeodnsServer(config, {ZONE: GEO_ZONE}) as server:
+        reply = ask(server, "near", "36.64.7.0/24")
+        assert [SITE_OF[a] for a in addresses(reply)] == ["jkt"]
+        scope = scope_of(reply)
+        assert scope is not None and scope < 16, scope

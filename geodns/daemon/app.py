@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import importlib
 import ipaddress
@@ -172,8 +173,14 @@ class App:
         self.zones_seen = self._zones_signature()
         if self.control is None and config.dnssec:  # first start: make the zones' keys
             _log_key_steps(await asyncio.to_thread(self._keep_keys, config, {}, self.clock()))
+        # the main process answers before its answer maps are built (records are decided per
+        # place meanwhile, as while a health change's maps are rebuilt), and says READY=1 once
+        # they are: a worker starts after it and builds its maps before it binds
+        main = self.control is None
         snapshot = await asyncio.to_thread(
-            build_snapshot, config, self.geo, down, 0, None, self.clock()
+            functools.partial(
+                build_snapshot, config, self.geo, down, 0, None, self.clock(), with_maps=not main
+            )
         )
         await asyncio.to_thread(release_free_memory)  # what the build freed
         if self.index == 0:
@@ -183,7 +190,9 @@ class App:
             down = self.monitor.view.down  # restored states and drains
         else:
             down = self._handed_over_view()
-        if down:
+        if down and main:
+            snapshot = snapshot.with_view(down, self.geo, {})
+        elif down:
             maps = await asyncio.to_thread(
                 answer_maps, self.geo, snapshot.shapes.values(), down, snapshot.maps
             )
@@ -234,9 +243,12 @@ class App:
             settle_heap()
             return
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        assert self.monitor is not None
+        self.pending_down = self.monitor.view.down
+        first_maps = asyncio.ensure_future(self._apply_pending())  # see above: READY waits
+        self.tasks.append(first_maps)
         # the bound sockets answer while the modules of the probes and the admin API load
         await asyncio.to_thread(_import_main_modules)
-        assert self.monitor is not None
         await self.monitor.start()
         if self.worker_count > 1 and self.config_path is not None:
             self.pool = WorkerPool(
@@ -303,6 +315,7 @@ class App:
         self.tasks.append(asyncio.ensure_future(self._watch_files()))
         self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
         self.tasks.append(asyncio.ensure_future(sdnotify.watchdog_loop()))
+        await first_maps
         settle_heap()
         sdnotify.ready(self._status_line())
 

@@ -245,12 +245,14 @@ def build_snapshot(
     previous_maps: Mapping[Shape, AnswerMap] | None = None,
     now: float | None = None,
     previous_signed: Mapping[str, SignedZone] | None = None,
+    with_maps: bool = True,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
     probed by an octoDNS `healthcheck`, so the health monitor checks those too. Zones the
     config signs are signed at `now` (the wall clock by default), carrying over the previous
-    snapshot's signatures that still hold (geodns.serving.signing)."""
+    snapshot's signatures that still hold (geodns.serving.signing). Without `with_maps` the
+    answer maps are left to the caller (a start builds them while it already answers)."""
     with collector_paused():  # loading makes millions of objects that all live on
         compiler = DynamicCompilerForSites(config.sites)
         zones = load_zones(config, compiler)
@@ -269,6 +271,6 @@ def build_snapshot(
         sites={**config.sites, **compiler.implicit_sites},
         generation=generation,
         shapes=shapes,
-        maps=answer_maps(geo, shapes.values(), down, previous_maps),
+        maps=answer_maps(geo, shapes.values(), down, previous_maps) if with_maps else {},
         signed=signed,
     )
