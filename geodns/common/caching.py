@@ -183,21 +183,11 @@ class BoundedCache(dict[K, V], Generic[K, V]):
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while building something big: every object a zone load or
     an index build makes lives on, so the collector's repeated scans of them are pure cost
-    (a third of a 10,000-record zone's load). Reference counting still frees garbage.
-
-    A build that succeeds ends with its objects moved out of the collector's sight
-    (`gc.freeze`, as the swap that follows does anyway): else the first young collection after
-    it scanned them all, in whichever thread made it, holding the GIL (a 20-25 ms pause of
-    the query loop at the end of a reload of 10,000 names; a build leaves no cyclic garbage to
-    freeze with them). A build that fails is not frozen: its exception's frames are cycles."""
+    (a third of a 10,000-record zone's load). Reference counting still frees garbage."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-    except BaseException:
-        raise
-    else:
-        gc.freeze()
     finally:
         if was_enabled:
             gc.enable()
