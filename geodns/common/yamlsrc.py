@@ -318,10 +318,11 @@ class MappingEntries:
     one is read. A zone of 10,000 records written out parses into 29 MB of short-lived dicts;
     held whole while the zone's own objects were made, they left the heap fragmented and the
     process 50-70 MB bigger for good. `line`/`column` are the mapping's place (1, 1 until the
-    iteration has begun, and for an empty document, whose entries are none)."""
+    iteration has begun, and for an empty document, whose entries are none). A document that
+    is no mapping is refused with `expected` ("a mapping of ...") in the message."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, expected: str = "a mapping") -> None:
+        self.path, self.expected = path, expected
         self.line = self.column = 1
 
     def __iter__(self) -> Iterator[Entry]:
@@ -346,9 +347,7 @@ class MappingEntries:
             except _Unusual:
                 raise UnusualYaml from None
             if value is not None:
-                raise ConfigError(
-                    [Problem(str(self.path), 1, "expected a mapping of record names to records")]
-                )
+                raise ConfigError([Problem(str(self.path), 1, f"expected {self.expected}")])
         else:
             if event.tag not in (None, "!", yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG):
                 raise UnusualYaml

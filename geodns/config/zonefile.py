@@ -61,6 +61,7 @@ DEFAULT_TTL = 3600  # octoDNS's default
 RECORD_KEYS = ("type", "ttl", "value", "values", "octodns", "dynamic", "geo")
 DYNAMIC_TYPES = (TYPE_A, TYPE_AAAA, TYPE_CNAME)  # what geodns answers per query
 MAX_CNAME_CHAIN = 8
+ZONE_MAPPING = "a mapping of record names to records"  # what a zone file's document is
 
 __all__ = ["MAX_TTL", "SoaSettings", "check_name", "load_zone_file", "zone_name_from_file"]
 
@@ -105,17 +106,14 @@ def load_zone_file(
     if error:
         raise ConfigError([Problem(str(path), 0, f"file name is not a zone name: {error}")])
     loader = _ZoneLoader(path, origin, compile_dynamic)
-    entries = MappingEntries(path)
     try:
-        loader.read_records(entries, entries)
+        loader.read_records(MappingEntries(path, ZONE_MAPPING))
     except UnusualYaml:  # merge keys, tags on collections: the whole file the classic way
         data = load_yaml(path)
         if not isinstance(data, MarkedDict):
-            raise ConfigError(
-                [Problem(str(path), 1, "expected a mapping of record names to records")]
-            ) from None
+            raise ConfigError([Problem(str(path), 1, f"expected {ZONE_MAPPING}")]) from None
         loader = _ZoneLoader(path, origin, compile_dynamic)
-        loader.read_records(_entries_of(data), data)
+        loader.read_records(data)
     loader.compile_cnames()
     zone = loader.assemble(soa, nameservers)
     if any(p.is_error for p in loader.problems) or zone is None:
@@ -131,10 +129,6 @@ class _Alias:
     ttl: int
     line: int
     column: int
-
-
-def _entries_of(data: MarkedDict) -> list[Entry]:
-    return [(key, value, data.line_of(key), data.column_of(key)) for key, value in data.items()]
 
 
 @dataclass(slots=True)
@@ -177,7 +171,7 @@ class _ZoneLoader:
         self.cnames: list[_Dynamic] = []  # dynamic CNAMEs, compiled once the zone is read
         # records written alike are read and compiled once, found by their content_key
         self.read_alike: dict[Hashable, _ReadRecord] = {}
-        self.compiled_alike: dict[tuple[Hashable, int], Any] = {}
+        self.compiled_alike: dict[Hashable, Any] = {}
 
     def add(self, line: int, message: str, column: int = 0) -> None:
         self.file.add(line, message, column=column)
@@ -187,9 +181,12 @@ class _ZoneLoader:
 
     # -- records -------------------------------------------------------------------------------
 
-    def read_records(self, entries: Iterable[Entry], mapping: MappingEntries | MarkedDict) -> None:
-        """Read each record as its entry arrives (the file's values are not all held at once:
-        geodns.common.yamlsrc.MappingEntries); `mapping` gives the file mapping's place."""
+    def read_records(self, mapping: MappingEntries | MarkedDict) -> None:
+        """Read each record as its entry arrives (from MappingEntries the file's values are not
+        all held at once), or from a file read whole."""
+        entries: Iterable[Entry] = mapping
+        if isinstance(mapping, MarkedDict):
+            entries = [(k, v, mapping.line_of(k), mapping.column_of(k)) for k, v in mapping.items()]
         for key, value, line, column in entries:
             name = self._owner_name(key, line, column)
             if name is None:
@@ -476,8 +473,7 @@ class _ZoneLoader:
     def _compile(self, pending: _Dynamic, addresses: Mapping[str, tuple[str, ...]]) -> None:
         rrset = pending.rrset
         node = self.nodes[rrset.name]
-        alike_key = (pending.content, rrset.rtype)
-        spec = self.compiled_alike.get(alike_key)
+        spec = self.compiled_alike.get(pending.content)  # the content says the type too
         if spec is not None:
             node[rrset.rtype] = RRset(
                 rrset.name,
@@ -500,7 +496,7 @@ class _ZoneLoader:
         elif spec is not None:
             node[rrset.rtype] = replace(rrset, dynamic=spec)
             if not problems and _compiles_alike_anywhere(pending.record, rrset.rtype):
-                self.compiled_alike[alike_key] = spec
+                self.compiled_alike[pending.content] = spec
 
     # -- the whole zone ------------------------------------------------------------------------
 
