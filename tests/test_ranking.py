@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from geodns.dns.zone import TYPE_A
 from geodns.geo.dynamic import Candidate, DynamicRecord, Target, evaluate
-from geodns.geo.places import Place, Placement, distance_km
-from geodns.geo.ranking import DISTANCE_DECIMALS, rank
+from geodns.geo.places import DISTANCE_DECIMALS, Place, Placement, distance_km
+from geodns.geo.ranking import rank
 
 latitudes = st.floats(min_value=-90, max_value=90, allow_nan=False)
 longitudes = st.floats(min_value=-180, max_value=180, allow_nan=False)

@@ -136,10 +136,10 @@ def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
     assert raised.value.problems[0].path == str(path)
 
 
-def entries_outcome(path: Path) -> tuple[str, Any]:
+def entries_outcome(path: Path, entries: MappingEntries | None = None) -> tuple[str, Any]:
     """MappingEntries' entries as one described mapping (or 'unusual', or a refusal), to set
     beside load_yaml's."""
-    entries = MappingEntries(path)
+    entries = entries or MappingEntries(path)
     try:
         items = [(k, line, column, described(v)) for k, v, line, column in entries]
     except UnusualYaml:
@@ -183,3 +183,106 @@ def test_mapping_entries_of_mutated_zones_match_load_yaml(tmp_path: Path) -> Non
         streamed = entries_outcome(path)
         if streamed[0] != "unusual":
             assert streamed == load_outcome(path), mutated
+
+
+# -- blocks written alike (RepeatedBlocks): parsed once, the others copies with their lines moved
+
+REPEAT_CASES = [
+    # (text, whether copies must be taken)
+    ("a:\n- 1\n- 2\nb:\n- 1\n- 2\nc: 1\n", True),  # sequences at column 0
+    ("a:\n  k: v\n# note\nb:\n  k: v\n# note\nc: 1", True),  # comments; no final newline
+    ("a:\n  x\n  y\nb:\n  x\n  y\nc: 1\n", True),  # a plain scalar over two lines
+    ("a:  \n  v\nb:  \n  v\nc: 1\n", True),  # spaces after the colon
+    ("a: 1\nb:\n  v\nc:\n  v\nd: 2\n", True),  # a value on its key's line
+    ("'':\n  k: [1, {x: y}]\n'w':\n  k: [1, {x: y}]\n\"v\":\n  k: [1, {x: y}]\nz:\n", True),
+    ("a:\n  !!str 1\nb:\n  !!str 1\nc: 1\n", True),  # a tag
+    ("a:\n  |+\n  y\n\nb:\n  |+\n  y\n\nc:\n  |+\n  y\n\n", True),  # kept line breaks
+    ("a:\n  |+\n  y\n\nb:\n  |+\n  y\n\n", False),  # the last block is never a copy
+    ("a:\n  |+\n  y\nb:\n  |+\n  y", False),  # ... nor without a final newline
+    ('p:\n  y\na:\n  "x\nb:\n  y\nc:\n  z"\n', False),  # a quoted scalar over key lines
+    ("a:\n  [1,\nb:\n  2]\nc:\n  [1,\nd:\n  2]\ne: 1\n", False),  # a flow collection too
+    ("a: &x\n  k: v\nb:\n  *x\nc:\n  *x\nd: 1\n", False),  # aliases
+    ("a:\n  &x v\nb:\n  &x v\nc: 1\n", False),  # a duplicate anchor
+    ("a:\n  v\nb:\n  v\na:\n  v\nz: 1\n", True),  # a duplicate key among the copies
+    ("1:\n  v\n2:\n  v\n3: x\n", True),  # keys that are not strings
+    ("a:\n  v\n---\nb:\n  v\n---\nc: 1\n", False),  # document markers
+    ("a:\n\tk: v\nb:\n\tk: v\nc: 1\n", False),  # tabs
+    ("a:\r\n  k: v\r\nb:\r\n  k: v\r\nc: 1\r\n", True),  # read as text: newlines
+    ("a:\n  k: v\x85  j: w\nb:\n  k: v\x85  j: w\nc: 1\n", False),  # a break YAML counts
+    ("%YAML 1.1\n---\na:\n  v\nb:\n  v\nc: 1\n", True),  # a directive
+    ("\ufeffa:\n  v\nb:\n  v\nc: 1\n", True),  # a byte order mark
+    ("a:\n  <<: {k: v}\nb:\n  <<: {k: v}\nc: 1\n", False),  # a merge key: the classic path
+    ("a:\n  v\nb:\n  v\n- x\n", False),  # a sequence after the mapping
+    ("a:\n  v\nb:\n  v\n c: 1\n", False),  # an indented line after them
+    ("---\n? ''\n: - k: v\na:\n  k: v\nb:\n  k: v\nc: 1\n", True),  # the apex as octoDNS writes it
+    ("? a\n: v\n? b\n: v\nc: 1\n", False),  # keys written so are not blanked
+    (":a:\n  v\nb:\n  v\nc: 1\n", False),  # a key the text does not show as one
+]
+
+
+def entries_with_copies(path: Path) -> tuple[tuple[str, Any], int]:
+    """What a zone's loading reads (MappingEntries, or the file whole when it says 'unusual'),
+    and how many entries were copies."""
+    entries = MappingEntries(path)
+    streamed = entries_outcome(path, entries)
+    if streamed[0] == "unusual":
+        return load_outcome(path), entries.copied
+    return streamed, entries.copied
+
+
+@pytest.mark.parametrize("case", REPEAT_CASES, ids=range(len(REPEAT_CASES)))
+def test_blocks_written_alike_read_as_load_yaml_reads_them(
+    case: tuple[str, bool], tmp_path: Path
+) -> None:
+    text, copies = case
+    path = tmp_path / "case.yaml"
+    path.write_bytes(text.encode())
+    read, copied = entries_with_copies(path)
+    assert read == load_outcome(path)
+    assert (copied > 0) == copies
+
+
+def with_repeats(text: str, rng: random.Random) -> str:
+    """A file with each of its top-level blocks written again under new keys, some more than
+    once, in shuffled order, before the original's last block."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line[:1] not in ("", " ", "\t", "#", "-", "\n")]
+    blocks = ["".join(lines[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+    copies = [block.split("\n", 1)[1] for block in blocks for _ in range(rng.randrange(3))]
+    rng.shuffle(copies)
+    head = "".join(lines[: starts[-1]]) if starts else text
+    tail = "".join(lines[starts[-1] :]) if starts else ""
+    return head + "".join(f"r{n}:\n{body}" for n, body in enumerate(copies)) + tail
+
+
+def test_mutated_files_with_blocks_written_alike_read_as_load_yaml_reads_them(
+    tmp_path: Path,
+) -> None:
+    """Bundled files with their blocks written again (copies), then garbled at random places,
+    often inside a block that others repeat: what a zone's loading reads is what load_yaml
+    reads, or both refuse it. Most of them take the copies (a bounded, seeded number)."""
+    rng = random.Random(7871)
+    texts = [with_repeats(path.read_text(), rng) for path in FILES]
+    path = tmp_path / "mutated.yaml"
+    with_copies = 0
+    for round_ in range(300):
+        text = rng.choice(texts)
+        if round_ % 3:
+            at = rng.randrange(len(text) + 1)
+            text = text[:at] + rng.choice(":-&*!{}[],'\"#|> \n\t?") + text[at:]
+        path.write_text(text)
+        read, copied = entries_with_copies(path)
+        assert read == load_outcome(path), text
+        with_copies += copied > 0
+    assert with_copies > 100
+
+
+def test_a_zone_of_names_written_alike_is_parsed_once(tmp_path: Path) -> None:
+    record = "  type: A\n  values:\n  - 192.0.2.1\n  octodns:\n    geodns:\n      nearest: true\n"
+    text = "".join(f"n{i}:\n{record}" for i in range(200)) + "'':\n  type: TXT\n  value: x\n"
+    path = tmp_path / "zone.yaml"
+    path.write_text(text)
+    entries = MappingEntries(path)
+    read = entries_outcome(path, entries)
+    assert entries.copied == 199
+    assert read == load_outcome(path)

@@ -131,3 +131,83 @@ def test_names_written_alike_answer_like_one_name_and_follow_a_drain(tmp_path: P
         for i in asked:
             reply = server.query(f"n{i}.alike.test", "A", ecs="36.64.1.0/24")
             assert [SITE_OF[a] for a in addresses(reply)] == ["sin"], i
+
+
+# -- blocks written alike parsed once (yamlsrc.RepeatedBlocks, Moved): the zone is the same
+
+DYNAMIC_CNAME = {
+    "type": "CNAME",
+    "value": "fallback.example.net.",
+    "dynamic": {
+        "pools": {"web": {"values": [{"value": "n0.alike.test."}]}},
+        "rules": [{"pool": "web"}],
+    },
+}
+ALIKE_KINDS = [
+    NEAREST,
+    {"type": "A", "value": "192.0.2.9", "geo": {"EU": ["192.0.2.10"]}},  # a warning
+    {"type": "A", "values": ["192.0.2.1", "not an address"], "octodns": {"lenient": True}},
+    {"type": "TXT", "value": "same words"},
+    DYNAMIC_CNAME,
+    [{"type": "A", "value": "192.0.2.5"}, {"type": "TXT", "value": "two records"}],
+    {"type": "A", "value": "192.0.2.7", "octodns": {"geodns": {"nearest": "yes"}}},  # an error
+    {"type": "NS", "values": ["ns.alike.test."]},  # a delegation without glue: a zone's error
+]
+
+
+def described_zone(zone: object) -> object:
+    """Everything a loaded zone says, lines included, as comparable values."""
+    nodes = zone.nodes  # type: ignore[attr-defined]
+    return (
+        sorted(
+            (
+                name,
+                rtype,
+                rrset.ttl,
+                [str(r) for r in rrset.rdatas],
+                rrset.line,
+                repr(rrset.dynamic),
+            )
+            for name, node in nodes.items()
+            for rtype, rrset in node.items()
+        ),
+        [(w.line, w.column, w.message) for w in zone.warnings],  # type: ignore[attr-defined]
+    )
+
+
+def zone_outcome(tmp_path: Path, text: str) -> object:
+    try:
+        zone, _ = load(tmp_path, text)
+    except ConfigError as refused:
+        return "refused", [(p.line, p.column, p.severity, p.message) for p in refused.problems]
+    return "loaded", described_zone(zone)
+
+
+def test_zones_of_blocks_written_alike_load_as_if_each_were_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zones with records of every kind written out alike many times (a warning, an error, a
+    lenient record, a dynamic CNAME, a list), then garbled at random places: loaded with the
+    repeats parsed once and copied (or not copied at all, when read alike before), each gives
+    the same zone, lines and problems as parsing every block (a bounded, seeded number)."""
+    import random
+
+    from geodns.common import yamlsrc
+
+    rng = random.Random(2181)
+    found = yamlsrc.RepeatedBlocks.find
+    copied = 0
+    for round_ in range(60):
+        records: dict[str, object] = {"": APEX_NS}
+        for i in range(rng.randrange(5, 30)):
+            records[f"n{i}"] = rng.choice(ALIKE_KINDS[:4]) if i == 0 else rng.choice(ALIKE_KINDS)
+        text = zone_text(records, aliases=False)
+        if round_ % 2:
+            at = rng.randrange(len(text) + 1)
+            text = text[:at] + rng.choice(":-&*!{}[],'\"#|> \n\t?x1") + text[at:]
+        monkeypatch.setattr(yamlsrc.RepeatedBlocks, "find", found)
+        with_copies = zone_outcome(tmp_path / "copies", text)
+        copied += yamlsrc.RepeatedBlocks.find(text) is not None
+        monkeypatch.setattr(yamlsrc.RepeatedBlocks, "find", classmethod(lambda cls, text: None))
+        assert with_copies == zone_outcome(tmp_path / "parsed", text), text
+    assert copied > 40

@@ -7,7 +7,9 @@ subclasses that carry the line of each key and item. Scalars stay plain Python v
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 
 _MISSING = object()
+_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _Unusual(Exception):
@@ -227,11 +230,14 @@ class _StreamBuilder:
         tag = event.tag
         if tag is None or tag == "!":
             tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-        if tag == "tag:yaml.org,2002:merge":
+        if tag == _STR_TAG:  # what the safe loader's str constructor returns, without a node
+            value = event.value  # (the key of every record: each one a new text)
+        elif tag == "tag:yaml.org,2002:merge":
             raise _Unusual
-        node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
-        value = loader.construct_object(node, deep=True)
-        loader.constructed_objects.pop(node, None)  # nothing refers to a scalar's node again
+        else:
+            node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
+            value = loader.construct_object(node, deep=True)
+            loader.constructed_objects.pop(node, None)  # nothing refers to a scalar's node again
         self.scalars[key] = value
         return value
 
@@ -307,6 +313,17 @@ Entry = tuple[Any, Any, int, int]
 """One entry of a mapping: key, value, and the key's line and column."""
 
 
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """An entry's value written exactly alike further up the file (see RepeatedBlocks): the
+    value as parsed there (shared: not to be changed) and how many lines further down this one
+    is. `relocated(value, lines)` is what parsing it here gives; a reader that needs none of
+    its marks (a record read alike before) can skip making that copy."""
+
+    value: Any
+    lines: int
+
+
 class UnusualYaml(Exception):
     """A construct met after MappingEntries gave entries (a merge key, a tag on a collection):
     read the file whole with load_yaml instead."""
@@ -319,20 +336,53 @@ class MappingEntries:
     held whole while the zone's own objects were made, they left the heap fragmented and the
     process 50-70 MB bigger for good. `line`/`column` are the mapping's place (1, 1 until the
     iteration has begun, and for an empty document, whose entries are none). A document that
-    is no mapping is refused with `expected` ("a mapping of ...") in the message."""
+    is no mapping is refused with `expected` ("a mapping of ...") in the message. Blocks
+    written exactly alike are parsed once (RepeatedBlocks); with `moved`, each repeat's value
+    comes as a Moved, for the caller to relocate if it needs the marks."""
 
-    def __init__(self, path: Path, expected: str = "a mapping") -> None:
-        self.path, self.expected = path, expected
+    def __init__(self, path: Path, expected: str = "a mapping", moved: bool = False) -> None:
+        self.path, self.expected, self.moved = path, expected, moved
         self.line = self.column = 1
+        self.copied = 0  # entries that were copies of a block written alike (RepeatedBlocks)
 
     def __iter__(self) -> Iterator[Entry]:
         text = _read_text(self.path)
+        repeats = RepeatedBlocks.find(text)
+        self.copied = 0
         with _yaml_problems(self.path):
-            loader = _Loader(text)
+            loader = _Loader(text if repeats is None else repeats.blanked)
             try:
-                yield from self._entries(loader)
+                if repeats is None:
+                    yield from self._entries(loader)
+                else:
+                    yield from self._entries_with_copies(loader, repeats)
             finally:
                 loader.dispose()
+
+    def _entries_with_copies(self, loader: _Loader, repeats: RepeatedBlocks) -> Iterator[Entry]:
+        """The entries of the text with its repeated blocks blanked out, each blanked value
+        replaced by a copy of the first block written alike (see RepeatedBlocks). The parser
+        must find an entry at every block's first line and at no other: else a block was not
+        what it looked like (a quoted scalar or flow collection running across lines at
+        column 0), and the file is read whole the classic way instead (UnusualYaml)."""
+        starts = iter(repeats.starts)
+        firsts: dict[int, Any] = {}
+        for key, value, line, column in self._entries(loader):
+            if line != next(starts, None):
+                raise UnusualYaml
+            first = repeats.first_of.get(line)
+            if first is None:
+                if line in repeats.templates:
+                    firsts[line] = value
+                yield key, value, line, column
+                continue
+            if value is not None:
+                raise UnusualYaml
+            self.copied += 1
+            copy = Moved(firsts[first], line - first)
+            yield key, copy if self.moved else relocated(copy.value, copy.lines), line, column
+        if next(starts, None) is not None:
+            raise UnusualYaml
 
     def _entries(self, loader: _Loader) -> Iterator[Entry]:
         builder = _StreamBuilder(loader)
@@ -362,6 +412,105 @@ class MappingEntries:
             except _Unusual:
                 raise UnusualYaml from None
         builder.end_of_document()
+
+
+# A line that starts a top-level entry (after its newline): anything at column 0 but a comment,
+# a sequence's dash (`key:` followed by `- item` at column 0 is still that key's value), a
+# document marker or directive, and the `: value` of a `? key` (octoDNS writes the apex so)
+_TOP_LEVEL = re.compile(r"\n[^\s#%:-]")
+# a key line whose value is written on the lines below it: only such blocks are blanked
+_KEY_ALONE = re.compile(r"(?:[^\s#%&*!|>'\"\[\]{}?,@`-][^\s#]*|'[^'\n]*'|\"[^\"\\\n]*\"):[ ]*")
+# a line of a block's value that is not indented, empty, a comment or a sequence's dash (a
+# document marker, a directive, a quoted scalar or flow collection running on at column 0...)
+_OUTSIDE_A_BLOCK = re.compile(r"^(?:[^ #\n-]|-[^ \n])", re.MULTILINE)
+_LINE_BREAKS_BESIDES_NEWLINE = ("\r", "\x85", "\u2028", "\u2029")
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatedBlocks:
+    """A mapping file's top-level blocks written exactly alike, found in its text: octoDNS
+    writes a zone of 10,000 names of one nearest-PoP record as 10,000 identical blocks of
+    lines under different keys, and parsing each again cost most of loading the zone (libyaml
+    makes 30 events of every block). The repeats' lines below their key are blanked out of
+    the text that is parsed; each repeat's value is then a copy of the first block's value with
+    its lines moved (`relocated`), exactly what parsing it would have given, because a block's
+    value depends only on its own lines once the parser has found its key at column 0 (which
+    MappingEntries checks for every block). Blocks holding an anchor or alias (`&`, `*`: values
+    that reach outside the block), lines at column 0 other than comments and a sequence's
+    dashes, and the file's last block (its end is the file's end) are never blanked."""
+
+    blanked: str  # the text with each repeat's value lines made empty (line numbers unchanged)
+    starts: tuple[int, ...]  # the line of every top-level block's key, in order
+    first_of: dict[int, int]  # a blanked block's key line -> the key line of its first alike
+    templates: frozenset[int]  # the key lines of blocks that others repeat
+
+    @classmethod
+    def find(cls, text: str) -> RepeatedBlocks | None:
+        """The text's repeated blocks, or None when it has none (or line breaks other than
+        newline, which the parser also counts as lines)."""
+        if any(mark in text for mark in _LINE_BREAKS_BESIDES_NEWLINE):
+            return None
+        offsets = [match.start() + 1 for match in _TOP_LEVEL.finditer(text)]
+        if _TOP_LEVEL.match("\n" + text[:1]):
+            offsets.insert(0, 0)
+        lines, line, at = [], 1, 0
+        for offset in offsets:
+            line += text.count("\n", at, offset)
+            lines.append(line)
+            at = offset
+        first_seen: dict[str, int] = {}  # a body -> the line of its first block (0: never)
+        first_of: dict[int, int] = {}
+        pieces: list[str] = []
+        kept = 0  # the text before this offset is in pieces
+        for index, (start, end) in enumerate(zip(offsets, offsets[1:], strict=False)):
+            body_start = text.index("\n", start) + 1  # never the last block: a line follows
+            if not _KEY_ALONE.fullmatch(text, start, body_start - 1):
+                continue
+            body = text[body_start:end]
+            first = first_seen.get(body)
+            if first is None:
+                alone = not ("&" in body or "*" in body or _OUTSIDE_A_BLOCK.search(body))
+                first_seen[body] = lines[index] if alone else 0
+            elif first:
+                first_of[lines[index]] = first
+                pieces += (text[kept:body_start], "\n" * body.count("\n"))
+                kept = end
+        if not first_of:
+            return None
+        pieces.append(text[kept:])
+        return cls("".join(pieces), tuple(lines), first_of, frozenset(first_of.values()))
+
+
+def relocated(value: Any, offset: int) -> Any:
+    """A copy of a parsed value as if written `offset` lines further down: the same content,
+    every line moved. Scalars are immutable and shared; each mapping's content_key is asked
+    once, of the first value, and handed to its copies."""
+    kind = type(value)
+    shift = offset << COLUMN_BITS
+    if kind is MarkedDict:
+        if value.content is None:
+            content_key(value)
+        copy = MarkedDict(value, line=value.line + offset, column=value.column)
+        copy.marks = {key: mark + shift for key, mark in value.marks.items()}
+        copy.content = value.content
+        for key, item in value.items():
+            if type(item) is MarkedDict or type(item) is MarkedList:
+                copy[key] = relocated(item, offset)
+        return copy
+    if kind is MarkedList:
+        sequence = MarkedList(
+            [
+                relocated(item, offset)
+                if type(item) is MarkedDict or type(item) is MarkedList
+                else item
+                for item in value
+            ],
+            line=value.line + offset,
+            column=value.column,
+        )
+        sequence.marks = [mark + shift for mark in value.marks]
+        return sequence
+    return value
 
 
 def _read_text(path: Path) -> str:

@@ -28,9 +28,11 @@ from geodns.common.yamlsrc import (
     MappingEntries,
     MarkedDict,
     MarkedList,
+    Moved,
     UnusualYaml,
     content_key,
     load_yaml,
+    relocated,
 )
 from geodns.config.rdata import (
     ALIAS,
@@ -107,7 +109,7 @@ def load_zone_file(
         raise ConfigError([Problem(str(path), 0, f"file name is not a zone name: {error}")])
     loader = _ZoneLoader(path, origin, compile_dynamic)
     try:
-        loader.read_records(MappingEntries(path, ZONE_MAPPING))
+        loader.read_records(MappingEntries(path, ZONE_MAPPING, moved=True))
     except UnusualYaml:  # merge keys, tags on collections: the whole file the classic way
         data = load_yaml(path)
         if not isinstance(data, MarkedDict):
@@ -132,14 +134,16 @@ class _Alias:
 
 
 @dataclass(slots=True)
-class _Dynamic:
-    """A record whose `dynamic`/`octodns.geodns` settings are compiled: an A/AAAA record as it
-    is read, a CNAME once the whole zone is (its pool values may name in-zone hosts)."""
+class _Read:
+    """A record read into the zone: its RRset, and what compiling its `dynamic`/
+    `octodns.geodns` settings needs (an A/AAAA record is compiled as it is read, a CNAME once
+    the whole zone is: its pool values may name in-zone hosts)."""
 
     record: MarkedDict
     rrset: RRset
     lenient: bool
     content: Hashable  # the record's content_key: records written alike compile once
+    moved: int = 0  # `record` is one written alike that many lines up (yamlsrc.Moved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +172,7 @@ class _ZoneLoader:
         self.written: dict[str, tuple[int, int, tuple[tuple[Any, int, int], ...]]] = {}
         self.nodes: dict[str, dict[int, RRset]] = {}
         self.aliases: dict[str, _Alias] = {}
-        self.cnames: list[_Dynamic] = []  # dynamic CNAMEs, compiled once the zone is read
+        self.cnames: list[_Read] = []  # dynamic CNAMEs, compiled once the zone is read
         # records written alike are read and compiled once, found by their content_key
         self.read_alike: dict[Hashable, _ReadRecord] = {}
         self.compiled_alike: dict[Hashable, Any] = {}
@@ -191,14 +195,20 @@ class _ZoneLoader:
             name = self._owner_name(key, line, column)
             if name is None:
                 continue
+            moved = 0  # lines between the record and the one written alike whose marks it has
+            if type(value) is Moved:
+                value, moved = value.value, value.lines
+                if not (isinstance(value, MarkedDict) and content_key(value) in self.read_alike):
+                    value, moved = relocated(value, moved), 0  # read again: its own marks
             if isinstance(value, MarkedList):
                 places = [(value.line_of(i), value.column_of(i)) for i in range(len(value))]
                 records = list(value)
             else:
                 places, records = [(line, column)], [value]
-            self.written[str(key).lower()] = (line, column, tuple(map(_written_type, records)))
+            written = tuple(_written_type(record, moved) for record in records)
+            self.written[str(key).lower()] = (line, column, written)
             for record, (record_line, record_column) in zip(records, places, strict=True):
-                self._record(record, record_line, record_column, name, str(key))
+                self._record(record, record_line, record_column, name, str(key), moved)
         self.line, self.column = mapping.line, mapping.column
 
     def _owner_name(self, key: Any, line: int, column: int) -> str | None:
@@ -237,17 +247,21 @@ class _ZoneLoader:
             return None
         return name
 
-    def _record(self, record: Any, line: int, column: int, name: str, key: str) -> None:
+    def _record(
+        self, record: Any, line: int, column: int, name: str, key: str, moved: int = 0
+    ) -> None:
         """Read one record into the zone; a lenient record's errors become warnings and the
-        record is skipped (octoDNS loads it with a warning; nothing wrong can be served)."""
+        record is skipped (octoDNS loads it with a warning; nothing wrong can be served).
+        `moved`: the record is one read alike before, written that many lines further down."""
         if not isinstance(record, MarkedDict):
             self.add(line, "expected a record mapping with 'type' and 'value' or 'values'", column)
             return
         content = content_key(record)
         alike = self.read_alike.get(content)
         if alike is not None:
-            rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line=record.line)
-            self._store(rrset, alike.dynamic, record, alike.lenient, content, line, column, key)
+            rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line=record.line + moved)
+            copy = _Read(record, rrset, alike.lenient, content, moved)
+            self._store(copy, alike.dynamic, line, column, key)
             return
         problems: list[Problem] = []
         reader = Reader(str(self.path), record, "record", RECORD_KEYS, problems, prefix="")
@@ -269,19 +283,11 @@ class _ZoneLoader:
             self.read_alike[content] = _ReadRecord(
                 stored.rtype, stored.ttl, stored.rdatas, dynamic, lenient
             )
-        self._store(stored, dynamic, record, lenient, content, line, column, key)
+        self._store(_Read(record, stored, lenient, content), dynamic, line, column, key)
 
-    def _store(
-        self,
-        rrset: RRset,
-        dynamic: bool,
-        record: MarkedDict,
-        lenient: bool,
-        content: Hashable,
-        line: int,
-        column: int,
-        key: str,
-    ) -> None:
+    def _store(self, read: _Read, dynamic: bool, line: int, column: int, key: str) -> None:
+        """Put a record's RRset at its name; compile it if it is `dynamic`."""
+        rrset = read.rrset
         node = self.nodes.setdefault(rrset.name, {})
         if rrset.rtype in node:
             self.add(line, f"second {type_name(rrset.rtype)} record at '{key}'", column)
@@ -289,11 +295,10 @@ class _ZoneLoader:
         node[rrset.rtype] = rrset
         if not dynamic:
             return
-        pending = _Dynamic(record, rrset, lenient, content)
         if rrset.rtype == TYPE_CNAME:
-            self.cnames.append(pending)  # compiled once every record is read
+            self.cnames.append(read)  # compiled once every record is read
         else:
-            self._compile(pending, {})  # an A/AAAA record needs none of the zone's addresses
+            self._compile(read, {})  # an A/AAAA record needs none of the zone's addresses
 
     def _read_record(
         self, reader: Reader, name: str, key: str
@@ -470,7 +475,7 @@ class _ZoneLoader:
         for pending in self.cnames:
             self._compile(pending, addresses)
 
-    def _compile(self, pending: _Dynamic, addresses: Mapping[str, tuple[str, ...]]) -> None:
+    def _compile(self, pending: _Read, addresses: Mapping[str, tuple[str, ...]]) -> None:
         rrset = pending.rrset
         node = self.nodes[rrset.name]
         spec = self.compiled_alike.get(pending.content)  # the content says the type too
@@ -485,9 +490,8 @@ class _ZoneLoader:
             )
             return
         problems: list[Problem] = []
-        reader = Reader(
-            str(self.path), pending.record, "record", tuple(pending.record), problems, prefix=""
-        )
+        record = relocated(pending.record, pending.moved) if pending.moved else pending.record
+        reader = Reader(str(self.path), record, "record", tuple(record), problems, prefix="")
         spec = self.compile_dynamic(reader, rrset.name, rrset.rtype, rrset.ttl, addresses)
         failed = any(p.is_error for p in problems)
         self.problems.extend(_lenient(problems) if failed and pending.lenient else problems)
@@ -699,10 +703,10 @@ def _compiles_alike_anywhere(record: MarkedDict, rtype: int) -> bool:
     return rtype in (TYPE_A, TYPE_AAAA) and not has_healthcheck
 
 
-def _written_type(record: Any) -> tuple[Any, int, int]:
+def _written_type(record: Any, moved: int = 0) -> tuple[Any, int, int]:
     """A record's written type and place, kept for problems found once the zone is read."""
     if isinstance(record, MarkedDict):
-        return record.get("type"), record.line, record.column
+        return record.get("type"), record.line + moved, record.column
     return None, 0, 0
 
 

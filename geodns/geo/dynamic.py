@@ -28,8 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from geodns.dns.zone import TYPE_A, TYPE_AAAA
-from geodns.geo.places import Place, Placement, distance_km
-from geodns.geo.ranking import DISTANCE_DECIMALS
+from geodns.geo.places import DISTANCE_DECIMALS, Place, Placement, distance_km
 
 NO_HEALTH: frozenset[str] = frozenset()
 

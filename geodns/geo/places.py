@@ -29,6 +29,10 @@ from typing import Any, NamedTuple
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 COUNTRY_POINTS = DATA_DIR / "country_points.csv"
 EARTH_RADIUS_KM = 6371.0
+# sites are ordered by distance rounded to this many decimals of a kilometre (a micrometre), then
+# by name: one place ranked in Python and all places ranked with numpy (geodns.geo.ranking) then
+# agree, whatever the last bit of their trigonometry
+DISTANCE_DECIMALS = 9
 FIBRE_KM_PER_MS = 200.0  # light in fibre: about 200,000 km/s
 
 CountryPoints = dict[str, tuple[str, float, float, str]]

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from geodns.geo.places import EARTH_RADIUS_KM
+from geodns.geo.places import DISTANCE_DECIMALS, EARTH_RADIUS_KM
 
-DISTANCE_DECIMALS = 9  # kilometres: a micrometre
 CHUNK = 32_768  # places per numpy step (bounds the temporary distance matrix)
 
 
