@@ -239,6 +239,13 @@ def big_zone_rows(table: Table, big: dict[str, Any]) -> None:
     table.add("RSS once the index is ready (MB)", big, lambda r: get(r, "rss_ready_mb"))
     table.add("reload: time to serve the new zone (s)", big, lambda r: get(r, "reload_s"), digits=2)
     table.add(
+        "restart to first answer (s; geodns: index cached)",
+        big,
+        lambda r: get(r, "restart_s"),
+        digits=2,
+    )
+    table.add("RSS then (MB)", big, lambda r: get(r, "rss_restart_mb"))
+    table.add(
         f"max latency @{FIXED_QPS:,} qps with a reload / without (ms)",
         big,
         reload_latency,
