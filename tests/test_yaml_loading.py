@@ -201,6 +201,8 @@ REPEAT_CASES = [
     ("a:\n  |+\n  y\nb:\n  |+\n  y", False),  # ... nor without a final newline
     ('p:\n  y\na:\n  "x\nb:\n  y\nc:\n  z"\n', False),  # a quoted scalar over key lines
     ("a:\n  [1,\nb:\n  2]\nc:\n  [1,\nd:\n  2]\ne: 1\n", False),  # a flow collection too
+    ("a:\n  [1,\nb:\n  2]\nc:\n  [1 ,\nd:\n  2]\ne: 1\n", False),  # ...closed by a repeat
+    ("a:\nb:\n  2]\nc:\n  [1,\nd:\n  2]\ne: 1\n", False),
     ("a: &x\n  k: v\nb:\n  *x\nc:\n  *x\nd: 1\n", False),  # aliases
     ("a:\n  &x v\nb:\n  &x v\nc: 1\n", False),  # a duplicate anchor
     ("a:\n  v\nb:\n  v\na:\n  v\nz: 1\n", True),  # a duplicate key among the copies
@@ -267,9 +269,16 @@ def test_mutated_files_with_blocks_written_alike_read_as_load_yaml_reads_them(
     with_copies = 0
     for round_ in range(300):
         text = rng.choice(texts)
-        if round_ % 3:
-            at = rng.randrange(len(text) + 1)
+        at = rng.randrange(len(text) + 1)
+        kind = round_ % 5
+        if kind == 1:  # a character inserted
             text = text[:at] + rng.choice(":-&*!{}[],'\"#|> \n\t?") + text[at:]
+        elif kind == 2:  # cut short
+            text = text[:at]
+        elif kind == 3:  # a stretch left out
+            text = text[:at] + text[rng.randrange(at, len(text) + 1) :]
+        elif kind == 4:  # a stretch written twice
+            text = text[:at] + text[at:][: rng.randrange(300)] + text[at:]
         path.write_text(text)
         read, copied = entries_with_copies(path)
         assert read == load_outcome(path), text

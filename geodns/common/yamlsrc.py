@@ -364,17 +364,28 @@ class MappingEntries:
         replaced by a copy of the first block written alike (see RepeatedBlocks). The parser
         must find an entry at every block's first line and at no other: else a block was not
         what it looked like (a quoted scalar or flow collection running across lines at
-        column 0), and the file is read whole the classic way instead (UnusualYaml)."""
+        column 0), and the file is read whole the classic way instead (UnusualYaml), as it is
+        when the blanked text does not parse."""
         starts = iter(repeats.starts)
         firsts: dict[int, Any] = {}
-        for key, value, line, column in self._entries(loader):
+        entries = self._entries(loader)
+        while True:
+            try:
+                entry = next(entries, None)
+            except (yaml.YAMLError, ConfigError, RecursionError):
+                # the blanked text's error, not necessarily the file's: a blanked value may
+                # have closed what an earlier block opened (the parse in full says)
+                raise UnusualYaml from None
+            if entry is None:
+                break
+            key, value, line, column = entry
             if line != next(starts, None):
                 raise UnusualYaml
             first = repeats.first_of.get(line)
             if first is None:
                 if line in repeats.templates:
                     firsts[line] = value
-                yield key, value, line, column
+                yield entry
                 continue
             if value is not None:
                 raise UnusualYaml
