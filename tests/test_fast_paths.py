@@ -11,6 +11,7 @@ reaching subnets answered from a template.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 from collections.abc import Iterator
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import dns.edns
 import dns.message
+import dns.name
 import dns.query
+import dns.rdatatype
 import pytest
+from dnslib import AAAA, CNAME, QTYPE, RR, A, DNSLabel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inprocess import client, snapshot_for
@@ -28,7 +32,9 @@ from server_process import GeodnsServer
 
 from geodns.common.errors import Drop, FormError
 from geodns.config.server import load_config
+from geodns.dns.resolve import address_answers, encode
 from geodns.dns.wire import parse_query
+from geodns.dns.zone import TYPE_A, TYPE_AAAA
 from geodns.serving.answer_path import ServerState, answer
 from geodns.serving.engine import formerr, respond
 from geodns.serving.snapshot import Snapshot
@@ -58,6 +64,7 @@ TEMPLATE_ZONE = {
     "": {"type": "NS", "value": "ns1.tpl.test."},
     "ns1": {"type": "A", "value": "192.0.2.53"},
     "static": {"type": "A", "value": "192.0.2.77"},
+    "alias": {"type": "CNAME", "value": "near.tpl.test."},
     "near": [
         {
             "type": "A",
@@ -319,3 +326,61 @@ def test_a_drain_reaches_subnets_answered_from_a_template(server: GeodnsServer) 
     finally:
         assert server.cli("undrain", "jkt").returncode == 0
     assert ask(server, "near", "36.64.23.0/24")[0] == ["192.0.2.1"]
+
+
+labels_strategy = st.lists(
+    st.binary(min_size=1, max_size=20), min_size=1, max_size=4
+)  # not the root: Prepared.owner_is_question leaves it to dnslib.filter(lambda ls: sum(len(label) + 1 for label in ls) < 250)
+ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
+ipv6 = st.integers(0, 2**128 - 1).map(lambda n: str(ipaddress.IPv6Address(n)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    labels=labels_strategy,
+    six=st.booleans(),
+    ttl=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_address_answers_are_written_as_dnslib_encodes_them(
+    labels: list[bytes], six: bool, ttl: int, data: st.DataObject
+) -> None:
+    """The answer of a nearest-site decision, written directly (resolve.address_answers), is
+    what encoding the records with dnslib gives, byte for byte, for any question name."""
+    rtype = TYPE_AAAA if six else TYPE_A
+    values = tuple(data.draw(st.lists(ipv6 if six else ipv4, min_size=1, max_size=8)))
+    owner = DNSLabel(tuple(labels))
+    records = [RR(owner, rtype, ttl=ttl, rdata=(AAAA if six else A)(v)) for v in values]
+    qtype = data.draw(st.sampled_from([rtype, 255]))
+    assert address_answers(rtype, ttl, values) == encode(tuple(labels), qtype, records, [], [])
+
+
+def test_a_decision_of_no_value_is_nodata_with_the_zones_soa(snapshot: Snapshot) -> None:
+    """A dynamic answer for which nothing is chosen is NODATA with the zone's SOA in the
+    authority section (RFC 2308), as dnslib encodes it; a decision of addresses is the address
+    records alone, written directly, and both are what encoding the records gives."""
+    prepared = snapshot.prepare(b"\x04near\x03tpl\x04test\x00", TYPE_A)
+    nodata = prepared.variant(())
+    assert (nodata.ancount, nodata.nscount, nodata.arcount) == (0, 1, 0)
+    message = dns.message.from_wire(
+        b"\x00\x00\x84\x00\x00\x01\x00\x00\x00\x01\x00\x00"
+        + b"\x04near\x03tpl\x04test\x00\x00\x01\x00\x01"
+        + nodata.body
+    )
+    (soa,) = message.authority
+    assert soa.rdtype == dns.rdatatype.SOA and soa.name == dns.name.from_text("tpl.test.")
+    chosen = prepared.variant(("192.0.2.4",))
+    owner = DNSLabel((b"near", b"tpl", b"test"))
+    record = RR(owner, TYPE_A, ttl=30, rdata=A("192.0.2.4"))
+    assert chosen == encode((b"near", b"tpl", b"test"), TYPE_A, [record], [], [])
+
+
+def test_a_decision_behind_a_cname_keeps_the_cname(snapshot: Snapshot) -> None:
+    """A name whose CNAME leads to a nearest-site record: its answer is the CNAME, then the
+    chosen address owned by the CNAME's target (not written as if owned by the question)."""
+    labels = (b"alias", b"tpl", b"test")
+    prepared = snapshot.prepare(b"\x05alias\x03tpl\x04test\x00", TYPE_A)
+    cname = RR(DNSLabel(labels), QTYPE.CNAME, ttl=3600, rdata=CNAME(DNSLabel("near.tpl.test.")))
+    address = RR(DNSLabel("near.tpl.test."), TYPE_A, ttl=30, rdata=A("192.0.2.1"))
+    expected = encode(labels, TYPE_A, [cname, address], [], [])
+    assert prepared.variant(("192.0.2.1",)) == expected
