@@ -63,3 +63,23 @@ def test_no_layer_imports_a_higher_one() -> None:
             if other is not None and other > own:
                 violations.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {module}")
     assert violations == [], "lower layers import higher ones:\n" + "\n".join(violations)
+
+
+def test_what_a_server_loads_before_its_first_answer_imports_no_heavy_library() -> None:
+    """The modules `geodns serve` imports before it answers leave numpy (the place index and
+    answer maps, built after binding or in the background), aiohttp (health probes and the
+    admin API, imported after binding) and the DNSSEC and fleet libraries to when they are
+    first used: each was tens of milliseconds of every start."""
+    import subprocess
+    import sys
+
+    heavy = ("numpy", "aiohttp", "cryptography", "geodns.fleet.client")
+    probe = (
+        "import sys, geodns.control.cli, geodns.daemon.app, geodns.config.loader, "
+        "geodns.serving.snapshot; "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout

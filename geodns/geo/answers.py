@@ -31,9 +31,12 @@ import math
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from geodns.geo import lazynumpy as np  # numpy once first used: see there
 
 from geodns.geo.dynamic import (
     Candidate,

@@ -30,9 +30,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from geodns.geo import lazynumpy as np  # numpy once first used: see there
 
 from geodns.common.caching import collector_paused
 from geodns.geo.codes import CONTINENT_OF

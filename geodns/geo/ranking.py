@@ -11,8 +11,12 @@ each other tie, and ties go by name in both. tests/test_answer_maps.py holds the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from geodns.geo import lazynumpy as np  # numpy once first used: see there
 
 from geodns.geo.places import DISTANCE_DECIMALS, EARTH_RADIUS_KM
 

@@ -17,8 +17,12 @@ carry an index of the first 16 bits so a lookup bisects a few entries, not a mil
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    from geodns.geo import lazynumpy as np  # numpy once first used: see there
 
 V4_INDEX_BITS = 16
 ALIAS_BASE = -2  # IPv6 labels at or below this: an alias of IPv4 space (see Runs6.lookup)
