@@ -260,8 +260,8 @@ class _ZoneLoader:
         alike = self.read_alike.get(content)
         if alike is not None:
             rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line=record.line + moved)
-            copy = _Read(record, rrset, alike.lenient, content, moved)
-            self._store(copy, alike.dynamic, line, column, key)
+            read_alike = _Read(record, rrset, alike.lenient, content, moved)
+            self._store(read_alike, alike.dynamic, line, column, key)
             return
         problems: list[Problem] = []
         reader = Reader(str(self.path), record, "record", RECORD_KEYS, problems, prefix="")
