@@ -325,8 +325,9 @@ class Moved:
 
 
 class UnusualYaml(Exception):
-    """A construct met after MappingEntries gave entries (a merge key, a tag on a collection):
-    read the file whole with load_yaml instead."""
+    """A construct met after MappingEntries gave entries (a merge key, a tag on a collection),
+    or blocks written alike that were not what they looked like (RepeatedBlocks): read the
+    file whole with load_yaml instead."""
 
 
 class MappingEntries:
@@ -367,7 +368,8 @@ class MappingEntries:
         column 0), and the file is read whole the classic way instead (UnusualYaml), as it is
         when the blanked text does not parse."""
         starts = iter(repeats.starts)
-        firsts: dict[int, Any] = {}
+        repeated = set(repeats.first_of.values())  # the key lines of blocks that others repeat
+        firsts: dict[int, Any] = {}  # their values, for the copies
         entries = self._entries(loader)
         while True:
             try:
@@ -383,15 +385,20 @@ class MappingEntries:
                 raise UnusualYaml
             first = repeats.first_of.get(line)
             if first is None:
-                if line in repeats.templates:
+                if line in repeated:
                     firsts[line] = value
                 yield entry
                 continue
             if value is not None:
                 raise UnusualYaml
             self.copied += 1
-            copy = Moved(firsts[first], line - first)
-            yield key, copy if self.moved else relocated(copy.value, copy.lines), line, column
+            template, lines = firsts[first], line - first
+            yield (
+                key,
+                Moved(template, lines) if self.moved else relocated(template, lines),
+                line,
+                column,
+            )
         if next(starts, None) is not None:
             raise UnusualYaml
 
@@ -453,7 +460,6 @@ class RepeatedBlocks:
     blanked: str  # the text with each repeat's value lines made empty (line numbers unchanged)
     starts: tuple[int, ...]  # the line of every top-level block's key, in order
     first_of: dict[int, int]  # a blanked block's key line -> the key line of its first alike
-    templates: frozenset[int]  # the key lines of blocks that others repeat
 
     @classmethod
     def find(cls, text: str) -> RepeatedBlocks | None:
@@ -489,7 +495,7 @@ class RepeatedBlocks:
         if not first_of:
             return None
         pieces.append(text[kept:])
-        return cls("".join(pieces), tuple(lines), first_of, frozenset(first_of.values()))
+        return cls("".join(pieces), tuple(lines), first_of)
 
 
 def relocated(value: Any, offset: int) -> Any:
