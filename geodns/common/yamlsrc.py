@@ -11,7 +11,7 @@ import re
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -324,6 +324,29 @@ class Moved:
     lines: int
 
 
+class Known(NamedTuple):
+    """A top-level block read at an earlier load of the file, with exactly the same lines (see
+    KnownBlocks): its key and key column as read then, the line it was at, and what the reader
+    kept of it (the zone loader keeps the records it stored). MappingEntries gives it in place
+    of the block's value; the block is not parsed. A tuple: a zone keeps one per name, made as
+    fast as a tuple."""
+
+    key: Any
+    column: int
+    line: int
+    kept: Any
+
+
+@dataclass(frozen=True, slots=True)
+class KnownBlocks:
+    """The blocks of a file's last load that a reader may be handed again without parsing them
+    (Known), by their text. `prologue` is the text before that file's first block: a directive
+    there (%TAG) changes how every block reads, so the blocks count only under the same one."""
+
+    prologue: str
+    blocks: dict[str, Known]
+
+
 class UnusualYaml(Exception):
     """A construct met after MappingEntries gave entries (a merge key, a tag on a collection),
     or blocks written alike that were not what they looked like (RepeatedBlocks): read the
@@ -337,53 +360,69 @@ class MappingEntries:
     held whole while the zone's own objects were made, they left the heap fragmented and the
     process 50-70 MB bigger for good. `line`/`column` are the mapping's place (1, 1 until the
     iteration has begun, and for an empty document, whose entries are none). A document that
-    is no mapping is refused with `expected` ("a mapping of ...") in the message. Blocks
-    written exactly alike are parsed once (RepeatedBlocks); with `moved`, each repeat's value
-    comes as a Moved, for the caller to relocate if it needs the marks."""
+    is no mapping is refused with `expected` ("a mapping of ...") in the message.
 
-    def __init__(self, path: Path, expected: str = "a mapping", moved: bool = False) -> None:
+    Blocks written exactly alike are parsed once (RepeatedBlocks); with `moved`, each repeat's
+    value comes as a Moved, for the caller to relocate if it needs the marks. Blocks the
+    caller read at an earlier load (`known`) are not parsed at all: their entry's value is the
+    Known. With `remember`, `blocks` (once iterated) has the text of every block the caller
+    may hand back as known next time."""
+
+    def __init__(
+        self,
+        path: Path,
+        expected: str = "a mapping",
+        moved: bool = False,
+        known: KnownBlocks | None = None,
+        remember: bool = False,
+    ) -> None:
         self.path, self.expected, self.moved = path, expected, moved
+        self.known, self.remember = known, remember
         self.line = self.column = 1
         self.copied = 0  # entries that were copies of a block written alike (RepeatedBlocks)
+        self.reused = 0  # entries of blocks known from an earlier load (Known)
+        self.blocks: RepeatedBlocks | None = None
 
     def __iter__(self) -> Iterator[Entry]:
         text = _read_text(self.path)
-        repeats = RepeatedBlocks.find(text)
-        self.copied = 0
+        blocks = self.blocks = RepeatedBlocks.find(text, self.known, self.remember)
+        self.copied = self.reused = 0
         with _yaml_problems(self.path):
-            loader = _Loader(text if repeats is None else repeats.blanked)
+            loader = _Loader(text if blocks is None else blocks.blanked)
             try:
-                if repeats is None:
+                if blocks is None:
                     yield from self._entries(loader)
                 else:
-                    yield from self._entries_with_copies(loader, repeats)
+                    yield from self._entries_with_copies(loader, blocks)
             finally:
                 loader.dispose()
 
-    def _entries_with_copies(self, loader: _Loader, repeats: RepeatedBlocks) -> Iterator[Entry]:
+    def _entries_with_copies(self, loader: _Loader, blocks: RepeatedBlocks) -> Iterator[Entry]:
         """The entries of the text with its repeated blocks blanked out, each blanked value
-        replaced by a copy of the first block written alike (see RepeatedBlocks). The parser
-        must find an entry at every block's first line and at no other: else a block was not
-        what it looked like (a quoted scalar or flow collection running across lines at
-        column 0), and the file is read whole the classic way instead (UnusualYaml), as it is
-        when the blanked text does not parse."""
-        starts = iter(repeats.starts)
-        repeated = set(repeats.first_of.values())  # the key lines of blocks that others repeat
+        replaced by a copy of the first block written alike (see RepeatedBlocks), and its known
+        blocks blanked whole, each entry then its Known. The parser must find an entry at the
+        first line of every block not known and at no other: else a block was not what it
+        looked like (a quoted scalar or flow collection running across lines at column 0), and
+        the file is read whole the classic way instead (UnusualYaml), as it is when the
+        blanked text does not parse or a known key is written twice."""
+        repeated = set(blocks.first_of.values())  # the key lines of blocks that others repeat
         firsts: dict[int, Any] = {}  # their values, for the copies
-        entries = self._entries(loader)
-        while True:
-            try:
-                entry = next(entries, None)
-            except (yaml.YAMLError, ConfigError, RecursionError):
-                # the blanked text's error, not necessarily the file's: a blanked value may
-                # have closed what an earlier block opened (the parse in full says)
-                raise UnusualYaml from None
-            if entry is None:
-                break
-            key, value, line, column = entry
-            if line != next(starts, None):
+        seen: set[Any] = set()
+        entries = self._entries(loader, seen)
+        for line in blocks.starts:
+            known = blocks.known.get(line)
+            if known is not None:
+                if known.key in seen:
+                    raise UnusualYaml
+                seen.add(known.key)
+                self.reused += 1
+                yield known.key, known, line, known.column
+                continue
+            entry = _next_entry(entries)
+            if entry is None or entry[2] != line:
                 raise UnusualYaml
-            first = repeats.first_of.get(line)
+            key, value, _, column = entry
+            first = blocks.first_of.get(line)
             if first is None:
                 if line in repeated:
                     firsts[line] = value
@@ -399,10 +438,10 @@ class MappingEntries:
                 line,
                 column,
             )
-        if next(starts, None) is not None:
+        if _next_entry(entries) is not None:
             raise UnusualYaml
 
-    def _entries(self, loader: _Loader) -> Iterator[Entry]:
+    def _entries(self, loader: _Loader, seen: set[Any] | None = None) -> Iterator[Entry]:
         builder = _StreamBuilder(loader)
         loader.get_event()  # StreamStartEvent
         if loader.check_event(yaml.StreamEndEvent):
@@ -423,13 +462,23 @@ class MappingEntries:
                 raise UnusualYaml
             mark: Any = event.start_mark
             self.line, self.column = mark.line + 1, mark.column + 1
-            seen: set[Any] = set()
+            seen = set() if seen is None else seen
             try:
                 while (entry := builder.entry(seen)) is not None:
                     yield entry
             except _Unusual:
                 raise UnusualYaml from None
         builder.end_of_document()
+
+
+def _next_entry(entries: Iterator[Entry]) -> Entry | None:
+    """The parser's next entry of a text with blocks blanked out (None at its end); its error
+    is the blanked text's, not necessarily the file's (a blanked value may have closed what an
+    earlier block opened): the file is then read in full (UnusualYaml), which says."""
+    try:
+        return next(entries, None)
+    except (yaml.YAMLError, ConfigError, RecursionError):
+        raise UnusualYaml from None
 
 
 # A line that starts a top-level entry (after its newline): anything at column 0 but a comment,
@@ -446,25 +495,42 @@ _LINE_BREAKS_BESIDES_NEWLINE = ("\r", "\x85", "\u2028", "\u2029")
 
 @dataclass(frozen=True, slots=True)
 class RepeatedBlocks:
-    """A mapping file's top-level blocks written exactly alike, found in its text: octoDNS
-    writes a zone of 10,000 names of one nearest-PoP record as 10,000 identical blocks of
-    lines under different keys, and parsing each again cost most of loading the zone (libyaml
-    makes 30 events of every block). The repeats' lines below their key are blanked out of
-    the text that is parsed; each repeat's value is then a copy of the first block's value with
-    its lines moved (`relocated`), exactly what parsing it would have given, because a block's
-    value depends only on its own lines once the parser has found its key at column 0 (which
-    MappingEntries checks for every block). Blocks holding an anchor or alias (`&`, `*`: values
-    that reach outside the block), lines at column 0 other than comments and a sequence's
-    dashes, and the file's last block (its end is the file's end) are never blanked."""
+    """A mapping file's top-level blocks of lines, the ones that need not be parsed blanked out
+    of the text that is:
 
-    blanked: str  # the text with each repeat's value lines made empty (line numbers unchanged)
+    - Blocks written exactly alike: octoDNS writes a zone of 10,000 names of one nearest-PoP
+      record as 10,000 identical blocks of lines under different keys, and parsing each again
+      cost most of loading the zone (libyaml makes 30 events of every block). The repeats'
+      lines below their key are blanked; each repeat's value is then a copy of the first
+      block's value with its lines moved (`relocated`), exactly what parsing it would have
+      given, because a block's value depends only on its own lines once the parser has found
+      its key at column 0 (which MappingEntries checks for every block).
+    - Blocks known from the file's last load (KnownBlocks, same text): every line becomes a
+      comment, so the parser sees no entry there, and the caller is handed back what it kept.
+      A value ends at the next line at column 0, whatever that line is, so an unchanged block
+      reads as before wherever it stands; comments, unlike empty lines, do not lengthen a
+      block scalar that keeps its trailing line breaks (`|+`) in the block above.
+
+    Blocks holding an anchor or alias (`&`, `*`: values that reach outside the block) and lines
+    at column 0 other than comments and a sequence's dashes are neither; nor is the file's last
+    block (its end is the file's end), and the first is never known (the mapping's own place is
+    its key's). With `remember`, `texts` has the text of every block that may be known next
+    time, by its key line, and `prologue` what comes before the first block."""
+
+    blanked: str  # the text with the blocks not parsed made empty or comments (same lines)
     starts: tuple[int, ...]  # the line of every top-level block's key, in order
     first_of: dict[int, int]  # a blanked block's key line -> the key line of its first alike
+    known: dict[int, Known]  # a known block's key line -> what was kept of it
+    texts: dict[int, str]  # with `remember`: a block's key line -> its text
+    prologue: str
 
     @classmethod
-    def find(cls, text: str) -> RepeatedBlocks | None:
-        """The text's repeated blocks, or None when it has none (or line breaks other than
-        newline, which the parser also counts as lines)."""
+    def find(
+        cls, text: str, known: KnownBlocks | None = None, remember: bool = False
+    ) -> RepeatedBlocks | None:
+        """The text's blocks, or None when no block need be parsed and none is to be
+        remembered (or the text has line breaks other than newline, which the parser also
+        counts as lines)."""
         if any(mark in text for mark in _LINE_BREAKS_BESIDES_NEWLINE):
             return None
         offsets = [match.start() + 1 for match in _TOP_LEVEL.finditer(text)]
@@ -475,27 +541,52 @@ class RepeatedBlocks:
             line += text.count("\n", at, offset)
             lines.append(line)
             at = offset
+        prologue = text[: offsets[0]] if offsets else text
+        if known is not None and known.prologue != prologue:
+            known = None
         first_seen: dict[str, int] = {}  # a body -> the line of its first block (0: never)
         first_of: dict[int, int] = {}
+        known_at: dict[int, Known] = {}
+        texts: dict[int, str] = {}
         pieces: list[str] = []
         kept = 0  # the text before this offset is in pieces
+        alone: dict[str, bool] = {}  # a body -> whether it stays within its block
         for index, (start, end) in enumerate(zip(offsets, offsets[1:], strict=False)):
+            line = lines[index]
+            if index and known is not None:  # (a block kept was found alone when it was kept)
+                block = text[start:end]
+                found = known.blocks.get(block)
+                if found is not None:
+                    known_at[line] = found
+                    if remember:
+                        texts[line] = block
+                    pieces += (text[kept:start], "#\n" * block.count("\n"))
+                    kept = end
+                    continue
             body_start = text.index("\n", start) + 1  # never the last block: a line follows
+            body = text[body_start:end]
+            inside = alone.get(body)
+            if inside is None:
+                inside = alone[body] = not (
+                    "&" in body or "*" in body or _OUTSIDE_A_BLOCK.search(body)
+                )
+            if index and inside and remember:
+                key_line = text[start:body_start]
+                if "&" not in key_line and "*" not in key_line:
+                    texts[line] = text[start:end]
             if not _KEY_ALONE.fullmatch(text, start, body_start - 1):
                 continue
-            body = text[body_start:end]
             first = first_seen.get(body)
             if first is None:
-                alone = not ("&" in body or "*" in body or _OUTSIDE_A_BLOCK.search(body))
-                first_seen[body] = lines[index] if alone else 0
+                first_seen[body] = line if inside else 0
             elif first:
-                first_of[lines[index]] = first
+                first_of[line] = first
                 pieces += (text[kept:body_start], "\n" * body.count("\n"))
                 kept = end
-        if not first_of:
+        if not (first_of or known_at or remember):
             return None
         pieces.append(text[kept:])
-        return cls("".join(pieces), tuple(lines), first_of)
+        return cls("".join(pieces), tuple(lines), first_of, known_at, texts, prologue)
 
 
 def relocated(value: Any, offset: int) -> Any:

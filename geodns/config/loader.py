@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from geodns.common.errors import ConfigError, Problem
+from geodns.common.yamlsrc import KnownBlocks
 from geodns.config.server import ServerConfig
-from geodns.config.zonefile import load_zone_file, zone_name_from_file
+from geodns.config.zonefile import read_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
 from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
@@ -21,6 +24,7 @@ from geodns.geo.database import GeoDatabase, file_identity
 from geodns.geo.dbfacts import database_facts, unmatchable
 from geodns.geo.index import build_index, load_index, save_index
 from geodns.geo.locator import Geo
+from geodns.geo.sites import Site
 
 ZONE_SUFFIXES = (".yaml", ".yml")
 SYNC_BUILD_BYTES = 16 << 20  # databases up to this size get their index at start, in < 1 s
@@ -44,22 +48,47 @@ def _cached_geo(path: Path, directory: Path, current: Geo | None) -> Geo | None:
     return None if index is None else Geo.from_cached_index(path, signature, index)
 
 
+@dataclass(frozen=True)
+class ZoneBlocks:
+    """The blocks of every zone file as its last load read them (yamlsrc.KnownBlocks, by
+    path), and the sites their dynamic records were compiled against. A reload under the same
+    sites takes each block whose lines are unchanged as it was, without parsing or reading it
+    again: a reload of a 10,000-name zone that changed one record reads one record. Held by
+    the snapshot that the load built, so it lives as long as that snapshot serves; its size is
+    about that of the zone files' text (each kept block's lines, and tuples of the RRsets the
+    zone holds anyway)."""
+
+    sites: Mapping[str, Site] = field(default_factory=dict)
+    files: dict[str, KnownBlocks] = field(default_factory=dict)
+
+    def of(self, path: Path, sites: Mapping[str, Site]) -> KnownBlocks | None:
+        return self.files.get(str(path)) if sites == self.sites else None
+
+
 def load_zones(
-    config: ServerConfig, compiler: DynamicCompilerForSites | None = None
+    config: ServerConfig,
+    compiler: DynamicCompilerForSites | None = None,
+    known: ZoneBlocks | None = None,
+    blocks: ZoneBlocks | None = None,
 ) -> dict[str, Zone]:
     """Load every zone file; raise ConfigError listing every problem in every file."""
     zones_dir = config.zones_dir
     if not zones_dir.is_dir():
         where = str(config.path) if config.path else str(zones_dir)
         raise ConfigError([Problem(where, 0, f"zones_dir '{zones_dir}' is not a directory")])
-    return load_zone_files(config, zone_files(zones_dir), compiler)
+    return load_zone_files(config, zone_files(zones_dir), compiler, known, blocks)
 
 
 def load_zone_files(
-    config: ServerConfig, paths: list[Path], compiler: DynamicCompilerForSites | None = None
+    config: ServerConfig,
+    paths: list[Path],
+    compiler: DynamicCompilerForSites | None = None,
+    known: ZoneBlocks | None = None,
+    blocks: ZoneBlocks | None = None,
 ) -> dict[str, Zone]:
     """Load the given zone files (one zone each, named by the file); ConfigError listing every
-    problem of every file when one has an error."""
+    problem of every file when one has an error. Blocks of the last load (`known`) are taken
+    where unchanged; `blocks` (made with the config's sites) is given this load's."""
     problems: list[Problem] = []
     zones: dict[str, Zone] = {}
     first_file: dict[str, Path] = {}
@@ -77,11 +106,18 @@ def load_zone_files(
             continue
         first_file[origin] = path
         try:
-            zones[origin] = load_zone_file(
-                path, config.soa_for(origin), compiler.compile, config.nameservers_for(origin)
+            zones[origin], read = read_zone_file(
+                path,
+                config.soa_for(origin),
+                compiler.compile,
+                config.nameservers_for(origin),
+                known.of(path, config.sites) if known is not None else None,
             )
         except ConfigError as exc:
             problems.extend(exc.problems)
+            continue
+        if blocks is not None and read is not None:
+            blocks.files[str(path)] = read
     if any(p.is_error for p in problems):
         raise ConfigError(problems + [w for zone in zones.values() for w in zone.warnings])
     return zones

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dnslib import AAAA, NS, SOA, A, DNSBuffer, DNSLabel
 
@@ -25,10 +25,13 @@ from geodns.common.errors import ConfigError, Problem, did_you_mean
 from geodns.common.reader import Reader
 from geodns.common.yamlsrc import (
     Entry,
+    Known,
+    KnownBlocks,
     MappingEntries,
     MarkedDict,
     MarkedList,
     Moved,
+    RepeatedBlocks,
     UnusualYaml,
     content_key,
     load_yaml,
@@ -65,7 +68,14 @@ DYNAMIC_TYPES = (TYPE_A, TYPE_AAAA, TYPE_CNAME)  # what geodns answers per query
 MAX_CNAME_CHAIN = 8
 ZONE_MAPPING = "a mapping of record names to records"  # what a zone file's document is
 
-__all__ = ["MAX_TTL", "SoaSettings", "check_name", "load_zone_file", "zone_name_from_file"]
+__all__ = [
+    "MAX_TTL",
+    "SoaSettings",
+    "check_name",
+    "load_zone_file",
+    "read_zone_file",
+    "zone_name_from_file",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +113,28 @@ def load_zone_file(
 
     `nameservers` (from the geodns config) answer for a zone that has no NS record at its apex.
     """
+    return read_zone_file(path, soa, compile_dynamic, nameservers)[0]
+
+
+def read_zone_file(
+    path: Path,
+    soa: SoaSettings,
+    compile_dynamic: DynamicCompiler,
+    nameservers: tuple[str, ...] = (),
+    known: KnownBlocks | None = None,
+) -> tuple[Zone, KnownBlocks | None]:
+    """load_zone_file, handed the blocks of the file's last load (`known`, read with the same
+    compiler's sites): a block whose lines are unchanged is not parsed or read again, its
+    records are taken as they were (see _ZoneLoader.read_records). Returns the zone and its
+    blocks as the next load may take them (None when the file was read the classic way)."""
     origin = zone_name_from_file(path)
     error = check_name(origin)
     if error:
         raise ConfigError([Problem(str(path), 0, f"file name is not a zone name: {error}")])
     loader = _ZoneLoader(path, origin, compile_dynamic)
+    entries = MappingEntries(path, ZONE_MAPPING, moved=True, known=known, remember=True)
     try:
-        loader.read_records(MappingEntries(path, ZONE_MAPPING, moved=True))
+        loader.read_records(entries)
     except UnusualYaml:  # merge keys, tags on collections: the whole file the classic way
         data = load_yaml(path)
         if not isinstance(data, MarkedDict):
@@ -120,7 +145,7 @@ def load_zone_file(
     zone = loader.assemble(soa, nameservers)
     if any(p.is_error for p in loader.problems) or zone is None:
         raise ConfigError(loader.problems)
-    return zone
+    return zone, loader.known_blocks()
 
 
 @dataclass(slots=True)
@@ -144,6 +169,16 @@ class _Read:
     lenient: bool
     content: Hashable  # the record's content_key: records written alike compile once
     moved: int = 0  # `record` is one written alike that many lines up (yamlsrc.Moved)
+
+
+class _BlockRecords(NamedTuple):
+    """What a top-level block of a zone file read into the zone, every record without a
+    problem: kept (yamlsrc.Known) so that a reload finding the block's lines unchanged stores
+    the same RRsets again. Lines are those of the load that kept it."""
+
+    name: str
+    written: tuple[tuple[Any, int, int], ...]  # as _ZoneLoader.written has them
+    stored: tuple[tuple[RRset, int, int], ...]  # each RRset as compiled, and where it was stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +211,11 @@ class _ZoneLoader:
         # records written alike are read and compiled once, found by their content_key
         self.read_alike: dict[Hashable, _ReadRecord] = {}
         self.compiled_alike: dict[Hashable, Any] = {}
+        # the blocks as a next load may take them (None: the file was not read by blocks)
+        self.blocks: RepeatedBlocks | None = None
+        self.remembered: dict[str, Known] = {}
+        self.stored: list[tuple[str, int, int, int]] = []  # this entry's: name, type, place
+        self.own_reading = False  # this entry compiled a record that is read per name
 
     def add(self, line: int, message: str, column: int = 0) -> None:
         self.file.add(line, message, column=column)
@@ -192,24 +232,91 @@ class _ZoneLoader:
         if isinstance(mapping, MarkedDict):
             entries = [(k, v, mapping.line_of(k), mapping.column_of(k)) for k, v in mapping.items()]
         for key, value, line, column in entries:
-            name = self._owner_name(key, line, column)
-            if name is None:
+            if isinstance(mapping, MappingEntries):
+                self.blocks = mapping.blocks  # known once the iteration has begun
+            if type(value) is Known:  # the same lines as at the last load: the same records
+                self._store_known(value, line)
                 continue
-            moved = 0  # lines between the record and the one written alike whose marks it has
-            if type(value) is Moved:
-                value, moved = value.value, value.lines
-                if not (isinstance(value, MarkedDict) and content_key(value) in self.read_alike):
-                    value, moved = relocated(value, moved), 0  # read again: its own marks
-            if isinstance(value, MarkedList):
-                places = [(value.line_of(i), value.column_of(i)) for i in range(len(value))]
-                records = list(value)
-            else:
-                places, records = [(line, column)], [value]
-            written = tuple(_written_type(record, moved) for record in records)
-            self.written[str(key).lower()] = (line, column, written)
-            for record, (record_line, record_column) in zip(records, places, strict=True):
-                self._record(record, record_line, record_column, name, str(key), moved)
+            before = len(self.problems), len(self.aliases), len(self.cnames)
+            self.stored.clear()
+            self.own_reading = False
+            self._entry(key, value, line, column)
+            if before == (len(self.problems), len(self.aliases), len(self.cnames)):
+                self._remember(key, line, column)
         self.line, self.column = mapping.line, mapping.column
+
+    def _entry(self, key: Any, value: Any, line: int, column: int) -> None:
+        """Read one top-level entry: a name's record or list of records."""
+        name = self._owner_name(key, line, column)
+        if name is None:
+            return
+        moved = 0  # lines between the record and the one written alike whose marks it has
+        if type(value) is Moved:
+            value, moved = value.value, value.lines
+            if not (isinstance(value, MarkedDict) and content_key(value) in self.read_alike):
+                value, moved = relocated(value, moved), 0  # read again: its own marks
+        if isinstance(value, MarkedList):
+            places = [(value.line_of(i), value.column_of(i)) for i in range(len(value))]
+            records = list(value)
+        else:
+            places, records = [(line, column)], [value]
+        written = tuple(_written_type(record, moved) for record in records)
+        self.written[str(key).lower()] = (line, column, written)
+        for record, (record_line, record_column) in zip(records, places, strict=True):
+            self._record(record, record_line, record_column, name, str(key), moved)
+
+    def _remember(self, key: Any, line: int, column: int) -> None:
+        """Keep what the entry just read stored, for the next load to take while its block's
+        lines are unchanged: only an entry read without a problem, into RRsets alone (no apex
+        ALIAS, no dynamic CNAME: those are finished once the whole zone is read, from other
+        names' records), none read per name (an octoDNS healthcheck makes a site of its own),
+        none whose pools or rules name lines of the file (`written_lines`, for `geodns check`:
+        a record compiled alike names the first one's, which the next load may place
+        elsewhere)."""
+        text = self.blocks.texts.get(line) if self.blocks is not None else None
+        if text is None or self.own_reading or not self.stored:
+            return
+        nodes = self.nodes
+        stored = tuple((nodes[name][rtype], at, column) for name, rtype, at, column in self.stored)
+        for rrset, _, _ in stored:
+            spec = rrset.dynamic
+            if spec is not None and (spec.pools or spec.rules) and spec.written_lines:
+                return
+        kept = _BlockRecords(stored[0][0].name, self.written[key.lower()][2], stored)
+        self.remembered[text] = Known(key, column, line, kept)
+
+    def _store_known(self, known: Known, line: int) -> None:
+        """Store the records of a block known from the last load, now at `line`, as reading
+        it would (a second record of a type at a name is the same problem)."""
+        kept: _BlockRecords = known.kept
+        shift = line - known.line
+        key = str(known.key)
+        written, stored = kept.written, kept.stored
+        if shift:
+            written = tuple((t, at + shift if at else at, c) for t, at, c in written)
+            stored = tuple(
+                (replace(rrset, line=rrset.line + shift), at + shift, column)
+                for rrset, at, column in stored
+            )
+        self.written[key.lower()] = (line, known.column, written)
+        nodes = self.nodes
+        for rrset, at, column in stored:
+            node = nodes.get(rrset.name)
+            if node is None:
+                nodes[rrset.name] = {rrset.rtype: rrset}
+            else:
+                self._put(rrset, at, column, key)
+        text = self.blocks.texts.get(line) if self.blocks is not None else None
+        if text is not None:  # kept again, at its new line
+            if shift:
+                known = known._replace(line=line, kept=_BlockRecords(kept.name, written, stored))
+            self.remembered[text] = known
+
+    def known_blocks(self) -> KnownBlocks | None:
+        """The blocks this load kept, for the next one (None: not read by blocks)."""
+        if self.blocks is None:
+            return None
+        return KnownBlocks(self.blocks.prologue, self.remembered)
 
     def _owner_name(self, key: Any, line: int, column: int) -> str | None:
         origin = self.origin
@@ -288,17 +395,25 @@ class _ZoneLoader:
     def _store(self, read: _Read, dynamic: bool, line: int, column: int, key: str) -> None:
         """Put a record's RRset at its name; compile it if it is `dynamic`."""
         rrset = read.rrset
-        node = self.nodes.setdefault(rrset.name, {})
-        if rrset.rtype in node:
-            self.add(line, f"second {type_name(rrset.rtype)} record at '{key}'", column)
+        if not self._put(rrset, line, column, key):
             return
-        node[rrset.rtype] = rrset
+        self.stored.append((rrset.name, rrset.rtype, line, column))
         if not dynamic:
             return
         if rrset.rtype == TYPE_CNAME:
             self.cnames.append(read)  # compiled once every record is read
         else:
             self._compile(read, {})  # an A/AAAA record needs none of the zone's addresses
+
+    def _put(self, rrset: RRset, line: int, column: int, key: str) -> bool:
+        """Put an RRset at its name, unless the name has one of its type already (a problem
+        reported at `line`)."""
+        node = self.nodes.setdefault(rrset.name, {})
+        if rrset.rtype in node:
+            self.add(line, f"second {type_name(rrset.rtype)} record at '{key}'", column)
+            return False
+        node[rrset.rtype] = rrset
+        return True
 
     def _read_record(
         self, reader: Reader, name: str, key: str
@@ -499,8 +614,11 @@ class _ZoneLoader:
             del node[rrset.rtype]
         elif spec is not None:
             node[rrset.rtype] = replace(rrset, dynamic=spec)
-            if not problems and _compiles_alike_anywhere(pending.record, rrset.rtype):
-                self.compiled_alike[pending.content] = spec
+            if _compiles_alike_anywhere(pending.record, rrset.rtype):
+                if not problems:
+                    self.compiled_alike[pending.content] = spec
+            else:  # compiled for its name (a healthcheck makes a site of its own)
+                self.own_reading = True
 
     # -- the whole zone ------------------------------------------------------------------------
 

@@ -647,7 +647,14 @@ class App:
         if self.control is None and config.dnssec:  # a zone newly signed gets its keys
             _log_key_steps(self._keep_keys(config, current.zones, now))
         snapshot = build_snapshot(
-            config, geo, current.down, self.generation + 1, previous, now, current.signed
+            config,
+            geo,
+            current.down,
+            self.generation + 1,
+            previous,
+            now,
+            current.signed,
+            previous_blocks=current.blocks,
         )
         return config, geo, snapshot
 

@@ -152,6 +152,13 @@ class DynamicRecord:
         return clone
 
     @property
+    def written_lines(self) -> frozenset[int]:
+        """The zone file's lines it names (its pools' and its rules' geos, for `geodns
+        check`'s warnings): a copy compiled alike names the first record's."""
+        pools = {pool.line for pool in self.pools.values() if pool.line}
+        return frozenset(pools.union(line for rule in self.rules for line, _ in rule.places))
+
+    @property
     def family(self) -> int:
         return 4 if self.rtype == TYPE_A else 6
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from geodns.common.caching import BoundedCache, collector_paused
-from geodns.config.loader import load_zones
+from geodns.config.loader import ZoneBlocks, load_zones
 from geodns.config.server import ServerConfig
 from geodns.dns.resolve import Prepared, Resolver, split_wire
 from geodns.dns.zone import Zone
@@ -74,6 +74,7 @@ class Snapshot:
     shapes: Mapping[DynamicRecord, Shape] = field(default_factory=dict)
     maps: Mapping[Shape, AnswerMap] = field(default_factory=dict)
     signed: Mapping[str, SignedZone] = field(default_factory=dict)  # DNSSEC, by zone origin
+    blocks: ZoneBlocks = field(default_factory=ZoneBlocks)  # the zone files' (for a reload)
     record_maps: dict[DynamicRecord, AnswerMap] = field(init=False)  # shapes then maps, joined
     resolver: Resolver = field(init=False)
     prepared: BoundedCache[tuple[bytes, int], Prepared] = field(init=False)
@@ -246,16 +247,20 @@ def build_snapshot(
     now: float | None = None,
     previous_signed: Mapping[str, SignedZone] | None = None,
     with_maps: bool = True,
+    previous_blocks: ZoneBlocks | None = None,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
     probed by an octoDNS `healthcheck`, so the health monitor checks those too. Zones the
     config signs are signed at `now` (the wall clock by default), carrying over the previous
     snapshot's signatures that still hold (geodns.serving.signing). Without `with_maps` the
-    answer maps are left to the caller (a start builds them while it already answers)."""
+    answer maps are left to the caller (a start builds them while it already answers). The
+    zone files' blocks unchanged since `previous_blocks` (the snapshot in use's) are taken as
+    they were read then (see ZoneBlocks)."""
     with collector_paused():  # loading makes millions of objects that all live on
         compiler = DynamicCompilerForSites(config.sites)
-        zones = load_zones(config, compiler)
+        blocks = ZoneBlocks(config.sites)
+        zones = load_zones(config, compiler, previous_blocks, blocks)
         shapes = record_shapes(zones)
         signed: Mapping[str, SignedZone] = {}
         if config.dnssec:  # DNSSEC's modules (dnspython, cryptography) only where it is on
@@ -273,4 +278,5 @@ def build_snapshot(
         shapes=shapes,
         maps=answer_maps(geo, shapes.values(), down, previous_maps) if with_maps else {},
         signed=signed,
+        blocks=blocks,
     )

@@ -1,0 +1,224 @@
+"""A reload takes each block of a zone file whose lines did not change as the last load read it
+(yamlsrc.KnownBlocks, config.loader.ZoneBlocks): neither parsed nor read again. What must not
+change: the zone, its lines and its problems are exactly what reading the whole file gives,
+wherever the block now stands and whatever changed around it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from server_process import GeodnsServer
+from test_zone_alike import (
+    ALIKE_KINDS,
+    APEX_NS,
+    NEAREST,
+    SITES,
+    _WrittenOut,
+    described_zone,
+)
+
+from geodns.common.errors import ConfigError
+from geodns.common.yamlsrc import KnownBlocks
+from geodns.config.server import load_config
+from geodns.config.zonefile import SoaSettings, read_zone_file
+from geodns.dns.zone import Zone
+from geodns.geo.compile import DynamicCompilerForSites
+
+ZONE = "reuse.test"
+HEALTHCHECKED = {
+    "type": "A",
+    "values": ["198.51.100.1", "198.51.100.2"],
+    "dynamic": {
+        "pools": {"one": {"values": [{"value": "198.51.100.1"}, {"value": "198.51.100.2"}]}},
+        "rules": [{"pool": "one", "geos": ["EU"]}, {"pool": "one"}],
+    },
+    "octodns": {"healthcheck": {"path": "/health", "protocol": "HTTP", "port": 80}},
+}
+KINDS = [
+    *ALIKE_KINDS,
+    HEALTHCHECKED,  # a site of its own, and pools and rules that name their lines
+    {"type": "TXT", "value": "kept\nline breaks\n\n"},  # written as a block scalar, `|+`
+    {"type": "MX", "values": [{"preference": 10, "exchange": "mx.reuse.test."}]},
+    {"type": "AAAA", "value": "2001:db8::1", "ttl": 60},
+]
+
+
+def blocks_of(text: str) -> tuple[str, list[str]]:
+    """The text before the first top-level block, and the blocks (a line at column 0 that is
+    no comment and no sequence's dash starts one, as in yamlsrc)."""
+    starts = [m.start() + 1 for m in re.finditer(r"\n[^\s#%:-]", text)]
+    if text[:1] and text[:1] not in " \t\n#%:-":
+        starts.insert(0, 0)
+    if not starts:
+        return text, []
+    bounds = zip(starts, [*starts[1:], len(text)], strict=True)
+    return text[: starts[0]], [text[a:b] for a, b in bounds]
+
+
+def written(records: dict[str, object]) -> str:
+    text = yaml.dump(records, Dumper=_WrittenOut, sort_keys=False, allow_unicode=True)
+    return text.replace("|-\n", "|+\n")  # keep a block scalar's line breaks, as some files do
+
+
+def mutated(text: str, rng: random.Random) -> str:
+    """The next version of a zone file: a block changed, added, removed, moved, repeated, a
+    name in other letters, a directive, a block scalar before unchanged blocks, a character
+    anywhere, or nothing at all."""
+    prologue, blocks = blocks_of(text)
+    at = rng.randrange(1, max(len(blocks) - 1, 2))
+    kind = rng.randrange(10)
+    if kind == 0:  # a record changed
+        name = blocks[at].split(":", 1)[0]
+        blocks[at] = written({name: rng.choice(KINDS)})
+    elif kind == 1:  # a record added, the lines below it moved
+        blocks.insert(at, written({f"new{rng.randrange(10**6)}": rng.choice(KINDS)}))
+    elif kind == 2 and len(blocks) > 3:  # a record removed
+        del blocks[at]
+    elif kind == 3:  # two records swapped
+        other = rng.randrange(1, len(blocks))
+        blocks[at], blocks[other] = blocks[other], blocks[at]
+    elif kind == 4:  # a block written twice: a duplicate key
+        blocks.insert(rng.randrange(1, len(blocks) + 1), blocks[at])
+    elif kind == 5:  # the same name in capitals: a second record of a type at a name
+        blocks.insert(at, blocks[at][:1].upper() + blocks[at][1:])
+    elif kind == 6:
+        prologue = "%TAG !e! tag:example.com,2000:\n---\n" + prologue
+    elif kind == 7:  # a block scalar that keeps its line breaks, above unchanged blocks
+        blocks.insert(at, "kept:\n  type: TXT\n  value: |+\n    two\n\n\n")
+    elif kind == 8:
+        text = prologue + "".join(blocks)
+        place = rng.randrange(len(text) + 1)
+        return text[:place] + rng.choice(":-&*!{}[],'\"#|> \n\t?x1") + text[place:]
+    return prologue + "".join(blocks)
+
+
+def read(
+    directory: Path, text: str, known: KnownBlocks | None
+) -> tuple[object, KnownBlocks | None, Zone | None]:
+    """(everything the load says, the blocks it kept, the zone) of `text` as the zone file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "config.yaml"
+    config.write_text(yaml.safe_dump({"sites": SITES, "zones_dir": "."}))
+    path = directory / f"{ZONE}.yaml"
+    path.write_text(text)
+    compiler = DynamicCompilerForSites(load_config(config).sites)
+    try:
+        zone, kept = read_zone_file(path, SoaSettings(serial=1), compiler.compile, (), known)
+    except ConfigError as refused:
+        problems = [(p.line, p.column, p.severity, p.message) for p in refused.problems]
+        return ("refused", problems), None, None
+    sites = sorted((name, site.checks) for name, site in compiler.implicit_sites.items())
+    return ("loaded", described_zone(zone), sites), kept, zone
+
+
+def same_objects(before: Zone, after: Zone) -> int:
+    """How many RRsets of `after` are the very objects of `before`, or hold its very dynamic
+    record (taken, not read again)."""
+    count = 0
+    for name, node in after.nodes.items():
+        for rtype, rrset in node.items():
+            old = before.nodes.get(name, {}).get(rtype)
+            if old is not None and rtype != 6 and (old is rrset or old.dynamic is rrset.dynamic):
+                count += old.dynamic is not None or old is rrset
+    return count
+
+
+def test_reloads_of_changed_zone_files_read_as_the_whole_file_reads(tmp_path: Path) -> None:
+    """Zones of records of every kind (warnings, errors, lenient records, dynamic CNAMEs,
+    healthchecks, lists, block scalars), each changed again and again in every way a new
+    version of a file can change: loaded with the last load's blocks, each version gives the
+    same zone, lines, sites and problems as a load of the whole file, and most of the unchanged
+    blocks are taken, not read (a bounded, seeded number)."""
+    rng = random.Random(1034)
+    taken = 0
+    for round_ in range(40):
+        records: dict[str, object] = {"": APEX_NS}
+        for i in range(rng.randrange(5, 25)):
+            records[f"n{i}"] = rng.choice(KINDS[:1] + KINDS[2:4] + KINDS[-3:])
+            if rng.random() < 0.3:
+                records[f"n{i}"] = rng.choice(KINDS)
+        text = written(records)
+        _, known, zone = read(tmp_path / "first", text, None)
+        for step in range(5):
+            text = mutated(text, rng)
+            full, _, _ = read(tmp_path / "full", text, None)
+            reused, kept, reloaded = read(tmp_path / "reused", text, known)
+            assert reused == full, (round_, step, text)
+            if zone is not None and reloaded is not None:
+                taken += same_objects(zone, reloaded)
+            if kept is not None:  # a refused version leaves the last good load's blocks
+                known, zone = kept, reloaded
+    assert taken > 250
+
+
+def test_a_reload_of_a_big_zone_takes_the_unchanged_names_as_they_were(tmp_path: Path) -> None:
+    """One record changed and one added at the top of a zone of written-out nearest-PoP names:
+    every other name keeps its very RRset or (moved down) its very compiled record."""
+    records: dict[str, object] = {"": APEX_NS}
+    records.update({f"n{i}": NEAREST for i in range(300)})
+    _, known, zone = read(tmp_path, written(records), None)
+    assert zone is not None and known is not None
+    records["n150"] = {"type": "A", "value": "192.0.2.150"}  # fewer lines: the rest move up
+    _, _, changed = read(tmp_path, written(records), known)
+    assert changed is not None
+    old = [zone.nodes[f"n{i}.{ZONE}."][1] for i in range(300)]
+    new = [changed.nodes[f"n{i}.{ZONE}."][1] for i in range(300)]
+    assert all(new[i] is old[i] for i in range(150))
+    assert new[150].dynamic is None and str(new[150].rdatas[0]) == "192.0.2.150"
+    # (the file's last block is always read: its end is the file's)
+    assert all(new[i].dynamic is old[i].dynamic for i in range(151, 299))
+    assert all(new[i].line < old[i].line for i in range(151, 300))
+    moved = {"": APEX_NS, "added": NEAREST, **{k: v for k, v in records.items() if k}}
+    _, _, shifted = read(tmp_path, written(moved), known)
+    assert shifted is not None
+    added = written({"added": NEAREST}).count("\n")
+    for i in (0, 298):
+        old, new = zone.nodes[f"n{i}.{ZONE}."][1], shifted.nodes[f"n{i}.{ZONE}."][1]
+        before = changed.nodes[f"n{i}.{ZONE}."][1]  # where it was in the same file without
+        assert new.dynamic is old.dynamic and new.line == before.line + added
+
+
+def test_a_served_zone_reloads_a_changed_record_and_keeps_the_others(tmp_path: Path) -> None:
+    """A real server reloads a zone file in which one record changed and one moved down: the
+    changed one answers anew, the moved and unchanged ones as before."""
+    records: dict[str, object] = {"": APEX_NS}
+    records.update({f"n{i}": {"type": "A", "value": f"192.0.2.{i}"} for i in range(1, 60)})
+    config = {"sites": SITES, "watch_zones": False}
+    with GeodnsServer(config, {ZONE: written(records)}) as server:
+        records["n30"] = {"type": "A", "value": "198.51.100.30"}
+        changed = {"": APEX_NS, "added": {"type": "TXT", "value": "x"}}
+        changed.update({k: v for k, v in records.items() if k})
+        server.write_zone(ZONE, written(changed))
+        reloaded = server.cli("reload")
+        assert reloaded.returncode == 0, reloaded.stderr
+        for name, address in (("n30", "198.51.100.30"), ("n1", "192.0.2.1"), ("n59", "192.0.2.59")):
+            reply = server.query(f"{name}.{ZONE}", "A")
+            assert [str(r) for rrset in reply.answer for r in rrset] == [address], name
+        assert server.query(f"added.{ZONE}", "TXT").answer
+
+
+def test_blocks_are_not_taken_under_other_sites(tmp_path: Path) -> None:
+    """A record's targets follow the config's sites: once the sites change, a reload reads
+    every block again (config.loader.ZoneBlocks), and finds the addresses no site owns now."""
+    from geodns.config.loader import ZoneBlocks, load_zones
+
+    records: dict[str, object] = {"": APEX_NS, **{f"n{i}": NEAREST for i in range(5)}}
+    (tmp_path / "zones").mkdir()
+    (tmp_path / "zones" / f"{ZONE}.yaml").write_text(written(records))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"sites": SITES, "zones_dir": "zones"}))
+    first = load_config(path)
+    blocks = ZoneBlocks(first.sites)
+    load_zones(first, known=None, blocks=blocks)
+    assert blocks.files
+    fewer = {name: site for name, site in SITES.items() if name != "jkt"}
+    path.write_text(yaml.safe_dump({"sites": fewer, "zones_dir": "zones"}))
+    with pytest.raises(ConfigError) as refused:
+        load_zones(load_config(path), known=blocks)
+    unowned = [p.line for p in refused.value.problems if "belongs to no site" in p.message]
+    assert len(unowned) == 5  # every record read again, not the 4 kept blocks taken
