@@ -30,13 +30,8 @@ from geodns.config.server import ServerConfig, load_config
 from geodns.daemon.app import ReloadStatus
 from geodns.dns.wire import parse_query
 from geodns.geo.locator import Geo
-from geodns.observe.metrics import (
-    OTHER_QTYPE,
-    PATH_FULL,
-    Metrics,
-    QueryCounters,
-    worker_report,
-)
+from geodns.observe.counters import OTHER_QTYPE, PATH_FULL, QueryCounters, worker_report
+from geodns.observe.metrics import Metrics
 from geodns.serving.answer_path import ServerState
 from geodns.serving.engine import Outcome
 from geodns.serving.snapshot import build_snapshot

@@ -19,7 +19,7 @@ import dns.message
 
 from geodns.config.server import QueryLogConfig
 from geodns.dns.wire import parse_query
-from geodns.observe.metrics import PATH_FULL
+from geodns.observe.counters import PATH_FULL
 from geodns.observe.querylog import (
     PIPE_BUF,
     QueryLog,

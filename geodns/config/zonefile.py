@@ -231,17 +231,19 @@ class _ZoneLoader:
         entries: Iterable[Entry] = mapping
         if isinstance(mapping, MarkedDict):
             entries = [(k, v, mapping.line_of(k), mapping.column_of(k)) for k, v in mapping.items()]
+        by_blocks = mapping if isinstance(mapping, MappingEntries) else None
+        problems, aliases, cnames, stored = self.problems, self.aliases, self.cnames, self.stored
         for key, value, line, column in entries:
-            if isinstance(mapping, MappingEntries):
-                self.blocks = mapping.blocks  # known once the iteration has begun
+            if by_blocks is not None and self.blocks is None:
+                self.blocks = by_blocks.blocks  # known once the iteration has begun
             if type(value) is Known:  # the same lines as at the last load: the same records
                 self._store_known(value, line)
                 continue
-            before = len(self.problems), len(self.aliases), len(self.cnames)
-            self.stored.clear()
+            before = len(problems) + len(aliases) + len(cnames)  # each of them only grows
+            stored.clear()
             self.own_reading = False
             self._entry(key, value, line, column)
-            if before == (len(self.problems), len(self.aliases), len(self.cnames)):
+            if before == len(problems) + len(aliases) + len(cnames) and self.blocks is not None:
                 self._remember(key, line, column)
         self.line, self.column = mapping.line, mapping.column
 
@@ -273,11 +275,12 @@ class _ZoneLoader:
         none whose pools or rules name lines of the file (`written_lines`, for `geodns check`:
         a record compiled alike names the first one's, which the next load may place
         elsewhere)."""
-        text = self.blocks.texts.get(line) if self.blocks is not None else None
+        assert self.blocks is not None
+        text = self.blocks.texts.get(line)
         if text is None or self.own_reading or not self.stored:
             return
         nodes = self.nodes
-        stored = tuple((nodes[name][rtype], at, column) for name, rtype, at, column in self.stored)
+        stored = tuple([(nodes[n][t], at, at_column) for n, t, at, at_column in self.stored])
         for rrset, _, _ in stored:
             spec = rrset.dynamic
             if spec is not None and (spec.pools or spec.rules) and spec.written_lines:

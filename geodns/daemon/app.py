@@ -51,9 +51,8 @@ from geodns.geo.index import load_index, prune_cache
 from geodns.geo.locator import Geo
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
-from geodns.observe.dnssec_metrics import DnssecCollector
+from geodns.observe.counters import QueryCounters, worker_report
 from geodns.observe.dnstap import open_dnstap
-from geodns.observe.metrics import Metrics, worker_report
 from geodns.observe.querylog import QueryLog
 from geodns.observe.spool import Spool
 from geodns.serving import udpbatch
@@ -71,13 +70,15 @@ from geodns.serving.snapshot import (
 from geodns.serving.transports import TcpProtocol, TcpRegistry, UdpProtocol
 
 if TYPE_CHECKING:
-    # imported where they are used, not here: the admin API and health probes (aiohttp), DNSSEC
-    # (dnspython, cryptography) and the fleet are a third of a start-up's time and 20 MB of
-    # every process; a worker never uses the admin API, the probes or the fleet, and a server
+    # imported where they are used, not here: the admin API and health probes (aiohttp), the
+    # metrics (prometheus-client), DNSSEC (dnspython, cryptography) and the fleet are a third of
+    # a start-up's time and 20 MB of every process; a worker never uses the admin API, the
+    # metrics, the probes or the fleet, and a server
     # without DNSSEC never signs (docs/architecture.md, "Start-up")
     from geodns.dnssec.keys import ZoneKey
     from geodns.dnssec.rollover import Plan
     from geodns.fleet.member import FleetMember
+    from geodns.observe.metrics import Metrics
 
 log = get_logger("geodns")
 GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython: 10)
@@ -144,7 +145,8 @@ class App:
         self.fleet: FleetMember | None = None
         self.admin: Any = None
         self.admin_socket: str | None = None  # removed at stop
-        self.metrics: Metrics
+        self.counters = QueryCounters()  # the query path's counts (the main's and a worker's)
+        self.metrics: Metrics | None = None  # GET /metrics, the main process's (see _metrics)
         self.query_log: QueryLog | None = None
         self.tcp: TcpRegistry | None = None
         self.receive_buffer_warned = False  # udp.receive_buffer capped: said once
@@ -204,26 +206,14 @@ class App:
         )
         clients = client_factory(config)
         self.tcp = TcpRegistry(config.tcp, clients)
-        self.metrics = Metrics(
-            server_state=self.state,
-            reload_status=lambda: self.reload_status,
-            health_status=lambda: self.monitor.status()["sites"] if self.monitor else {},
-            geo=lambda: self.geo,
-            query_log=lambda: self.query_log,
-            workers=lambda: list(self.worker_stats.values()),
-            dnstap=lambda: self.dnstap,
-            process=self.control is None,
-        )
-        state = self.state
-        self.metrics.registry.register(DnssecCollector(lambda: state.snapshot.signed, self.clock))
         if config.query_log.enabled:
             self.query_log = QueryLog(config.query_log, worker=self.index)
         if config.dnstap.enabled:
             self.dnstap, self.state.tap = open_dnstap(config.dnstap, worker=self.index)
         if self.query_log is None:  # counting only: cached replies carry their counter slot
-            self.state.count_with(self.metrics.counters)
+            self.state.count_with(self.counters)
         else:
-            self.state.observer = _observer(self.metrics.observe, self.query_log)
+            self.state.observer = _observer(self.counters.observe, self.query_log)
         token = _read_token(config.admin.token_file) if self.control is None else None
         if self.monitor is not None and config.fleet is not None:
             await self._start_fleet(snapshot)
@@ -273,17 +263,18 @@ class App:
             )
             from geodns.daemon.console import ConsoleSource
 
+            metrics = self._metrics()
             try:
                 self.admin = await start_admin(
                     make_admin_app(
                         self.monitor,
                         self._admin_reload,
                         self._status,
-                        self.metrics.render,
+                        metrics.render,
                         ConsoleSource(
                             lambda: self.state.snapshot if self.state is not None else None,
-                            lambda: self.metrics.counters.sample,
-                            self.metrics.collector.answers_by_site,
+                            lambda: self.counters.sample,
+                            metrics.collector.answers_by_site,
                         ),
                         self.fleet,
                         public_metrics=config.admin.public_metrics,
@@ -328,6 +319,31 @@ class App:
             secret = read_cookie_secret(settings.secret_file)
         return CookieJar(secret)
 
+    def _metrics(self) -> Metrics:
+        """What GET /metrics serves (the main process's only: a worker sends its counts to the
+        main process). Made, and prometheus-client imported, when the admin API starts, once
+        the server answers: a fifth of the imports a start would make before it."""
+        if self.metrics is None:
+            from geodns.observe.dnssec_metrics import DnssecCollector
+            from geodns.observe.metrics import Metrics
+
+            self.metrics = Metrics(
+                counters=self.counters,
+                server_state=self.state,
+                reload_status=lambda: self.reload_status,
+                health_status=lambda: self.monitor.status()["sites"] if self.monitor else {},
+                geo=lambda: self.geo,
+                query_log=lambda: self.query_log,
+                workers=lambda: list(self.worker_stats.values()),
+                dnstap=lambda: self.dnstap,
+                process=self.control is None,
+            )
+            state = self.state
+            assert state is not None
+            collector = DnssecCollector(lambda: state.snapshot.signed, self.clock)
+            self.metrics.registry.register(collector)
+        return self.metrics
+
     async def _start_fleet(self, snapshot: Snapshot) -> None:
         """Join the fleet before answering (bounded by fleet.timeout), so the first answers
         already follow the fleet's drains when etcd is reachable (geodns.fleet.member)."""
@@ -336,7 +352,7 @@ class App:
 
         assert self.monitor is not None and self.config.fleet is not None
         self.fleet = FleetMember(self.config.fleet, self.monitor)
-        self.metrics.registry.register(FleetCollector(self.fleet))
+        self._metrics().registry.register(FleetCollector(self.fleet))
         await self._fleet_identity(snapshot)
         await self.fleet.start()
 
@@ -655,6 +671,7 @@ class App:
             now,
             current.signed,
             previous_blocks=current.blocks,
+            previous_shapes=current.shapes,
         )
         return config, geo, snapshot
 
@@ -690,7 +707,6 @@ class App:
         self._swap(snapshot)
         if old_geo is not None and old_geo is not geo:
             old_geo.close()  # no query holds it: the loop is single-threaded and just swapped
-        await asyncio.to_thread(release_free_memory)  # the old snapshot's and the build's
         self.reload_status = ReloadStatus(
             ok=True,
             successes=self.reload_status.successes + 1,
@@ -709,6 +725,8 @@ class App:
             log.info(
                 "reloaded", cause=cause, zones=sorted(snapshot.zones), generation=self.generation
             )
+        # the old snapshot's pages and the build's, once the workers have been told to reload
+        await asyncio.to_thread(release_free_memory)
         return True
 
     # -- status, stats, workers ----------------------------------------------------------------
@@ -743,9 +761,9 @@ class App:
         assert self.control is not None
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            sample = self.metrics.counters.sample
+            sample = self.counters.sample
             report = worker_report(
-                self.metrics.counters, self.state, self.query_log, self.dnstap, self.sample_reported
+                self.counters, self.state, self.query_log, self.dnstap, self.sample_reported
             )
             self.sample_reported = sample.added
             try:
@@ -792,7 +810,7 @@ class App:
         """Counters a worker reports; the metrics endpoint adds them to the main process's.
         Its newly sampled networks join the main process's sample (the console's)."""
         if isinstance(stats, dict):
-            self.metrics.counters.sample.add(stats.pop("sample", ()))
+            self.counters.sample.add(stats.pop("sample", ()))
         self.worker_stats[index] = stats
 
     async def _watch_files(self) -> None:
@@ -962,9 +980,16 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
 
 def _import_main_modules() -> None:
     """Import what only the main process runs after binding: the health probes and the admin
-    API with its console (aiohttp, a third of a start-up). Run in a thread, so that the first
+    API with its console (aiohttp, a third of a start-up) and its metrics (prometheus-client).
+    Run in a thread, so that the first
     queries are answered meanwhile; the later imports of these modules are then free."""
-    for module in ("geodns.health.probes", "geodns.daemon.admin", "geodns.daemon.console"):
+    for module in (
+        "geodns.health.probes",
+        "geodns.daemon.admin",
+        "geodns.daemon.console",
+        "geodns.observe.metrics",
+        "geodns.observe.dnssec_metrics",
+    ):
         importlib.import_module(module)
 
 

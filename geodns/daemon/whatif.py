@@ -39,7 +39,7 @@ from geodns.geo.places import (
     load_country_points,
 )
 from geodns.health.state import HealthState
-from geodns.observe.metrics import qtype_text
+from geodns.observe.counters import qtype_text
 from geodns.observe.querylog import ecs_text
 from geodns.observe.sample import Entry
 

@@ -37,7 +37,7 @@ from typing import Any, TextIO
 from geodns.common.logs import get_logger
 from geodns.config.server import QueryLogConfig
 from geodns.dns.names import name_text
-from geodns.observe.metrics import qtype_text, rcode_text
+from geodns.observe.counters import qtype_text, rcode_text
 from geodns.observe.outputs import PIPE_BUF, RotatingFile, StreamOutput, worker_path
 from geodns.observe.spool import QUEUE_BYTES, WRITE_INTERVAL, Spool
 

@@ -3,7 +3,7 @@
 The console shows where users of each country are sent, and the what-if panel which of them
 would move if a site went away; both run the server's own decision code over the networks in
 this sample. Filling it must cost the query path next to nothing: the metrics observer
-(geodns.observe.metrics.QueryCounters.observe) counts down and, about once every `every`
+(geodns.observe.counters.QueryCounters.observe) counts down and, about once every `every`
 queries it sees (the gap drawn at random), writes one tuple into a ring of fixed size,
 overwriting the oldest. Queries answered from
 the reply cache do not reach the observer, so the sample holds distinct networks and questions

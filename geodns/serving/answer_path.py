@@ -29,7 +29,7 @@ from geodns.common.logs import get_logger
 from geodns.dns.names import name_text
 from geodns.dns.resolve import RCODE_SERVFAIL
 from geodns.dns.wire import Query, parse_query
-from geodns.observe.metrics import (
+from geodns.observe.counters import (
     PATH_FULL,
     PATH_REPLY_CACHE,
     PATH_TEMPLATE,
@@ -72,10 +72,10 @@ class Asking(Protocol):
 
 Observer = Callable[[Asking, Outcome, str, str, int, int], None]
 """Called once per answered query: (what was asked, what was decided, client, "udp" or "tcp",
-the reply's size in bytes, how it was found: geodns.observe.metrics.PATH_*)."""
+the reply's size in bytes, how it was found: geodns.observe.counters.PATH_*)."""
 
 SlotOf = Callable[[Asking, Outcome, str, int, int], int]
-"""The counter slot of (asked, outcome, transport, reply size, path): geodns.observe.metrics."""
+"""The counter slot of (asked, outcome, transport, reply size, path): geodns.observe.counters."""
 
 
 class Tap(Protocol):

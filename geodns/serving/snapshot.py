@@ -159,16 +159,28 @@ def dynamic_records(zones: Mapping[str, Zone]) -> Iterable[DynamicRecord]:
                     yield rrset.dynamic
 
 
-def record_shapes(zones: Mapping[str, Zone]) -> dict[DynamicRecord, Shape]:
+def record_shapes(
+    zones: Mapping[str, Zone], previous: Mapping[DynamicRecord, Shape] | None = None
+) -> dict[DynamicRecord, Shape]:
     """The shape of every record that an answer map can decide; records of one shape share
-    one Shape object (and so one map)."""
+    one Shape object (and so one map). A record of the previous snapshot (a reload takes the
+    records of unchanged blocks as they were) keeps its shape object there."""
     shapes: dict[Hashable, Shape] = {}
     by_record: dict[DynamicRecord, Shape] = {}
+    # a previous shape -> this snapshot's of the same key (hashing a key walks its candidates)
+    carried: dict[Shape, Shape] = {}
     # records compiled from alike YAML share their values and candidates (the compiler makes
     # them once), so one look-up by those objects' identities skips shape_of for all but the
     # first of them: a zone of 10,000 alike records computes one shape, not 10,000
     by_parts: dict[Hashable, Shape | None] = {}
     for record in dynamic_records(zones):
+        old = previous.get(record) if previous else None
+        if old is not None:
+            shape = carried.get(old)
+            if shape is None:
+                shape = carried[old] = shapes.setdefault(old.key, old)
+            by_record[record] = shape
+            continue
         parts = (
             record.rtype,
             id(record.values),
@@ -248,6 +260,7 @@ def build_snapshot(
     previous_signed: Mapping[str, SignedZone] | None = None,
     with_maps: bool = True,
     previous_blocks: ZoneBlocks | None = None,
+    previous_shapes: Mapping[DynamicRecord, Shape] | None = None,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
@@ -256,12 +269,12 @@ def build_snapshot(
     snapshot's signatures that still hold (geodns.serving.signing). Without `with_maps` the
     answer maps are left to the caller (a start builds them while it already answers). The
     zone files' blocks unchanged since `previous_blocks` (the snapshot in use's) are taken as
-    they were read then (see ZoneBlocks)."""
+    they were read then (see ZoneBlocks), and their records keep their `previous_shapes`."""
     with collector_paused():  # loading makes millions of objects that all live on
         compiler = DynamicCompilerForSites(config.sites)
         blocks = ZoneBlocks(config.sites)
         zones = load_zones(config, compiler, previous_blocks, blocks)
-        shapes = record_shapes(zones)
+        shapes = record_shapes(zones, previous_shapes)
         signed: Mapping[str, SignedZone] = {}
         if config.dnssec:  # DNSSEC's modules (dnspython, cryptography) only where it is on
             from geodns.serving.signing import sign_zones

@@ -13,7 +13,7 @@ limits (`tcp:` in the config, geodns.config.server.TcpSettings), as BIND and Kno
 - a process holds at most `max_connections`; when full, a new connection takes the place of
   one that never completed a message (the oldest such), else of the one idle the longest, so
   clients that send whole queries keep getting in while slots are held by ones that do not.
-Every close is counted once, by its reason (geodns.observe.metrics.TCP_CLOSE_REASONS, metric
+Every close is counted once, by its reason (geodns.observe.counters.TCP_CLOSE_REASONS, metric
 geodns_tcp_connections_closed_total); every message's time from receipt to reply goes to a
 latency histogram, and to dnstap when it is on. The limits are per
 process: with `workers: N`, N times `max_connections` in all (metrics sum the processes).
