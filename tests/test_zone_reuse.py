@@ -6,6 +6,7 @@ wherever the block now stands and whatever changed around it.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from pathlib import Path
@@ -185,7 +186,8 @@ def test_a_reload_of_a_big_zone_takes_the_unchanged_names_as_they_were(tmp_path:
 
 def test_a_served_zone_reloads_a_changed_record_and_keeps_the_others(tmp_path: Path) -> None:
     """A real server reloads a zone file in which one record changed and one moved down: the
-    changed one answers anew, the moved and unchanged ones as before."""
+    changed one answers anew, the moved and unchanged ones as before, and the log says how
+    long the reload took."""
     records: dict[str, object] = {"": APEX_NS}
     records.update({f"n{i}": {"type": "A", "value": f"192.0.2.{i}"} for i in range(1, 60)})
     config = {"sites": SITES, "watch_zones": False}
@@ -200,6 +202,9 @@ def test_a_served_zone_reloads_a_changed_record_and_keeps_the_others(tmp_path: P
             reply = server.query(f"{name}.{ZONE}", "A")
             assert [str(r) for rrset in reply.answer for r in rrset] == [address], name
         assert server.query(f"added.{ZONE}", "TXT").answer
+        lines = server.stderr_text().splitlines()
+        events = [json.loads(line) for line in lines if '"reloaded"' in line]
+        assert events and 0 <= events[-1]["seconds"] < 30, events  # how long it took, logged
 
 
 def test_blocks_are_not_taken_under_other_sites(tmp_path: Path) -> None:

@@ -676,6 +676,7 @@ class App:
         return config, geo, snapshot
 
     async def _reload(self, cause: str) -> bool:
+        began = time.monotonic()
         try:
             self.zones_seen = self._zones_signature()
             # built in a thread so the event loop keeps answering from the old snapshot meanwhile
@@ -723,7 +724,11 @@ class App:
         if self.index == 0:
             self._start_index_build()
             log.info(
-                "reloaded", cause=cause, zones=sorted(snapshot.zones), generation=self.generation
+                "reloaded",
+                cause=cause,
+                zones=sorted(snapshot.zones),
+                generation=self.generation,
+                seconds=round(time.monotonic() - began, 3),  # from reading the files to serving
             )
         # the old snapshot's pages and the build's, once the workers have been told to reload
         await asyncio.to_thread(release_free_memory)
