@@ -50,9 +50,11 @@ from geodns.geo.dynamic import (
 from geodns.geo.index import UNLOCATED, PlaceIndex
 from geodns.geo.places import Place, Placement
 from geodns.geo.ranking import rank
-from geodns.geo.runs import ALIAS_BASE, Runs4, Runs6, alias_prefix, merge
+from geodns.geo.runs import ALIAS_BASE, Runs4, Runs6, alias_label, alias_prefix, merge
 
 RANK_DEPTH = 16  # nearest sites ranked per place ahead of time (deeper on demand)
+RELABEL_CHUNK = 1 << 20  # blocks relabelled at a time (4 MB of temporaries)
+LOWEST_LABEL = alias_label(128)  # the lowest label a place index holds (an IPv6 alias)
 NO_PLACE = Placement(None, 4, 0, 0)
 
 
@@ -269,10 +271,20 @@ def _row_codes(rows: np.ndarray) -> np.ndarray:
 
 
 def _relabel(labels: np.ndarray, answer_of_place: np.ndarray, unlocated: int) -> np.ndarray:
-    out = np.asarray(labels, dtype=np.int32).copy()
-    located = out >= 0
-    out[located] = answer_of_place[out[located]]
-    out[out == UNLOCATED] = unlocated
+    """Each block's answer id: its place's, the unlocated addresses' answer for UNLOCATED, and
+    an IPv6 alias label (ALIAS_BASE and below) kept as it is. One lookup in a table indexed by
+    label, a chunk of blocks at a time: a City index has millions of blocks, and masks and
+    fancy indexing over all of them at once made tens of MB of temporaries at every rebuild
+    (RSS that jumps while a health change rebuilds the maps)."""
+    offset = -LOWEST_LABEL  # table[label + offset] is the label's answer
+    table = np.empty(offset + len(answer_of_place), dtype=np.int32)
+    table[:offset] = np.arange(LOWEST_LABEL, 0, dtype=np.int32)  # alias labels: themselves
+    table[offset + UNLOCATED] = unlocated
+    table[offset:] = answer_of_place
+    out = np.empty(len(labels), dtype=np.int32)
+    for start in range(0, len(labels), RELABEL_CHUNK):
+        part = np.asarray(labels[start : start + RELABEL_CHUNK], dtype=np.int32)
+        np.take(table, part + offset, out=out[start : start + RELABEL_CHUNK])
     return out
 
 
