@@ -122,3 +122,28 @@ def test_scopes_are_wider_than_the_database_networks(world: tuple[Geo, Snapshot]
     answer, scope = answer_map.lookup(4, value)
     assert answer_map.decision(record, answer).site == "jakarta"
     assert scope <= geo.locate(4, value).prefix
+
+
+@pytest.mark.parametrize("chunk", [97, 4099])
+def test_maps_built_a_few_blocks_at_a_time_are_the_maps_built_at_once(
+    world: tuple[Geo, Snapshot], chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A map relabels and merges the index's blocks a chunk at a time (a City index has
+    millions, and doing them all at once made tens of MB of temporaries): with small chunks,
+    thousands of chunk boundaries over the bundled database, the runs are the very runs built
+    whole (neighbours across a boundary merged when they get the same answer)."""
+    from geodns.geo import answers
+
+    geo, snapshot = world
+    shapes = set(snapshot.shapes.values())
+    whole = answer_maps(geo, shapes, VIEWS[1])
+    monkeypatch.setattr(answers, "RELABEL_CHUNK", chunk)
+    chunked = answer_maps(geo, shapes, VIEWS[1])
+    for shape, built in whole.items():
+        other = chunked[shape]
+        assert built.runs4.starts.tolist() == other.runs4.starts.tolist()
+        assert built.runs4.labels.tolist() == other.runs4.labels.tolist()
+        assert built.runs6 is not None and other.runs6 is not None
+        for name in ("hi", "lo", "labels"):
+            assert getattr(built.runs6, name).tolist() == getattr(other.runs6, name).tolist()
+        assert built.runs4.labels.dtype == other.runs4.labels.dtype

@@ -50,10 +50,10 @@ from geodns.geo.dynamic import (
 from geodns.geo.index import UNLOCATED, PlaceIndex
 from geodns.geo.places import Place, Placement
 from geodns.geo.ranking import rank
-from geodns.geo.runs import ALIAS_BASE, Runs4, Runs6, alias_label, alias_prefix, merge
+from geodns.geo.runs import ALIAS_BASE, Runs4, Runs6, alias_label, alias_prefix
 
 RANK_DEPTH = 16  # nearest sites ranked per place ahead of time (deeper on demand)
-RELABEL_CHUNK = 1 << 20  # blocks relabelled at a time (4 MB of temporaries)
+RELABEL_CHUNK = 1 << 18  # blocks relabelled at a time (a few MB of temporaries)
 LOWEST_LABEL = alias_label(128)  # the lowest label a place index holds (an IPv6 alias)
 NO_PLACE = Placement(None, 4, 0, 0)
 
@@ -247,12 +247,11 @@ def build_map(
     # unlocated addresses: decided without a place; merged with a located answer when equal
     unlocated = answer_id(evaluate(record, NO_PLACE, down, 0), None)
     answer_of_place = slot_answer[slot_of_place]
-    labels4 = _relabel(index.runs4.labels, answer_of_place, unlocated)
-    runs4 = Runs4(*merge(labels4, index.runs4.starts))
+    runs4 = Runs4(*_answer_runs(index.runs4.labels, answer_of_place, unlocated, index.runs4.starts))
     runs6 = None
     if index.runs6 is not None:
-        labels6 = _relabel(index.runs6.labels, answer_of_place, unlocated)
-        runs6 = Runs6(*merge(labels6, index.runs6.hi, index.runs6.lo))
+        hi, lo = index.runs6.hi, index.runs6.lo
+        runs6 = Runs6(*_answer_runs(index.runs6.labels, answer_of_place, unlocated, hi, lo))
     seconds = time.perf_counter() - started
     return AnswerMap(shape, runs4, runs6, tuple(answers), unlocated, down, index, seconds)
 
@@ -270,22 +269,39 @@ def _row_codes(rows: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _relabel(labels: np.ndarray, answer_of_place: np.ndarray, unlocated: int) -> np.ndarray:
-    """Each block's answer id: its place's, the unlocated addresses' answer for UNLOCATED, and
-    an IPv6 alias label (ALIAS_BASE and below) kept as it is. One lookup in a table indexed by
-    label, a chunk of blocks at a time: a City index has millions of blocks, and masks and
-    fancy indexing over all of them at once made tens of MB of temporaries at every rebuild
-    (RSS that jumps while a health change rebuilds the maps)."""
+def _answer_runs(
+    labels: np.ndarray, answer_of_place: np.ndarray, unlocated: int, *starts: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The index's blocks (`starts`, `labels`) relabelled by answer and merged where neighbours
+    get the same one: (*starts, labels) kept, as `merge` gives them. A block's answer is its
+    place's, the unlocated addresses' for UNLOCATED, and an IPv6 alias label (ALIAS_BASE and
+    below) stays as it is. Done a chunk of blocks at a time, through one table indexed by
+    label: a City index has millions of blocks, and relabelling them all at once, then merging,
+    made 30-50 MB of temporaries at every rebuild (the RSS of a soak jumped by that much for the
+    second after each health change)."""
     offset = -LOWEST_LABEL  # table[label + offset] is the label's answer
     table = np.empty(offset + len(answer_of_place), dtype=np.int32)
     table[:offset] = np.arange(LOWEST_LABEL, 0, dtype=np.int32)  # alias labels: themselves
     table[offset + UNLOCATED] = unlocated
     table[offset:] = answer_of_place
-    out = np.empty(len(labels), dtype=np.int32)
-    for start in range(0, len(labels), RELABEL_CHUNK):
-        part = np.asarray(labels[start : start + RELABEL_CHUNK], dtype=np.int32)
-        np.take(table, part + offset, out=out[start : start + RELABEL_CHUNK])
-    return out
+    kept_starts: list[list[np.ndarray]] = [[] for _ in starts]
+    kept_labels: list[np.ndarray] = [np.empty(0, dtype=np.int32)]
+    previous: int | None = None  # the answer of the last block of the chunk before
+    for begin in range(0, len(labels), RELABEL_CHUNK):
+        end = begin + RELABEL_CHUNK
+        part = np.asarray(labels[begin:end], dtype=np.int32) + offset
+        answers = np.take(table, part, mode="clip")  # (mode="raise" buffers its output)
+        keep = np.empty(len(answers), dtype=bool)
+        keep[0] = previous is None or int(answers[0]) != previous
+        np.not_equal(answers[1:], answers[:-1], out=keep[1:])
+        for kept, block_starts in zip(kept_starts, starts, strict=True):
+            kept.append(block_starts[begin:end][keep])
+        kept_labels.append(answers[keep])
+        previous = int(answers[-1])
+    return (
+        *(np.concatenate([s[:0], *kept]) for s, kept in zip(starts, kept_starts, strict=True)),
+        np.concatenate(kept_labels),
+    )
 
 
 def _slot_keys(
