@@ -384,3 +384,34 @@ def test_a_decision_behind_a_cname_keeps_the_cname(snapshot: Snapshot) -> None:
     address = RR(DNSLabel("near.tpl.test."), TYPE_A, ttl=30, rdata=A("192.0.2.1"))
     expected = encode(labels, TYPE_A, [cname, address], [], [])
     assert prepared.variant(("192.0.2.1",)) == expected
+
+
+def _name_is_valid(name: str) -> bool:
+    """RFC 1035's limits on an absolute name, written out: the reference for check_name."""
+    if not name.endswith("."):
+        return False
+    if name == ".":
+        return True
+    if len(name.encode("ascii", "replace")) + 1 > 255:
+        return False
+    return all(0 < len(label) <= 63 and label.isascii() for label in name[:-1].split("."))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(alphabet="ab-*_.é\\ ", max_size=8),
+            st.sampled_from(["a" * 63, "b" * 64, "c" * 62 + "é"]),
+        ),
+        max_size=40,
+    ).map(".".join)
+    | st.text(max_size=300)
+)
+def test_check_name_takes_its_short_way_only_where_the_rules_agree(name: str) -> None:
+    """check_name (geodns.dns.zone) accepts a zone's usual names without walking their labels:
+    any name, of any label lengths, characters and dots, gets the verdict of the rules."""
+    from geodns.dns.zone import check_name
+
+    for candidate in (name, name + "."):
+        assert (check_name(candidate) is None) == _name_is_valid(candidate), candidate

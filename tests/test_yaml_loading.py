@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from geodns.common import yamlsrc
 from geodns.common.errors import ConfigError
 from geodns.common.yamlsrc import (
     MappingEntries,
@@ -205,7 +206,8 @@ REPEAT_CASES = [
     ("a:\nb:\n  2]\nc:\n  [1,\nd:\n  2]\ne: 1\n", False),
     ("a: &x\n  k: v\nb:\n  *x\nc:\n  *x\nd: 1\n", False),  # aliases
     ("a:\n  &x v\nb:\n  &x v\nc: 1\n", False),  # a duplicate anchor
-    ("a:\n  v\nb:\n  v\na:\n  v\nz: 1\n", True),  # a duplicate key among the copies
+    ("a:\n  v\nb:\n  v\na:\n  v\nz: 1\n", False),  # a duplicate key among the copies: read whole
+    ("ab:\n  v\nyes:\n  v\nnull:\n  v\n1.5:\n  v\nx.y-z_1:\n  v\nz: 1\n", True),  # keys read
     ("1:\n  v\n2:\n  v\n3: x\n", True),  # keys that are not strings
     ("a:\n  v\n---\nb:\n  v\n---\nc: 1\n", False),  # document markers
     ("a:\n\tk: v\nb:\n\tk: v\nc: 1\n", False),  # tabs
@@ -284,6 +286,24 @@ def test_mutated_files_with_blocks_written_alike_read_as_load_yaml_reads_them(
         assert read == load_outcome(path), text
         with_copies += copied > 0
     assert with_copies > 100
+
+
+def test_keys_of_blocks_written_alike_read_as_yaml_reads_them(tmp_path: Path) -> None:
+    """A copy's key is taken from the text when it is a plain word the safe loader reads as a
+    string; a word it reads as something else (a boolean, null, a number, a date) is parsed."""
+    body = "  type: TXT\n  value: x\n"
+    keys = ["www", "yes", "No", "null", "1.5", "0x1F", "e.x-1_", "y", "n1.5"]
+    text = "first:\n" + body + "".join(f"{key}:\n{body}" for key in keys) + "last: 1\n"
+    path = tmp_path / "keys.yaml"
+    path.write_text(text)
+    entries = MappingEntries(path)
+    read = entries_outcome(path, entries)
+    assert read == load_outcome(path)
+    assert entries.copied == len(keys)
+    blocks = yamlsrc.RepeatedBlocks.find(text)
+    assert blocks is not None
+    taken = {key for key in blocks.keys.values()}
+    assert taken == {"www", "e.x-1_", "y", "n1.5"}, taken
 
 
 def test_a_zone_of_names_written_alike_is_parsed_once(tmp_path: Path) -> None:

@@ -394,6 +394,9 @@ class MappingEntries:
                     yield from self._entries(loader)
                 else:
                     yield from self._entries_with_copies(loader, blocks)
+            except UnusualYaml:  # what was handed over is void: the file is read whole
+                self.copied = self.reused = 0
+                raise
             finally:
                 loader.dispose()
 
@@ -417,6 +420,17 @@ class MappingEntries:
                 seen.add(known.key)
                 self.reused += 1
                 yield known.key, known, line, known.column
+                continue
+            key = blocks.keys.get(line)
+            if key is not None:  # a copy whose key line was blanked too: the key from the text
+                if key in seen:
+                    raise UnusualYaml
+                seen.add(key)
+                self.copied += 1
+                template_line = blocks.first_of[line]
+                template, lines = firsts[template_line], line - template_line
+                value = Moved(template, lines) if self.moved else relocated(template, lines)
+                yield key, value, line, 1
                 continue
             entry = _next_entry(entries)
             if entry is None or entry[2] != line:
@@ -491,6 +505,20 @@ _KEY_ALONE = re.compile(r"(?:[^\s#%&*!|>'\"\[\]{}?,@`-][^\s#]*|'[^'\n]*'|\"[^\"\
 # document marker, a directive, a quoted scalar or flow collection running on at column 0...)
 _OUTSIDE_A_BLOCK = re.compile(r"^(?:[^ #\n-]|-[^ \n])", re.MULTILINE)
 _LINE_BREAKS_BESIDES_NEWLINE = ("\r", "\x85", "\u2028", "\u2029")
+# a key line whose key is a plain word: letters, digits, `_`, `.`, `-`, not starting with the
+# last two (what such a scalar means is its text, or what the resolver makes of it)
+_PLAIN_KEY = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*):[ ]*")
+_RESOLVER = yaml.resolver.Resolver()  # the safe loader's: what a plain scalar's text reads as
+
+
+def _plain_key(text: str, start: int, stop: int) -> str | None:
+    """The key of the key line text[start:stop] when it is a plain word the safe loader reads
+    as that string (not a number, a boolean, null or a date), else None."""
+    match = _PLAIN_KEY.fullmatch(text, start, stop)
+    if match is None:
+        return None
+    key = match.group(1)
+    return key if _RESOLVER.resolve(yaml.ScalarNode, key, (True, False)) == _STR_TAG else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +532,11 @@ class RepeatedBlocks:
       lines below their key are blanked; each repeat's value is then a copy of the first
       block's value with its lines moved (`relocated`), exactly what parsing it would have
       given, because a block's value depends only on its own lines once the parser has found
-      its key at column 0 (which MappingEntries checks for every block).
+      its key at column 0 (which MappingEntries checks for every block). When the key is a
+      plain word that YAML reads as a string (`www`, `n17.edge`; not `yes`, `null` or `1.5`,
+      which the safe loader's own resolver reads otherwise), its line becomes a comment too, as
+      a known block's (below) does, and the key is taken from the text: a zone's names are
+      then not parsed either.
     - Blocks known from the file's last load (KnownBlocks, same text): every line becomes a
       comment, so the parser sees no entry there, and the caller is handed back what it kept.
       A value ends at the next line at column 0, whatever that line is, so an unchanged block
@@ -520,6 +552,7 @@ class RepeatedBlocks:
     blanked: str  # the text with the blocks not parsed made empty or comments (same lines)
     starts: tuple[int, ...]  # the line of every top-level block's key, in order
     first_of: dict[int, int]  # a blanked block's key line -> the key line of its first alike
+    keys: dict[int, str]  # of those, the ones whose key line is blanked too -> their key
     known: dict[int, Known]  # a known block's key line -> what was kept of it
     texts: dict[int, str]  # with `remember`: a block's key line -> its text
     prologue: str
@@ -546,6 +579,7 @@ class RepeatedBlocks:
             known = None
         first_seen: dict[str, int] = {}  # a body -> the line of its first block (0: never)
         first_of: dict[int, int] = {}
+        keys: dict[int, str] = {}
         known_at: dict[int, Known] = {}
         texts: dict[int, str] = {}
         pieces: list[str] = []
@@ -581,12 +615,17 @@ class RepeatedBlocks:
                 first_seen[body] = line if inside else 0
             elif first:
                 first_of[line] = first
-                pieces += (text[kept:body_start], "\n" * body.count("\n"))
+                key = _plain_key(text, start, body_start - 1)
+                if key is not None:  # the key line goes too
+                    keys[line] = key
+                    pieces += (text[kept:start], "#\n" * (body.count("\n") + 1))
+                else:
+                    pieces += (text[kept:body_start], "\n" * body.count("\n"))
                 kept = end
         if not (first_of or known_at or remember):
             return None
         pieces.append(text[kept:])
-        return cls("".join(pieces), tuple(lines), first_of, known_at, texts, prologue)
+        return cls("".join(pieces), tuple(lines), first_of, keys, known_at, texts, prologue)
 
 
 def relocated(value: Any, offset: int) -> Any:

@@ -347,7 +347,7 @@ class _ZoneLoader:
         if error:
             self.add(line, f"invalid name '{key}': {error}", column)
             return None
-        labels = lowered.split(".") if lowered else []
+        labels = lowered.split(".") if "*" in lowered else []
         if any(label == "*" for label in labels[1:]) or any(
             "*" in label and label != "*" for label in labels
         ):
