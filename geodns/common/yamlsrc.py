@@ -380,13 +380,12 @@ class MappingEntries:
         self.known, self.remember = known, remember
         self.line = self.column = 1
         self.copied = 0  # entries that were copies of a block written alike (RepeatedBlocks)
-        self.reused = 0  # entries of blocks known from an earlier load (Known)
         self.blocks: RepeatedBlocks | None = None
 
     def __iter__(self) -> Iterator[Entry]:
         text = _read_text(self.path)
         blocks = self.blocks = RepeatedBlocks.find(text, self.known, self.remember)
-        self.copied = self.reused = 0
+        self.copied = 0
         with _yaml_problems(self.path):
             loader = _Loader(text if blocks is None else blocks.blanked)
             try:
@@ -395,7 +394,7 @@ class MappingEntries:
                 else:
                     yield from self._entries_with_copies(loader, blocks)
             except UnusualYaml:  # what was handed over is void: the file is read whole
-                self.copied = self.reused = 0
+                self.copied = 0
                 raise
             finally:
                 loader.dispose()
@@ -418,7 +417,6 @@ class MappingEntries:
                 if known.key in seen:
                     raise UnusualYaml
                 seen.add(known.key)
-                self.reused += 1
                 yield known.key, known, line, known.column
                 continue
             key = blocks.keys.get(line)
