@@ -26,8 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import maxminddb
-
 from geodns.common.errors import ConfigError, Problem
 from geodns.geo.places import (
     CountryPoints,
@@ -61,6 +59,10 @@ class GeoDatabase:
         self.signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         self.digest = hashlib.sha256(data).hexdigest()
         self.data = data
+        # maxminddb where a database is opened (20 ms of imports): a server restarted onto a
+        # database whose place index is cached answers without it (geodns.config.loader)
+        import maxminddb
+
         try:
             self.reader = _open_private(data)
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
@@ -101,6 +103,8 @@ class GeoDatabase:
     def sample_records(self) -> list[Any]:
         """Records at addresses spread over the space, and those of the first networks (a
         small database may have nothing at the spread addresses)."""
+        import maxminddb
+
         records = []
         try:
             for address in _sample_addresses(self.ip_version):
@@ -158,6 +162,8 @@ def file_identity(path: Path) -> tuple[tuple[int, int, int], str]:
 
 def _open_private(data: bytes) -> Any:
     """A maxminddb reader over an anonymous copy of `data` that nobody else can change."""
+    import maxminddb
+
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("geodns-geoip", os.MFD_CLOEXEC)
         try:
