@@ -41,13 +41,18 @@ def zone_text(records: dict[str, object], *, aliases: bool) -> str:
     return yaml.dump(records, Dumper=dumper, sort_keys=False)
 
 
-def load(tmp_path: Path, text: str, zone: str = "alike.test"):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    config = tmp_path / "config.yaml"
+def zone_file(directory: Path, text: str, zone: str) -> tuple[Path, DynamicCompilerForSites]:
+    """`text` written as the zone file of `zone` in `directory`, and a compiler of SITES."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "config.yaml"
     config.write_text(yaml.safe_dump({"sites": SITES, "zones_dir": "."}))
-    path = tmp_path / f"{zone}.yaml"
+    path = directory / f"{zone}.yaml"
     path.write_text(text)
-    compiler = DynamicCompilerForSites(load_config(config).sites)
+    return path, DynamicCompilerForSites(load_config(config).sites)
+
+
+def load(tmp_path: Path, text: str, zone: str = "alike.test"):
+    path, compiler = zone_file(tmp_path, text, zone)
     # a fixed serial: by default it is the file's modification time, which differs between two
     # files written a moment apart
     return load_zone_file(path, SoaSettings(serial=1), compiler.compile), compiler

@@ -21,6 +21,7 @@ from test_zone_alike import (
     SITES,
     _WrittenOut,
     described_zone,
+    zone_file,
 )
 
 from geodns.common.errors import ConfigError
@@ -28,7 +29,6 @@ from geodns.common.yamlsrc import KnownBlocks
 from geodns.config.server import load_config
 from geodns.config.zonefile import SoaSettings, read_zone_file
 from geodns.dns.zone import Zone
-from geodns.geo.compile import DynamicCompilerForSites
 
 ZONE = "reuse.test"
 HEALTHCHECKED = {
@@ -102,12 +102,7 @@ def read(
     directory: Path, text: str, known: KnownBlocks | None
 ) -> tuple[object, KnownBlocks | None, Zone | None]:
     """(everything the load says, the blocks it kept, the zone) of `text` as the zone file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "config.yaml"
-    config.write_text(yaml.safe_dump({"sites": SITES, "zones_dir": "."}))
-    path = directory / f"{ZONE}.yaml"
-    path.write_text(text)
-    compiler = DynamicCompilerForSites(load_config(config).sites)
+    path, compiler = zone_file(directory, text, ZONE)
     try:
         zone, kept = read_zone_file(path, SoaSettings(serial=1), compiler.compile, (), known)
     except ConfigError as refused:
