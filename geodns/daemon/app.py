@@ -986,8 +986,8 @@ async def serve(config: ServerConfig, config_path: Path | None) -> int:
 def _import_main_modules() -> None:
     """Import what only the main process runs after binding: the health probes and the admin
     API with its console (aiohttp, a third of a start-up) and its metrics (prometheus-client).
-    Run in a thread, so that the first
-    queries are answered meanwhile; the later imports of these modules are then free."""
+    Run in a thread, so that the first queries are answered meanwhile; the later imports of
+    these modules are then free."""
     for module in (
         "geodns.health.probes",
         "geodns.daemon.admin",
