@@ -739,7 +739,7 @@ class _ZoneLoader:
         """The DNAME owners; names below one can never be answered (RFC 6672 section 2.4:
         the DNAME rewrites every query below it), so they are left out with a warning."""
         dnames = frozenset(n for n, node in self.nodes.items() if TYPE_DNAME in node)
-        for name in list(self.nodes):
+        for name in list(self.nodes) if dnames else ():
             above = next((d for d in dnames if name.endswith("." + d)), None)
             if above is not None:
                 line, column = self.place_of(name)
