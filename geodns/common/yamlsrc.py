@@ -581,7 +581,8 @@ class RepeatedBlocks:
         known_at: dict[int, Known] = {}
         texts: dict[int, str] = {}
         pieces: list[str] = []
-        kept = 0  # the text before this offset is in pieces
+        kept = 0  # the text before this offset is in pieces, or owed as `comments`
+        comments = 0  # comment lines owed after pieces (blocks blanked whole, one after another)
         alone: dict[str, bool] = {}  # a body -> whether it stays within its block
         for index, (start, end) in enumerate(zip(offsets, offsets[1:], strict=False)):
             line = lines[index]
@@ -592,7 +593,10 @@ class RepeatedBlocks:
                     known_at[line] = found
                     if remember:
                         texts[line] = block
-                    pieces += (text[kept:start], "#\n" * block.count("\n"))
+                    if kept != start:
+                        pieces += ("#\n" * comments, text[kept:start])
+                        comments = 0
+                    comments += lines[index + 1] - line  # the block's lines
                     kept = end
                     continue
             body_start = text.index("\n", start) + 1  # never the last block: a line follows
@@ -616,13 +620,17 @@ class RepeatedBlocks:
                 key = _plain_key(text, start, body_start - 1)
                 if key is not None:  # the key line goes too
                     keys[line] = key
-                    pieces += (text[kept:start], "#\n" * (body.count("\n") + 1))
+                    if kept != start:
+                        pieces += ("#\n" * comments, text[kept:start])
+                        comments = 0
+                    comments += lines[index + 1] - line
                 else:
-                    pieces += (text[kept:body_start], "\n" * body.count("\n"))
+                    pieces += ("#\n" * comments, text[kept:body_start], "\n" * body.count("\n"))
+                    comments = 0
                 kept = end
         if not (first_of or known_at or remember):
             return None
-        pieces.append(text[kept:])
+        pieces += ("#\n" * comments, text[kept:])
         return cls("".join(pieces), tuple(lines), first_of, keys, known_at, texts, prologue)
 
 
