@@ -11,6 +11,7 @@ which stops it after the test. If one module kills it, that module's own checks 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,23 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `import geodns` 
 
 from inprocess import InProcessServer  # noqa: E402
 from server_process import GeodnsServer  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_home_of_the_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The servers and loaders of the tests keep their place-index cache and their default
+    admin sockets (geodns.config.loader.cache_directory: $XDG_CACHE_HOME/geodns) in a
+    directory of the test run, not in the user's ~/.cache/geodns: a run left hundreds of
+    indexes and sockets there (servers killed on purpose leave their socket), and a test could
+    have found an index cached by an earlier run."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
 
 ZONE = "example.test"
 REV_ZONE = "2.0.192.in-addr.arpa"
