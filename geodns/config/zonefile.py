@@ -297,9 +297,13 @@ class _ZoneLoader:
         written, stored = kept.written, kept.stored
         if shift:
             written = tuple((t, at + shift if at else at, c) for t, at, c in written)
-            stored = tuple(
-                (replace(rrset, line=rrset.line + shift), at + shift, column)
-                for rrset, at, column in stored
+            stored = tuple(  # (the constructor: dataclasses.replace takes twice as long)
+                (
+                    RRset(r.name, r.rtype, r.ttl, r.rdatas, r.line + shift, r.dynamic),
+                    at + shift,
+                    column,
+                )
+                for r, at, column in stored
             )
         self.written[key.lower()] = (line, known.column, written)
         nodes = self.nodes
@@ -312,7 +316,9 @@ class _ZoneLoader:
         text = self.blocks.texts.get(line) if self.blocks is not None else None
         if text is not None:  # kept again, at its new line
             if shift:
-                known = known._replace(line=line, kept=_BlockRecords(kept.name, written, stored))
+                known = Known(
+                    known.key, known.column, line, _BlockRecords(kept.name, written, stored)
+                )
             self.remembered[text] = known
 
     def known_blocks(self) -> KnownBlocks | None:
