@@ -375,9 +375,13 @@ class _ZoneLoader:
         content = content_key(record)
         alike = self.read_alike.get(content)
         if alike is not None:
-            rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line=record.line + moved)
+            # compiled alike before too: made whole, not made and then compiled (_compile)
+            spec = self.compiled_alike.get(content) if alike.dynamic else None
+            dynamic = spec.with_owner(name) if spec is not None else None
+            line_of = record.line + moved
+            rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line_of, dynamic)
             read_alike = _Read(record, rrset, alike.lenient, content, moved)
-            self._store(read_alike, alike.dynamic, line, column, key)
+            self._store(read_alike, alike.dynamic and spec is None, line, column, key)
             return
         problems: list[Problem] = []
         reader = Reader(str(self.path), record, "record", RECORD_KEYS, problems, prefix="")
