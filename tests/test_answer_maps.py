@@ -147,3 +147,19 @@ def test_maps_built_a_few_blocks_at_a_time_are_the_maps_built_at_once(
         for name in ("hi", "lo", "labels"):
             assert getattr(built.runs6, name).tolist() == getattr(other.runs6, name).tolist()
         assert built.runs4.labels.dtype == other.runs4.labels.dtype
+
+
+def test_a_label_outside_the_places_is_an_error_not_a_clipped_answer() -> None:
+    """A block naming a place the index does not have (a damaged index) raises, as indexing
+    the places did, rather than taking the nearest table entry's answer."""
+    import numpy as np
+
+    from geodns.geo.answers import _answer_runs
+
+    starts = np.array([0, 10, 20], dtype=np.uint32)
+    answers = np.array([5, 6], dtype=np.int32)  # two places
+    kept = _answer_runs(np.array([0, 1, 1], dtype=np.int32), answers, 9, starts)
+    assert [a.tolist() for a in kept] == [[0, 10], [5, 6]]
+    for label in (2, -131):
+        with pytest.raises(IndexError):
+            _answer_runs(np.array([0, label, 1], dtype=np.int32), answers, 9, starts)

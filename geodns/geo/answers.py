@@ -290,7 +290,9 @@ def _answer_runs(
     for begin in range(0, len(labels), RELABEL_CHUNK):
         end = begin + RELABEL_CHUNK
         part = np.asarray(labels[begin:end], dtype=np.int32) + offset
-        answers = np.take(table, part, mode="clip")  # (mode="raise" buffers its output)
+        if int(part.min()) < 0 or int(part.max()) >= len(table):  # as indexing would say
+            raise IndexError("a place index's label outside its places")
+        answers = np.take(table, part, mode="clip")  # (checked above; "raise" buffers)
         keep = np.empty(len(answers), dtype=bool)
         keep[0] = previous is None or int(answers[0]) != previous
         np.not_equal(answers[1:], answers[:-1], out=keep[1:])
