@@ -40,9 +40,18 @@ HEALTHCHECKED = {
     },
     "octodns": {"healthcheck": {"path": "/health", "protocol": "HTTP", "port": 80}},
 }
+GEO_RULES = {  # pools and rules that name their lines (a copy compiled alike: the first's)
+    "type": "A",
+    "values": ["192.0.2.9"],
+    "dynamic": {
+        "pools": {"eu": {"values": [{"value": "192.0.2.10"}]}},
+        "rules": [{"pool": "eu", "geos": ["EU"]}, {"pool": "eu"}],
+    },
+}
 KINDS = [
     *ALIKE_KINDS,
     HEALTHCHECKED,  # a site of its own, and pools and rules that name their lines
+    GEO_RULES,
     {"type": "TXT", "value": "kept\nline breaks\n\n"},  # written as a block scalar, `|+`
     {"type": "MX", "values": [{"preference": 10, "exchange": "mx.reuse.test."}]},
     {"type": "AAAA", "value": "2001:db8::1", "ttl": 60},

@@ -414,16 +414,12 @@ class MappingEntries:
         for line in blocks.starts:
             known = blocks.known.get(line)
             if known is not None:
-                if known.key in seen:
-                    raise UnusualYaml
-                seen.add(known.key)
+                _claim(seen, known.key)
                 yield known.key, known, line, known.column
                 continue
             key = blocks.keys.get(line)
             if key is not None:  # a copy whose key line was blanked too: the key from the text
-                if key in seen:
-                    raise UnusualYaml
-                seen.add(key)
+                _claim(seen, key)
                 self.copied += 1
                 template_line = blocks.first_of[line]
                 template, lines = firsts[template_line], line - template_line
@@ -481,6 +477,14 @@ class MappingEntries:
             except _Unusual:
                 raise UnusualYaml from None
         builder.end_of_document()
+
+
+def _claim(seen: set[Any], key: Any) -> None:
+    """Count a key the parser did not see (a block not parsed); written twice, it is the full
+    parse that says so, with its line."""
+    if key in seen:
+        raise UnusualYaml
+    seen.add(key)
 
 
 def _next_entry(entries: Iterator[Entry]) -> Entry | None:

@@ -272,7 +272,7 @@ class _ZoneLoader:
         lines are unchanged: only an entry read without a problem, into RRsets alone (no apex
         ALIAS, no dynamic CNAME: those are finished once the whole zone is read, from other
         names' records), none read per name (an octoDNS healthcheck makes a site of its own),
-        none whose pools or rules name lines of the file (`written_lines`, for `geodns check`:
+        none whose pools or rules name lines of the file (`names_lines`, for `geodns check`:
         a record compiled alike names the first one's, which the next load may place
         elsewhere)."""
         assert self.blocks is not None
@@ -283,7 +283,7 @@ class _ZoneLoader:
         stored = tuple([(nodes[n][t], at, at_column) for n, t, at, at_column in self.stored])
         for rrset, _, _ in stored:
             spec = rrset.dynamic
-            if spec is not None and (spec.pools or spec.rules) and spec.written_lines:
+            if spec is not None and spec.names_lines:
                 return
         kept = _BlockRecords(stored[0][0].name, self.written[key.lower()][2], stored)
         self.remembered[text] = Known(key, column, line, kept)

@@ -152,11 +152,12 @@ class DynamicRecord:
         return clone
 
     @property
-    def written_lines(self) -> frozenset[int]:
-        """The zone file's lines it names (its pools' and its rules' geos, for `geodns
-        check`'s warnings): a copy compiled alike names the first record's."""
-        pools = {pool.line for pool in self.pools.values() if pool.line}
-        return frozenset(pools.union(line for rule in self.rules for line, _ in rule.places))
+    def names_lines(self) -> bool:
+        """Whether it names lines of its zone file (its pools' and its rules' geos, for
+        `geodns check`'s warnings): a copy compiled alike names the first record's."""
+        return any(pool.line for pool in self.pools.values()) or any(
+            rule.places for rule in self.rules
+        )
 
     @property
     def family(self) -> int:
