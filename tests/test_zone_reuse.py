@@ -6,9 +6,11 @@ wherever the block now stands and whatever changed around it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
+from array import array
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ from test_zone_alike import (
 )
 
 from geodns.common.errors import ConfigError
-from geodns.common.yamlsrc import KnownBlocks
+from geodns.common.yamlsrc import NO_HASH, KnownBlocks, Layout, RepeatedBlocks
 from geodns.config.server import load_config
 from geodns.config.zonefile import SoaSettings, read_zone_file
 from geodns.dns.zone import Zone
@@ -78,10 +80,10 @@ def written(records: dict[str, object]) -> str:
 def mutated(text: str, rng: random.Random) -> str:
     """The next version of a zone file: a block changed, added, removed, moved, repeated, a
     name in other letters, a directive, a block scalar before unchanged blocks, a character
-    anywhere, or nothing at all."""
+    anywhere, the apex moved down, a name's records split over two blocks, or nothing."""
     prologue, blocks = blocks_of(text)
     at = rng.randrange(1, max(len(blocks) - 1, 2))
-    kind = rng.randrange(10)
+    kind = rng.randrange(12)
     if kind == 0:  # a record changed
         name = blocks[at].split(":", 1)[0]
         blocks[at] = written({name: rng.choice(KINDS)})
@@ -104,16 +106,26 @@ def mutated(text: str, rng: random.Random) -> str:
         text = prologue + "".join(blocks)
         place = rng.randrange(len(text) + 1)
         return text[:place] + rng.choice(":-&*!{}[],'\"#|> \n\t?x1") + text[place:]
+    elif kind == 9:  # the apex below other names: its node gains the SOA, not the kept one
+        apex = next((b for b in blocks if b.startswith("? ''")), None)
+        if apex is not None:
+            blocks.remove(apex)
+            blocks.insert(rng.randrange(1, len(blocks) + 1), apex)
+    elif kind == 10:  # the same name in capitals with another type: one node, two blocks
+        name = blocks[at].split(":", 1)[0]
+        if name.isalnum():
+            twin = {name.upper(): {"type": "TXT", "value": "twin"}}
+            blocks.insert(rng.randrange(1, len(blocks) + 1), written(twin))
     return prologue + "".join(blocks)
 
 
 def read(
-    directory: Path, text: str, known: KnownBlocks | None
+    directory: Path, text: str, known: KnownBlocks | None, serial: int = 1
 ) -> tuple[object, KnownBlocks | None, Zone | None]:
     """(everything the load says, the blocks it kept, the zone) of `text` as the zone file."""
     path, compiler = zone_file(directory, text, ZONE)
     try:
-        zone, kept = read_zone_file(path, SoaSettings(serial=1), compiler.compile, (), known)
+        zone, kept = read_zone_file(path, SoaSettings(serial=serial), compiler.compile, (), known)
     except ConfigError as refused:
         problems = [(p.line, p.column, p.severity, p.message) for p in refused.problems]
         return ("refused", problems), None, None
@@ -137,11 +149,12 @@ def test_reloads_of_changed_zone_files_read_as_the_whole_file_reads(tmp_path: Pa
     """Zones of records of every kind (warnings, errors, lenient records, dynamic CNAMEs,
     healthchecks, lists, block scalars), each changed again and again in every way a new
     version of a file can change: loaded with the last load's blocks, each version gives the
-    same zone, lines, sites and problems as a load of the whole file, and most of the unchanged
-    blocks are taken, not read (a bounded, seeded number)."""
+    same zone, lines, sites and problems as a load of the whole file, leaves the zone in
+    service as it was, and most of the unchanged blocks are taken, not read (a bounded, seeded
+    number; a version refused is mostly followed by one made of the last good one)."""
     rng = random.Random(1034)
-    taken = 0
-    for round_ in range(40):
+    taken = loaded = 0
+    for round_ in range(60):
         records: dict[str, object] = {"": APEX_NS}
         for i in range(rng.randrange(5, 25)):
             records[f"n{i}"] = rng.choice(KINDS[:1] + KINDS[2:4] + KINDS[-3:])
@@ -149,16 +162,24 @@ def test_reloads_of_changed_zone_files_read_as_the_whole_file_reads(tmp_path: Pa
                 records[f"n{i}"] = rng.choice(KINDS)
         text = written(records)
         _, known, zone = read(tmp_path / "first", text, None)
+        good = text
         for step in range(5):
             text = mutated(text, rng)
-            full, _, _ = read(tmp_path / "full", text, None)
-            reused, kept, reloaded = read(tmp_path / "reused", text, known)
+            serial = 2 + 5 * round_ + step  # each load's own: the SOA in service keeps its
+            full, _, _ = read(tmp_path / "full", text, None, serial)
+            serving = described_zone(zone) if zone is not None else None
+            reused, kept, reloaded = read(tmp_path / "reused", text, known, serial)
             assert reused == full, (round_, step, text)
+            # the zone in service is not touched (it shares the unchanged blocks' nodes)
+            assert zone is None or described_zone(zone) == serving, (round_, step, text)
             if zone is not None and reloaded is not None:
                 taken += same_objects(zone, reloaded)
+                loaded += 1
             if kept is not None:  # a refused version leaves the last good load's blocks
-                known, zone = kept, reloaded
-    assert taken > 250
+                known, zone, good = kept, reloaded, text
+            elif rng.random() < 0.7:  # mostly, the next version is made of the good one
+                text = good
+    assert loaded > 100 and taken > 500
 
 
 def test_a_reload_of_a_big_zone_takes_the_unchanged_names_as_they_were(tmp_path: Path) -> None:
@@ -186,6 +207,83 @@ def test_a_reload_of_a_big_zone_takes_the_unchanged_names_as_they_were(tmp_path:
         old, new = zone.nodes[f"n{i}.{ZONE}."][1], shifted.nodes[f"n{i}.{ZONE}."][1]
         before = changed.nodes[f"n{i}.{ZONE}."][1]  # where it was in the same file without
         assert new.dynamic is old.dynamic and new.line == before.line + added
+
+
+def test_a_reload_never_changes_the_nodes_the_zone_in_service_holds(tmp_path: Path) -> None:
+    """The unchanged blocks' nodes are the very dicts of the zone in service: a reload that
+    adds records at one of their names (another block, the apex's SOA) copies the node first.
+    Each version is as reading it whole gives, and the zone in service stays as it was."""
+    lines = {"type": "A", "value": "192.0.2.1"}  # (three lines, as the TXT below)
+    first = {"n0": lines, "": APEX_NS, "n1": lines, "n2": lines, "n3": lines}
+    versions = [
+        {**first, "n0": {"type": "A", "value": "192.0.2.2"}},  # the apex's node: a new SOA
+        {"N2": {"type": "TXT", "value": "x"}, **{k: v for k, v in first.items() if k != "n0"}},
+    ]
+
+    def apex_written_plain(records: dict[str, object]) -> str:  # not `? ''`: a kept block
+        return written(records).replace("? ''\n: ", "'':\n  ")
+
+    for number, version in enumerate(versions):
+        _, known, zone = read(tmp_path / "first", apex_written_plain(first), None, serial=1)
+        assert zone is not None and known is not None
+        assert known.known[1] is not None  # the apex's block, kept
+        serving = described_zone(zone)
+        text = apex_written_plain(version)
+        assert text.count("\n") == apex_written_plain(first).count("\n")  # no line moved
+        reused, _, reloaded = read(tmp_path / "reused", text, known, serial=2)
+        assert reused == read(tmp_path / "full", text, None, serial=2)[0], number
+        assert described_zone(zone) == serving, number
+        assert reloaded is not None and reloaded.soa.rdatas[0].times[0] == 2
+
+
+def test_a_layout_made_of_the_last_one_is_the_texts_own() -> None:
+    """Laid out of the last version's layout (only what lies between the beginning and the end
+    they share is scanned), every version of a text has the block starts and lines a scan of
+    the whole text gives: edits anywhere, at block starts, of newlines, in texts short and
+    long (a bounded, seeded number)."""
+    rng = random.Random(4592)
+    alphabet = "\n\n\n  a:b#-%x1"
+    for trial in range(2000):
+        size = rng.randrange(0, 60) if trial % 20 else rng.randrange(300, 3000)
+        text = "".join(rng.choice(alphabet) for _ in range(size))
+        last = Layout.of(text)
+        for _ in range(3):
+            chars = list(text)
+            for _ in range(rng.randrange(1, 4)):
+                at = rng.randrange(len(chars) + 1)
+                edit = rng.randrange(3)
+                if edit == 0 or not chars:
+                    chars.insert(at, rng.choice(alphabet))
+                elif edit == 1:
+                    del chars[min(at, len(chars) - 1)]
+                else:
+                    chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
+            text = "".join(chars)
+            made = Layout.of(text, last)
+            whole = Layout.of(text)
+            assert (made.offsets, made.lines) == (whole.offsets, whole.lines), text
+            last = made
+
+
+def test_a_block_whose_hash_matches_another_text_is_read(tmp_path: Path) -> None:
+    """A moved block is found by its text's hash, then compared with the text kept: a hash that
+    names another block's text (a collision) finds nothing, and the block is read."""
+    records: dict[str, object] = {"": APEX_NS}
+    records.update({f"n{i}": {"type": "A", "value": f"192.0.2.{i}"} for i in range(1, 6)})
+    _, known, _ = read(tmp_path, written(records), None)
+    assert known is not None
+    moved = {"": APEX_NS, "n3": records["n3"], **{k: v for k, v in records.items() if k}}
+    text = written(moved)  # n3 second: found by its hash
+    line = text.count("\n", 0, text.index("n3:")) + 1
+    found = RepeatedBlocks.find(text, known, True)
+    assert found is not None and line in found.known
+    block = text[text.index("n3:") : text.index("n1:")]
+    hashes = array("q", known.hashes)  # n4's text's hash, as if it were n3's
+    hashes[[k.key if k else None for k in known.known].index("n3")] = NO_HASH
+    hashes[[k.key if k else None for k in known.known].index("n4")] = hash(block)
+    forged = dataclasses.replace(known, hashes=hashes)
+    found = RepeatedBlocks.find(text, forged, True)
+    assert found is not None and line not in found.known
 
 
 def test_a_served_zone_reloads_a_changed_record_and_keeps_the_others(tmp_path: Path) -> None:

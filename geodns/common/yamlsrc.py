@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import re
+from array import array
+from bisect import bisect_left
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -340,11 +343,52 @@ class Known(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class KnownBlocks:
     """The blocks of a file's last load that a reader may be handed again without parsing them
-    (Known), by their text. `prologue` is the text before that file's first block: a directive
-    there (%TAG) changes how every block reads, so the blocks count only under the same one."""
+    (Known), by their place in that file's layout (its text, where each block starts): `known`
+    has, per block, what the reader kept of it (None: nothing), and `hashes` the hash of the
+    block's text (NO_HASH: none), by which a kept block that moved is found (`by_hash`; the
+    text is then compared with the layout's, so a hash that collides finds nothing).
+    `prologue` is the text before the first block: a directive there (%TAG) changes how every
+    block reads, so the blocks count only under the same one. About 600 bytes a block (the
+    text, 8 bytes per number in arrays, what the reader kept)."""
 
     prologue: str
-    blocks: dict[str, Known]
+    layout: Layout
+    known: tuple[Known | None, ...]
+    hashes: array[int]
+
+    @classmethod
+    def of(
+        cls, blocks: RepeatedBlocks, known: list[Known | None], hashes: list[int]
+    ) -> KnownBlocks | None:
+        """What a reader kept of each block of `blocks` (in the file's order), for the next
+        load; None unless it kept one entry per block."""
+        if len(known) != len(blocks.starts) or len(hashes) != len(known):
+            return None
+        return cls(blocks.prologue, blocks.layout, tuple(known), array("q", hashes))
+
+    def by_hash(self) -> dict[int, int]:
+        """Block index by its text's hash (made when a block that moved is looked for: a
+        reload that changed one block in place needs none)."""
+        index = dict(zip(self.hashes, range(len(self.hashes)), strict=True))
+        index.pop(NO_HASH, None)
+        return index
+
+    def text_at(self, index: int, text: str) -> bool:
+        """Whether block `index` of this layout is `text`."""
+        start = self.layout.offsets[index]
+        end = self.layout.offsets[index + 1]
+        return end - start == len(text) and self.layout.text.startswith(text, start)
+
+
+class KnownRun(NamedTuple):
+    """Blocks `start` to `stop` (exclusive) of the last load's layout (`known`), every one kept,
+    unchanged and on the lines it was: MappingEntries gives them as one entry (key None), for
+    the reader to take whole, as fast as it can (a reload of a 10,000-name zone that changed one
+    record is two runs)."""
+
+    known: KnownBlocks
+    start: int
+    stop: int
 
 
 class UnusualYaml(Exception):
@@ -365,7 +409,7 @@ class MappingEntries:
     Blocks written exactly alike are parsed once (RepeatedBlocks); with `moved`, each repeat's
     value comes as a Moved, for the caller to relocate if it needs the marks. Blocks the
     caller read at an earlier load (`known`) are not parsed at all: their entry's value is the
-    Known. With `remember`, `blocks` (once iterated) has the text of every block the caller
+    Known (blocks unchanged in place, one after another: one entry, key None, a KnownRun). With `remember`, `blocks` (once iterated) has the text of every block the caller
     may hand back as known next time."""
 
     def __init__(
@@ -411,7 +455,20 @@ class MappingEntries:
         firsts: dict[int, Any] = {}  # their values, for the copies
         seen: set[Any] = set()
         entries = self._entries(loader, seen)
-        for line in blocks.starts:
+        runs, after_run = blocks.runs, 0
+        for index, line in enumerate(blocks.starts):
+            if index < after_run:
+                continue
+            run = runs.get(line) if runs else None
+            if run is not None:
+                keys = run.known.known[run.start : run.stop]
+                claimed = len(seen)
+                seen.update(map(_KEY, keys))  # type: ignore[arg-type]
+                if len(seen) != claimed + len(keys):
+                    raise UnusualYaml
+                after_run = index + len(keys)
+                yield None, run, line, 1
+                continue
             known = blocks.known.get(line)
             if known is not None:
                 _claim(seen, known.key)
@@ -479,6 +536,10 @@ class MappingEntries:
         builder.end_of_document()
 
 
+_KEY = itemgetter(0)  # a Known's key
+NO_HASH = -1  # no block's hash: CPython never hashes anything to -1
+
+
 def _claim(seen: set[Any], key: Any) -> None:
     """Count a key the parser did not see (a block not parsed); written twice, it is the full
     parse that says so, with its line."""
@@ -543,21 +604,26 @@ class RepeatedBlocks:
       comment, so the parser sees no entry there, and the caller is handed back what it kept.
       A value ends at the next line at column 0, whatever that line is, so an unchanged block
       reads as before wherever it stands; comments, unlike empty lines, do not lengthen a
-      block scalar that keeps its trailing line breaks (`|+`) in the block above.
+      block scalar that keeps its trailing line breaks (`|+`) in the block above. A block in
+      the beginning or end the text shares with the last one (Layout) is that load's block at
+      the same place, found without reading it; consecutive ones on the lines they were on
+      come as one KnownRun. Any other block is looked up by its text's hash.
 
     Blocks holding an anchor or alias (`&`, `*`: values that reach outside the block) and lines
     at column 0 other than comments and a sequence's dashes are neither; nor is the file's last
     block (its end is the file's end), and the first is never known (the mapping's own place is
-    its key's). With `remember`, `texts` has the text of every block that may be known next
+    its key's). With `remember`, `hashes` has the hash of every block that may be known next
     time, by its key line, and `prologue` what comes before the first block."""
 
     blanked: str  # the text with the blocks not parsed made empty or comments (same lines)
-    starts: tuple[int, ...]  # the line of every top-level block's key, in order
+    starts: array[int]  # the line of every top-level block's key, in order
     first_of: dict[int, int]  # a blanked block's key line -> the key line of its first alike
     keys: dict[int, str]  # of those, the ones whose key line is blanked too -> their key
     known: dict[int, Known]  # a known block's key line -> what was kept of it
-    texts: dict[int, str]  # with `remember`: a block's key line -> its text
+    runs: dict[int, KnownRun]  # the key line of a run of known blocks' first -> the run
+    hashes: dict[int, int]  # with `remember`: a block's key line -> its text's hash
     prologue: str
+    layout: Layout  # the text, and where its blocks start
 
     @classmethod
     def find(
@@ -568,14 +634,8 @@ class RepeatedBlocks:
         counts as lines)."""
         if any(mark in text for mark in _LINE_BREAKS_BESIDES_NEWLINE):
             return None
-        offsets = [match.start() + 1 for match in _TOP_LEVEL.finditer(text)]
-        if _TOP_LEVEL.match("\n" + text[:1]):
-            offsets.insert(0, 0)
-        lines, line, at = [], 1, 0
-        for offset in offsets:
-            line += text.count("\n", at, offset)
-            lines.append(line)
-            at = offset
+        layout = Layout.of(text, known.layout if known is not None else None)
+        offsets, lines = layout.offsets, layout.lines
         prologue = text[: offsets[0]] if offsets else text
         if known is not None and known.prologue != prologue:
             known = None
@@ -583,20 +643,55 @@ class RepeatedBlocks:
         first_of: dict[int, int] = {}
         keys: dict[int, str] = {}
         known_at: dict[int, Known] = {}
-        texts: dict[int, str] = {}
+        runs: dict[int, KnownRun] = {}
+        hashes: dict[int, int] = {}
         pieces: list[str] = []
         kept = 0  # the text before this offset is in pieces, or owed as `comments`
         comments = 0  # comment lines owed after pieces (blocks blanked whole, one after another)
         alone: dict[str, bool] = {}  # a body -> whether it stays within its block
-        for index, (start, end) in enumerate(zip(offsets, offsets[1:], strict=False)):
-            line = lines[index]
+        last_block = len(offsets) - 1  # (never known: its end is the file's end)
+        head = tail = skew = 0  # the blocks shared with the last layout, at its beginning, end
+        if known is not None:
+            head, tail = layout.same_head, len(offsets) - layout.same_tail
+            skew = len(known.layout.offsets) - len(offsets)  # its index - ours, in the end
+        after_run = 0
+        by_hash: dict[int, int] | None = None
+        for index in range(last_block):
+            if index < after_run:
+                continue
+            start, end, line = offsets[index], offsets[index + 1], lines[index]
+            block = ""
             if index and known is not None:  # (a block kept was found alone when it was kept)
-                block = text[start:end]
-                found = known.blocks.get(block)
+                found: Known | None = None
+                if index < head or index >= tail:  # the last load's block at this place
+                    old = index if index < head else index + skew
+                    if index < head or not layout.gained:  # on the same line: a run
+                        stop = min(head, last_block) if index < head else last_block
+                        taken = _leading(known.known, old, old + stop - index)
+                        if taken:
+                            runs[line] = KnownRun(known, old, old + taken)
+                            if kept != start:
+                                pieces += ("#\n" * comments, text[kept:start])
+                                comments = 0
+                            after_run = index + taken
+                            comments += lines[after_run] - line
+                            kept = offsets[after_run]
+                            continue
+                    else:
+                        found = known.known[old]
+                        hashed = known.hashes[old]
+                else:  # elsewhere in the last load, perhaps
+                    block = text[start:end]
+                    hashed = hash(block)
+                    if by_hash is None:
+                        by_hash = known.by_hash()
+                    old = by_hash.get(hashed, -1)
+                    if old >= 0 and known.text_at(old, block):
+                        found = known.known[old]
                 if found is not None:
                     known_at[line] = found
-                    if remember:
-                        texts[line] = block
+                    if remember and hashed != NO_HASH:
+                        hashes[line] = hashed
                     if kept != start:
                         pieces += ("#\n" * comments, text[kept:start])
                         comments = 0
@@ -613,7 +708,7 @@ class RepeatedBlocks:
             if index and inside and remember:
                 key_line = text[start:body_start]
                 if "&" not in key_line and "*" not in key_line:
-                    texts[line] = text[start:end]
+                    hashes[line] = hash(block or text[start:end])
             if not _KEY_ALONE.fullmatch(text, start, body_start - 1):
                 continue
             first = first_seen.get(body)
@@ -632,10 +727,131 @@ class RepeatedBlocks:
                     pieces += ("#\n" * comments, text[kept:body_start], "\n" * body.count("\n"))
                     comments = 0
                 kept = end
-        if not (first_of or known_at or remember):
+        if not (first_of or known_at or runs or remember):
             return None
         pieces += ("#\n" * comments, text[kept:])
-        return cls("".join(pieces), tuple(lines), first_of, keys, known_at, texts, prologue)
+        blanked = "".join(pieces)
+        return cls(blanked, lines, first_of, keys, known_at, runs, hashes, prologue, layout)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a text's top-level blocks start (see RepeatedBlocks): each block's offset and the
+    line of its key. A new version of a file differs from the last one between a beginning and
+    an end they share; laid out `of` the last one's layout, only what lies between is scanned:
+    a block starting in the shared beginning starts there again, on the same line, and one in
+    the shared end starts as far from the text's end as before, its line moved by the lines the
+    middle gained or lost. (A block starts after a newline, at a character that is no space, no
+    comment and no dash: both characters of the start are then shared, or it is in the middle.)
+    A reload of a 10,000-name zone that changed one record scans one record, not 2.6 MB."""
+
+    text: str
+    offsets: array[int]
+    lines: array[int]
+    # laid out of a last layout: how many of its first and last blocks are ours, whole (the
+    # text from their start to their end unchanged), and how many lines the middle gained
+    same_head: int = 0
+    same_tail: int = 0
+    gained: int = 0
+
+    @classmethod
+    def of(cls, text: str, last: Layout | None = None) -> Layout:
+        if last is None:
+            offsets, lines = _scan(text, 0, len(text) + 1, 0, 1, at_start=True)
+            return cls(text, offsets, lines)
+        old = last.text
+        if old == text:
+            return cls(text, last.offsets, last.lines, len(last.offsets))
+        head = _shared_head(old, text)
+        tail = _shared_tail(old, text, min(len(old), len(text)) - head)
+        before = bisect_left(last.offsets, head)  # blocks starting in the shared beginning
+        after = bisect_left(last.offsets, len(old) - tail + 1)  # ... in the shared end
+        at = last.offsets[before - 1] if before else 0
+        line = last.lines[before - 1] if before else 1
+        start = max(head - 1, 0)
+        offsets, lines = _scan(text, start, len(text) - tail + 1, at, line, at_start=not head)
+        moved = len(text) - len(old)
+        gained = text.count("\n", head, len(text) - tail) - old.count("\n", head, len(old) - tail)
+        tail_offsets, tail_lines = last.offsets[after:], last.lines[after:]
+        if moved:
+            tail_offsets = array("q", [offset + moved for offset in tail_offsets])
+        if gained:
+            tail_lines = array("q", [line + gained for line in tail_lines])
+        return cls(
+            text,
+            last.offsets[:before] + offsets + tail_offsets,
+            last.lines[:before] + lines + tail_lines,
+            # (a block starting in the beginning ends there too unless it is the last one)
+            max(before - 1, 0),
+            len(last.offsets) - after,
+            gained,
+        )
+
+
+def _scan(
+    text: str, start: int, stop: int, at: int, line: int, at_start: bool
+) -> tuple[array[int], array[int]]:
+    """The block starts after a newline in text[start:stop] (and, `at_start`, at the text's
+    very start), and their lines, counted on from `line` at offset `at`."""
+    offsets = array("q", [match.start() + 1 for match in _TOP_LEVEL.finditer(text, start, stop)])
+    if at_start and _TOP_LEVEL.match("\n" + text[:1]):
+        offsets.insert(0, 0)
+    lines = array("q")
+    for offset in offsets:
+        line += text.count("\n", at, offset)
+        lines.append(line)
+        at = offset
+    return offsets, lines
+
+
+def _leading(known: tuple[Known | None, ...], start: int, stop: int) -> int:
+    """How many blocks from `start` (up to `stop`) were kept, one after another."""
+    if stop <= start:
+        return 0
+    try:
+        return known.index(None, start, stop) - start
+    except ValueError:
+        return stop - start
+
+
+_FIRST_CHUNK = 256  # characters compared at once, doubled each time they are alike
+
+
+def _shared_head(one: str, other: str) -> int:
+    """How many characters the two texts begin with alike (compared in growing chunks, then
+    halved down to the first difference: a few C comparisons, no Python loop over the text)."""
+    limit = min(len(one), len(other))
+    at, step = 0, _FIRST_CHUNK
+    while at < limit:
+        end = min(at + step, limit)
+        if one[at:end] != other[at:end]:
+            while end - at > 1:  # alike before `at`; the first difference is before `end`
+                middle = (at + end) // 2
+                if one[at:middle] == other[at:middle]:
+                    at = middle
+                else:
+                    end = middle
+            return at
+        at, step = end, step * 2
+    return limit
+
+
+def _shared_tail(one: str, other: str, limit: int) -> int:
+    """How many characters (at most `limit`) the two texts end with alike."""
+    size, other_size = len(one), len(other)
+    at, step = 0, _FIRST_CHUNK
+    while at < limit:
+        end = min(at + step, limit)
+        if one[size - end : size - at] != other[other_size - end : other_size - at]:
+            while end - at > 1:
+                middle = (at + end) // 2
+                if one[size - middle : size - at] == other[other_size - middle : other_size - at]:
+                    at = middle
+                else:
+                    end = middle
+            return at
+        at, step = end, step * 2
+    return limit
 
 
 def relocated(value: Any, offset: int) -> Any:

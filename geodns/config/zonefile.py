@@ -16,17 +16,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from dnslib import AAAA, NS, SOA, A, DNSBuffer, DNSLabel
 
 from geodns.common.errors import ConfigError, Problem, did_you_mean
 from geodns.common.reader import Reader
 from geodns.common.yamlsrc import (
+    NO_HASH,
     Entry,
     Known,
     KnownBlocks,
+    KnownRun,
     MappingEntries,
     MarkedDict,
     MarkedList,
@@ -174,11 +177,20 @@ class _Read:
 class _BlockRecords(NamedTuple):
     """What a top-level block of a zone file read into the zone, every record without a
     problem: kept (yamlsrc.Known) so that a reload finding the block's lines unchanged stores
-    the same RRsets again. Lines are those of the load that kept it."""
+    the same RRsets again. Lines are those of the load that kept it. `node` is the node the
+    block made, when no other block put records at its name: never changed once made (the
+    loader copies such a node before it adds to it), so a reload that takes the block where it
+    was puts that very dict in its zone (see _ZoneLoader._store_run)."""
 
     name: str
     written: tuple[tuple[Any, int, int], ...]  # as _ZoneLoader.written has them
     stored: tuple[tuple[RRset, int, int], ...]  # each RRset as compiled, and where it was stored
+    lowered: str  # the key, as _ZoneLoader.written has it
+    node: dict[int, RRset] | None
+
+
+# the parts of Known and _BlockRecords a run of blocks is taken by, at C speed
+_KEPT, _NAME, _NODE = attrgetter("kept"), attrgetter("name"), attrgetter("node")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,15 +217,19 @@ class _ZoneLoader:
         self.line = self.column = 1  # the file's mapping, once read
         # where each name's records were written, for problems found once the zone is read
         self.written: dict[str, tuple[int, int, tuple[tuple[Any, int, int], ...]]] = {}
+        self.written_in_runs: list[tuple[Known, ...]] = []  # the same, of blocks taken in runs
         self.nodes: dict[str, dict[int, RRset]] = {}
         self.aliases: dict[str, _Alias] = {}
         self.cnames: list[_Read] = []  # dynamic CNAMEs, compiled once the zone is read
         # records written alike are read and compiled once, found by their content_key
         self.read_alike: dict[Hashable, _ReadRecord] = {}
         self.compiled_alike: dict[Hashable, Any] = {}
-        # the blocks as a next load may take them (None: the file was not read by blocks)
+        # the blocks as a next load may take them (None: the file was not read by blocks):
+        # what is kept of each block, in the file's order, and its text's hash
         self.blocks: RepeatedBlocks | None = None
-        self.remembered: dict[str, Known] = {}
+        self.kept: list[Known | None] = []
+        self.kept_hashes: list[int] = []
+        self.unchanged: set[str] = set()  # names whose node is a block's own (never changed)
         self.stored: list[tuple[str, int, int, int]] = []  # this entry's: name, type, place
         self.own_reading = False  # this entry compiled a record that is read per name
 
@@ -236,15 +252,20 @@ class _ZoneLoader:
         for key, value, line, column in entries:
             if by_blocks is not None and self.blocks is None:
                 self.blocks = by_blocks.blocks  # known once the iteration has begun
-            if type(value) is Known:  # the same lines as at the last load: the same records
+            kind = type(value)
+            if kind is KnownRun:  # blocks unchanged where they were: their records at once
+                self._store_run(value)
+                continue
+            if kind is Known:  # the same lines as at the last load: the same records
                 self._store_known(value, line)
                 continue
             before = len(problems) + len(aliases) + len(cnames)  # each of them only grows
             stored.clear()
             self.own_reading = False
             self._entry(key, value, line, column)
-            if before == len(problems) + len(aliases) + len(cnames) and self.blocks is not None:
-                self._remember(key, line, column)
+            if self.blocks is not None:
+                clean = before == len(problems) + len(aliases) + len(cnames)
+                self._keep(self._remember(key, line, column) if clean else None, line)
         self.line, self.column = mapping.line, mapping.column
 
     def _entry(self, key: Any, value: Any, line: int, column: int) -> None:
@@ -267,7 +288,7 @@ class _ZoneLoader:
         for record, (record_line, record_column) in zip(records, places, strict=True):
             self._record(record, record_line, record_column, name, str(key), moved)
 
-    def _remember(self, key: Any, line: int, column: int) -> None:
+    def _remember(self, key: Any, line: int, column: int) -> Known | None:
         """Keep what the entry just read stored, for the next load to take while its block's
         lines are unchanged: only an entry read without a problem, into RRsets alone (no apex
         ALIAS, no dynamic CNAME: those are finished once the whole zone is read, from other
@@ -276,17 +297,59 @@ class _ZoneLoader:
         a record compiled alike names the first one's, which the next load may place
         elsewhere)."""
         assert self.blocks is not None
-        text = self.blocks.texts.get(line)
-        if text is None or self.own_reading or not self.stored:
-            return
+        if line not in self.blocks.hashes or self.own_reading or not self.stored:
+            return None
         nodes = self.nodes
         stored = tuple([(nodes[n][t], at, at_column) for n, t, at, at_column in self.stored])
         for rrset, _, _ in stored:
             spec = rrset.dynamic
             if spec is not None and spec.names_lines:
-                return
-        kept = _BlockRecords(stored[0][0].name, self.written[key.lower()][2], stored)
-        self.remembered[text] = Known(key, column, line, kept)
+                return None
+        name, lowered = stored[0][0].name, key.lower()
+        lowered = key if lowered == key else lowered  # (one string, not two)
+        kept = _BlockRecords(
+            name, self.written[lowered][2], stored, lowered, self._own_node(name, stored)
+        )
+        return Known(key, column, line, kept)
+
+    def _own_node(self, name: str, stored: tuple[Any, ...]) -> dict[int, RRset] | None:
+        """The node at `name` if it holds the RRsets just stored and no others: from now on
+        never changed (see _put), so that the block's next load may take it whole."""
+        node = self.nodes.get(name)
+        if node is None or len(node) != len(stored):
+            return None
+        self.unchanged.add(name)
+        return node
+
+    def _keep(self, known: Known | None, line: int) -> None:
+        """Keep what was kept of the block at `line`, for the next load (in the file's order:
+        one entry per block)."""
+        assert self.blocks is not None
+        hashed = self.blocks.hashes.get(line, NO_HASH) if known is not None else NO_HASH
+        self.kept.append(known if hashed != NO_HASH else None)
+        self.kept_hashes.append(hashed)
+
+    def _store_run(self, run: KnownRun) -> None:
+        """Store the records of blocks known from the last load, on the lines they were on: each
+        one's node is the very dict it made then (unchanged since, see _put), so the lot is put
+        in the zone by a few dict updates. Runs at names already stored take the way of one
+        block at a time (_store_known), which reports what reading them would. (No name is
+        twice in a run of nodes of their own: two blocks of one load at one name never both
+        make it.)"""
+        known = cast(tuple[Known, ...], run.known.known[run.start : run.stop])  # none None
+        kept = list(map(_KEPT, known))
+        names = list(map(_NAME, kept))
+        own = list(map(_NODE, kept))
+        nodes = self.nodes
+        if None in own or not nodes.keys().isdisjoint(names):
+            for block in known:
+                self._store_known(block, block.line)
+            return
+        nodes.update(zip(names, own, strict=True))
+        self.unchanged.update(names)
+        self.written_in_runs.append(known)  # looked at only for a problem (place_of)
+        self.kept.extend(known)
+        self.kept_hashes.extend(run.known.hashes[run.start : run.stop])
 
     def _store_known(self, known: Known, line: int) -> None:
         """Store the records of a block known from the last load, now at `line`, as reading
@@ -295,6 +358,13 @@ class _ZoneLoader:
         shift = line - known.line
         key = str(known.key)
         written, stored = kept.written, kept.stored
+        nodes = self.nodes
+        if not shift and kept.node is not None and kept.name not in nodes:  # as it was
+            self.written[kept.lowered] = (line, known.column, written)
+            nodes[kept.name] = kept.node
+            self.unchanged.add(kept.name)
+            self._keep(known, line)
+            return
         if shift:
             written = tuple((t, at + shift if at else at, c) for t, at, c in written)
             stored = tuple(  # (the constructor: dataclasses.replace takes twice as long)
@@ -305,27 +375,24 @@ class _ZoneLoader:
                 )
                 for r, at, column in stored
             )
-        self.written[key.lower()] = (line, known.column, written)
-        nodes = self.nodes
+        self.written[kept.lowered] = (line, known.column, written)
+        fresh = kept.name not in nodes
         for rrset, at, column in stored:
             node = nodes.get(rrset.name)
             if node is None:
                 nodes[rrset.name] = {rrset.rtype: rrset}
             else:
                 self._put(rrset, at, column, key)
-        text = self.blocks.texts.get(line) if self.blocks is not None else None
-        if text is not None:  # kept again, at its new line
-            if shift:
-                known = Known(
-                    known.key, known.column, line, _BlockRecords(kept.name, written, stored)
-                )
-            self.remembered[text] = known
+        own = self._own_node(kept.name, stored) if fresh else None
+        # kept again, at its new line
+        records = _BlockRecords(kept.name, written, stored, kept.lowered, own)
+        self._keep(Known(known.key, known.column, line, records), line)
 
     def known_blocks(self) -> KnownBlocks | None:
         """The blocks this load kept, for the next one (None: not read by blocks)."""
         if self.blocks is None:
             return None
-        return KnownBlocks(self.blocks.prologue, self.remembered)
+        return KnownBlocks.of(self.blocks, self.kept, self.kept_hashes)
 
     def _owner_name(self, key: Any, line: int, column: int) -> str | None:
         origin = self.origin
@@ -425,8 +492,17 @@ class _ZoneLoader:
         if rrset.rtype in node:
             self.add(line, f"second {type_name(rrset.rtype)} record at '{key}'", column)
             return False
-        node[rrset.rtype] = rrset
+        self._changing(rrset.name)[rrset.rtype] = rrset
         return True
+
+    def _changing(self, name: str) -> dict[int, RRset]:
+        """The node at `name`, to be changed: a block's own node (kept for the next load, and
+        perhaps the zone in service's too) is copied first."""
+        node = self.nodes[name]
+        if name in self.unchanged:
+            self.unchanged.discard(name)
+            node = self.nodes[name] = dict(node)
+        return node
 
     def _read_record(
         self, reader: Reader, name: str, key: str
@@ -605,7 +681,7 @@ class _ZoneLoader:
 
     def _compile(self, pending: _Read, addresses: Mapping[str, tuple[str, ...]]) -> None:
         rrset = pending.rrset
-        node = self.nodes[rrset.name]
+        node = self._changing(rrset.name)
         spec = self.compiled_alike.get(pending.content)  # the content says the type too
         if spec is not None:
             node[rrset.rtype] = RRset(
@@ -640,6 +716,14 @@ class _ZoneLoader:
         file's first key), for a problem found only once the whole zone is read."""
         relative = "" if name == self.origin else name[: -len(self.origin) - 1]
         written = self.written.get(relative)
+        if written is None and self.written_in_runs:  # a block of a run, perhaps
+            for run in self.written_in_runs:  # into `written`, once: it was not read again
+                for known in run:  # after the run (its names were new when it came)
+                    self.written.setdefault(
+                        known.kept.lowered, (known.line, known.column, known.kept.written)
+                    )
+            self.written_in_runs.clear()
+            written = self.written.get(relative)
         if written is None:
             return self.line, self.column
         line, column, records = written
@@ -663,7 +747,8 @@ class _ZoneLoader:
                     f"CNAME at '{name}' beside other data ({others}); a CNAME must stand alone",
                     column,
                 )
-        apex = nodes.setdefault(origin, {})
+        nodes.setdefault(origin, {})
+        apex = self._changing(origin)  # its SOA is added below
         if TYPE_CNAME in apex:
             line, column = self.place_of(origin, TYPE_CNAME)
             self.add(line, "a CNAME cannot be at the zone apex", column)
