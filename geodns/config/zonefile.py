@@ -420,14 +420,15 @@ class _ZoneLoader:
         if error:
             self.add(line, f"invalid name '{key}': {error}", column)
             return None
-        labels = lowered.split(".") if "*" in lowered else []
-        if any(label == "*" for label in labels[1:]) or any(
-            "*" in label and label != "*" for label in labels
-        ):
-            self.add(
-                line, f"invalid name '{key}': '*' may only be the whole leftmost label", column
-            )
-            return None
+        if "*" in lowered:
+            labels = lowered.split(".")
+            if any(label == "*" for label in labels[1:]) or any(
+                "*" in label and label != "*" for label in labels
+            ):
+                self.add(
+                    line, f"invalid name '{key}': '*' may only be the whole leftmost label", column
+                )
+                return None
         return name
 
     def _record(
