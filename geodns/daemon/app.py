@@ -453,12 +453,14 @@ class App:
 
     def _swap(self, snapshot: Snapshot) -> None:
         """Serve `snapshot` from the next query on; the old one is emptied and freed in a thread
-        (geodns.serving.snapshot.retire), not on the event loop."""
+        (geodns.serving.snapshot.retire), not on the event loop, and the heap's free pages are
+        then handed back (its caches can hold tens of MB: trimmed before they were emptied, the
+        process kept them)."""
         assert self.state is not None
         old, self.state.snapshot = self.state.snapshot, snapshot
         settle_heap()
         if old is not snapshot:
-            asyncio.get_running_loop().run_in_executor(None, retire, old, snapshot)
+            asyncio.get_running_loop().run_in_executor(None, _retire, [old], snapshot)
             del old  # the thread holds the last reference, so it frees what is left too
 
     def _health_changed(self, view: HealthView) -> None:
@@ -730,7 +732,8 @@ class App:
                 generation=self.generation,
                 seconds=round(time.monotonic() - began, 3),  # from reading the files to serving
             )
-        # the old snapshot's pages and the build's, once the workers have been told to reload
+        # the build's pages, once the workers have been told to reload (the old snapshot's
+        # are handed back once it is emptied: _retire)
         await asyncio.to_thread(release_free_memory)
         return True
 
@@ -996,6 +999,15 @@ def _import_main_modules() -> None:
         "geodns.observe.dnssec_metrics",
     ):
         importlib.import_module(module)
+
+
+def _retire(holder: list[Snapshot], current: Snapshot) -> None:
+    """Empty the snapshot in `holder` (taken out of it, so that it is freed here when this
+    drops it), then return the heap's free pages to the system."""
+    old = holder.pop()
+    retire(old, current)
+    del old
+    release_free_memory()
 
 
 def _log_key_steps(steps: list[tuple[str, Plan, list[ZoneKey]]]) -> None:
