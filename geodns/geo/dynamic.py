@@ -138,9 +138,17 @@ class DynamicRecord:
     default_order: tuple[str, ...] = ()
     all_down: str = "fail_open"
     has_subnets: bool = field(init=False)  # a rule matches subnets: decided per network
+    # it names lines of its zone file (its pools' and its rules' geos, for `geodns check`'s
+    # warnings): a copy compiled alike names the first record's (asked once per name loaded)
+    names_lines: bool = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "has_subnets", any(rule.subnets for rule in self.rules))
+        object.__setattr__(
+            self,
+            "names_lines",
+            any(pool.line for pool in self.pools.values()) or any(r.places for r in self.rules),
+        )
 
     def with_owner(self, owner: str) -> DynamicRecord:
         """The same record at another name (records written alike are compiled once): a
@@ -150,14 +158,6 @@ class DynamicRecord:
         fields.update(self.__dict__)
         fields["owner"] = owner
         return clone
-
-    @property
-    def names_lines(self) -> bool:
-        """Whether it names lines of its zone file (its pools' and its rules' geos, for
-        `geodns check`'s warnings): a copy compiled alike names the first record's."""
-        return any(pool.line for pool in self.pools.values()) or any(
-            rule.places for rule in self.rules
-        )
 
     @property
     def family(self) -> int:
