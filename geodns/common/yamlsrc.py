@@ -10,7 +10,7 @@ import contextlib
 import re
 from array import array
 from bisect import bisect_left
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -818,34 +818,30 @@ _FIRST_CHUNK = 256  # characters compared at once, doubled each time they are al
 
 
 def _shared_head(one: str, other: str) -> int:
-    """How many characters the two texts begin with alike (compared in growing chunks, then
-    halved down to the first difference: a few C comparisons, no Python loop over the text)."""
-    limit = min(len(one), len(other))
-    at, step = 0, _FIRST_CHUNK
-    while at < limit:
-        end = min(at + step, limit)
-        if one[at:end] != other[at:end]:
-            while end - at > 1:  # alike before `at`; the first difference is before `end`
-                middle = (at + end) // 2
-                if one[at:middle] == other[at:middle]:
-                    at = middle
-                else:
-                    end = middle
-            return at
-        at, step = end, step * 2
-    return limit
+    """How many characters the two texts begin with alike."""
+    return _alike_for(lambda at, end: one[at:end] == other[at:end], min(len(one), len(other)))
 
 
 def _shared_tail(one: str, other: str, limit: int) -> int:
     """How many characters (at most `limit`) the two texts end with alike."""
     size, other_size = len(one), len(other)
+    return _alike_for(
+        lambda at, end: one[size - end : size - at] == other[other_size - end : other_size - at],
+        limit,
+    )
+
+
+def _alike_for(alike: Callable[[int, int], bool], limit: int) -> int:
+    """How far (at most `limit`) characters are alike, `alike(at, end)` telling whether those
+    from `at` to `end` are: compared in growing chunks, then halved down to the first
+    difference (a few C comparisons, no Python loop over the text)."""
     at, step = 0, _FIRST_CHUNK
     while at < limit:
         end = min(at + step, limit)
-        if one[size - end : size - at] != other[other_size - end : other_size - at]:
-            while end - at > 1:
+        if not alike(at, end):
+            while end - at > 1:  # alike before `at`; the first difference is before `end`
                 middle = (at + end) // 2
-                if one[size - middle : size - at] == other[other_size - middle : other_size - at]:
+                if alike(at, middle):
                     at = middle
                 else:
                     end = middle

@@ -42,6 +42,7 @@ from geodns.health.state import HealthState
 from geodns.observe.counters import qtype_text
 from geodns.observe.querylog import ecs_text
 from geodns.observe.sample import Entry
+from geodns.serving.snapshot import dynamic_records
 
 EVALUATIONS_PER_SLICE = 200  # ~2-4 ms of decisions between two turns of the event loop
 RECENT_SECONDS = 600.0  # the sample's entries used: the last ten minutes
@@ -171,16 +172,6 @@ def users_from_database(snapshot: Any) -> list[User]:
         for place in places:
             users.append(User(record, Placement(place, family, 0, 0), 1))
     return users
-
-
-def dynamic_records(zones: Mapping[str, Any]) -> list[DynamicRecord]:
-    found = []
-    for zone in zones.values():
-        for node in zone.nodes.values():
-            for rrset in node.values():
-                if isinstance(rrset.dynamic, DynamicRecord):
-                    found.append(rrset.dynamic)
-    return found
 
 
 def _distance(sites: Mapping[str, Any], site: str | None, place: Place) -> float | None:
