@@ -348,8 +348,8 @@ class KnownBlocks:
     block's text (NO_HASH: none), by which a kept block that moved is found (`by_hash`; the
     text is then compared with the layout's, so a hash that collides finds nothing).
     `prologue` is the text before the first block: a directive there (%TAG) changes how every
-    block reads, so the blocks count only under the same one. About 600 bytes a block (the
-    text, 8 bytes per number in arrays, what the reader kept)."""
+    block reads, so the blocks count only under the same one. Numbers are kept in arrays (8
+    bytes each), and the blocks' text once, in the layout."""
 
     prologue: str
     layout: Layout
@@ -409,8 +409,9 @@ class MappingEntries:
     Blocks written exactly alike are parsed once (RepeatedBlocks); with `moved`, each repeat's
     value comes as a Moved, for the caller to relocate if it needs the marks. Blocks the
     caller read at an earlier load (`known`) are not parsed at all: their entry's value is the
-    Known (blocks unchanged in place, one after another: one entry, key None, a KnownRun). With `remember`, `blocks` (once iterated) has the text of every block the caller
-    may hand back as known next time."""
+    Known (blocks unchanged in place, one after another: one entry, key None, a KnownRun).
+    With `remember`, `blocks` (once iterated) has the hash of every block the caller may hand
+    back as known next time, and the text's layout."""
 
     def __init__(
         self,
