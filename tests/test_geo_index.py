@@ -112,6 +112,73 @@ def test_the_bundled_database_matches_the_reader(tmp_path: Path) -> None:
     assert_same_as_the_reader(BUNDLED, sample_addresses(7, 2_000), tmp_path)
 
 
+def test_a_cached_index_loads_and_answers_without_numpy(tmp_path: Path) -> None:
+    """Loading a cached index maps its files as memoryviews (a restart answers before it needs
+    numpy, 80 ms of imports): in a process of its own, it places every sampled address as the
+    index built here does, and numpy is still not imported. Its numpy arrays, made when asked
+    for, are the built ones."""
+    import json
+    import subprocess
+    import sys
+
+    path = write_city_db(tmp_path / "city.mmdb", NETWORKS)
+    database = open_database(path)
+    built = build_index(database)
+    save_index(built, tmp_path / "cache")
+    addresses = [(a.version, int(a)) for a in sample_addresses(11, 400)]
+    expected = []
+    for family, value in addresses:
+        placement = built.locate(family, value)
+        expected.append([key(placement.place) and list(key(placement.place)), placement.prefix])
+    probe = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from geodns.geo.index import load_index\n"
+        f"index = load_index(Path({str(tmp_path / 'cache')!r}), {database.digest!r})\n"
+        "found = []\n"
+        f"for family, value in {addresses!r}:\n"
+        "    placement = index.locate(family, value)\n"
+        "    place = placement.place and list(placement.place.key)\n"
+        "    found.append([place, placement.prefix])\n"
+        "print(json.dumps({'numpy': 'numpy' in sys.modules, 'found': found}))\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    result = json.loads(ran.stdout)
+    assert result["numpy"] is False
+    assert result["found"] == json.loads(json.dumps(expected))
+    loaded = load_index(tmp_path / "cache", database.digest)
+    assert loaded is not None
+    for name in ("latitude", "longitude", "code", "city", "precision"):
+        assert np.array_equal(getattr(loaded, name), getattr(built, name)), name
+    assert np.array_equal(loaded.runs4.starts, built.runs4.starts)
+    pairs = zip(loaded.runs4.tables(), built.runs4.tables(), strict=True)
+    assert all(np.array_equal(a, b) for a, b in pairs)
+    assert loaded.runs6 is not None and built.runs6 is not None
+    assert np.array_equal(loaded.runs6.lo, built.runs6.lo)
+
+
+@pytest.mark.parametrize("damage", ["cut", "header", "type", "empty"])
+def test_a_damaged_cached_index_is_not_used(tmp_path: Path, damage: str) -> None:
+    """A cache file cut short, with a header that is not numpy's, of another type, or empty:
+    the index is not loaded (the server then builds it again), and nothing raises."""
+    database = open_database(write_city_db(tmp_path / "city.mmdb", NETWORKS))
+    saved = save_index(build_index(database), tmp_path / "cache")
+    target = saved / "lat.npy"
+    data = target.read_bytes()
+    if damage == "cut":
+        data = data[: len(data) - 8]
+    elif damage == "header":
+        data = b"\x93NUMPY\x01\x00\x10\x00{'descr': <f8}  \n" + data[26:]
+    elif damage == "type":
+        data = data.replace(b"<f8", b"<f4", 1)
+    else:
+        data = b""
+    target.write_bytes(data)
+    assert load_index(tmp_path / "cache", database.digest) is None
+
+
 def test_ipv4_mapped_addresses_are_placed_as_ipv4(tmp_path: Path) -> None:
     index = build_index(open_database(write_city_db(tmp_path / "city.mmdb", NETWORKS)))
     mapped = index.locate(6, int(ipaddress.IPv6Address("::ffff:1.2.3.4")))

@@ -7,7 +7,10 @@ file (its SHA-256), the whole tree is walked level by level with numpy, every di
 is decoded once into a place, neighbouring networks with the same place are merged, and the
 result is written to a cache directory as plain arrays (.npy) plus a small JSON table of places.
 Every process maps those files read-only: one copy per machine, in the page cache. A restart or
-a reload with the same database loads it in milliseconds.
+a reload with the same database loads it in milliseconds, and without numpy: the files are
+mapped and read as memoryviews (`_mapped`), which is all answering needs; numpy arrays over
+them are made when an answer map is built, after the server binds (80 ms of imports less
+before a restart's first answer).
 
 Places are stored as columns (latitude, longitude, an index into a table of distinct
 (continent, country, subdivision) codes, a city name index, a precision flag), and `Place`
@@ -19,16 +22,19 @@ alias runs of the IPv6 table, looked up in the IPv4 runs (geodns.geo.runs).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import ipaddress
 import json
+import mmap
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,34 +50,60 @@ from geodns.geo.mmdbtree import unpack_children
 from geodns.geo.places import COUNTRY_POINTS, Place, Placement
 from geodns.geo.runs import Runs4, Runs6, alias_label, alias_prefix, merge
 
-FORMAT = 1  # bump when what the cache files hold, or how places are read, changes
+FORMAT = 2  # bump when what the cache files hold, or how places are read, changes
 UNLOCATED = -1
 
 
 @dataclass(frozen=True, eq=False)
 class PlaceIndex:
-    """Where every address is: runs of place ids, and the places' columns."""
+    """Where every address is: runs of place ids, and the places' columns (COLUMNS: latitude,
+    longitude, `code` an index into `codes`, `city` one into `cities` or -1, `precision` 1 for
+    city coordinates, 0 for a country's point), as memoryviews (what answering reads) and as
+    numpy arrays made over them when first asked for (`latitude`...)."""
 
     runs4: Runs4
     runs6: Runs6 | None
-    latitude: np.ndarray  # float64 per place
-    longitude: np.ndarray
-    code: np.ndarray  # int32 per place: index into `codes`
-    city: np.ndarray  # int32 per place: index into `cities` (-1: none)
+    columns: dict[str, memoryview]  # by COLUMNS' names
     codes: tuple[tuple[str | None, str | None, str | None], ...]  # continent, country, subdiv.
     cities: tuple[str, ...]
-    precision: np.ndarray  # int8 per place: 1 city coordinates, 0 country point
     database_type: str
     build_epoch: int
     digest: str
     build_seconds: float
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # made from `columns`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_places", {})
 
+    def _array(self, name: str) -> np.ndarray:
+        array = self.arrays.get(name)
+        if array is None:
+            array = self.arrays[name] = np.frombuffer(self.columns[name], dtype=COLUMNS[name])
+        return array
+
+    @property
+    def latitude(self) -> np.ndarray:
+        return self._array("latitude")
+
+    @property
+    def longitude(self) -> np.ndarray:
+        return self._array("longitude")
+
+    @property
+    def code(self) -> np.ndarray:
+        return self._array("code")
+
+    @property
+    def city(self) -> np.ndarray:
+        return self._array("city")
+
+    @property
+    def precision(self) -> np.ndarray:
+        return self._array("precision")
+
     @property
     def place_count(self) -> int:
-        return len(self.latitude)
+        return len(self.columns["latitude"])
 
     def place(self, place_id: int) -> Place | None:
         """The Place of an id (made once, then kept: the slow path keys memos by identity)."""
@@ -80,16 +112,17 @@ class PlaceIndex:
         made: dict[int, Place] = self._places  # type: ignore[attr-defined]
         found = made.get(place_id)
         if found is None:
-            continent, country, subdivision = self.codes[self.code[place_id]]
-            city = int(self.city[place_id])
+            columns = self.columns
+            continent, country, subdivision = self.codes[columns["code"][place_id]]
+            city = columns["city"][place_id]
             found = made[place_id] = Place(
                 continent,
                 country,
                 subdivision,
                 self.cities[city] if city >= 0 else None,
-                float(self.latitude[place_id]),
-                float(self.longitude[place_id]),
-                "city" if self.precision[place_id] else "country",
+                float(columns["latitude"][place_id]),
+                float(columns["longitude"][place_id]),
+                "city" if columns["precision"][place_id] else "country",
             )
         return found
 
@@ -119,9 +152,24 @@ class PlaceIndex:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.latitude, self.longitude, self.code, self.city, self.precision)
         runs6 = self.runs6.nbytes if self.runs6 is not None else 0
-        return self.runs4.nbytes + runs6 + sum(int(a.nbytes) for a in arrays)
+        return self.runs4.nbytes + runs6 + sum(c.nbytes for c in self.columns.values())
+
+
+COLUMNS = {  # a place index's columns, by name, and their numpy types
+    "latitude": "float64",
+    "longitude": "float64",
+    "code": "int32",
+    "city": "int32",
+    "precision": "int8",
+}
+
+
+def columns_of(arrays: dict[str, np.ndarray]) -> dict[str, memoryview]:
+    """Memoryviews of the COLUMNS arrays (contiguous, of their types)."""
+    return {
+        name: np.ascontiguousarray(arrays[name], dtype=kind).data for name, kind in COLUMNS.items()
+    }
 
 
 # -- building ----------------------------------------------------------------------------------
@@ -155,14 +203,18 @@ def build_index(database: GeoDatabase) -> PlaceIndex:
         labels6 = _label(v6[1], record_values, place_of_value, node_count)
         order = np.lexsort((v6[0][:, 1], v6[0][:, 0]))
         runs6 = Runs6(*merge(labels6[order], v6[0][order, 0], v6[0][order, 1]))
+    columns = {name: table.pop(name) for name in COLUMNS}
     return PlaceIndex(
         runs4=runs4,
         runs6=runs6,
+        columns=columns_of(columns),
+        codes=table["codes"],
+        cities=table["cities"],
         database_type=database.database_type,
         build_epoch=database.build_epoch,
         digest=database.digest,
         build_seconds=time.perf_counter() - started,
-        **table,
+        arrays=columns,
     )
 
 
@@ -310,9 +362,12 @@ def save_index(index: PlaceIndex, directory: Path) -> Path:
     final = directory / cache_key(index.digest)
     temp = Path(tempfile.mkdtemp(prefix=".building-", dir=directory))
     try:
+        v4_index, v4_whole = index.runs4.tables()
         arrays = {
             "v4_starts": index.runs4.starts,
             "v4_labels": index.runs4.labels,
+            "v4_index": v4_index,
+            "v4_whole": v4_whole,
             "lat": index.latitude,
             "lon": index.longitude,
             "code": index.code,
@@ -356,22 +411,24 @@ def load_index(directory: Path, digest: str) -> PlaceIndex | None:
         if meta.get("format") != FORMAT or meta.get("digest") != digest:
             return None
 
-        def array(name: str) -> np.ndarray:
-            return np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        def array(name: str) -> memoryview:
+            return _mapped(path / f"{name}.npy")
 
         runs6 = None
         if (path / "v6_labels.npy").exists():
-            runs6 = Runs6(array("v6_hi"), array("v6_lo"), array("v6_labels"))
+            runs6 = Runs6.mapped(array("v6_hi"), array("v6_lo"), array("v6_labels"))
+        runs4 = Runs4.mapped(
+            array("v4_starts"), array("v4_labels"), array("v4_index"), array("v4_whole")
+        )
+        if len(runs4._index) != (1 << 16) + 1 or len(runs4._whole) != 1 << 16:
+            return None
+        columns = {name: array(file) for name, file in _COLUMN_FILES.items()}
         with contextlib.suppress(OSError):  # used now: prune_cache keeps it
             os.utime(path)
         return PlaceIndex(
-            runs4=Runs4(array("v4_starts"), array("v4_labels")),
+            runs4=runs4,
             runs6=runs6,
-            latitude=array("lat"),
-            longitude=array("lon"),
-            code=array("code"),
-            city=array("city"),
-            precision=array("precision"),
+            columns=columns,
             codes=tuple((c[0], c[1], c[2]) for c in meta["codes"]),
             cities=tuple(meta["cities"]),
             database_type=meta["database_type"],
@@ -379,8 +436,57 @@ def load_index(directory: Path, digest: str) -> PlaceIndex | None:
             digest=digest,
             build_seconds=float(meta["build_seconds"]),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError):
         return None
+
+
+_COLUMN_FILES = {"latitude": "lat", "longitude": "lon", "code": "code", "city": "city"}
+_COLUMN_FILES["precision"] = "precision"
+# numpy's type strings of the arrays an index saves -> memoryview formats of this machine's order
+_BYTE_ORDER = "<" if sys.byteorder == "little" else ">"
+_FORMATS = {
+    f"{_BYTE_ORDER}f8": "d",
+    f"{_BYTE_ORDER}i4": "i",
+    f"{_BYTE_ORDER}u4": "I",
+    f"{_BYTE_ORDER}i8": "q",
+    f"{_BYTE_ORDER}u8": "Q",
+    "|i1": "b",
+}
+
+
+def _mapped(path: Path) -> memoryview:
+    """A one-dimensional .npy file (as numpy.save writes it) mapped read-only, as a memoryview
+    of its values: numpy's format read by hand, so that loading an index imports no numpy.
+    ValueError when the file is not such an array of a type above."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    view = memoryview(mapping)
+    if bytes(view[:6]) != b"\x93NUMPY":
+        raise ValueError(f"{path.name}: not a .npy file")
+    if view[6] == 1:
+        start, length = 10, int.from_bytes(view[8:10], "little")
+    elif view[6] in (2, 3):
+        start, length = 12, int.from_bytes(view[8:12], "little")
+    else:
+        raise ValueError(f"{path.name}: .npy version {view[6]}")
+    header = ast.literal_eval(bytes(view[start : start + length]).decode("latin-1"))
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name}: no .npy header")
+    kind = _FORMATS.get(str(header.get("descr")))
+    shape = header.get("shape")
+    if (
+        kind is None
+        or header.get("fortran_order")
+        or not isinstance(shape, tuple)
+        or len(shape) != 1
+    ):
+        raise ValueError(f"{path.name}: not a one-dimensional array geodns saved")
+    data = start + length
+    end = data + struct.calcsize(kind) * shape[0]
+    if end > len(view):
+        raise ValueError(f"{path.name}: cut short")
+    return view[data:end].cast(kind)  # type: ignore[call-overload]
 
 
 UNUSED_DAYS = 30  # a cached index no server has loaded for this long is removed

@@ -11,7 +11,9 @@ by arithmetic at query time instead of stored.
 
 Arrays are numpy at build time and plain `memoryview`s at query time (indexing a memoryview
 gives Python ints, which `bisect` compares fast); IPv6 starts are two 64-bit halves. IPv4 runs
-carry an index of the first 16 bits so a lookup bisects a few entries, not a million.
+carry an index of the first 16 bits so a lookup bisects a few entries, not a million. Runs
+read from a cached place index (`mapped`) are memoryviews of the files alone: numpy is imported
+only when a numpy array of them is asked for (an answer map's build, after binding).
 """
 
 from __future__ import annotations
@@ -61,17 +63,51 @@ class Runs4:
     lookups are one array read (answer maps merge runs by answer: their blocks are wide).
     """
 
-    __slots__ = ("starts", "labels", "_starts", "_labels", "_index", "_whole", "_count")
+    __slots__ = ("_arrays", "_starts", "_labels", "_index", "_whole", "_count")
 
     def __init__(self, starts: np.ndarray, labels: np.ndarray) -> None:
-        self.starts, self.labels = starts, labels
         bases = np.arange((1 << V4_INDEX_BITS) + 1, dtype=np.int64) << 16
         index = np.searchsorted(starts, bases, "right")
-        self._starts = _view(starts, np.uint32)
-        self._labels = _view(labels, np.int32)
-        self._index = _view(index, np.uint32)
-        self._whole = _view(_whole_buckets(starts, labels, index, bases), np.int64)
+        whole = _whole_buckets(starts, labels, index, bases)
+        self._set(
+            _view(starts, np.uint32),
+            _view(labels, np.int32),
+            _view(index, np.uint32),
+            _view(whole, np.int64),
+        )
+        self._arrays = {"starts": starts, "labels": labels}
+
+    @classmethod
+    def mapped(
+        cls, starts: memoryview, labels: memoryview, index: memoryview, whole: memoryview
+    ) -> Runs4:
+        """Runs from memoryviews of their arrays and of their two tables (`tables`), as a
+        cached place index holds them: no numpy until an array is asked for."""
+        runs = object.__new__(cls)
+        runs._set(starts, labels, index, whole)
+        runs._arrays = {}
+        return runs
+
+    def _set(
+        self, starts: memoryview, labels: memoryview, index: memoryview, whole: memoryview
+    ) -> None:
+        self._starts, self._labels, self._index, self._whole = starts, labels, index, whole
         self._count = len(starts)
+
+    @property
+    def starts(self) -> np.ndarray:
+        return _array(self._arrays, "starts", self._starts, np.uint32)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return _array(self._arrays, "labels", self._labels, np.int32)
+
+    def tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """The /16 tables (index, whole), as arrays to save beside the runs."""
+        return (
+            _array(self._arrays, "index", self._index, np.uint32),
+            _array(self._arrays, "whole", self._whole, np.int64),
+        )
 
     def lookup(self, value: int) -> tuple[int, int]:
         """(label, prefix) of an IPv4 address given as an int."""
@@ -86,7 +122,7 @@ class Runs4:
 
     @property
     def nbytes(self) -> int:
-        return int(self.starts.nbytes + self.labels.nbytes) + 12 * ((1 << V4_INDEX_BITS) + 1)
+        return self._starts.nbytes + self._labels.nbytes + 12 * ((1 << V4_INDEX_BITS) + 1)
 
 
 class Runs6:
@@ -97,14 +133,35 @@ class Runs6:
     and the 32 bits after it are the IPv4 address to look up.
     """
 
-    __slots__ = ("hi", "lo", "labels", "_hi", "_lo", "_labels", "_count")
+    __slots__ = ("_arrays", "_hi", "_lo", "_labels", "_count")
 
     def __init__(self, hi: np.ndarray, lo: np.ndarray, labels: np.ndarray) -> None:
-        self.hi, self.lo, self.labels = hi, lo, labels
-        self._hi = _view(hi, np.uint64)
-        self._lo = _view(lo, np.uint64)
-        self._labels = _view(labels, np.int32)
+        self._set(_view(hi, np.uint64), _view(lo, np.uint64), _view(labels, np.int32))
+        self._arrays = {"hi": hi, "lo": lo, "labels": labels}
+
+    @classmethod
+    def mapped(cls, hi: memoryview, lo: memoryview, labels: memoryview) -> Runs6:
+        """Runs from memoryviews of their arrays (see Runs4.mapped)."""
+        runs = object.__new__(cls)
+        runs._set(hi, lo, labels)
+        runs._arrays = {}
+        return runs
+
+    def _set(self, hi: memoryview, lo: memoryview, labels: memoryview) -> None:
+        self._hi, self._lo, self._labels = hi, lo, labels
         self._count = len(labels)
+
+    @property
+    def hi(self) -> np.ndarray:
+        return _array(self._arrays, "hi", self._hi, np.uint64)
+
+    @property
+    def lo(self) -> np.ndarray:
+        return _array(self._arrays, "lo", self._lo, np.uint64)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return _array(self._arrays, "labels", self._labels, np.int32)
 
     def lookup(self, value: int) -> tuple[int, int]:
         """(label, prefix) of an IPv6 address given as an int."""
@@ -121,7 +178,7 @@ class Runs6:
 
     @property
     def nbytes(self) -> int:
-        return int(self.hi.nbytes + self.lo.nbytes + self.labels.nbytes)
+        return self._hi.nbytes + self._lo.nbytes + self._labels.nbytes
 
 
 WHOLE_BIAS = 1 << 33  # labels are stored biased in `_whole`, so any label packs non-zero
@@ -163,6 +220,14 @@ def alias_prefix(label: int) -> int:
 
 def alias_label(prefix: int) -> int:
     return ALIAS_BASE - prefix
+
+
+def _array(made: dict[str, np.ndarray], name: str, view: memoryview, dtype: type) -> np.ndarray:
+    """The numpy array `name` over `view` (no copy), made the first time it is asked for."""
+    array = made.get(name)
+    if array is None:
+        array = made[name] = np.frombuffer(view, dtype=dtype)
+    return array
 
 
 def _view(array: np.ndarray, dtype: type) -> memoryview:
