@@ -48,10 +48,19 @@ from geodns.geo.codes import CONTINENT_OF
 from geodns.geo.database import GeoDatabase
 from geodns.geo.mmdbtree import unpack_children
 from geodns.geo.places import COUNTRY_POINTS, Place, Placement
-from geodns.geo.runs import Runs4, Runs6, alias_label, alias_prefix, merge
+from geodns.geo.runs import ArrayOver, Runs4, Runs6, alias_label, alias_prefix, merge
 
 FORMAT = 2  # bump when what the cache files hold, or how places are read, changes
 UNLOCATED = -1
+
+
+COLUMNS = {  # a place index's columns, by name, and their numpy types
+    "latitude": "float64",
+    "longitude": "float64",
+    "code": "int32",
+    "city": "int32",
+    "precision": "int8",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,31 +84,11 @@ class PlaceIndex:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_places", {})
 
-    def _array(self, name: str) -> np.ndarray:
-        array = self.arrays.get(name)
-        if array is None:
-            array = self.arrays[name] = np.frombuffer(self.columns[name], dtype=COLUMNS[name])
-        return array
-
-    @property
-    def latitude(self) -> np.ndarray:
-        return self._array("latitude")
-
-    @property
-    def longitude(self) -> np.ndarray:
-        return self._array("longitude")
-
-    @property
-    def code(self) -> np.ndarray:
-        return self._array("code")
-
-    @property
-    def city(self) -> np.ndarray:
-        return self._array("city")
-
-    @property
-    def precision(self) -> np.ndarray:
-        return self._array("precision")
+    latitude = ArrayOver(COLUMNS["latitude"])
+    longitude = ArrayOver(COLUMNS["longitude"])
+    code = ArrayOver(COLUMNS["code"])
+    city = ArrayOver(COLUMNS["city"])
+    precision = ArrayOver(COLUMNS["precision"])
 
     @property
     def place_count(self) -> int:
@@ -154,15 +143,6 @@ class PlaceIndex:
     def nbytes(self) -> int:
         runs6 = self.runs6.nbytes if self.runs6 is not None else 0
         return self.runs4.nbytes + runs6 + sum(c.nbytes for c in self.columns.values())
-
-
-COLUMNS = {  # a place index's columns, by name, and their numpy types
-    "latitude": "float64",
-    "longitude": "float64",
-    "code": "int32",
-    "city": "int32",
-    "precision": "int8",
-}
 
 
 def columns_of(arrays: dict[str, np.ndarray]) -> dict[str, memoryview]:

@@ -19,7 +19,7 @@ only when a numpy array of them is asked for (an answer map's build, after bindi
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +45,38 @@ def widest_prefix(value: int, start: int, end: int, bits: int) -> int:
     return bits - k
 
 
+class ArrayOver:
+    """An attribute that is a numpy array over one of its object's memoryviews (no copy): made
+    the first time it is asked for, and kept in the object's `arrays` by its name. The view is
+    the object's attribute `view`, or (None) its `columns[name]`. Answering reads the
+    memoryviews; numpy comes in with the first array (an answer map's build, after binding)."""
+
+    def __init__(self, dtype: str, view: str | None = None) -> None:
+        self.dtype, self.view = dtype, view
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, owner_object: None, owner: type) -> ArrayOver: ...
+    @overload
+    def __get__(self, owner_object: object, owner: type | None = None) -> np.ndarray: ...
+    def __get__(self, owner_object: Any, owner: type | None = None) -> Any:
+        if owner_object is None:
+            return self
+        made: dict[str, np.ndarray] = owner_object.arrays
+        array = made.get(self.name)
+        if array is None:
+            view = (
+                owner_object.columns[self.name]
+                if self.view is None
+                else getattr(owner_object, self.view)
+            )
+            array = made[self.name] = np.frombuffer(view, dtype=self.dtype)
+        return array
+
+
 def merge(labels: np.ndarray, *starts: np.ndarray) -> tuple[np.ndarray, ...]:
     """Drop every start whose label equals the previous block's: neighbours with one label
     become one block. Returns (*starts, labels) kept; IPv6 passes its two halves."""
@@ -63,7 +95,7 @@ class Runs4:
     lookups are one array read (answer maps merge runs by answer: their blocks are wide).
     """
 
-    __slots__ = ("_arrays", "_starts", "_labels", "_index", "_whole", "_count")
+    __slots__ = ("arrays", "_starts", "_labels", "_index", "_whole", "_count")
 
     def __init__(self, starts: np.ndarray, labels: np.ndarray) -> None:
         bases = np.arange((1 << V4_INDEX_BITS) + 1, dtype=np.int64) << 16
@@ -75,7 +107,7 @@ class Runs4:
             _view(index, np.uint32),
             _view(whole, np.int64),
         )
-        self._arrays = {"starts": starts, "labels": labels}
+        self.arrays: dict[str, np.ndarray] = {"starts": starts, "labels": labels}
 
     @classmethod
     def mapped(
@@ -85,7 +117,7 @@ class Runs4:
         cached place index holds them: no numpy until an array is asked for."""
         runs = object.__new__(cls)
         runs._set(starts, labels, index, whole)
-        runs._arrays = {}
+        runs.arrays = {}
         return runs
 
     def _set(
@@ -94,20 +126,14 @@ class Runs4:
         self._starts, self._labels, self._index, self._whole = starts, labels, index, whole
         self._count = len(starts)
 
-    @property
-    def starts(self) -> np.ndarray:
-        return _array(self._arrays, "starts", self._starts, np.uint32)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return _array(self._arrays, "labels", self._labels, np.int32)
+    starts = ArrayOver("uint32", "_starts")
+    labels = ArrayOver("int32", "_labels")
+    index_table = ArrayOver("uint32", "_index")
+    whole_table = ArrayOver("int64", "_whole")
 
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         """The /16 tables (index, whole), as arrays to save beside the runs."""
-        return (
-            _array(self._arrays, "index", self._index, np.uint32),
-            _array(self._arrays, "whole", self._whole, np.int64),
-        )
+        return self.index_table, self.whole_table
 
     def lookup(self, value: int) -> tuple[int, int]:
         """(label, prefix) of an IPv4 address given as an int."""
@@ -133,35 +159,27 @@ class Runs6:
     and the 32 bits after it are the IPv4 address to look up.
     """
 
-    __slots__ = ("_arrays", "_hi", "_lo", "_labels", "_count")
+    __slots__ = ("arrays", "_hi", "_lo", "_labels", "_count")
 
     def __init__(self, hi: np.ndarray, lo: np.ndarray, labels: np.ndarray) -> None:
         self._set(_view(hi, np.uint64), _view(lo, np.uint64), _view(labels, np.int32))
-        self._arrays = {"hi": hi, "lo": lo, "labels": labels}
+        self.arrays: dict[str, np.ndarray] = {"hi": hi, "lo": lo, "labels": labels}
 
     @classmethod
     def mapped(cls, hi: memoryview, lo: memoryview, labels: memoryview) -> Runs6:
         """Runs from memoryviews of their arrays (see Runs4.mapped)."""
         runs = object.__new__(cls)
         runs._set(hi, lo, labels)
-        runs._arrays = {}
+        runs.arrays = {}
         return runs
 
     def _set(self, hi: memoryview, lo: memoryview, labels: memoryview) -> None:
         self._hi, self._lo, self._labels = hi, lo, labels
         self._count = len(labels)
 
-    @property
-    def hi(self) -> np.ndarray:
-        return _array(self._arrays, "hi", self._hi, np.uint64)
-
-    @property
-    def lo(self) -> np.ndarray:
-        return _array(self._arrays, "lo", self._lo, np.uint64)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return _array(self._arrays, "labels", self._labels, np.int32)
+    hi = ArrayOver("uint64", "_hi")
+    lo = ArrayOver("uint64", "_lo")
+    labels = ArrayOver("int32", "_labels")
 
     def lookup(self, value: int) -> tuple[int, int]:
         """(label, prefix) of an IPv6 address given as an int."""
@@ -220,14 +238,6 @@ def alias_prefix(label: int) -> int:
 
 def alias_label(prefix: int) -> int:
     return ALIAS_BASE - prefix
-
-
-def _array(made: dict[str, np.ndarray], name: str, view: memoryview, dtype: type) -> np.ndarray:
-    """The numpy array `name` over `view` (no copy), made the first time it is asked for."""
-    array = made.get(name)
-    if array is None:
-        array = made[name] = np.frombuffer(view, dtype=dtype)
-    return array
 
 
 def _view(array: np.ndarray, dtype: type) -> memoryview:
