@@ -159,12 +159,17 @@ def test_a_cached_index_loads_and_answers_without_numpy(tmp_path: Path) -> None:
     assert np.array_equal(loaded.runs6.lo, built.runs6.lo)
 
 
-@pytest.mark.parametrize("damage", ["cut", "header", "type", "empty"])
+@pytest.mark.parametrize("damage", ["cut", "header", "type", "empty", "table"])
 def test_a_damaged_cached_index_is_not_used(tmp_path: Path, damage: str) -> None:
-    """A cache file cut short, with a header that is not numpy's, of another type, or empty:
-    the index is not loaded (the server then builds it again), and nothing raises."""
+    """A cache file cut short, with a header that is not numpy's, of another type, empty, or an
+    IPv4 /16 table of another size: the index is not loaded (the server then builds it again),
+    and nothing raises."""
     database = open_database(write_city_db(tmp_path / "city.mmdb", NETWORKS))
     saved = save_index(build_index(database), tmp_path / "cache")
+    if damage == "table":  # a well-formed array, too short for a /16 table
+        np.save(saved / "v4_whole.npy", np.zeros(10, dtype=np.int64), allow_pickle=False)
+        assert load_index(tmp_path / "cache", database.digest) is None
+        return
     target = saved / "lat.npy"
     data = target.read_bytes()
     if damage == "cut":

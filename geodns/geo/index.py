@@ -61,6 +61,13 @@ COLUMNS = {  # a place index's columns, by name, and their numpy types
     "city": "int32",
     "precision": "int8",
 }
+COLUMN_FILES = {  # ... and the cache file (.npy) each is saved in
+    "latitude": "lat",
+    "longitude": "lon",
+    "code": "code",
+    "city": "city",
+    "precision": "precision",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -348,11 +355,7 @@ def save_index(index: PlaceIndex, directory: Path) -> Path:
             "v4_labels": index.runs4.labels,
             "v4_index": v4_index,
             "v4_whole": v4_whole,
-            "lat": index.latitude,
-            "lon": index.longitude,
-            "code": index.code,
-            "city": index.city,
-            "precision": index.precision,
+            **{file: getattr(index, name) for name, file in COLUMN_FILES.items()},
         }
         if index.runs6 is not None:
             arrays["v6_hi"] = index.runs6.hi
@@ -400,9 +403,7 @@ def load_index(directory: Path, digest: str) -> PlaceIndex | None:
         runs4 = Runs4.mapped(
             array("v4_starts"), array("v4_labels"), array("v4_index"), array("v4_whole")
         )
-        if len(runs4._index) != (1 << 16) + 1 or len(runs4._whole) != 1 << 16:
-            return None
-        columns = {name: array(file) for name, file in _COLUMN_FILES.items()}
+        columns = {name: array(file) for name, file in COLUMN_FILES.items()}
         with contextlib.suppress(OSError):  # used now: prune_cache keeps it
             os.utime(path)
         return PlaceIndex(
@@ -420,8 +421,6 @@ def load_index(directory: Path, digest: str) -> PlaceIndex | None:
         return None
 
 
-_COLUMN_FILES = {"latitude": "lat", "longitude": "lon", "code": "code", "city": "city"}
-_COLUMN_FILES["precision"] = "precision"
 # numpy's type strings of the arrays an index saves -> memoryview formats of this machine's order
 _BYTE_ORDER = "<" if sys.byteorder == "little" else ">"
 _FORMATS = {

@@ -114,7 +114,10 @@ class Runs4:
         cls, starts: memoryview, labels: memoryview, index: memoryview, whole: memoryview
     ) -> Runs4:
         """Runs from memoryviews of their arrays and of their two tables (`tables`), as a
-        cached place index holds them: no numpy until an array is asked for."""
+        cached place index holds them: no numpy until an array is asked for. ValueError when
+        the tables are not of their sizes."""
+        if len(index) != (1 << V4_INDEX_BITS) + 1 or len(whole) != 1 << V4_INDEX_BITS:
+            raise ValueError("IPv4 runs: tables of the wrong size")
         runs = object.__new__(cls)
         runs._set(starts, labels, index, whole)
         runs.arrays = {}
