@@ -589,6 +589,17 @@ def test_problems_of_the_whole_zone_name_the_record_line_and_column(tmp_path):
         assert f"example.test.yaml{wanted}" in result.stderr, result.stderr
 
 
+def test_a_dname_below_a_dname_is_left_out_with_a_warning(tmp_path):
+    """A DNAME under another DNAME is occluded like any name below one: left out with a
+    warning, the zone served (it once ended in a KeyError traceback)."""
+    text = APEX + (
+        "a:\n  type: DNAME\n  value: x.example.net.\nb.a:\n  type: DNAME\n  value: y.example.net.\n"
+    )
+    result = check_in_process("--config", str(write_setup(tmp_path, {"example.test": text})))
+    assert result.returncode == 0, result.stderr
+    assert "'b.a.example.test.' is below the DNAME at 'a.example.test.'" in result.stderr
+
+
 def test_a_reader_that_goes_away_gets_no_traceback(tmp_path):
     """`geodns check | head -1`, `geodns status | head`: when the reader closes the pipe, geodns
     stops quietly with 141 (128 + SIGPIPE) instead of printing a BrokenPipeError traceback."""

@@ -27,10 +27,13 @@ from test_zone_alike import (
 )
 
 from geodns.common.errors import ConfigError
-from geodns.common.yamlsrc import NO_HASH, KnownBlocks, Layout, RepeatedBlocks
+from geodns.common.yamlsrc import NO_HASH, Layout, RepeatedBlocks
 from geodns.config.server import load_config
-from geodns.config.zonefile import SoaSettings, read_zone_file
+from geodns.config.zonefile import LastLoad, SoaSettings, read_zone_file
 from geodns.dns.zone import Zone
+from geodns.geo.answers import Shape
+from geodns.geo.dynamic import DynamicRecord
+from geodns.serving.snapshot import record_shapes
 
 ZONE = "reuse.test"
 HEALTHCHECKED = {
@@ -57,6 +60,7 @@ KINDS = [
     {"type": "TXT", "value": "kept\nline breaks\n\n"},  # written as a block scalar, `|+`
     {"type": "MX", "values": [{"preference": 10, "exchange": "mx.reuse.test."}]},
     {"type": "AAAA", "value": "2001:db8::1", "ttl": 60},
+    {"type": "DNAME", "value": "elsewhere.test."},  # the names below it are left out
 ]
 
 
@@ -80,10 +84,12 @@ def written(records: dict[str, object]) -> str:
 def mutated(text: str, rng: random.Random) -> str:
     """The next version of a zone file: a block changed, added, removed, moved, repeated, a
     name in other letters, a directive, a block scalar before unchanged blocks, a character
-    anywhere, the apex moved down, a name's records split over two blocks, or nothing."""
+    anywhere, the apex moved down, a name's records split over two blocks, a name below
+    another (or below an empty name), a delegation with its glue, an apex ALIAS, or
+    nothing."""
     prologue, blocks = blocks_of(text)
     at = rng.randrange(1, max(len(blocks) - 1, 2))
-    kind = rng.randrange(12)
+    kind = rng.randrange(15)
     if kind == 0:  # a record changed
         name = blocks[at].split(":", 1)[0]
         blocks[at] = written({name: rng.choice(KINDS)})
@@ -116,13 +122,36 @@ def mutated(text: str, rng: random.Random) -> str:
         if name.isalnum():
             twin = {name.upper(): {"type": "TXT", "value": "twin"}}
             blocks.insert(rng.randrange(1, len(blocks) + 1), written(twin))
+    elif kind == 11:  # a name below another or below a name that holds nothing, or renamed so
+        above = blocks[at].split(":", 1)[0] if rng.random() < 0.5 else f"e{rng.randrange(9)}"
+        if above.isalnum():
+            below = written({f"b{rng.randrange(10**6)}.{above}": rng.choice(KINDS)})
+            if rng.random() < 0.5:
+                blocks.insert(rng.randrange(1, len(blocks) + 1), below)
+            else:  # as many names as before
+                other = rng.randrange(1, len(blocks))
+                blocks[other] = below.split(":", 1)[0] + ":" + blocks[other].split(":", 1)[-1]
+    elif kind == 12:  # a delegation and its glue
+        cut = f"sub{rng.randrange(10**6)}"
+        delegation = {"type": "NS", "values": [f"ns.{cut}.{ZONE}."]}
+        glue = {"type": "A", "value": "192.0.2.53"}
+        blocks.insert(at, written({cut: delegation, f"ns.{cut}": glue}))
+    elif kind == 13:  # an apex ALIAS (the apex holds its target's records), or none again
+        apex = next((i for i, b in enumerate(blocks) if b.startswith("? ''")), None)
+        target = blocks[at].split(":", 1)[0]
+        if apex is not None and "ALIAS" in blocks[apex]:
+            blocks[apex] = written({"": APEX_NS})
+        elif apex is not None and target.isalnum():
+            alias = {"type": "ALIAS", "value": f"{target}.{ZONE}."}
+            blocks[apex] = written({"": [APEX_NS, alias]})
     return prologue + "".join(blocks)
 
 
 def read(
-    directory: Path, text: str, known: KnownBlocks | None, serial: int = 1
-) -> tuple[object, KnownBlocks | None, Zone | None]:
-    """(everything the load says, the blocks it kept, the zone) of `text` as the zone file."""
+    directory: Path, text: str, known: LastLoad | None, serial: int = 1
+) -> tuple[object, LastLoad | None, Zone | None]:
+    """(everything the load says, what it left for the next, the zone) of `text` as the zone
+    file."""
     path, compiler = zone_file(directory, text, ZONE)
     try:
         zone, kept = read_zone_file(path, SoaSettings(serial=serial), compiler.compile, (), known)
@@ -130,7 +159,22 @@ def read(
         problems = [(p.line, p.column, p.severity, p.message) for p in refused.problems]
         return ("refused", problems), None, None
     sites = sorted((name, site.checks) for name, site in compiler.implicit_sites.items())
-    return ("loaded", described_zone(zone), sites), kept, zone
+    return ("loaded", described_zone(zone), whole_zone_facts(zone), sites), kept, zone
+
+
+def shapes_described(shapes: dict[DynamicRecord, Shape]) -> object:
+    """Which records have a shape, each shape's key, and which records share a shape object
+    (one object per key)."""
+    records = sorted(shapes, key=lambda r: (r.owner, r.rtype))
+    objects = [id(shapes[r]) for r in records]
+    shared = [objects.index(o) for o in objects]
+    assert len(set(objects)) == len({shape.key for shape in shapes.values()})  # one per key
+    return [(r.owner, r.rtype, shapes[r].key) for r in records], shared
+
+
+def whole_zone_facts(zone: Zone) -> object:
+    """What the whole-zone checks found: delegations, empty non-terminals, DNAMEs."""
+    return sorted(zone.delegations), sorted(zone.empty_non_terminals), sorted(zone.dnames)
 
 
 def same_objects(before: Zone, after: Zone) -> int:
@@ -162,6 +206,7 @@ def test_reloads_of_changed_zone_files_read_as_the_whole_file_reads(tmp_path: Pa
                 records[f"n{i}"] = rng.choice(KINDS)
         text = written(records)
         _, known, zone = read(tmp_path / "first", text, None)
+        shapes = record_shapes({ZONE: zone}) if zone is not None else {}
         good = text
         for step in range(5):
             text = mutated(text, rng)
@@ -176,7 +221,13 @@ def test_reloads_of_changed_zone_files_read_as_the_whole_file_reads(tmp_path: Pa
                 taken += same_objects(zone, reloaded)
                 loaded += 1
             if kept is not None:  # a refused version leaves the last good load's blocks
-                known, zone, good = kept, reloaded, text
+                assert reloaded is not None
+                # the shapes carried over from the zone in service are the reloaded zone's own
+                carried = record_shapes({ZONE: reloaded}, {ZONE: zone} if zone else {}, shapes)
+                assert shapes_described(carried) == shapes_described(
+                    record_shapes({ZONE: reloaded})
+                )
+                known, zone, good, shapes = kept, reloaded, text, carried
             elif rng.random() < 0.7:  # mostly, the next version is made of the good one
                 text = good
     assert loaded > 100 and taken > 500
@@ -226,7 +277,7 @@ def test_a_reload_never_changes_the_nodes_the_zone_in_service_holds(tmp_path: Pa
     for number, version in enumerate(versions):
         _, known, zone = read(tmp_path / "first", apex_written_plain(first), None, serial=1)
         assert zone is not None and known is not None
-        assert known.known[1] is not None  # the apex's block, kept
+        assert known.blocks.known[1] is not None  # the apex's block, kept
         serving = described_zone(zone)
         text = apex_written_plain(version)
         assert text.count("\n") == apex_written_plain(first).count("\n")  # no line moved
@@ -234,6 +285,23 @@ def test_a_reload_never_changes_the_nodes_the_zone_in_service_holds(tmp_path: Pa
         assert reused == read(tmp_path / "full", text, None, serial=2)[0], number
         assert described_zone(zone) == serving, number
         assert reloaded is not None and reloaded.soa.rdatas[0].times[0] == 2
+
+
+def test_shapes_carried_over_keep_the_record_an_apex_alias_held(tmp_path: Path) -> None:
+    """An apex ALIAS holds its target's very record. A reload that drops the ALIAS and leaves
+    the target's lines as they were replaces the apex's node, not the target's: the record
+    keeps its shape, as a whole computation gives it."""
+    alias = {"type": "ALIAS", "value": f"n1.{ZONE}."}
+    records: dict[str, object] = {"n0": {"type": "TXT", "value": "x"}, "n1": NEAREST}
+    records.update({"n2": NEAREST, "": [APEX_NS, alias], "n3": {"type": "TXT", "value": "y"}})
+    _, known, zone = read(tmp_path / "first", written(records), None)
+    assert zone is not None and zone.nodes[f"{ZONE}."][1].dynamic.owner == f"n1.{ZONE}."
+    shapes = record_shapes({ZONE: zone})
+    _, _, reloaded = read(tmp_path / "reused", written({**records, "": APEX_NS}), known)
+    assert reloaded is not None and reloaded.nodes[f"n1.{ZONE}."] is zone.nodes[f"n1.{ZONE}."]
+    carried = record_shapes({ZONE: reloaded}, {ZONE: zone}, shapes)
+    assert {r.owner for r in carried} == {f"n1.{ZONE}.", f"n2.{ZONE}."}
+    assert shapes_described(carried) == shapes_described(record_shapes({ZONE: reloaded}))
 
 
 def test_a_layout_made_of_the_last_one_is_the_texts_own() -> None:
@@ -270,8 +338,9 @@ def test_a_block_whose_hash_matches_another_text_is_read(tmp_path: Path) -> None
     names another block's text (a collision) finds nothing, and the block is read."""
     records: dict[str, object] = {"": APEX_NS}
     records.update({f"n{i}": {"type": "A", "value": f"192.0.2.{i}"} for i in range(1, 6)})
-    _, known, _ = read(tmp_path, written(records), None)
-    assert known is not None
+    _, last, _ = read(tmp_path, written(records), None)
+    assert last is not None
+    known = last.blocks
     moved = {"": APEX_NS, "n3": records["n3"], **{k: v for k, v in records.items() if k}}
     text = written(moved)  # n3 second: found by its hash
     line = text.count("\n", 0, text.index("n3:")) + 1

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geodns.common.errors import ConfigError, Problem
-from geodns.common.yamlsrc import KnownBlocks
 from geodns.config.server import ServerConfig
-from geodns.config.zonefile import read_zone_file, zone_name_from_file
+from geodns.config.zonefile import LastLoad, read_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
 from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
@@ -50,7 +49,7 @@ def _cached_geo(path: Path, directory: Path, current: Geo | None) -> Geo | None:
 
 @dataclass(frozen=True)
 class ZoneBlocks:
-    """The blocks of every zone file as its last load read them (yamlsrc.KnownBlocks, by
+    """What every zone file's last load left (zonefile.LastLoad: its blocks and zone, by
     path), and the sites their dynamic records were compiled against. A reload under the same
     sites takes each block whose lines are unchanged as it was, without parsing or reading it
     again: a reload of a 10,000-name zone that changed one record reads one record. Held by
@@ -59,9 +58,9 @@ class ZoneBlocks:
     and nodes the zone holds anyway (8.0 MB for a zone of 10,000 names written out)."""
 
     sites: Mapping[str, Site] = field(default_factory=dict)
-    files: dict[str, KnownBlocks] = field(default_factory=dict)
+    files: dict[str, LastLoad] = field(default_factory=dict)
 
-    def of(self, path: Path, sites: Mapping[str, Site]) -> KnownBlocks | None:
+    def of(self, path: Path, sites: Mapping[str, Site]) -> LastLoad | None:
         return self.files.get(str(path)) if sites == self.sites else None
 
 

@@ -14,9 +14,9 @@ a zone with errors is refused whole, a zone with warnings only is served with th
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -73,6 +73,7 @@ ZONE_MAPPING = "a mapping of record names to records"  # what a zone file's docu
 
 __all__ = [
     "MAX_TTL",
+    "LastLoad",
     "SoaSettings",
     "check_name",
     "load_zone_file",
@@ -119,22 +120,36 @@ def load_zone_file(
     return read_zone_file(path, soa, compile_dynamic, nameservers)[0]
 
 
+class LastLoad(NamedTuple):
+    """What a zone file's load leaves for the next one: its blocks (yamlsrc.KnownBlocks: a
+    block whose lines are unchanged is taken as it was read) and the zone it made (a node that
+    zone holds as it is needs no whole-zone check again: see _ZoneLoader.assemble). `names`
+    and `nodes` have, per block, the name and own node of what was kept of it (None: none),
+    so that a run of blocks is taken by slicing them (see _ZoneLoader._store_run)."""
+
+    blocks: KnownBlocks
+    zone: Zone
+    names: list[str | None]
+    nodes: list[dict[int, RRset] | None]
+
+
 def read_zone_file(
     path: Path,
     soa: SoaSettings,
     compile_dynamic: DynamicCompiler,
     nameservers: tuple[str, ...] = (),
-    known: KnownBlocks | None = None,
-) -> tuple[Zone, KnownBlocks | None]:
-    """load_zone_file, handed the blocks of the file's last load (`known`, read with the same
+    last: LastLoad | None = None,
+) -> tuple[Zone, LastLoad | None]:
+    """load_zone_file, handed what the file's last load left (`last`, read with the same
     compiler's sites): a block whose lines are unchanged is not parsed or read again, its
-    records are taken as they were (see _ZoneLoader.read_records). Returns the zone and its
-    blocks as the next load may take them (None when the file was read the classic way)."""
+    records are taken as they were (see _ZoneLoader.read_records). Returns the zone and what
+    the next load may take of this one (None when the file was read the classic way)."""
     origin = zone_name_from_file(path)
     error = check_name(origin)
     if error:
         raise ConfigError([Problem(str(path), 0, f"file name is not a zone name: {error}")])
-    loader = _ZoneLoader(path, origin, compile_dynamic)
+    known = last.blocks if last is not None else None
+    loader = _ZoneLoader(path, origin, compile_dynamic, last)
     entries = MappingEntries(path, ZONE_MAPPING, moved=True, known=known, remember=True)
     try:
         loader.read_records(entries)
@@ -142,13 +157,16 @@ def read_zone_file(
         data = load_yaml(path)
         if not isinstance(data, MarkedDict):
             raise ConfigError([Problem(str(path), 1, f"expected {ZONE_MAPPING}")]) from None
-        loader = _ZoneLoader(path, origin, compile_dynamic)
+        loader = _ZoneLoader(path, origin, compile_dynamic, last)
         loader.read_records(data)
     loader.compile_cnames()
     zone = loader.assemble(soa, nameservers)
     if any(p.is_error for p in loader.problems) or zone is None:
         raise ConfigError(loader.problems)
-    return zone, loader.known_blocks()
+    blocks = loader.known_blocks()
+    if blocks is None:
+        return zone, None
+    return zone, LastLoad(blocks, zone, loader.kept_names, loader.kept_nodes)
 
 
 @dataclass(slots=True)
@@ -189,10 +207,6 @@ class _BlockRecords(NamedTuple):
     node: dict[int, RRset] | None
 
 
-# the parts of Known and _BlockRecords a run of blocks is taken by, at C speed
-_KEPT, _NAME, _NODE = attrgetter("kept"), attrgetter("name"), attrgetter("node")
-
-
 @dataclass(frozen=True, slots=True)
 class _ReadRecord:
     """What a record written without a problem reads as, whatever its name: kept per content
@@ -208,8 +222,16 @@ class _ReadRecord:
 class _ZoneLoader:
     """Reads one zone file's records, then checks the whole zone and builds it."""
 
-    def __init__(self, path: Path, origin: str, compile_dynamic: DynamicCompiler) -> None:
+    def __init__(
+        self,
+        path: Path,
+        origin: str,
+        compile_dynamic: DynamicCompiler,
+        last: LastLoad | None = None,
+    ) -> None:
         self.path, self.origin = path, origin
+        self.last = last  # what the file's last load left (its blocks are read by MappingEntries)
+        self.previous = last.zone if last is not None else None  # (see assemble)
         self.compile_dynamic = compile_dynamic
         self.problems: list[Problem] = []
         # the file's reader, for problems only: every key of a zone file is a record name
@@ -228,7 +250,9 @@ class _ZoneLoader:
         # what is kept of each block, in the file's order, and its text's hash
         self.blocks: RepeatedBlocks | None = None
         self.kept: list[Known | None] = []
-        self.kept_hashes: list[int] = []
+        self.kept_hashes = array("q")
+        self.kept_names: list[str | None] = []  # (LastLoad's columns)
+        self.kept_nodes: list[dict[int, RRset] | None] = []
         self.unchanged: set[str] = set()  # names whose node is a block's own (never changed)
         self.stored: list[tuple[str, int, int, int]] = []  # this entry's: name, type, place
         self.own_reading = False  # this entry compiled a record that is read per name
@@ -326,7 +350,14 @@ class _ZoneLoader:
         one entry per block)."""
         assert self.blocks is not None
         hashed = self.blocks.hashes.get(line, NO_HASH) if known is not None else NO_HASH
-        self.kept.append(known if hashed != NO_HASH else None)
+        if known is None or hashed == NO_HASH:
+            known = None
+            self.kept_names.append(None)
+            self.kept_nodes.append(None)
+        else:
+            self.kept_names.append(known.kept.name)
+            self.kept_nodes.append(known.kept.node)
+        self.kept.append(known)
         self.kept_hashes.append(hashed)
 
     def _store_run(self, run: KnownRun) -> None:
@@ -336,20 +367,23 @@ class _ZoneLoader:
         block at a time (_store_known), which reports what reading them would. (No name is
         twice in a run of nodes of their own: two blocks of one load at one name never both
         make it.)"""
-        known = cast(tuple[Known, ...], run.known.known[run.start : run.stop])  # none None
-        kept = list(map(_KEPT, known))
-        names = list(map(_NAME, kept))
-        own = list(map(_NODE, kept))
+        start, stop = run.start, run.stop
+        known = cast(tuple[Known, ...], run.known.known[start:stop])  # none None
+        assert self.last is not None and run.known is self.last.blocks
+        names = self.last.names[start:stop]
+        own = self.last.nodes[start:stop]
         nodes = self.nodes
         if None in own or not nodes.keys().isdisjoint(names):
             for block in known:
                 self._store_known(block, block.line)
             return
-        nodes.update(zip(names, own, strict=True))
-        self.unchanged.update(names)
+        nodes.update(zip(names, own, strict=True))  # type: ignore[arg-type]  # (none None)
+        self.unchanged.update(names)  # type: ignore[arg-type]
         self.written_in_runs.append(known)  # looked at only for a problem (place_of)
         self.kept.extend(known)
-        self.kept_hashes.extend(run.known.hashes[run.start : run.stop])
+        self.kept_hashes.extend(run.known.hashes[start:stop])
+        self.kept_names.extend(names)
+        self.kept_nodes.extend(own)
 
     def _store_known(self, known: Known, line: int) -> None:
         """Store the records of a block known from the last load, now at `line`, as reading
@@ -735,12 +769,17 @@ class _ZoneLoader:
 
     def assemble(self, soa: SoaSettings, nameservers: tuple[str, ...]) -> Zone | None:
         """Check whole-zone rules (apex NS, CNAME exclusivity, ALIAS, DNAME, glue) and build
-        the Zone."""
+        the Zone. A node the last load's zone (`previous`) holds as it is passed these checks
+        then and has not changed since (see _changing), so they look at the other nodes only:
+        a reload that changed one block of a 10,000-name zone checks one name, not 10,000."""
         origin, nodes = self.origin, self.nodes
-        for name in [n for n, node in nodes.items() if not node]:
+        before = self.previous.nodes if self.previous is not None else {}
+        fresh = [name for name, node in nodes.items() if before.get(name) is not node]
+        for name in [n for n in fresh if not nodes[n]]:  # (a node held as it is never is)
             del nodes[name]
-        for name, node in nodes.items():
-            if TYPE_CNAME in node and len(node) > 1:
+        for name in fresh:
+            node = nodes.get(name)
+            if node is not None and TYPE_CNAME in node and len(node) > 1:
                 others = ", ".join(sorted(type_name(t) for t in node if t != TYPE_CNAME))
                 line, column = self.place_of(name, TYPE_CNAME)
                 self.add(
@@ -754,11 +793,38 @@ class _ZoneLoader:
             line, column = self.place_of(origin, TYPE_CNAME)
             self.add(line, "a CNAME cannot be at the zone apex", column)
         self._aliases(apex)
-        dnames = self._dnames()
+        dnames = self._dnames(fresh, before)
         if not self._apex_ns(apex, soa, nameservers):
             return None
-        delegations = frozenset(n for n, node in nodes.items() if n != origin and TYPE_NS in node)
+        delegations = self._held(fresh, before, TYPE_NS, "delegations") - {origin}
         self._glue(delegations)
+        return self._zone(soa, apex, delegations, dnames, self._empty_non_terminals(fresh))
+
+    def _held(
+        self, fresh: list[str], before: Mapping[str, dict[int, RRset]], rtype: int, kind: str
+    ) -> frozenset[str]:
+        """The names whose node holds `rtype`: of the previous zone's (its `kind`), those
+        whose node is held as it was, and any fresh node's."""
+        nodes = self.nodes
+        held = [name for name in fresh if rtype in nodes.get(name, ())]
+        if self.previous is not None:
+            for name in getattr(self.previous, kind):
+                node = nodes.get(name)
+                if node is not None and node is before.get(name):
+                    held.append(name)
+        return frozenset(held)
+
+    def _empty_non_terminals(self, fresh: list[str]) -> frozenset[str]:
+        """The names between the apex and a node that hold nothing (RFC 4592 section 2.2.2):
+        the previous zone's when the names are the same (as many, and each fresh one was
+        there: the others are there by definition)."""
+        nodes, origin, previous = self.nodes, self.origin, self.previous
+        if (
+            previous is not None
+            and len(nodes) == len(previous.nodes)
+            and all(name in previous.nodes for name in fresh if name in nodes)
+        ):
+            return previous.empty_non_terminals
         ents = set()
         for name in nodes:
             candidate = name
@@ -766,6 +832,18 @@ class _ZoneLoader:
                 candidate = candidate.split(".", 1)[1]
                 if candidate != origin and candidate not in nodes:
                     ents.add(candidate)
+        return frozenset(ents)
+
+    def _zone(
+        self,
+        soa: SoaSettings,
+        apex: dict[int, RRset],
+        delegations: frozenset[str],
+        dnames: frozenset[str],
+        ents: frozenset[str],
+    ) -> Zone:
+        """The zone, its SOA added at the apex."""
+        origin = self.origin
         first_ns = str(apex[TYPE_NS].rdatas[0].label).lower()
         serial = soa.serial if soa.serial is not None else _file_serial(self.path)
         soa_rdata = SOA(
@@ -779,9 +857,9 @@ class _ZoneLoader:
             origin=origin,
             path=str(self.path),
             soa=soa_rrset,
-            nodes=nodes,
+            nodes=self.nodes,
             delegations=delegations,
-            empty_non_terminals=frozenset(ents),
+            empty_non_terminals=ents,
             negative_ttl=min(soa.ttl, soa.minimum),
             dnames=dnames,
             warnings=tuple(p for p in self.problems if not p.is_error),
@@ -831,10 +909,10 @@ class _ZoneLoader:
                 alias.column,
             )
 
-    def _dnames(self) -> frozenset[str]:
+    def _dnames(self, fresh: list[str], before: Mapping[str, dict[int, RRset]]) -> frozenset[str]:
         """The DNAME owners; names below one can never be answered (RFC 6672 section 2.4:
         the DNAME rewrites every query below it), so they are left out with a warning."""
-        dnames = frozenset(n for n, node in self.nodes.items() if TYPE_DNAME in node)
+        dnames = self._held(fresh, before, TYPE_DNAME, "dnames")
         for name in list(self.nodes) if dnames else ():
             above = next((d for d in dnames if name.endswith("." + d)), None)
             if above is not None:
@@ -846,6 +924,7 @@ class _ZoneLoader:
                     column,
                 )
                 del self.nodes[name]
+        dnames = frozenset(name for name in dnames if name in self.nodes)  # (none occluded)
         for name in dnames:
             if name != self.origin and TYPE_NS in self.nodes[name]:
                 line, column = self.place_of(name, TYPE_NS)
@@ -895,9 +974,10 @@ class _ZoneLoader:
         return True
 
     def _glue(self, delegations: frozenset[str]) -> None:
-        for cut in delegations:
+        """Each in-zone nameserver of a delegation needs an address here (in the file's
+        order: a set's order depends on how it was built)."""
+        for (line, column), cut in sorted((self.place_of(c, TYPE_NS), c) for c in delegations):
             ns = self.nodes[cut][TYPE_NS]
-            line, column = self.place_of(cut, TYPE_NS)
             for rdata in ns.rdatas:
                 target = str(rdata.label).lower()
                 in_zone = target == self.origin or target.endswith("." + self.origin)

@@ -672,8 +672,7 @@ class App:
             previous,
             now,
             current.signed,
-            previous_blocks=current.blocks,
-            previous_shapes=current.shapes,
+            in_use=current,
         )
         return config, geo, snapshot
 

@@ -22,7 +22,7 @@ from geodns.common.caching import BoundedCache, collector_paused
 from geodns.config.loader import ZoneBlocks, load_zones
 from geodns.config.server import ServerConfig
 from geodns.dns.resolve import Prepared, Resolver, split_wire
-from geodns.dns.zone import Zone
+from geodns.dns.zone import RRset, Zone
 from geodns.geo.answers import AnswerMap, Shape, build_map, shape_of
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.dynamic import Decision, DynamicRecord
@@ -152,41 +152,65 @@ def retire(old: Snapshot, current: Snapshot) -> None:
 
 
 def dynamic_records(zones: Mapping[str, Zone]) -> list[DynamicRecord]:
+    return _records(node for zone in zones.values() for node in zone.nodes.values())
+
+
+def _records(nodes: Iterable[dict[int, RRset]], owned: bool = False) -> list[DynamicRecord]:
+    """The dynamic records of `nodes`; with `owned`, only those compiled for their node's name
+    (an apex ALIAS holds its target's record: that one is its target's)."""
     return [
         rrset.dynamic
-        for zone in zones.values()
-        for node in zone.nodes.values()
+        for node in nodes
         for rrset in node.values()
-        if rrset.dynamic is not None
+        if rrset.dynamic is not None and (not owned or rrset.dynamic.owner == rrset.name)
     ]
 
 
 def record_shapes(
-    zones: Mapping[str, Zone], previous: Mapping[DynamicRecord, Shape] | None = None
+    zones: Mapping[str, Zone],
+    previous_zones: Mapping[str, Zone] | None = None,
+    previous: Mapping[DynamicRecord, Shape] | None = None,
 ) -> dict[DynamicRecord, Shape]:
     """The shape of every record that an answer map can decide; records of one shape share
-    one Shape object (and so one map). A record of the previous snapshot (a reload takes the
-    records of unchanged blocks as they were) keeps its shape object there: those are carried
-    over first and at C speed (a reload of a 10,000-name zone that changed one record looks at
-    one record), so a new record whose shape one of them has shares its object."""
-    shapes: dict[Hashable, Shape] = {}
-    records = dynamic_records(zones)
-    by_record: dict[DynamicRecord, Shape] = {}
-    new = records
-    if previous:
-        olds = list(map(previous.get, records))
-        # a previous shape -> this snapshot's of the same key (hashing a key walks its
-        # candidates): one look-up per distinct shape
-        carried = {
-            old: shapes.setdefault(old.key, old) for old in dict.fromkeys(olds) if old is not None
-        }
-        by_record = dict(zip(records, map(carried.get, olds), strict=True))  # type: ignore[arg-type]
-        new = [record for record, old in zip(records, olds, strict=True) if old is None]
+    one Shape object (and so one map). On a reload, handed the zones and shapes of the
+    snapshot in use: a node that snapshot's zone holds as it is (a reload takes the nodes of
+    unchanged blocks as they were: see zonefile._ZoneLoader) holds the same records, so the
+    shapes are carried over whole, but those of the nodes gone or replaced; only the records
+    of the new nodes are looked at (a reload of a 10,000-name zone that changed one record
+    looks at one). A record of the previous snapshot keeps its shape object, and a new record
+    of a shape already held shares that object."""
+    if previous_zones is None or previous is None:
+        by_record: dict[DynamicRecord, Shape] = {}
+        new = dynamic_records(zones)
+    else:
+        by_record = dict(previous)
+        gone: list[dict[int, RRset]] = []
+        fresh: list[dict[int, RRset]] = []
+        for origin, zone in zones.items():
+            nodes = zone.nodes
+            old = previous_zones[origin].nodes if origin in previous_zones else {}
+            names = [name for name, node in nodes.items() if old.get(name) is not node]
+            replaced = [name for name in names if name in old]
+            gone.extend(old[name] for name in replaced)
+            if len(nodes) - len(names) + len(replaced) != len(old):  # names gone, too
+                gone.extend(old[name] for name in old.keys() - nodes.keys())
+            fresh.extend(nodes[name] for name in names)
+        for origin, zone in previous_zones.items():
+            if origin not in zones:
+                gone.extend(zone.nodes.values())
+        for record in _records(gone, owned=True):
+            by_record.pop(record, None)  # (a record of a node replaced may be the new one's)
+        new = _records(fresh)
     # records compiled from alike YAML share their values and candidates (the compiler makes
     # them once), so one look-up by those objects' identities skips shape_of for all but the
     # first of them: a zone of 10,000 alike records computes one shape, not 10,000
     by_parts: dict[Hashable, Shape | None] = {}
+    shapes: dict[Hashable, Shape] | None = None  # the previous shapes by key, once one is made
     for record in new:
+        carried = previous.get(record) if previous else None
+        if carried is not None:
+            by_record[record] = carried
+            continue
         parts = (
             record.rtype,
             id(record.values),
@@ -204,12 +228,12 @@ def record_shapes(
         else:
             shape = shape_of(record)
             if shape is not None:
+                if shapes is None:  # (hashing a key walks its candidates: once per shape)
+                    shapes = {held.key: held for held in set(previous.values())} if previous else {}
                 shape = shapes.setdefault(shape.key, shape)
             by_parts[parts] = shape
         if shape is not None:
             by_record[record] = shape
-        else:
-            by_record.pop(record, None)  # (held None from `carried`)
     return by_record
 
 
@@ -267,22 +291,25 @@ def build_snapshot(
     now: float | None = None,
     previous_signed: Mapping[str, SignedZone] | None = None,
     with_maps: bool = True,
-    previous_blocks: ZoneBlocks | None = None,
-    previous_shapes: Mapping[DynamicRecord, Shape] | None = None,
+    in_use: Snapshot | None = None,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
     probed by an octoDNS `healthcheck`, so the health monitor checks those too. Zones the
     config signs are signed at `now` (the wall clock by default), carrying over the previous
     snapshot's signatures that still hold (geodns.serving.signing). Without `with_maps` the
-    answer maps are left to the caller (a start builds them while it already answers). The
-    zone files' blocks unchanged since `previous_blocks` (the snapshot in use's) are taken as
-    they were read then (see ZoneBlocks), and their records keep their `previous_shapes`."""
+    answer maps are left to the caller (a start builds them while it already answers). On a
+    reload, the zone files' blocks unchanged since the snapshot `in_use` read them are taken as
+    they were read then (see ZoneBlocks), and their records keep their shapes."""
     with collector_paused():  # loading makes millions of objects that all live on
         compiler = DynamicCompilerForSites(config.sites)
         blocks = ZoneBlocks(config.sites)
-        zones = load_zones(config, compiler, previous_blocks, blocks)
-        shapes = record_shapes(zones, previous_shapes)
+        if in_use is None:
+            zones = load_zones(config, compiler, None, blocks)
+            shapes = record_shapes(zones)
+        else:
+            zones = load_zones(config, compiler, in_use.blocks, blocks)
+            shapes = record_shapes(zones, in_use.zones, in_use.shapes)
         signed: Mapping[str, SignedZone] = {}
         if config.dnssec:  # DNSSEC's modules (dnspython, cryptography) only where it is on
             from geodns.serving.signing import sign_zones
