@@ -315,3 +315,22 @@ def test_a_zone_of_names_written_alike_is_parsed_once(tmp_path: Path) -> None:
     read = entries_outcome(path, entries)
     assert entries.copied == 199
     assert read == load_outcome(path)
+
+
+def test_a_plain_key_is_taken_from_the_text_only_when_yaml_reads_it_as_that_string() -> None:
+    """_plain_key's own look at the safe loader's implicit resolvers gives what the resolver
+    itself gives, for words YAML reads otherwise and for random ones (a bounded, seeded set)."""
+    import string
+
+    resolver = yaml.resolver.Resolver()
+    rng = random.Random(4592)
+    alphabet = string.ascii_letters + string.digits + "_.-:~=<+"
+    words = ["yes", "No", "null", "~", "1.5", "0x1F", "1_000", ".inf", "-.nan", "2001-01-01"]
+    words += ["on", "Off", "true", "n17", "n17.edge", "=", "<<", "0o17", "1e3", "190:20:30"]
+    words += ["".join(rng.choices(alphabet, k=rng.randrange(1, 8))) for _ in range(20_000)]
+    for word in words:
+        text = f"{word}:"
+        match = yamlsrc._PLAIN_KEY.fullmatch(text)
+        reads = match and resolver.resolve(yaml.ScalarNode, match.group(1), (True, False))
+        expected = match.group(1) if match and reads == "tag:yaml.org,2002:str" else None
+        assert yamlsrc._plain_key(text, 0, len(text)) == expected, word

@@ -578,7 +578,14 @@ _LINE_BREAKS_BESIDES_NEWLINE = ("\r", "\x85", "\u2028", "\u2029")
 # a key line whose key is a plain word: letters, digits, `_`, `.`, `-`, not starting with the
 # last two (what such a scalar means is its text, or what the resolver makes of it)
 _PLAIN_KEY = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]*):[ ]*")
-_RESOLVER = yaml.resolver.Resolver()  # the safe loader's: what a plain scalar's text reads as
+# the safe loader's implicit resolvers by a plain scalar's first character: a plain scalar none
+# of whose patterns match reads as a string (yaml.resolver.Resolver.resolve, without a node)
+_IMPLICIT = {
+    first: tuple(pattern for _, pattern in resolvers)
+    + tuple(pattern for _, pattern in yaml.resolver.Resolver.yaml_implicit_resolvers.get(None, []))
+    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
+    if first is not None
+}
 
 
 def _plain_key(text: str, start: int, stop: int) -> str | None:
@@ -588,7 +595,10 @@ def _plain_key(text: str, start: int, stop: int) -> str | None:
     if match is None:
         return None
     key = match.group(1)
-    return key if _RESOLVER.resolve(yaml.ScalarNode, key, (True, False)) == _STR_TAG else None
+    for pattern in _IMPLICIT.get(key[0], ()):
+        if pattern.match(key):
+            return None
+    return key
 
 
 class _Blanking:

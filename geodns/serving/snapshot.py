@@ -151,6 +151,9 @@ def retire(old: Snapshot, current: Snapshot) -> None:
             cache.empty_gradually()
 
 
+_UNSEEN: Any = object()  # no shape worked out yet for these parts
+
+
 def dynamic_records(zones: Mapping[str, Zone]) -> list[DynamicRecord]:
     return _records(node for zone in zones.values() for node in zone.nodes.values())
 
@@ -211,21 +214,20 @@ def record_shapes(
         if carried is not None:
             by_record[record] = carried
             continue
-        parts = (
+        parts = (  # (identities: hashing the rules themselves walked every one of them)
             record.rtype,
             id(record.values),
             id(record.candidates),
             tuple(map(id, record.pools.values())),
-            record.rules,
+            id(record.rules),
             record.nearest,
             record.answers,
-            record.default_order,
+            id(record.default_order),
             record.all_down,
             record.sticky_margin_km,
         )
-        if parts in by_parts:
-            shape = by_parts[parts]
-        else:
+        shape = by_parts.get(parts, _UNSEEN)
+        if shape is _UNSEEN:
             shape = shape_of(record)
             if shape is not None:
                 if shapes is None:  # (hashing a key walks its candidates: once per shape)
