@@ -185,16 +185,22 @@ def collector_paused() -> Iterator[None]:
     an index build makes lives on, so the collector's repeated scans of them are pure cost
     (a third of a 10,000-record zone's load). Reference counting still frees garbage.
 
-    What was made meanwhile is then handed to the oldest generation (`gc.freeze` and
-    `gc.unfreeze`, two list splices): left in the youngest, the first allocation after the
-    collector is on again scanned all of it at once (29 ms after a 10,000-name zone's load,
-    every reload). Garbage among it waits for the next full collection."""
+    What a build that succeeded made is then moved out of the youngest generation: left there,
+    the first allocation after the collector is on again scanned all of it at once (16-26 ms
+    after a 10,000-name zone's first load). A process that keeps its heap frozen (the server:
+    daemon.app.settle_heap) has it frozen as well; any other has it handed to the oldest
+    generation (gc.freeze then gc.unfreeze, two list splices). Never both in the server: the
+    unfreeze would hand its whole frozen heap back, and the next full collection, due at any
+    time, would scan all of it while holding the interpreter (50 ms and more, seen in the
+    bench as a reload's longest answer)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-    finally:
+        kept_frozen = gc.get_freeze_count() > 0
         gc.freeze()
-        gc.unfreeze()
+        if not kept_frozen:
+            gc.unfreeze()
+    finally:
         if was_enabled:
             gc.enable()
