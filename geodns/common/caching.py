@@ -179,6 +179,18 @@ class BoundedCache(dict[K, V], Generic[K, V]):
         self.clear()
 
 
+_heap_frozen = False  # freeze_heap was called: this process keeps what lives on frozen
+
+
+def freeze_heap() -> None:
+    """Move every object the cyclic collector tracks out of its sight for good (gc.freeze: an
+    object is still freed by reference counting when dropped), and from now on what a build
+    under collector_paused makes too."""
+    global _heap_frozen
+    gc.freeze()
+    _heap_frozen = True
+
+
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection while building something big: every object a zone load or
@@ -188,18 +200,17 @@ def collector_paused() -> Iterator[None]:
     What a build that succeeded made is then moved out of the youngest generation: left there,
     the first allocation after the collector is on again scanned all of it at once (16-26 ms
     after a 10,000-name zone's first load). A process that keeps its heap frozen (the server:
-    daemon.app.settle_heap) has it frozen as well; any other has it handed to the oldest
-    generation (gc.freeze then gc.unfreeze, two list splices). Never both in the server: the
-    unfreeze would hand its whole frozen heap back, and the next full collection, due at any
-    time, would scan all of it while holding the interpreter (50 ms and more, seen in the
-    bench as a reload's longest answer)."""
+    freeze_heap) has it frozen as well; any other has it handed to the oldest generation
+    (gc.freeze then gc.unfreeze, two list splices). Never both in the server: the unfreeze
+    would hand its whole frozen heap back, and the next full collection, due at any time, would
+    scan all of it while holding the interpreter. (Which process this is, is told by
+    freeze_heap: gc.get_freeze_count() walks the whole frozen heap, 10-20 ms a reload.)"""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
-        kept_frozen = gc.get_freeze_count() > 0
         gc.freeze()
-        if not kept_frozen:
+        if not _heap_frozen:
             gc.unfreeze()
     finally:
         if was_enabled:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geodns import __version__
+from geodns.common.caching import freeze_heap
 from geodns.common.errors import ConfigError, GeodnsError, Problem
 from geodns.common.logs import get_logger
 from geodns.common.memory import release_free_memory
@@ -960,12 +961,12 @@ def settle_heap() -> None:
     """Keep the cyclic garbage collector's full collections off the query path.
 
     What start-up (or a reload) loaded, the zones, the prepared answers, the maps, is moved out
-    of the collector's sight (`gc.freeze`; an old snapshot is still freed by reference
-    counting when it is dropped). Young collections keep CPython's default pace, which keeps
+    of the collector's sight (`freeze_heap`: gc.freeze; an old snapshot is still freed by
+    reference counting when it is dropped). Young collections keep CPython's default pace, which keeps
     each one short; full collections, which would rescan every cached reply, wait for
     GC_FULL_EVERY young-generation rounds instead of 10.
     """
-    gc.freeze()
+    freeze_heap()
     gc.set_threshold(700, 10, GC_FULL_EVERY)
 
 

@@ -92,11 +92,11 @@ class Snapshot:
         self._fresh_caches()
 
     def _join_maps(self) -> None:
-        joined = {}
-        for record, shape in self.shapes.items():
-            answer_map = self.maps.get(shape)
-            if answer_map is not None:
-                joined[record] = answer_map
+        """Each record's answer map, by way of its shape (at C speed: 10,000 records a reload)."""
+        shapes = self.shapes
+        joined = dict(zip(shapes, map(self.maps.get, shapes.values()), strict=True))
+        if None in joined.values():  # shapes without a map (yet): their records have none
+            joined = {record: found for record, found in joined.items() if found is not None}
         object.__setattr__(self, "record_maps", joined)
 
     def _fresh_caches(self) -> None:
