@@ -15,6 +15,7 @@ a zone with errors is refused whole, a zone with warnings only is served with th
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -125,12 +126,14 @@ class LastLoad(NamedTuple):
     block whose lines are unchanged is taken as it was read) and the zone it made (a node that
     zone holds as it is needs no whole-zone check again: see _ZoneLoader.assemble). `names`
     and `nodes` have, per block, the name and own node of what was kept of it (None: none),
-    so that a run of blocks is taken by slicing them (see _ZoneLoader._store_run)."""
+    so that a run of blocks is taken by slicing them (see _ZoneLoader._store_run); `lacking`
+    has, in order, the blocks whose node is None."""
 
     blocks: KnownBlocks
     zone: Zone
     names: list[str | None]
     nodes: list[dict[int, RRset] | None]
+    lacking: array[int]
 
 
 def read_zone_file(
@@ -166,7 +169,7 @@ def read_zone_file(
     blocks = loader.known_blocks()
     if blocks is None:
         return zone, None
-    return zone, LastLoad(blocks, zone, loader.kept_names, loader.kept_nodes)
+    return zone, LastLoad(blocks, zone, loader.kept_names, loader.kept_nodes, loader.kept_lacking)
 
 
 @dataclass(slots=True)
@@ -253,6 +256,7 @@ class _ZoneLoader:
         self.kept_hashes = array("q")
         self.kept_names: list[str | None] = []  # (LastLoad's columns)
         self.kept_nodes: list[dict[int, RRset] | None] = []
+        self.kept_lacking = array("q")
         self.unchanged: set[str] = set()  # names whose node is a block's own (never changed)
         self.stored: list[tuple[str, int, int, int]] = []  # this entry's: name, type, place
         self.own_reading = False  # this entry compiled a record that is read per name
@@ -350,13 +354,13 @@ class _ZoneLoader:
         one entry per block)."""
         assert self.blocks is not None
         hashed = self.blocks.hashes.get(line, NO_HASH) if known is not None else NO_HASH
-        if known is None or hashed == NO_HASH:
+        if hashed == NO_HASH:
             known = None
-            self.kept_names.append(None)
-            self.kept_nodes.append(None)
-        else:
-            self.kept_names.append(known.kept.name)
-            self.kept_nodes.append(known.kept.node)
+        name, node = (known.kept.name, known.kept.node) if known is not None else (None, None)
+        if node is None:
+            self.kept_lacking.append(len(self.kept_nodes))
+        self.kept_names.append(name)
+        self.kept_nodes.append(node)
         self.kept.append(known)
         self.kept_hashes.append(hashed)
 
@@ -371,13 +375,16 @@ class _ZoneLoader:
         known = cast(tuple[Known, ...], run.known.known[start:stop])  # none None
         assert self.last is not None and run.known is self.last.blocks
         names = self.last.names[start:stop]
-        own = self.last.nodes[start:stop]
+        lacking = self.last.lacking  # (blocks without a node of their own, in order)
+        at = bisect_left(lacking, start)
+        one_lacks = at < len(lacking) and lacking[at] < stop
         nodes = self.nodes
-        if None in own or not nodes.keys().isdisjoint(names):
+        if one_lacks or not nodes.keys().isdisjoint(names):
             for block in known:
                 self._store_known(block, block.line)
             return
-        nodes.update(zip(names, own, strict=True))  # type: ignore[arg-type]  # (none None)
+        own = self.last.nodes[start:stop]  # (none None)
+        nodes.update(zip(names, own, strict=True))  # type: ignore[arg-type]
         self.unchanged.update(names)  # type: ignore[arg-type]
         self.written_in_runs.append(known)  # looked at only for a problem (place_of)
         self.kept.extend(known)

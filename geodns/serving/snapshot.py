@@ -92,8 +92,12 @@ class Snapshot:
         self._fresh_caches()
 
     def _join_maps(self) -> None:
-        """Each record's answer map, by way of its shape (at C speed: 10,000 records a reload)."""
+        """Each record's answer map, by way of its shape (at C speed: 10,000 records a reload;
+        none while the maps are not built, as at start)."""
         shapes = self.shapes
+        if not self.maps:
+            object.__setattr__(self, "record_maps", {})
+            return
         joined = dict(zip(shapes, map(self.maps.get, shapes.values()), strict=True))
         if None in joined.values():  # shapes without a map (yet): their records have none
             joined = {record: found for record, found in joined.items() if found is not None}
