@@ -62,6 +62,7 @@ from geodns.dns.zone import (
     TYPE_SOA,
     RRset,
     Zone,
+    changed_names,
     check_name,
 )
 
@@ -234,7 +235,6 @@ class _ZoneLoader:
     ) -> None:
         self.path, self.origin = path, origin
         self.last = last  # what the file's last load left (its blocks are read by MappingEntries)
-        self.previous = last.zone if last is not None else None  # (see assemble)
         self.compile_dynamic = compile_dynamic
         self.problems: list[Problem] = []
         # the file's reader, for problems only: every key of a zone file is a record name
@@ -780,8 +780,9 @@ class _ZoneLoader:
         then and has not changed since (see _changing), so they look at the other nodes only:
         a reload that changed one block of a 10,000-name zone checks one name, not 10,000."""
         origin, nodes = self.origin, self.nodes
-        before = self.previous.nodes if self.previous is not None else {}
-        fresh = [name for name, node in nodes.items() if before.get(name) is not node]
+        previous = self.previous
+        before = previous.nodes if previous is not None else {}
+        fresh = changed_names(nodes, before)
         for name in [n for n in fresh if not nodes[n]]:  # (a node held as it is never is)
             del nodes[name]
         for name in fresh:
@@ -803,22 +804,31 @@ class _ZoneLoader:
         dnames = self._dnames(fresh, before)
         if not self._apex_ns(apex, soa, nameservers):
             return None
-        delegations = self._held(fresh, before, TYPE_NS, "delegations") - {origin}
+        held = previous.delegations if previous is not None else frozenset()
+        delegations = self._held(fresh, before, TYPE_NS, held) - {origin}
         self._glue(delegations)
         return self._zone(soa, apex, delegations, dnames, self._empty_non_terminals(fresh))
 
+    @property
+    def previous(self) -> Zone | None:
+        """The zone the file's last load made (see assemble)."""
+        return self.last.zone if self.last is not None else None
+
     def _held(
-        self, fresh: list[str], before: Mapping[str, dict[int, RRset]], rtype: int, kind: str
+        self,
+        fresh: list[str],
+        before: Mapping[str, dict[int, RRset]],
+        rtype: int,
+        held_before: frozenset[str],
     ) -> frozenset[str]:
-        """The names whose node holds `rtype`: of the previous zone's (its `kind`), those
-        whose node is held as it was, and any fresh node's."""
+        """The names whose node holds `rtype`: those of the previous zone's (`held_before`)
+        whose node is still the very dict it was, and any fresh node's."""
         nodes = self.nodes
         held = [name for name in fresh if rtype in nodes.get(name, ())]
-        if self.previous is not None:
-            for name in getattr(self.previous, kind):
-                node = nodes.get(name)
-                if node is not None and node is before.get(name):
-                    held.append(name)
+        for name in held_before:
+            node = nodes.get(name)
+            if node is not None and node is before.get(name):
+                held.append(name)
         return frozenset(held)
 
     def _empty_non_terminals(self, fresh: list[str]) -> frozenset[str]:
@@ -919,7 +929,8 @@ class _ZoneLoader:
     def _dnames(self, fresh: list[str], before: Mapping[str, dict[int, RRset]]) -> frozenset[str]:
         """The DNAME owners; names below one can never be answered (RFC 6672 section 2.4:
         the DNAME rewrites every query below it), so they are left out with a warning."""
-        dnames = self._held(fresh, before, TYPE_DNAME, "dnames")
+        previous = self.previous
+        dnames = self._held(fresh, before, TYPE_DNAME, previous.dnames if previous else frozenset())
         for name in list(self.nodes) if dnames else ():
             above = next((d for d in dnames if name.endswith("." + d)), None)
             if above is not None:

@@ -8,6 +8,7 @@ locks.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,16 @@ class RRset:
     rdatas: tuple[Any, ...]
     line: int = 0
     dynamic: Any = None
+
+
+def changed_names(
+    nodes: Mapping[str, dict[int, RRset]], before: Mapping[str, dict[int, RRset]]
+) -> list[str]:
+    """The names of `nodes` whose node is not the very dict `before` holds at that name. A
+    reload puts the unchanged blocks' nodes into the new zone as they are, never changed (see
+    config.zonefile), so any other node is new or changed: what the whole-zone checks and the
+    records' shapes look at again."""
+    return [name for name, node in nodes.items() if before.get(name) is not node]
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -22,7 +22,7 @@ from geodns.common.caching import BoundedCache, collector_paused
 from geodns.config.loader import ZoneBlocks, load_zones
 from geodns.config.server import ServerConfig
 from geodns.dns.resolve import Prepared, Resolver, split_wire
-from geodns.dns.zone import RRset, Zone
+from geodns.dns.zone import RRset, Zone, changed_names
 from geodns.geo.answers import AnswerMap, Shape, build_map, shape_of
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.dynamic import Decision, DynamicRecord
@@ -196,7 +196,7 @@ def record_shapes(
         for origin, zone in zones.items():
             nodes = zone.nodes
             old = previous_zones[origin].nodes if origin in previous_zones else {}
-            names = [name for name, node in nodes.items() if old.get(name) is not node]
+            names = changed_names(nodes, old)
             replaced = [name for name in names if name in old]
             gone.extend(old[name] for name in replaced)
             if len(nodes) - len(names) + len(replaced) != len(old):  # names gone, too
