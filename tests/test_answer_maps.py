@@ -10,6 +10,7 @@ answer holds for gets that same answer from the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -163,3 +164,35 @@ def test_a_label_outside_the_places_is_an_error_not_a_clipped_answer() -> None:
     for label in (2, -131):
         with pytest.raises(IndexError):
             _answer_runs(np.array([0, label, 1], dtype=np.int32), answers, 9, starts)
+
+
+def _resident_kb(directory: Path) -> int:
+    """The kB of this process's resident memory mapped from files under `directory`."""
+    resident, inside = 0, False
+    with open("/proc/self/smaps", encoding="utf-8") as smaps:
+        for line in smaps:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                inside = len(head) >= 6 and head[5].startswith(str(directory))
+            elif inside and head[0] == "Rss:":
+                resident += int(head[1])
+    return resident
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc")
+def test_building_maps_leaves_no_page_of_the_index_resident(tmp_path: Path) -> None:
+    """A map build reads every page of the mapped place index; queries then read the maps,
+    so the build hands the pages back (they stay in the page cache): afterwards none of the
+    index's files counts in the process's resident memory, and the index still places every
+    address as it did."""
+    config = dataclasses.replace(load_config(EXAMPLE), cache_dir=tmp_path / "cache")
+    load_geo(config, build=True)  # built and saved
+    geo = load_geo(config)  # mapped from the cache, as a restart maps it
+    assert geo.index is not None and geo.index.mappings
+    addresses = _addresses(17, 3_000)
+    before = [geo.locate(family, value) for family, value in addresses]
+    snapshot = build_snapshot(config, geo, with_maps=False)
+    answer_maps(geo, set(snapshot.shapes.values()), VIEWS[0])
+    assert _resident_kb(tmp_path / "cache") == 0
+    assert [geo.locate(family, value) for family, value in addresses] == before
+    assert _resident_kb(tmp_path / "cache") > 0  # read again: mapped back

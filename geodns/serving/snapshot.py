@@ -253,9 +253,10 @@ def answer_maps(
     map is kept when none of its shape's targets changed state. Up to seconds of numpy for
     many shapes on a City index: callers run it in a thread."""
     kept, stale = still_valid_maps(geo, shapes, down, previous)
-    if geo is not None and geo.index is not None and geo.rankings is not None:
+    if geo is not None and geo.index is not None and geo.rankings is not None and stale:
         for shape in stale:
             kept[shape] = build_map(shape, geo.index, geo.rankings, down)
+        geo.index.release_pages()  # read once per build; queries read the maps
     return kept
 
 
