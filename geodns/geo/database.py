@@ -35,7 +35,8 @@ from geodns.geo.places import (
     schema_of,
 )
 
-SAMPLES = 512  # addresses looked up to learn the schema
+SAMPLES = 128  # addresses per family looked up to learn the schema, and records read from the
+# tree's start: 128 of each decide it in 7 ms (512 took 26-30 ms of a first start)
 ContinentOf = Callable[[str], str | None]
 
 
