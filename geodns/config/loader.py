@@ -34,13 +34,26 @@ def zone_files(zones_dir: Path) -> list[Path]:
     return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
 
 
-def _cached_geo(path: Path, directory: Path, current: Geo | None) -> Geo | None:
-    """The geography of the database at `path` from its cached place index, or None (no index
-    cached for these bytes, or an unreadable file: open_database then says why)."""
+def _identity(path: Path) -> tuple[tuple[int, int, int], str] | None:
+    """The database file's identity (geo.database.file_identity), None when it is unreadable
+    (open_database then says why)."""
     try:
-        signature, digest = file_identity(path)
+        return file_identity(path)
     except OSError:
         return None
+
+
+def _cached_geo(
+    path: Path,
+    directory: Path,
+    current: Geo | None,
+    identity: tuple[tuple[int, int, int], str] | None,
+) -> Geo | None:
+    """The geography of the database at `path` from its cached place index, or None (no index
+    cached for these bytes, or an unreadable file)."""
+    if identity is None:
+        return None
+    signature, digest = identity
     if current is not None and current.index is not None and current.digest == digest:
         return current.read_again(path, signature)
     index = load_index(directory, digest)
@@ -138,13 +151,16 @@ def database_warnings(zones: dict[str, Zone], geo: Geo) -> list[Problem]:
     return found
 
 
-def open_database(config: ServerConfig) -> GeoDatabase:
+def open_database(
+    config: ServerConfig, identity: tuple[tuple[int, int, int], str] | None = None
+) -> GeoDatabase:
     """Open the configured (or bundled) database, schema checked; ConfigError names the file
-    (and the config line that names it) when it cannot be used."""
+    (and the config line that names it) when it cannot be used. `identity`: the file's, just
+    taken (see GeoDatabase)."""
     path = config.geoip_path
     where = str(config.path) if config.path and config.geoip_database else str(path)
     line = config.geoip_line if config.geoip_database else 0
-    return GeoDatabase(path, where, line, continent_of)
+    return GeoDatabase(path, where, line, continent_of, identity)
 
 
 def cache_directory(config: ServerConfig) -> Path:
@@ -183,10 +199,11 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
     bytes of `current` (the geography in use: the same file copied again, touched), it keeps
     `current`'s index, so its answer maps stay valid and nothing is mapped twice."""
     directory = cache_directory(config)
-    cached = _cached_geo(config.geoip_path, directory, current)
+    identity = _identity(config.geoip_path)
+    cached = _cached_geo(config.geoip_path, directory, current, identity)
     if cached is not None:
         return cached
-    database = open_database(config)
+    database = open_database(config, identity)  # its bytes are not hashed a second time
     index = load_index(directory, database.digest)
     if build is None:
         small = len(database.data) <= SYNC_BUILD_BYTES

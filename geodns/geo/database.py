@@ -44,7 +44,14 @@ class GeoDatabase:
     """One MaxMind DB file, read into a private mapping. Raises ConfigError when it cannot be
     used (unreadable, not a MaxMind DB, no location fields)."""
 
-    def __init__(self, path: Path, where: str, line: int, continent_of: ContinentOf) -> None:
+    def __init__(
+        self,
+        path: Path,
+        where: str,
+        line: int,
+        continent_of: ContinentOf,
+        identity: tuple[tuple[int, int, int], str] | None = None,
+    ) -> None:
         self.path = path
         self.where, self.line = where, line
         try:
@@ -58,7 +65,14 @@ class GeoDatabase:
         except OSError as exc:
             raise self._error(f"cannot read GeoIP database {path}: {exc.strerror}") from None
         self.signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-        self.digest = hashlib.sha256(data).hexdigest()
+        # the digest of the file as `identity` (file_identity) read it moments ago, when its
+        # (mtime, size, inode) has not changed since: 25 ms of hashing less for a City
+        # database. (The digest names the index to look for; the background build hashes
+        # what it reads itself, and an index of other bytes is never taken.)
+        if identity is not None and identity[0] == self.signature:
+            self.digest = identity[1]
+        else:
+            self.digest = hashlib.sha256(data).hexdigest()
         self.data = data
         # maxminddb where a database is opened (20 ms of imports): a server restarted onto a
         # database whose place index is cached answers without it (geodns.config.loader)
