@@ -145,9 +145,17 @@ class Runs4:
         if whole:
             return (whole >> 8) - WHOLE_BIAS, whole & 0xFF
         starts, index = self._starts, self._index
-        i = bisect_right(starts, value, max(index[top] - 1, 0), index[top + 1]) - 1
-        end = starts[i + 1] if i + 1 < self._count else 1 << 32
-        return self._labels[i], widest_prefix(value, starts[i], end, 32)
+        first = index[top]
+        i = bisect_right(starts, value, first - 1 if first else 0, index[top + 1]) - 1
+        # widest_prefix(value, start, end, 32) written out: most of a cold query's lookup was
+        # the calls (this one, min's and max's), not the arithmetic
+        start = starts[i]
+        prefix = 33 - (value ^ (start - 1)).bit_length() if start else 0
+        if i + 1 < self._count:
+            bound = 33 - (value ^ starts[i + 1]).bit_length()
+            if bound > prefix:
+                prefix = bound
+        return self._labels[i], prefix
 
     @property
     def nbytes(self) -> int:
