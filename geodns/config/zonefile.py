@@ -301,20 +301,25 @@ class _ZoneLoader:
         name = self._owner_name(key, line, column)
         if name is None:
             return
+        key = str(key)
         moved = 0  # lines between the record and the one written alike whose marks it has
+        content = None  # the record's content_key, when it is one read alike before
         if type(value) is Moved:
             value, moved = value.value, value.lines
-            if not (isinstance(value, MarkedDict) and content_key(value) in self.read_alike):
-                value, moved = relocated(value, moved), 0  # read again: its own marks
-        if isinstance(value, MarkedList):
-            places = [(value.line_of(i), value.column_of(i)) for i in range(len(value))]
-            records = list(value)
-        else:
-            places, records = [(line, column)], [value]
+            if isinstance(value, MarkedDict):
+                content = content_key(value)
+            if content is None or content not in self.read_alike:
+                value, moved, content = relocated(value, moved), 0, None  # its own marks
+        if not isinstance(value, MarkedList):  # one record (most names): no lists made
+            self.written[key.lower()] = (line, column, (_written_type(value, moved),))
+            self._record(value, line, column, name, key, moved, content)
+            return
+        places = [(value.line_of(i), value.column_of(i)) for i in range(len(value))]
+        records = list(value)
         written = tuple(_written_type(record, moved) for record in records)
-        self.written[str(key).lower()] = (line, column, written)
+        self.written[key.lower()] = (line, column, written)
         for record, (record_line, record_column) in zip(records, places, strict=True):
-            self._record(record, record_line, record_column, name, str(key), moved)
+            self._record(record, record_line, record_column, name, key, moved)
 
     def _remember(self, key: Any, line: int, column: int) -> Known | None:
         """Keep what the entry just read stored, for the next load to take while its block's
@@ -473,15 +478,24 @@ class _ZoneLoader:
         return name
 
     def _record(
-        self, record: Any, line: int, column: int, name: str, key: str, moved: int = 0
+        self,
+        record: Any,
+        line: int,
+        column: int,
+        name: str,
+        key: str,
+        moved: int = 0,
+        content: Hashable | None = None,
     ) -> None:
         """Read one record into the zone; a lenient record's errors become warnings and the
         record is skipped (octoDNS loads it with a warning; nothing wrong can be served).
-        `moved`: the record is one read alike before, written that many lines further down."""
+        `moved`: the record is one read alike before, written that many lines further down;
+        `content`: its content_key, when the caller has it."""
         if not isinstance(record, MarkedDict):
             self.add(line, "expected a record mapping with 'type' and 'value' or 'values'", column)
             return
-        content = content_key(record)
+        if content is None:
+            content = content_key(record)
         alike = self.read_alike.get(content)
         if alike is not None:
             # compiled alike before too: made whole, not made and then compiled (_compile)
@@ -489,8 +503,11 @@ class _ZoneLoader:
             dynamic = spec.with_owner(name) if spec is not None else None
             line_of = record.line + moved
             rrset = RRset(name, alike.rtype, alike.ttl, alike.rdatas, line_of, dynamic)
-            read_alike = _Read(record, rrset, alike.lenient, content, moved)
-            self._store(read_alike, alike.dynamic and spec is None, line, column, key)
+            if alike.dynamic and spec is None:  # to be compiled: what that needs
+                read_alike = _Read(record, rrset, alike.lenient, content, moved)
+                self._store(read_alike, True, line, column, key)
+            else:
+                self._put_stored(rrset, line, column, key)
             return
         problems: list[Problem] = []
         reader = Reader(str(self.path), record, "record", RECORD_KEYS, problems, prefix="")
@@ -516,21 +533,28 @@ class _ZoneLoader:
 
     def _store(self, read: _Read, dynamic: bool, line: int, column: int, key: str) -> None:
         """Put a record's RRset at its name; compile it if it is `dynamic`."""
+        if not self._put_stored(read.rrset, line, column, key) or not dynamic:
+            return
         rrset = read.rrset
-        if not self._put(rrset, line, column, key):
-            return
-        self.stored.append((rrset.name, rrset.rtype, line, column))
-        if not dynamic:
-            return
         if rrset.rtype == TYPE_CNAME:
             self.cnames.append(read)  # compiled once every record is read
         else:
             self._compile(read, {})  # an A/AAAA record needs none of the zone's addresses
 
+    def _put_stored(self, rrset: RRset, line: int, column: int, key: str) -> bool:
+        """_put, and note the RRset among those this entry stored (see _remember)."""
+        if not self._put(rrset, line, column, key):
+            return False
+        self.stored.append((rrset.name, rrset.rtype, line, column))
+        return True
+
     def _put(self, rrset: RRset, line: int, column: int, key: str) -> bool:
         """Put an RRset at its name, unless the name has one of its type already (a problem
         reported at `line`)."""
-        node = self.nodes.setdefault(rrset.name, {})
+        node = self.nodes.get(rrset.name)
+        if node is None:  # a new name (a node of its own, until another record joins it)
+            self.nodes[rrset.name] = {rrset.rtype: rrset}
+            return True
         if rrset.rtype in node:
             self.add(line, f"second {type_name(rrset.rtype)} record at '{key}'", column)
             return False
