@@ -19,7 +19,7 @@ from geodns.config.zonefile import LastLoad, read_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
 from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
-from geodns.geo.database import GeoDatabase, file_identity
+from geodns.geo.database import FileIdentity, GeoDatabase, file_identity
 from geodns.geo.dbfacts import database_facts, unmatchable
 from geodns.geo.index import build_index, load_index, save_index
 from geodns.geo.locator import Geo
@@ -34,7 +34,7 @@ def zone_files(zones_dir: Path) -> list[Path]:
     return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
 
 
-def _identity(path: Path) -> tuple[tuple[int, int, int], str] | None:
+def _identity(path: Path) -> FileIdentity | None:
     """The database file's identity (geo.database.file_identity), None when it is unreadable
     (open_database then says why)."""
     try:
@@ -47,7 +47,7 @@ def _cached_geo(
     path: Path,
     directory: Path,
     current: Geo | None,
-    identity: tuple[tuple[int, int, int], str] | None,
+    identity: FileIdentity | None,
 ) -> Geo | None:
     """The geography of the database at `path` from its cached place index, or None (no index
     cached for these bytes, or an unreadable file)."""
@@ -151,9 +151,7 @@ def database_warnings(zones: dict[str, Zone], geo: Geo) -> list[Problem]:
     return found
 
 
-def open_database(
-    config: ServerConfig, identity: tuple[tuple[int, int, int], str] | None = None
-) -> GeoDatabase:
+def open_database(config: ServerConfig, identity: FileIdentity | None = None) -> GeoDatabase:
     """Open the configured (or bundled) database, schema checked; ConfigError names the file
     (and the config line that names it) when it cannot be used. `identity`: the file's, just
     taken (see GeoDatabase)."""

@@ -38,6 +38,7 @@ from geodns.geo.places import (
 SAMPLES = 128  # addresses per family looked up to learn the schema, and records read from the
 # tree's start: 128 of each decide it in 7 ms (512 took 26-30 ms of a first start)
 ContinentOf = Callable[[str], str | None]
+FileIdentity = tuple[tuple[int, int, int], str]  # (mtime, size, inode) and SHA-256: file_identity
 
 
 class GeoDatabase:
@@ -50,7 +51,7 @@ class GeoDatabase:
         where: str,
         line: int,
         continent_of: ContinentOf,
-        identity: tuple[tuple[int, int, int], str] | None = None,
+        identity: FileIdentity | None = None,
     ) -> None:
         self.path = path
         self.where, self.line = where, line
@@ -164,7 +165,7 @@ def has_metadata(path: Path) -> bool:
         return METADATA_MARKER in handle.read(METADATA_WINDOW)
 
 
-def file_identity(path: Path) -> tuple[tuple[int, int, int], str]:
+def file_identity(path: Path) -> FileIdentity:
     """A database file's (mtime, size, inode) and the SHA-256 of its bytes, read through a
     small buffer (hashlib.file_digest): what finds its cached place index without holding a
     copy of the file. The signature is taken first, so a file rewritten meanwhile looks changed
