@@ -31,7 +31,8 @@ ALIAS_BASE = -2  # IPv6 labels at or below this: an alias of IPv4 space (see Run
 
 
 def widest_prefix(value: int, start: int, end: int, bits: int) -> int:
-    """The shortest prefix length whose block around `value` lies within [start, end).
+    """The shortest prefix length whose block around `value` lies within [start, end): the
+    arithmetic both lookups write out inline (a call per query cost more than the sum).
 
     The block of 2**k addresses holding `value` starts at or after `start` exactly when
     `value` and `start - 1` differ above bit k, and ends at or before `end` exactly when
@@ -201,9 +202,14 @@ class Runs6:
         i = bisect_right(lo_view, lo, lower, upper) - 1
         if i < lower:  # no block with this hi starts at or below lo: the last one before it
             i = lower - 1
+        # widest_prefix(value, start, end, 128) written out, as in Runs4.lookup
         start = hi_view[i] << 64 | lo_view[i]
-        end = (hi_view[i + 1] << 64 | lo_view[i + 1]) if i + 1 < self._count else 1 << 128
-        return self._labels[i], widest_prefix(value, start, end, 128)
+        prefix = 129 - (value ^ (start - 1)).bit_length() if start else 0
+        if i + 1 < self._count:
+            bound = 129 - (value ^ (hi_view[i + 1] << 64 | lo_view[i + 1])).bit_length()
+            if bound > prefix:
+                prefix = bound
+        return self._labels[i], prefix
 
     @property
     def nbytes(self) -> int:
