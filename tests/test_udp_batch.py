@@ -140,6 +140,47 @@ def test_one_readable_event_answers_a_burst_in_batches_and_drops_an_oversized_da
             client.close()
 
 
+def test_replies_after_a_datagram_left_unanswered_still_reach_their_own_senders(
+    tmp_path: Path,
+) -> None:
+    """A datagram that gets no reply (here: QR=1, dropped) moves every later reply of its batch
+    one send slot forward, to a peer other than its slot's own; the next batch, with nothing
+    dropped, must go out through slots pointed back at their own peers. Both bursts are read
+    by one call each, in batches of 4 with a dropped datagram in the middle of the first."""
+    (tmp_path / f"{ZONE}.yaml").write_text(yaml.safe_dump(BATCH_ZONE), encoding="utf-8")
+    state = ServerState(build_snapshot(ServerConfig(zones_dir=tmp_path), None))
+    listener = udpbatch.BatchedUdp(
+        udpbatch.open_socket(LOOPBACK_V4, 0, socket.AF_INET, False), state, 4, ClientFactory()
+    )
+    port = listener.sock.getsockname()[1]
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    try:
+        for client in clients:
+            client.bind((LOOPBACK_V4, 0))
+        for burst, dropped in ((0, True), (1, False)):
+            asked: dict[int, dict[int, str]] = {number: {} for number in range(4)}
+            for k in range(8):  # client k % 4 asks; in the first burst datagram 1 is junk
+                number = k % 4
+                query = dns.message.make_query(f"n{k}.{ZONE}", "A")
+                query.id = burst * 1000 + k
+                wire = query.to_wire()
+                if dropped and k == 1:
+                    wire = wire[:2] + bytes((wire[2] | 0x80,)) + wire[3:]  # QR=1: dropped
+                else:
+                    asked[number][query.id] = query.question[0].name.to_text()
+                clients[number].sendto(wire, (LOOPBACK_V4, port))
+            time.sleep(0.2)  # every datagram is queued at the socket before it is read
+            listener._readable()
+            got = receive(clients, asked)
+            for number in range(4):
+                assert sorted(got[number]) == sorted(asked[number]), (burst, number)
+        assert state.dropped == 1
+    finally:
+        listener.close()
+        for client in clients:
+            client.close()
+
+
 BURST = 2_000  # queries sent while the server cannot read: ten times what the default holds
 
 

@@ -84,7 +84,7 @@ CACHES: dict[str, CacheSpec] = {
         ),
         CacheSpec(
             "clients",
-            "a UDP peer's address bytes",
+            "a UDP peer's address (bytes; IPv4's as one native 32-bit word)",
             "the peer as text, family, integer and network",
             65_536,
             24 * MB,

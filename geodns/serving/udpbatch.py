@@ -35,11 +35,11 @@ log = get_logger("geodns.serving.udpbatch")
 RECV_SLOT = 4096  # bytes per datagram read: a larger one is no query we answer (dropped)
 SEND_SLOT = 4096  # bytes per reply: edns.max_udp_size is at most 4096
 NAME_SLOT = 32  # bytes per peer address: a sockaddr_in6 is 28
+SOCKADDR_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}  # a peer's address, by family
 ROUNDS = 8  # batches per readable event before the loop runs its other work
 EAGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 # plain ints: the socket module's flags are enum members, whose `&` runs Python code
 MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
-MSG_TRUNC = int(socket.MSG_TRUNC)
 # Linux's option to set a receive buffer past net.core.rmem_max (socket has no name for it)
 SO_RCVBUFFORCE: int | None = 33 if sys.platform.startswith("linux") else None
 
@@ -110,7 +110,7 @@ class BatchedUdp:
         self.family = sock.family
         self.address_at = (4, 8) if sock.family == socket.AF_INET else (8, 24)
         self.factory = clients
-        self.clients: BoundedCache[bytes, Client] = BoundedCache("clients")
+        self.clients: BoundedCache[int | bytes, Client] = BoundedCache("clients")
         self._allocate(batch)
 
     def _allocate(self, batch: int) -> None:
@@ -151,12 +151,35 @@ class BatchedUdp:
         self.words_per_header = self.header_size // word
         self.pointers_per_header = self.header_size // pointer
         self.length_word = _MMsgHdr.msg_len.offset // word
-        self.flags_word = _MsgHdr.msg_flags.offset // word
         self.namelen_word = _MsgHdr.msg_namelen.offset // word
         self.name_pointer = _MsgHdr.msg_name.offset // pointer
         self.iov_len_pointer = _IoVec.iov_len.offset // pointer
         self.pointers_per_iovec = ctypes.sizeof(_IoVec) // pointer
         self.send_view = memoryview(self.send_buffer).cast("B")
+        # per datagram slot: (its number, its header's first word, its buffer's offset, where
+        # its peer's key is): worked out once, not per datagram
+        address_from, address_to = self.address_at
+        self.key_size = address_to - address_from
+        # an IPv4 peer's key is its address read as one native word (no bytes made per
+        # datagram); an IPv6 peer's the 16 bytes of its address
+        self.peers = memoryview(self.names).cast("B").cast("I") if self.key_size == 4 else None
+        key_unit = 4 if self.peers is not None else 1
+        self.slots = [
+            (
+                i,
+                i * self.words_per_header,
+                i * RECV_SLOT,
+                (i * NAME_SLOT + address_from) // key_unit,
+            )
+            for i in range(batch)
+        ]
+        # the send headers: each at its own datagram's peer, whose address is of the socket's
+        # family, so of one length
+        name_length = SOCKADDR_LENGTH[self.family]
+        self.shifted = 0  # send headers pointed elsewhere by the last batch (see _answer)
+        self._point_home(batch)
+        for i in range(batch):
+            self.send_words[i * self.words_per_header + self.namelen_word] = name_length
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -168,10 +191,12 @@ class BatchedUdp:
             self.loop = None
         self.sock.close()
 
-    def _client(self, key: bytes) -> Client:
-        """A peer, made once and kept for its next datagram (bounded like every cache)."""
-        client = self.factory.from_text(socket.inet_ntop(self.family, key))
-        self.clients.put(key, client, 2 * len(key) + 64)
+    def _client(self, key: int | bytes) -> Client:
+        """A peer, made once and kept for its next datagram (bounded like every cache); `key`
+        is its address's bytes, or for IPv4 those as a native word (see `_allocate`)."""
+        packed = key.to_bytes(4, sys.byteorder) if isinstance(key, int) else key
+        client = self.factory.from_text(socket.inet_ntop(self.family, packed))
+        self.clients.put(key, client, 2 * len(packed) + 64)
         return client
 
     def _readable(self) -> None:
@@ -186,39 +211,32 @@ class BatchedUdp:
                 return
 
     def _answer(self, count: int) -> None:
-        """Answer the `count` datagrams just read, then send the replies in one call."""
+        """Answer the `count` datagrams just read, then send the replies in one call.
+
+        Reply k goes out through send header k, which points at peer k's address (set once,
+        in `_allocate`) as long as every datagram before it got a reply; only when one did not
+        (dropped, rate limited) is a header pointed at another slot's peer, and put back after
+        the send. The per-datagram work is what is left: a slice of the query, the peer's key,
+        `answer()`, the reply's copy and length."""
         started = perf_counter()
         state = self.state
         tap = state.tap
-        words, recv_buffer, names = self.recv_words, self.recv_buffer, self.names
-        send_view, send_lengths, send_pointers = (
-            self.send_view,
-            self.send_lengths,
-            self.send_pointers,
-        )
-        per_header, length_word, flags_word = (
-            self.words_per_header,
-            self.length_word,
-            self.flags_word,
-        )
-        per_pointer_header, name_pointer = self.pointers_per_header, self.name_pointer
+        words, recv_buffer, names, peers = self.recv_words, self.recv_buffer, self.names, self.peers
+        send_view, send_lengths = self.send_view, self.send_lengths
+        length_word, key_size = self.length_word, self.key_size
         per_iovec, iov_len = self.pointers_per_iovec, self.iov_len_pointer
-        namelen_word = self.namelen_word
-        send_words = self.send_words
-        name_addresses = self.name_addresses
-        address_from, address_to = self.address_at
         clients = self.clients
         now = time.time()
         replies = 0
-        for i in range(count):
-            base = i * per_header
-            if words[base + flags_word] & MSG_TRUNC:
-                state.dropped += 1  # larger than a slot: no DNS query is this large
+        for i, header, start, peer in self.slots[:count]:
+            size = words[header + length_word]
+            if size >= RECV_SLOT:  # cut at the slot (MSG_TRUNC): no DNS query is this large
+                state.dropped += 1
                 continue
-            start = i * RECV_SLOT
-            data: bytes = recv_buffer[start : start + words[base + length_word]]  # type: ignore[assignment]
-            name = i * NAME_SLOT
-            key: bytes = names[name + address_from : name + address_to]  # type: ignore[assignment]
+            data: bytes = recv_buffer[start : start + size]  # type: ignore[assignment]
+            key: int | bytes = (
+                peers[peer] if peers is not None else names[peer : peer + key_size]  # type: ignore[assignment]
+            )
             client = clients.get(key)
             if client is None:
                 client = self._client(key)
@@ -229,7 +247,7 @@ class BatchedUdp:
                 state.error_log.exception("udp_error", client=client.text, size=len(data))
                 continue
             if tap is not None:
-                tap.batched(self, name, data, response)
+                tap.batched(self, i * NAME_SLOT, data, response)
             if response is None:
                 continue
             size = len(response)
@@ -239,12 +257,29 @@ class BatchedUdp:
             start = replies * SEND_SLOT
             send_view[start : start + size] = response
             send_lengths[replies * per_iovec + iov_len] = size
-            send_pointers[replies * per_pointer_header + name_pointer] = name_addresses[i]
-            send_words[replies * per_header + namelen_word] = words[base + namelen_word]
+            if replies != i:  # an earlier datagram got no reply: this one goes out earlier
+                self._point(replies, i)
             replies += 1
         if replies:
             self._send(replies)
             state.udp_latency.observe(perf_counter() - started, replies)
+        if self.shifted:
+            self._point_home(self.shifted)
+
+    def _point(self, reply: int, peer: int) -> None:
+        """Send reply slot `reply` to the peer of datagram `peer` (a later one)."""
+        self.send_pointers[reply * self.pointers_per_header + self.name_pointer] = (
+            self.name_addresses[peer]
+        )
+        self.shifted = max(self.shifted, reply + 1)
+
+    def _point_home(self, slots: int) -> None:
+        """Point the first `slots` send headers back at their own datagram's peer."""
+        for i in range(slots):
+            self.send_pointers[i * self.pointers_per_header + self.name_pointer] = (
+                self.name_addresses[i]
+            )
+        self.shifted = 0
 
     def _send(self, replies: int) -> None:
         sent = 0
