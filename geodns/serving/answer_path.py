@@ -166,8 +166,8 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
             return reply
         hit = snapshot.templates.answer(data)
         if hit is not None:  # the same question before, from another client subnet
-            reply, template, answer_id, scope, address = hit
-            outcome = template.outcomes[answer_id]
+            reply, template, found, scope, address = hit
+            outcome = found.outcome
             if state.limiter is not None and not client.exempt:
                 verdict = _limit(state, client, outcome, now)
                 if verdict != SEND:
@@ -184,7 +184,7 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
                     len(key) + len(reply),
                 )
             tally = state.tally
-            slot = template.slots[answer_id]
+            slot = found.slot
             if tally is not None and slot >= 0:
                 tally[slot] += 1
                 # a template hit is a new network: the network sample sees them as the full

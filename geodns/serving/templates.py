@@ -48,13 +48,19 @@ class Template(NamedTuple):
     ecs_family: int
     source: int
     features: int  # what its queries carry (EDNS, DO, ECS): the same bytes, so the same bits
-    heads: dict[int, bytes]  # answer id -> the reply after the ID, up to the scope byte
-    outcomes: dict[int, Outcome]  # answer id -> what it is counted as (scope: per query)
-    slots: dict[int, int]  # answer id -> its counter slot (geodns.observe.metrics), or -1
+    answers: dict[int, TemplateAnswer]  # by answer id
 
 
-TemplateHit = tuple[bytes, Template, int, int, bytes]
-"""(the reply, the template, its answer id, the scope, the query's ECS address)"""
+class TemplateAnswer(NamedTuple):
+    """One answer of a template: what a query that gets it is sent and counted as."""
+
+    head: bytes  # the reply after the ID, up to the scope byte
+    outcome: Outcome  # what it is counted as (scope: per query)
+    slot: int  # its counter slot (geodns.observe.metrics), or -1
+
+
+TemplateHit = tuple[bytes, Template, TemplateAnswer, int, bytes]
+"""(the reply, the template, its answer, the scope, the query's ECS address)"""
 
 
 class Templates:
@@ -79,10 +85,11 @@ class Templates:
             answer, scope = STATIC, 0
         else:
             answer, scope = lookup(int.from_bytes(address) << template.shift)
-        head = template.heads.get(answer)
-        if head is None:
+        found = template.answers.get(answer)
+        if found is None:
             return None
-        return data[:2] + head + SCOPE_BYTES[scope] + address, template, answer, scope, address
+        reply = b"".join((data[:2], found.head, SCOPE_BYTES[scope], address))
+        return reply, template, found, scope, address
 
     def learn(
         self,
@@ -124,17 +131,13 @@ class Templates:
                 source,
                 query.features,
                 {},
-                {},
-                {},
             )
             self.templates.put(key, template, 2 * len(key))
             if length not in self.lengths:
                 self.lengths = (*self.lengths, length)
         elif template.answer_map is not answer_map:
             return
-        if answer not in template.heads:
-            head = reply[2 : -(length + 1)]
-            template.heads[answer] = head
-            template.outcomes[answer] = outcome
-            template.slots[answer] = slot
-            self.templates.put(key, template, 2 * len(key) + sum(map(len, template.heads.values())))
+        if answer not in template.answers:
+            template.answers[answer] = TemplateAnswer(reply[2 : -(length + 1)], outcome, slot)
+            heads = sum(len(known.head) for known in template.answers.values())
+            self.templates.put(key, template, 2 * len(key) + heads)
