@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import NamedTuple
+from dataclasses import dataclass
 
 RRL_PREFIX_V4 = 24
 RRL_PREFIX_V6 = 56
 
 
-class Client(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Client:
+    """One peer. Slots rather than a NamedTuple: every query reads `exempt` (rate limiting),
+    and a NamedTuple's field is read through the type's generic attribute lookup."""
+
     text: str
     family: int  # 4 or 6
     value: int
