@@ -22,7 +22,9 @@ from mmdb_factory import city_record, write_city_db
 from server_process import GeodnsServer
 
 from geodns.dns.wire import parse_query
-from geodns.serving.answer_path import ServerState, _remember
+from geodns.observe.counters import QueryCounters
+from geodns.serving.answer_path import ServerState, _remember, answer
+from geodns.serving.client import ClientFactory
 from geodns.serving.engine import Outcome
 from geodns.serving.snapshot import SIGHTING_BITS, SIGHTING_SLOTS, Asked, Snapshot, retire
 
@@ -159,6 +161,39 @@ def test_a_reply_is_kept_from_the_second_sighting_of_its_bytes() -> None:
     assert key not in snapshot.replies
     _remember(ServerState(snapshot), snapshot, key, reply, asked, outcome)
     assert snapshot.replies[key].body == b"reply"
+
+
+def fresh(server: InProcessServer) -> Snapshot:
+    """The in-process server's snapshot with empty caches (the same zones, view and maps)."""
+    snapshot = server.state.snapshot
+    return snapshot.with_view(snapshot.down, snapshot.geo, snapshot.maps)
+
+
+def test_a_counted_reply_keeps_no_question_and_a_logged_one_keeps_it_for_every_repeat(
+    in_process: InProcessServer,
+) -> None:
+    """Counting by slot (no query log), a cached reply holds its bytes, outcome and slot, not
+    what was asked (a third of the entry); with an observer that reads every query (the query
+    log), it keeps what was asked, and every repeat from the cache is observed with it."""
+    data = wire("near", "36.64.7.0/24")
+    client = ClientFactory().from_text("127.0.0.1")
+    counting = ServerState(fresh(in_process))
+    counting.count_with(QueryCounters())
+    seen: list[tuple[bytes, int, object]] = []
+    logging = ServerState(fresh(in_process))
+    logging.observer = lambda asked, outcome, *rest: seen.append(
+        (asked.qname, asked.qtype, asked.ecs)
+    )
+    for state in (counting, logging):
+        for _ in range(4):  # kept from the second, answered from the cache twice
+            assert answer(state, data, client, False, 0.0) is not None
+    (kept,) = counting.snapshot.replies.values()
+    assert kept.asked is None and kept.slot >= 0
+    assert sum(counting.tally) == 4
+    (logged,) = logging.snapshot.replies.values()
+    assert logged.asked is not None and logged.slot == -1
+    assert len(seen) == 4 and len(set(seen)) == 1
+    assert seen[0][2] == (1, 24, bytes((36, 64, 7)))
 
 
 def test_one_off_queries_keep_no_replies_and_a_repeat_is_still_seen() -> None:

@@ -159,7 +159,7 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
             tally = state.tally
             if tally is not None and cached.slot >= 0:
                 tally[cached.slot] += 1
-            elif state.observer is not None:
+            elif state.observer is not None and cached.asked is not None:
                 state.observer(
                     cached.asked, outcome, client.text, "udp", len(reply), PATH_REPLY_CACHE
                 )
