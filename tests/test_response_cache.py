@@ -189,7 +189,7 @@ def test_a_counted_reply_keeps_no_question_and_a_logged_one_keeps_it_for_every_r
             assert answer(state, data, client, False, 0.0) is not None
     (kept,) = counting.snapshot.replies.values()
     assert kept.asked is None and kept.slot >= 0
-    assert sum(counting.tally) == 4
+    assert counting.tally is not None and sum(counting.tally) == 4
     (logged,) = logging.snapshot.replies.values()
     assert logged.asked is not None and logged.slot == -1
     assert len(seen) == 4 and len(set(seen)) == 1
