@@ -23,6 +23,7 @@ import dns.name
 import dns.query
 import dns.rdatatype
 import pytest
+import yaml
 from dnslib import AAAA, CNAME, QTYPE, RR, A, DNSLabel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -287,6 +288,46 @@ def test_a_new_health_view_starts_without_templates(snapshot: Snapshot) -> None:
     assert state.snapshot.templates.answer(probe) is not None
     fresh = snapshot.with_view(frozenset({"jkt"}), snapshot.geo, {})
     assert fresh.templates.answer(probe) is None
+
+
+def test_every_name_of_a_zone_bigger_than_four_thousand_names_keeps_its_template(
+    server: GeodnsServer, tmp_path: Path
+) -> None:
+    """A template is per question, so per name: a zone of 5,000 nearest-PoP names asked from
+    one subnet each, then from another subnet of the same place, must answer every second
+    question from its template. With the bound of 4,096 templates this cache once had, the
+    first 904 names' templates were pushed out before their second question, and a zone's
+    cold queries cost its full path (parse, engine) once it passed 4,096 names."""
+    names = 5_000
+    zone = {
+        "": {"type": "NS", "value": "ns1.tpl.test."},
+        "ns1": {"type": "A", "value": "192.0.2.53"},
+        **{
+            f"n{i}": {
+                "type": "A",
+                "ttl": 30,
+                "values": ["192.0.2.1", "192.0.2.4"],
+                "octodns": {"geodns": {"nearest": True}},
+            }
+            for i in range(names)
+        },
+    }
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    (zones / f"{ZONE}.yaml").write_text(yaml.safe_dump(zone), encoding="utf-8")
+    settings = yaml.safe_load(Path(server.config_path).read_text(encoding="utf-8"))
+    settings["zones_dir"] = str(zones)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    state = ServerState(snapshot_for(load_config(config_path)))
+    for i in range(names):
+        assert answer(state, wire(f"n{i}", "36.64.1.0/24", i), client(RESOLVER), False, 0.0)
+    missing = [
+        i
+        for i in range(names)
+        if state.snapshot.templates.answer(wire(f"n{i}", "36.64.2.0/24", i)) is None
+    ]
+    assert missing == []
 
 
 def ask(server: GeodnsServer, name: str, subnet: str) -> tuple[list[str], str, int]:

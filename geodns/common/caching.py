@@ -68,7 +68,7 @@ CACHES: dict[str, CacheSpec] = {
             "templates",
             "the UDP query's bytes between its ID and its ECS address",
             "per answer id, the reply's bytes up to the ECS scope",
-            4_096,
+            32_768,  # one per question (name, type, EDNS layout): a big zone has tens of thousands
             32 * MB,
             "a snapshot",
             "parsing and answering a question asked from a new client subnet",

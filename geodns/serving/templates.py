@@ -64,6 +64,9 @@ class TemplateAnswer:
     slot: int  # its counter slot (geodns.observe.metrics), or -1
 
 
+TEMPLATE_BYTES = 350  # a Template and its answers' dict, beyond the key (traced)
+ANSWER_BYTES = 110  # a TemplateAnswer and its head's bytes object, beyond the head's data
+
 TemplateHit = tuple[bytes, Template, TemplateAnswer, int, bytes]
 """(the reply, the template, its answer, the scope, the query's ECS address)"""
 
@@ -137,12 +140,18 @@ class Templates:
                 query.features,
                 {},
             )
-            self.templates.put(key, template, 2 * len(key))
+            self.templates.put(key, template, _size(key, template))
             if length not in self.lengths:
                 self.lengths = (*self.lengths, length)
         elif template.answer_map is not answer_map:
             return
         if answer not in template.answers:
             template.answers[answer] = TemplateAnswer(reply[2 : -(length + 1)], outcome, slot)
-            heads = sum(len(known.head) for known in template.answers.values())
-            self.templates.put(key, template, 2 * len(key) + heads)
+            self.templates.put(key, template, _size(key, template))
+
+
+def _size(key: bytes, template: Template) -> int:
+    """About the bytes a template keeps (its key, the Template, its answers: as traced), for
+    its cache's byte bound."""
+    heads = sum(len(known.head) + ANSWER_BYTES for known in template.answers.values())
+    return 2 * len(key) + TEMPLATE_BYTES + heads
