@@ -32,7 +32,7 @@ from geodns.serving.client import Client, ClientFactory
 
 log = get_logger("geodns.serving.udpbatch")
 
-RECV_SLOT = 4096  # bytes per datagram read: a larger one is no query we answer (dropped)
+RECV_SLOT = 4096  # bytes per datagram read: one that fills it (cut, or that large) is dropped
 SEND_SLOT = 4096  # bytes per reply: edns.max_udp_size is at most 4096
 NAME_SLOT = 32  # bytes per peer address: a sockaddr_in6 is 28
 SOCKADDR_LENGTH = {socket.AF_INET: 16, socket.AF_INET6: 28}  # a peer's address, by family
