@@ -35,19 +35,21 @@ class ResponseRateLimiter:
         self.rate = settings.rate
         self.debt = -settings.window * settings.rate
         self.slip = settings.slip
-        self.accounts: BoundedCache[bytes, list[float]] = BoundedCache("rrl")
+        self.accounts: BoundedCache[tuple[bytes, bytes], list[float]] = BoundedCache("rrl")
         self.slipped = 0
         self.dropped = 0
 
     def check(self, network: bytes, kind: bytes, now: float) -> int:
         """SEND, SLIP or DROP for one response of `kind` to `network` at time `now`."""
-        key = network + kind
+        key = (network, kind)  # both keep their hash: no new bytes to hash per response
         account = self.accounts.get(key)
         rate = self.rate
         if account is None:
-            self.accounts.put(key, [rate - 1.0, now, 0.0], len(key) + 80)
+            self.accounts.put(key, [rate - 1.0, now, 0.0], len(network) + len(kind) + 120)
             return SEND
-        balance = min(rate, account[0] + (now - account[1]) * rate)
+        balance = account[0] + (now - account[1]) * rate
+        if balance > rate:  # at most one second of credit
+            balance = rate
         account[1] = now
         if balance >= 1.0:
             account[0] = balance - 1.0
