@@ -183,9 +183,20 @@ def _burst(server: InProcessServer, count: int, options: list | None = None) -> 
     return replies
 
 
+def _limited_counts(server: InProcessServer) -> dict[str, float]:
+    """geodns_rrl_responses_total by action, from /metrics' text."""
+    counts = {}
+    for line in server.metrics_text().splitlines():
+        if line.startswith("geodns_rrl_responses_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('action="')[1].split('"')[0]] = float(value)
+    return counts
+
+
 def test_response_rate_limiting_drops_and_slips_a_flood(
     limited_in_process: InProcessServer,
 ) -> None:
+    before = _limited_counts(limited_in_process)
     replies = _burst(limited_in_process, 60)
     answered = [r for r in replies if r is not None and not r[2] & 0x02]
     truncated = [r for r in replies if r is not None and r[2] & 0x02]
@@ -193,8 +204,9 @@ def test_response_rate_limiting_drops_and_slips_a_flood(
     assert 5 <= len(answered) <= 20, len(answered)
     assert truncated and dropped, (len(truncated), dropped)
     assert abs(len(truncated) - dropped) <= 3  # slip 2: every other limited response
-    metrics = limited_in_process.metrics_text()
-    assert "geodns_rrl_responses_total" in metrics and 'action="dropped"' in metrics
+    after = _limited_counts(limited_in_process)  # /metrics counts each one it limited
+    assert after["dropped"] - before.get("dropped", 0.0) == dropped, (before, after)
+    assert after["slipped"] - before.get("slipped", 0.0) == len(truncated), (before, after)
     # TCP is never limited
     reply = limited_in_process.query(f"ns1.{ZONE}", "A", tcp=True)
     assert reply.rcode() == dns.rcode.NOERROR and reply.answer

@@ -113,8 +113,6 @@ class ServerState:
         self.malformed = 0
         self.dropped = 0
         self.errors = 0
-        self.rrl_dropped = 0
-        self.rrl_slipped = 0
         self.badcookie = 0
         self.tcp_connections = 0
         self.tcp_closed = dict.fromkeys(TCP_CLOSE_REASONS, 0)  # by reason (transports)
@@ -122,6 +120,14 @@ class ServerState:
         self.tcp_latency = Histogram()
         self.tap: Tap | None = None  # dnstap, when configured
         self.error_log = RateLimitedLog(log)
+
+    @property
+    def rrl_dropped(self) -> int:
+        return self.limiter.dropped if self.limiter is not None else 0
+
+    @property
+    def rrl_slipped(self) -> int:
+        return self.limiter.slipped if self.limiter is not None else 0
 
     @property
     def cookies_valid(self) -> int:
@@ -152,8 +158,9 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
         if cached is not None:  # these bytes were answered before under this snapshot
             outcome = cached.outcome
             reply = data[:2] + cached.body
-            if state.limiter is not None and not client.exempt:
-                verdict = _limit(state, client, outcome, now)
+            limiter = state.limiter
+            if limiter is not None and not client.exempt:
+                verdict = limiter.check(client.network, outcome.rrl, now)
                 if verdict != SEND:
                     return slip_copy(reply) if verdict != DROP else None
             tally = state.tally
@@ -168,8 +175,9 @@ def answer(state: ServerState, data: bytes, client: Client, tcp: bool, now: floa
         if hit is not None:  # the same question before, from another client subnet
             reply, template, found, scope, address = hit
             outcome = found.outcome
-            if state.limiter is not None and not client.exempt:
-                verdict = _limit(state, client, outcome, now)
+            limiter = state.limiter
+            if limiter is not None and not client.exempt:
+                verdict = limiter.check(client.network, outcome.rrl, now)
                 if verdict != SEND:
                     return slip_copy(reply) if verdict != DROP else None
             # the first sighting of these bytes only notes them (see _seen_before); the
@@ -251,7 +259,7 @@ def _full_path(
     if not tcp:
         limiter = state.limiter
         if limiter is not None and not client.exempt and not cookie_valid:
-            verdict = _limit(state, client, outcome, now)
+            verdict = limiter.check(client.network, outcome.rrl, now)
             if verdict != SEND:
                 if cookie:  # a client with a cookie is told to come back with ours
                     state.badcookie += 1
@@ -270,17 +278,6 @@ def _full_path(
         transport = "tcp" if tcp else "udp"
         state.observer(query, outcome, client.text, transport, len(response), PATH_FULL)
     return response
-
-
-def _limit(state: ServerState, client: Client, outcome: Outcome, now: float) -> int:
-    limiter = state.limiter
-    assert limiter is not None
-    verdict = limiter.check(client.network, outcome.rrl, now)
-    if verdict == DROP:
-        state.rrl_dropped += 1
-    elif verdict != SEND:
-        state.rrl_slipped += 1
-    return verdict
 
 
 def _remember(

@@ -36,6 +36,8 @@ class ResponseRateLimiter:
         self.debt = -settings.window * settings.rate
         self.slip = settings.slip
         self.accounts: BoundedCache[tuple[bytes, bytes], list[float]] = BoundedCache("rrl")
+        self.slipped = 0  # responses limited, for /metrics (the server state's rrl_* read them)
+        self.dropped = 0
 
     def check(self, network: bytes, kind: bytes, now: float) -> int:
         """SEND, SLIP or DROP for one response of `kind` to `network` at time `now`."""
@@ -55,5 +57,7 @@ class ResponseRateLimiter:
         account[0] = max(self.debt, balance - 1.0)
         account[2] += 1
         if self.slip and account[2] % self.slip == 0:
+            self.slipped += 1
             return SLIP
+        self.dropped += 1
         return DROP
