@@ -30,7 +30,7 @@ from geodns.common.errors import ConfigError
 from geodns.common.yamlsrc import NO_HASH, Layout, RepeatedBlocks
 from geodns.config.server import load_config
 from geodns.config.zonefile import LastLoad, SoaSettings, read_zone_file
-from geodns.dns.zone import Zone
+from geodns.dns.zone import Zone, changed_names
 from geodns.geo.answers import Shape
 from geodns.geo.dynamic import DynamicRecord
 from geodns.serving.snapshot import record_shapes
@@ -222,11 +222,20 @@ def test_reloads_of_changed_zone_files_read_as_the_whole_file_reads(tmp_path: Pa
                 loaded += 1
             if kept is not None:  # a refused version leaves the last good load's blocks
                 assert reloaded is not None
-                # the shapes carried over from the zone in service are the reloaded zone's own
-                carried = record_shapes({ZONE: reloaded}, {ZONE: zone} if zone else {}, shapes)
-                assert shapes_described(carried) == shapes_described(
-                    record_shapes({ZONE: reloaded})
-                )
+                # the names the load found new are those whose node is not the zone's in service
+                if zone is not None and known is not None:
+                    assert kept.fresh is not None
+                    assert sorted(kept.fresh) == sorted(changed_names(reloaded.nodes, zone.nodes))
+                # the shapes carried over from the zone in service are the reloaded zone's own,
+                # with the load's new names or without
+                fresh = {ZONE: kept.fresh} if kept.fresh is not None else None
+                for names in (None, fresh):
+                    carried = record_shapes(
+                        {ZONE: reloaded}, {ZONE: zone} if zone else {}, shapes, names
+                    )
+                    assert shapes_described(carried) == shapes_described(
+                        record_shapes({ZONE: reloaded})
+                    )
                 known, zone, good, shapes = kept, reloaded, text, carried
             elif rng.random() < 0.7:  # mostly, the next version is made of the good one
                 text = good

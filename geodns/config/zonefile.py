@@ -128,13 +128,16 @@ class LastLoad(NamedTuple):
     zone holds as it is needs no whole-zone check again: see _ZoneLoader.assemble). `names`
     and `nodes` have, per block, the name and own node of what was kept of it (None: none),
     so that a run of blocks is taken by slicing them (see _ZoneLoader._store_run); `lacking`
-    has, in order, the blocks whose node is None."""
+    has, in order, the blocks whose node is None. `fresh` has the names of the zone whose node
+    is not the very one of the zone of the load before (None: there was none), as
+    geodns.dns.zone.changed_names would find them: the records' shapes look at those again."""
 
     blocks: KnownBlocks
     zone: Zone
     names: list[str | None]
     nodes: list[dict[int, RRset] | None]
     lacking: array[int]
+    fresh: list[str] | None = None  # the zone's names whose node is not the last load's
 
 
 def read_zone_file(
@@ -170,7 +173,9 @@ def read_zone_file(
     blocks = loader.known_blocks()
     if blocks is None:
         return zone, None
-    return zone, LastLoad(blocks, zone, loader.kept_names, loader.kept_nodes, loader.kept_lacking)
+    return zone, LastLoad(
+        blocks, zone, loader.kept_names, loader.kept_nodes, loader.kept_lacking, loader.fresh
+    )
 
 
 @dataclass(slots=True)
@@ -260,6 +265,7 @@ class _ZoneLoader:
         self.unchanged: set[str] = set()  # names whose node is a block's own (never changed)
         self.stored: list[tuple[str, int, int, int]] = []  # this entry's: name, type, place
         self.own_reading = False  # this entry compiled a record that is read per name
+        self.fresh: list[str] | None = None  # once assembled after a last load: see LastLoad
 
     def add(self, line: int, message: str, column: int = 0) -> None:
         self.file.add(line, message, column=column)
@@ -831,7 +837,13 @@ class _ZoneLoader:
         held = previous.delegations if previous is not None else frozenset()
         delegations = self._held(fresh, before, TYPE_NS, held) - {origin}
         self._glue(delegations)
-        return self._zone(soa, apex, delegations, dnames, self._empty_non_terminals(fresh))
+        zone = self._zone(soa, apex, delegations, dnames, self._empty_non_terminals(fresh))
+        if previous is not None:  # the names new since `previous`, then: those left (some are
+            # left out above) and the apex, copied to take the SOA if it was a block's own
+            self.fresh = [name for name in fresh if name in nodes]
+            if apex is not before.get(origin) and origin not in fresh:
+                self.fresh.append(origin)
+        return zone
 
     @property
     def previous(self) -> Zone | None:

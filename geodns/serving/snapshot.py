@@ -183,6 +183,7 @@ def record_shapes(
     zones: Mapping[str, Zone],
     previous_zones: Mapping[str, Zone] | None = None,
     previous: Mapping[DynamicRecord, Shape] | None = None,
+    fresh_names: Mapping[str, list[str]] | None = None,
 ) -> dict[DynamicRecord, Shape]:
     """The shape of every record that an answer map can decide; records of one shape share
     one Shape object (and so one map). On a reload, handed the zones and shapes of the
@@ -190,19 +191,21 @@ def record_shapes(
     unchanged blocks as they were: see zonefile._ZoneLoader) holds the same records, so the
     shapes are carried over whole, but those of the nodes gone or replaced; only the records
     of the new nodes are looked at (a reload of a 10,000-name zone that changed one record
-    looks at one). A record of the previous snapshot keeps its shape object, and a new record
-    of a shape already held shares that object."""
+    looks at one; `fresh_names` has, by zone, those nodes' names when the load found them:
+    see zonefile.LastLoad). A record of the previous snapshot keeps its shape object, and a
+    new record of a shape already held shares that object."""
     if previous_zones is None or previous is None:
         by_record: dict[DynamicRecord, Shape] = {}
         new = dynamic_records(zones)
     else:
-        by_record = dict(previous)
         gone: list[dict[int, RRset]] = []
         fresh: list[dict[int, RRset]] = []
         for origin, zone in zones.items():
             nodes = zone.nodes
             old = previous_zones[origin].nodes if origin in previous_zones else {}
-            names = changed_names(nodes, old)
+            names = fresh_names.get(origin) if fresh_names else None
+            if names is None:
+                names = changed_names(nodes, old)
             replaced = [name for name in names if name in old]
             gone.extend(old[name] for name in replaced)
             if len(nodes) - len(names) + len(replaced) != len(old):  # names gone, too
@@ -211,6 +214,7 @@ def record_shapes(
         for origin, zone in previous_zones.items():
             if origin not in zones:
                 gone.extend(zone.nodes.values())
+        by_record = dict(previous)
         for record in _records(gone, owned=True):
             by_record.pop(record, None)  # (a record of a node replaced may be the new one's)
         new = _records(fresh)
@@ -247,6 +251,23 @@ def record_shapes(
         if shape is not None:
             by_record[record] = shape
     return by_record
+
+
+def _fresh_names(blocks: ZoneBlocks, in_use: Snapshot) -> dict[str, list[str]]:
+    """By zone, the names whose node a reload's load made anew (zonefile.LastLoad.fresh), of
+    the zones whose file's last load made the zone that `in_use` serves (a scan of every name
+    less per zone: 0.4-1 ms for 10,000 names)."""
+    fresh: dict[str, list[str]] = {}
+    for path, load in blocks.files.items():
+        before = in_use.blocks.files.get(path)
+        origin = load.zone.origin
+        if (
+            load.fresh is not None
+            and before is not None
+            and before.zone is in_use.zones.get(origin)
+        ):
+            fresh[origin] = load.fresh
+    return fresh
 
 
 def answer_maps(
@@ -322,7 +343,8 @@ def build_snapshot(
             shapes = record_shapes(zones)
         else:
             zones = load_zones(config, compiler, in_use.blocks, blocks)
-            shapes = record_shapes(zones, in_use.zones, in_use.shapes)
+            fresh = _fresh_names(blocks, in_use)
+            shapes = record_shapes(zones, in_use.zones, in_use.shapes, fresh)
         signed: Mapping[str, SignedZone] = {}
         if config.dnssec:  # DNSSEC's modules (dnspython, cryptography) only where it is on
             from geodns.serving.signing import sign_zones
