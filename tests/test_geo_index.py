@@ -326,10 +326,13 @@ def test_a_database_whose_index_is_cached_is_not_read_into_memory(tmp_path: Path
 def test_a_new_database_is_hashed_once_unless_it_changed_between_the_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A start with no cached index hashes the file to look for one, then reads it: its
-    bytes are not hashed again while the file's (mtime, size, inode) is the one the first look
-    saw (25 ms of a City database's start); a file changed between the two reads is hashed
-    from the bytes read, and either way the digest is the SHA-256 of the bytes in use."""
+    """A start whose cache holds no index at all has none to look up: the file is read but
+    not hashed before the server answers; its digest is taken of the bytes read when first
+    asked for (the server asks in a thread once it answers), and the bytes then go. A start
+    whose cache holds indexes hashes the file to look for one, then reads it: its bytes are
+    not hashed again while the file's (mtime, size, inode) is the one the first look saw (25
+    ms of a City database's start); a file changed between the two reads is hashed from the
+    bytes read, and either way the digest is the SHA-256 of the bytes in use."""
     import hashlib
     import os
 
@@ -339,7 +342,8 @@ def test_a_new_database_is_hashed_once_unless_it_changed_between_the_reads(
 
     path = tmp_path / "city.mmdb"
     path.write_bytes(BUNDLED.read_bytes())
-    config = ServerConfig(geoip_database=path, cache_dir=tmp_path / "cache")
+    cache = tmp_path / "cache"
+    config = ServerConfig(geoip_database=path, cache_dir=cache)
     hashed: list[int] = []  # the sizes of what was hashed whole, a database's size or more
     real = hashlib.sha256
 
@@ -349,8 +353,18 @@ def test_a_new_database_is_hashed_once_unless_it_changed_between_the_reads(
         return real(data)
 
     monkeypatch.setattr(database_module.hashlib, "sha256", counted)
-    geo = load_geo(config, build=False)
-    assert geo.index is None and hashed == []
+    geo = load_geo(config, build=False)  # an empty cache: nothing hashed yet
+    assert geo.index is None and hashed == [] and geo.direct is not None
+    assert geo.direct.database.data  # held for the digest
+    geo.direct.database.release_bytes()  # what the server does once it answers
+    assert hashed == [len(BUNDLED.read_bytes())] and geo.direct.database.data == b""
+    assert geo.digest == real(path.read_bytes()).hexdigest()
+    geo.close()
+
+    (cache / "geo-index-of-another-database").mkdir(parents=True)
+    hashed.clear()
+    geo = load_geo(config, build=False)  # looked up by the file's digest: not hashed again
+    assert hashed == [] and geo.direct is not None and geo.direct.database.data == b""
     assert geo.digest == real(path.read_bytes()).hexdigest()
     geo.close()
 
@@ -428,7 +442,8 @@ def test_a_database_rewritten_with_the_same_bytes_keeps_the_index_in_use(tmp_pat
 def test_a_database_served_while_its_index_builds_keeps_no_second_copy(tmp_path: Path) -> None:
     """While a big database's index is built in the background (a process of its own, which
     reads the file itself), the direct locator answers from the private mapping alone: the bytes
-    read to make it are let go, not kept beside it (100 MB more per process for the 100 MB City
+    read to make it are let go once hashed (as the server does in a thread once it answers:
+    App._settle_database), not kept beside it (100 MB more per process for the 100 MB City
     database, until the index was ready)."""
     import tracemalloc
 
@@ -441,10 +456,11 @@ def test_a_database_served_while_its_index_builds_keeps_no_second_copy(tmp_path:
     tracemalloc.start()
     try:
         geo = load_geo(config, build=False)
+        assert geo.index is None and geo.direct is not None
+        geo.direct.database.release_bytes()
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert geo.index is None and geo.direct is not None
     assert held < database.stat().st_size // 2, held
     with maxminddb.open_database(str(BUNDLED)) as reader:
         for address in sample_addresses(5, 50):

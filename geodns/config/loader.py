@@ -21,7 +21,7 @@ from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.database import FileIdentity, GeoDatabase, file_identity
 from geodns.geo.dbfacts import database_facts, unmatchable
-from geodns.geo.index import build_index, load_index, save_index
+from geodns.geo.index import build_index, holds_indexes, load_index, save_index
 from geodns.geo.locator import Geo
 from geodns.geo.sites import Site
 
@@ -197,12 +197,15 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
     bytes of `current` (the geography in use: the same file copied again, touched), it keeps
     `current`'s index, so its answer maps stay valid and nothing is mapped twice."""
     directory = cache_directory(config)
-    identity = _identity(config.geoip_path)
+    # a cache without any index (a first start) has none to look up: the file is not hashed
+    # before the server answers (GeoDatabase.digest), unless the index is built now
+    indexed = holds_indexes(directory)
+    identity = _identity(config.geoip_path) if indexed else None
     cached = _cached_geo(config.geoip_path, directory, current, identity)
     if cached is not None:
         return cached
     database = open_database(config, identity)  # its bytes are not hashed a second time
-    index = load_index(directory, database.digest)
+    index = load_index(directory, database.digest) if indexed else None
     if build is None:
         small = len(database.data) <= SYNC_BUILD_BYTES
         build = config.geoip_index == "start" or (config.geoip_index == "auto" and small)
@@ -211,7 +214,10 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
         with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
             save_index(index, directory)
     if index is None:  # the direct locator reads the private mapping; a background build
-        database.release_bytes()  # reads the file itself: the bytes read are not needed
+        # reads the file itself: the bytes read go once hashed (release_bytes), in a thread
+        # after the server answers, or now when the digest was known
+        if identity is not None:
+            database.release_bytes()
         return Geo.from_database(database)
     database.close()
     return Geo.from_index(database, index)

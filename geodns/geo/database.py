@@ -21,6 +21,7 @@ import ipaddress
 import itertools
 import os
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -68,12 +69,13 @@ class GeoDatabase:
         self.signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         # the digest of the file as `identity` (file_identity) read it moments ago, when its
         # (mtime, size, inode) has not changed since: 25 ms of hashing less for a City
-        # database. (The digest names the index to look for; the background build hashes
-        # what it reads itself, and an index of other bytes is never taken.)
+        # database. Else it is taken of the bytes read when first asked for (see `digest`).
+        # (The digest names the index to look for; the background build hashes what it
+        # reads itself, and an index of other bytes is never taken.)
+        self._digest: str | None = None
         if identity is not None and identity[0] == self.signature:
-            self.digest = identity[1]
-        else:
-            self.digest = hashlib.sha256(data).hexdigest()
+            self._digest = identity[1]
+        self._digesting = threading.Lock()
         self.data = data
         # maxminddb where a database is opened (20 ms of imports): a server restarted onto a
         # database whose place index is cached answers without it (geodns.config.loader)
@@ -142,8 +144,25 @@ class GeoDatabase:
         record, prefix = self.reader.get_with_prefix_len(address)
         return self.places.place(record), prefix
 
+    @property
+    def digest(self) -> str:
+        """The SHA-256 of the bytes read (hex). Taken when first asked for, not when the file
+        is read: a first start, whose cache holds no index to look up, answers before it hashes
+        (16 ms for a 23 MB database, 70 ms for 100 MB); the server asks for it in a thread once
+        it answers (geodns.daemon.app), then drops the bytes. Raises ValueError when the bytes
+        were dropped before it was taken (`close`)."""
+        with self._digesting:
+            if self._digest is None:
+                if not self.data:
+                    raise ValueError(f"GeoIP database {self.path}: closed before its digest")
+                self._digest = hashlib.sha256(self.data).hexdigest()
+            return self._digest
+
     def release_bytes(self) -> None:
-        """Drop the bytes read from the file (the private mapping stays): after the index build."""
+        """Drop the bytes read from the file (the private mapping stays), their digest taken
+        first: the index build reads the file itself."""
+        if self.data:
+            self.digest  # noqa: B018 (taken now: the bytes are going)
         self.data = b""
 
     def close(self) -> None:

@@ -358,8 +358,20 @@ def reading_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+INDEX_PREFIX = "geo-index-"  # the name of every cached index's directory starts so
+
+
 def cache_key(digest: str) -> str:
-    return f"geo-index-v{FORMAT}-{reading_fingerprint()}-{digest[:32]}"
+    return f"{INDEX_PREFIX}v{FORMAT}-{reading_fingerprint()}-{digest[:32]}"
+
+
+def holds_indexes(directory: Path) -> bool:
+    """Whether the cache directory holds any index (of any database): without one, nothing
+    needs a database's digest to be looked up."""
+    try:
+        return any(path.name.startswith(INDEX_PREFIX) for path in directory.iterdir())
+    except OSError:
+        return False
 
 
 def save_index(index: PlaceIndex, directory: Path) -> Path:
@@ -506,7 +518,7 @@ def prune_cache(directory: Path, now: float | None = None) -> int:
     removed = 0
     with contextlib.suppress(OSError):
         for path in directory.iterdir():
-            if path.name.startswith("geo-index-"):
+            if path.name.startswith(INDEX_PREFIX):
                 limit = UNUSED_DAYS
             elif path.name.startswith(".building-"):
                 limit = STALE_BUILD_DAYS
@@ -528,10 +540,11 @@ def build_and_save(database_path: str, cache_dir: str) -> str:
         os.nice(10)
     database = GeoDatabase(Path(database_path), database_path, 0, continent_of)
     try:
-        save_index(build_index(database), Path(cache_dir))
+        index = build_index(database)
+        save_index(index, Path(cache_dir))
     finally:
         database.close()
-    return database.digest
+    return index.digest
 
 
 if __name__ == "__main__":  # the daemon's background build: DATABASE CACHE_DIR -> the digest

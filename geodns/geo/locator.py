@@ -61,7 +61,6 @@ class Geo:
     signature: tuple[int, int, int]  # the file's (mtime, size, inode) when it was read
     database_type: str
     build_epoch: int
-    digest: str
     index: PlaceIndex | None
     direct: DirectLocator | None
     rankings: Rankings | None
@@ -81,7 +80,6 @@ class Geo:
             signature,
             index.database_type,
             index.build_epoch,
-            index.digest,
             index,
             None,
             Rankings(index),
@@ -94,7 +92,6 @@ class Geo:
             database.signature,
             database.database_type,
             database.build_epoch,
-            database.digest,
             None,
             DirectLocator(database),
             None,
@@ -107,7 +104,6 @@ class Geo:
             self.signature,
             self.database_type,
             self.build_epoch,
-            self.digest,
             index,
             None,
             Rankings(index),
@@ -117,6 +113,15 @@ class Geo:
         """The same database found again (the same bytes, at `path` with this `signature`),
         answered through the same index and rankings."""
         return replace(self, path=path, signature=signature)
+
+    @property
+    def digest(self) -> str:
+        """The SHA-256 of the database's bytes: its index's, or taken of the bytes read when
+        first asked for (GeoDatabase.digest: a hash of up to 100 MB, for a thread)."""
+        if self.index is not None:
+            return self.index.digest
+        assert self.direct is not None
+        return self.direct.database.digest
 
     def changed_on_disk(self) -> bool:
         """Whether the file at `path` is no longer the one read (a stat, no read)."""
