@@ -247,11 +247,15 @@ def build_map(
     # unlocated addresses: decided without a place; merged with a located answer when equal
     unlocated = answer_id(evaluate(record, NO_PLACE, down, 0), None)
     answer_of_place = slot_answer[slot_of_place]
-    runs4 = Runs4(*_answer_runs(index.runs4.labels, answer_of_place, unlocated, index.runs4.starts))
+    starts4, labels4 = _answer_runs(
+        index.runs4.labels, answer_of_place, unlocated, index.runs4.starts
+    )
+    runs4 = Runs4(starts4, labels4, narrow=True)  # (a map is never saved: see Runs4)
     runs6 = None
     if index.runs6 is not None:
         hi, lo = index.runs6.hi, index.runs6.lo
-        runs6 = Runs6(*_answer_runs(index.runs6.labels, answer_of_place, unlocated, hi, lo))
+        hi, lo, labels6 = _answer_runs(index.runs6.labels, answer_of_place, unlocated, hi, lo)
+        runs6 = Runs6(hi, lo, labels6, narrow=True)
     seconds = time.perf_counter() - started
     return AnswerMap(shape, runs4, runs6, tuple(answers), unlocated, down, index, seconds)
 

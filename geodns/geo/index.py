@@ -203,12 +203,14 @@ def build_index(database: GeoDatabase) -> PlaceIndex:
     labels4 = _label(v4[1], record_values, place_of_value, node_count)
     starts4 = v4[0][:, 1].astype(np.uint32)
     order = np.argsort(starts4, kind="stable")
-    runs4 = Runs4(*merge(labels4[order], starts4[order]))
+    merged_starts, merged_labels = merge(labels4[order], starts4[order])
+    runs4 = Runs4(merged_starts, merged_labels)
     runs6 = None
     if v6 is not None:
         labels6 = _label(v6[1], record_values, place_of_value, node_count)
         order = np.lexsort((v6[0][:, 1], v6[0][:, 0]))
-        runs6 = Runs6(*merge(labels6[order], v6[0][order, 0], v6[0][order, 1]))
+        hi, lo, merged_labels = merge(labels6[order], v6[0][order, 0], v6[0][order, 1])
+        runs6 = Runs6(hi, lo, merged_labels)
     columns = {name: table.pop(name) for name in COLUMNS}
     return PlaceIndex(
         runs4=runs4,

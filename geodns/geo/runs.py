@@ -98,13 +98,16 @@ class Runs4:
 
     __slots__ = ("arrays", "_starts", "_labels", "_index", "_whole", "_count")
 
-    def __init__(self, starts: np.ndarray, labels: np.ndarray) -> None:
+    def __init__(self, starts: np.ndarray, labels: np.ndarray, narrow: bool = False) -> None:
+        """With `narrow` (answer maps, never saved), labels are kept in the narrowest integer
+        type that holds them (see narrowest)."""
         bases = np.arange((1 << V4_INDEX_BITS) + 1, dtype=np.int64) << 16
         index = np.searchsorted(starts, bases, "right")
         whole = _whole_buckets(starts, labels, index, bases)
+        labels = narrowest(labels) if narrow else labels.astype(np.int32, copy=False)
         self._set(
             _view(starts, np.uint32),
-            _view(labels, np.int32),
+            _view(labels, labels.dtype),
             _view(index, np.uint32),
             _view(whole, np.int64),
         )
@@ -169,13 +172,25 @@ class Runs6:
     A label at or below ALIAS_BASE marks IPv4 space seen through IPv6 (::/96, ::ffff:0:0/96,
     6to4, Teredo in MaxMind databases): ALIAS_BASE - label is the alias's prefix length P,
     and the 32 bits after it are the IPv4 address to look up.
+
+    With `narrow` (answer maps, never saved), labels are kept in the narrowest integer type
+    that holds them, and low halves only up to the last that is not zero: most databases'
+    networks are /64 or wider, and but for a few blocks under ::/64 (IPv4 aliases) every block
+    starts on a /64, so a block takes 9 bytes, not 20.
     """
 
-    __slots__ = ("arrays", "_hi", "_lo", "_labels", "_count")
+    __slots__ = ("arrays", "_hi", "_lo", "_labels", "_count", "_kept_low")
 
-    def __init__(self, hi: np.ndarray, lo: np.ndarray, labels: np.ndarray) -> None:
-        self._set(_view(hi, np.uint64), _view(lo, np.uint64), _view(labels, np.int32))
-        self.arrays: dict[str, np.ndarray] = {"hi": hi, "lo": lo, "labels": labels}
+    def __init__(
+        self, hi: np.ndarray, lo: np.ndarray, labels: np.ndarray, narrow: bool = False
+    ) -> None:
+        labels = narrowest(labels) if narrow else labels.astype(np.int32, copy=False)
+        if narrow:
+            lo = lo[: int(np.flatnonzero(lo)[-1]) + 1 if lo.any() else 0].copy()  # (not a view)
+        self._set(_view(hi, np.uint64), _view(lo, np.uint64), _view(labels, labels.dtype))
+        self.arrays: dict[str, np.ndarray] = {"hi": hi, "labels": labels}
+        if len(lo) == len(hi):
+            self.arrays["lo"] = lo
 
     @classmethod
     def mapped(cls, hi: memoryview, lo: memoryview, labels: memoryview) -> Runs6:
@@ -188,6 +203,7 @@ class Runs6:
     def _set(self, hi: memoryview, lo: memoryview, labels: memoryview) -> None:
         self._hi, self._lo, self._labels = hi, lo, labels
         self._count = len(labels)
+        self._kept_low = len(lo)  # the blocks from this one on start on a /64
 
     hi = ArrayOver("uint64", "_hi")
     lo = ArrayOver("uint64", "_lo")
@@ -195,18 +211,23 @@ class Runs6:
 
     def lookup(self, value: int) -> tuple[int, int]:
         """(label, prefix) of an IPv6 address given as an int."""
-        hi_view, lo_view = self._hi, self._lo
-        hi, lo = value >> 64, value & 0xFFFFFFFFFFFFFFFF
+        hi_view, lo_view, kept_low = self._hi, self._lo, self._kept_low
+        hi = value >> 64
         upper = bisect_right(hi_view, hi)
-        lower = bisect_left(hi_view, hi, 0, upper)
-        i = bisect_right(lo_view, lo, lower, upper) - 1
-        if i < lower:  # no block with this hi starts at or below lo: the last one before it
-            i = lower - 1
+        if upper > kept_low:  # the last block at or below hi starts on a /64: it holds value
+            i = upper - 1
+        else:
+            lower = bisect_left(hi_view, hi, 0, upper)
+            i = bisect_right(lo_view, value & 0xFFFFFFFFFFFFFFFF, lower, upper) - 1
+            if i < lower:  # no block with this hi starts at or below lo: the last one before
+                i = lower - 1
+        start = hi_view[i] << 64 | (lo_view[i] if i < kept_low else 0)
         # widest_prefix(value, start, end, 128) written out, as in Runs4.lookup
-        start = hi_view[i] << 64 | lo_view[i]
         prefix = 129 - (value ^ (start - 1)).bit_length() if start else 0
-        if i + 1 < self._count:
-            bound = 129 - (value ^ (hi_view[i + 1] << 64 | lo_view[i + 1])).bit_length()
+        following = i + 1
+        if following < self._count:
+            end = hi_view[following] << 64 | (lo_view[following] if following < kept_low else 0)
+            bound = 129 - (value ^ end).bit_length()
             if bound > prefix:
                 prefix = bound
         return self._labels[i], prefix
@@ -243,6 +264,17 @@ def _whole_buckets(
     return whole
 
 
+def narrowest(labels: np.ndarray) -> np.ndarray:
+    """`labels` as int8, int16 or int32, the narrowest that holds them (an answer map's are
+    answer ids and alias labels: a byte each for up to 127 answers)."""
+    low, high = (int(labels.min()), int(labels.max())) if len(labels) else (0, 0)
+    for kind in (np.int8, np.int16):
+        limits = np.iinfo(kind)
+        if limits.min <= low and high <= limits.max:
+            return labels.astype(kind)
+    return labels.astype(np.int32, copy=False)
+
+
 def _bit_length(values: np.ndarray) -> np.ndarray:
     """int.bit_length of non-negative integers below 2**53, element-wise."""
     return np.where(values > 0, np.frexp(values.astype(np.float64))[1], 0)
@@ -257,6 +289,6 @@ def alias_label(prefix: int) -> int:
     return ALIAS_BASE - prefix
 
 
-def _view(array: np.ndarray, dtype: type) -> memoryview:
+def _view(array: np.ndarray, dtype: Any) -> memoryview:
     """A memoryview of `array` as `dtype` in native order: indexing it gives Python ints."""
     return np.ascontiguousarray(array, dtype=dtype).data
