@@ -10,6 +10,7 @@ serves while a new database's index builds) the same way.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import random
 from collections.abc import Callable
@@ -327,9 +328,9 @@ def test_a_new_database_is_hashed_once_unless_it_changed_between_the_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A start whose cache holds no index at all has none to look up: the file is read but
-    not hashed before the server answers; its digest is taken of the bytes read when first
-    asked for (the server asks in a thread once it answers), and the bytes then go. A start
-    whose cache holds indexes hashes the file to look for one, then reads it: its bytes are
+    not hashed before the server answers; its digest is taken of the private copy when first
+    asked for (the server asks, in a thread, when the background build's index is ready). A
+    start whose cache holds indexes hashes the file to look for one, then reads it: its bytes are
     not hashed again while the file's (mtime, size, inode) is the one the first look saw (25
     ms of a City database's start); a file changed between the two reads is hashed from the
     bytes read, and either way the digest is the SHA-256 of the bytes in use."""
@@ -352,20 +353,30 @@ def test_a_new_database_is_hashed_once_unless_it_changed_between_the_reads(
             hashed.append(len(data))
         return real(data)
 
+    copies: list[int] = []  # what was hashed from a descriptor (the private copy), not a path
+    file_digest = hashlib.file_digest
+
+    def counted_copy(handle: Any, name: str) -> Any:
+        if isinstance(handle.name, int):
+            copies.append(handle.name)
+        return file_digest(handle, name)
+
     monkeypatch.setattr(database_module.hashlib, "sha256", counted)
+    monkeypatch.setattr(database_module.hashlib, "file_digest", counted_copy)
     geo = load_geo(config, build=False)  # an empty cache: nothing hashed yet
-    assert geo.index is None and hashed == [] and geo.direct is not None
-    assert geo.direct.database.data  # held for the digest
-    geo.direct.database.release_bytes()  # what the server does once it answers
-    assert hashed == [len(BUNDLED.read_bytes())] and geo.direct.database.data == b""
+    assert geo.index is None and hashed == [] and copies == [] and geo.direct is not None
+    assert geo.direct.database.data == b""  # not held for the digest either
+    assert geo.digest == real(path.read_bytes()).hexdigest()  # of the private copy, once
     assert geo.digest == real(path.read_bytes()).hexdigest()
+    assert hashed == [] and len(copies) == 1
     geo.close()
+    copies.clear()
 
     (cache / "geo-index-of-another-database").mkdir(parents=True)
     hashed.clear()
     geo = load_geo(config, build=False)  # looked up by the file's digest: not hashed again
     assert hashed == [] and geo.direct is not None and geo.direct.database.data == b""
-    assert geo.digest == real(path.read_bytes()).hexdigest()
+    assert geo.digest == real(path.read_bytes()).hexdigest() and copies == []
     geo.close()
 
     first_look = database_module.file_identity
@@ -379,8 +390,8 @@ def test_a_new_database_is_hashed_once_unless_it_changed_between_the_reads(
         return identity
 
     monkeypatch.setattr("geodns.config.loader.file_identity", then_changed)
-    geo = load_geo(config, build=False)
-    assert hashed == [len(changed)]
+    geo = load_geo(config, build=False)  # hashed from the bytes read, to look the index up
+    assert hashed == [len(changed)] and copies == []
     assert geo.digest == real(changed).hexdigest()
     geo.close()
 
@@ -442,9 +453,9 @@ def test_a_database_rewritten_with_the_same_bytes_keeps_the_index_in_use(tmp_pat
 def test_a_database_served_while_its_index_builds_keeps_no_second_copy(tmp_path: Path) -> None:
     """While a big database's index is built in the background (a process of its own, which
     reads the file itself), the direct locator answers from the private mapping alone: the bytes
-    read to make it are let go once hashed (as the server does in a thread once it answers:
-    App._settle_database), not kept beside it (100 MB more per process for the 100 MB City
-    database, until the index was ready)."""
+    read to make it are let go, not kept beside it (100 MB more per process for the 100 MB City
+    database, until the index was ready), and not hashed first (the digest is taken of the
+    private copy when the index is ready: GeoDatabase.digest)."""
     import tracemalloc
 
     from geodns.config.loader import load_geo
@@ -456,12 +467,12 @@ def test_a_database_served_while_its_index_builds_keeps_no_second_copy(tmp_path:
     tracemalloc.start()
     try:
         geo = load_geo(config, build=False)
-        assert geo.index is None and geo.direct is not None
-        geo.direct.database.release_bytes()
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    assert geo.index is None and geo.direct is not None
     assert held < database.stat().st_size // 2, held
+    assert geo.digest == hashlib.sha256(database.read_bytes()).hexdigest()  # of the copy
     with maxminddb.open_database(str(BUNDLED)) as reader:
         for address in sample_addresses(5, 50):
             expected = reader.get(address)

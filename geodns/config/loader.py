@@ -198,7 +198,8 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
     `current`'s index, so its answer maps stay valid and nothing is mapped twice."""
     directory = cache_directory(config)
     # a cache without any index (a first start) has none to look up: the file is not hashed
-    # before the server answers (GeoDatabase.digest), unless the index is built now
+    # before the server answers (GeoDatabase.digest: later, of the private copy), unless the
+    # index is built now
     indexed = holds_indexes(directory)
     identity = _identity(config.geoip_path) if indexed else None
     cached = _cached_geo(config.geoip_path, directory, current, identity)
@@ -214,10 +215,7 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
         with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
             save_index(index, directory)
     if index is None:  # the direct locator reads the private mapping; a background build
-        # reads the file itself: the bytes read go once hashed (release_bytes), in a thread
-        # after the server answers, or now when the digest was known
-        if identity is not None:
-            database.release_bytes()
+        database.release_bytes()  # reads the file itself: the bytes read are not needed
         return Geo.from_database(database)
     database.close()
     return Geo.from_index(database, index)

@@ -219,8 +219,6 @@ class App:
         if self.monitor is not None and config.fleet is not None:
             await self._start_fleet(snapshot)
         await self._bind(clients)
-        if self.geo.direct is not None:  # answering: now the bytes read are hashed and dropped
-            self.tasks.append(asyncio.ensure_future(asyncio.to_thread(self._settle_database)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -566,15 +564,6 @@ class App:
                 seconds=round(zone.seconds, 3),
             )
         return True
-
-    def _settle_database(self) -> None:
-        """Take the digest of the database read at start (which its index is known by) and
-        drop the bytes read, once the process answers: a first start does not wait for a hash
-        of up to 100 MB (geodns.geo.database.GeoDatabase.digest)."""
-        geo = self.geo
-        if geo is not None and geo.direct is not None:
-            geo.direct.database.release_bytes()
-        release_free_memory()
 
     def _start_index_build(self) -> None:
         """The first start with a new database: build its place index in a background process

@@ -69,10 +69,11 @@ class GeoDatabase:
         self.signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         # the digest of the file as `identity` (file_identity) read it moments ago, when its
         # (mtime, size, inode) has not changed since: 25 ms of hashing less for a City
-        # database. Else it is taken of the bytes read when first asked for (see `digest`).
-        # (The digest names the index to look for; the background build hashes what it
-        # reads itself, and an index of other bytes is never taken.)
+        # database. Else it is taken of the bytes read, or of their private copy, when first
+        # asked for (see `digest`). (The digest names the index to look for; the background
+        # build hashes what it reads itself, and an index of other bytes is never taken.)
         self._digest: str | None = None
+        self._copy: int | None = None  # the private copy's descriptor (a memfd), if open
         if identity is not None and identity[0] == self.signature:
             self._digest = identity[1]
         self._digesting = threading.Lock()
@@ -82,7 +83,7 @@ class GeoDatabase:
         import maxminddb
 
         try:
-            self.reader = _open_private(data)
+            self.reader, self._copy = _open_private(data)
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
             raise self._error(f"cannot open GeoIP database {path}: {exc}") from None
         metadata = self.reader.metadata()
@@ -148,20 +149,27 @@ class GeoDatabase:
     def digest(self) -> str:
         """The SHA-256 of the bytes read (hex). Taken when first asked for, not when the file
         is read: a first start, whose cache holds no index to look up, answers before it hashes
-        (16 ms for a 23 MB database, 70 ms for 100 MB); the server asks for it in a thread once
-        it answers (geodns.daemon.app), then drops the bytes. Raises ValueError when the bytes
-        were dropped before it was taken (`close`)."""
+        (16 ms for a 23 MB database, 70 ms for 100 MB); the server asks for it in a thread when
+        the background build's index is ready (geodns.daemon.app). Of the bytes read while they
+        are held, else of the private copy (the same bytes, already resident: no second copy).
+        Raises ValueError when neither is left (`close`)."""
         with self._digesting:
             if self._digest is None:
-                if not self.data:
+                if self.data:
+                    self._digest = hashlib.sha256(self.data).hexdigest()
+                elif self._copy is not None:
+                    with open(self._copy, "rb", closefd=False) as copy:
+                        copy.seek(0)  # (the descriptor's offset is where writing it ended)
+                        self._digest = hashlib.file_digest(copy, "sha256").hexdigest()
+                else:
                     raise ValueError(f"GeoIP database {self.path}: closed before its digest")
-                self._digest = hashlib.sha256(self.data).hexdigest()
             return self._digest
 
     def release_bytes(self) -> None:
-        """Drop the bytes read from the file (the private mapping stays), their digest taken
-        first: the index build reads the file itself."""
-        if self.data:
+        """Drop the bytes read from the file (the private mapping stays): the index build reads
+        the file itself. Without a private copy to take it from later, the digest is taken
+        first."""
+        if self.data and self._copy is None:
             self.digest  # noqa: B018 (taken now: the bytes are going)
         self.data = b""
 
@@ -169,6 +177,10 @@ class GeoDatabase:
         self.data = b""
         with contextlib.suppress(Exception):
             self.reader.close()
+        with self._digesting:
+            if self._copy is not None:
+                os.close(self._copy)
+                self._copy = None
 
 
 METADATA_MARKER = b"\xab\xcd\xefMaxMind.com"  # starts the metadata (MaxMind DB format 2.0)
@@ -195,21 +207,25 @@ def file_identity(path: Path) -> FileIdentity:
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino), digest
 
 
-def _open_private(data: bytes) -> Any:
-    """A maxminddb reader over an anonymous copy of `data` that nobody else can change."""
+def _open_private(data: bytes) -> tuple[Any, int | None]:
+    """A maxminddb reader over an anonymous copy of `data` that nobody else can change, and
+    the copy's descriptor (a memfd, kept to hash the copy later: see GeoDatabase.digest; None
+    where there are no memfds, and the copy is an unlinked temporary file)."""
     import maxminddb
 
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("geodns-geoip", os.MFD_CLOEXEC)
         try:
             _write_all(fd, data)
-            return maxminddb.open_database(f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP_EXT)
-        finally:
+            reader = maxminddb.open_database(f"/proc/self/fd/{fd}", maxminddb.MODE_MMAP_EXT)
+        except BaseException:
             os.close(fd)
+            raise
+        return reader, fd
     with tempfile.NamedTemporaryFile(prefix="geodns-geoip-") as handle:  # not Linux
         handle.write(data)
         handle.flush()
-        return maxminddb.open_database(handle.name, maxminddb.MODE_MMAP)
+        return maxminddb.open_database(handle.name, maxminddb.MODE_MMAP), None
 
 
 def _write_all(fd: int, data: bytes) -> None:
