@@ -127,16 +127,18 @@ class LoadGen:
         seconds: float,
         extra: tuple[str, ...],
         verbose: bool = False,
+        runs: int | None = None,
     ) -> dict[str, Any]:
-        """One dnsperf run with the server's CPU per answered query (utime + stime of its
-        processes from /proc, not wall time), dnsperf's CPU and the rest of the machine's."""
+        """One dnsperf run (for `seconds`, or `runs` passes over the file) with the server's CPU
+        per answered query (utime + stime of its processes from /proc, not wall time),
+        dnsperf's CPU and the rest of the machine's."""
         busy_before = wait_quiet(self.profile.quiet_wait_s)
         pids = server.pids
         per_process = {pid: cpu_seconds([pid]) for pid in pids}
         busy0, _ = machine_jiffies()
         client0 = children_cpu()
         wall0 = time.monotonic()
-        stats = dnsperf(server.port, datafile, seconds, extra, verbose=verbose)
+        stats = dnsperf(server.port, datafile, seconds, extra, verbose=verbose, runs=runs)
         wall = time.monotonic() - wall0
         client = children_cpu() - client0
         busy1, _ = machine_jiffies()
