@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -44,12 +44,13 @@ from geodns.common.memory import release_free_memory
 from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
-from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
+from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, receive_order, worker_count
 from geodns.dns.zone import Zone
-from geodns.geo.answers import Shape
+from geodns.geo.answers import AnswerMap, Shape
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import load_index, prune_cache
 from geodns.geo.locator import Geo
+from geodns.geo.sharedmaps import SharedMapsIn, SharedMapsOut
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
 from geodns.observe.counters import QueryCounters, worker_report
@@ -131,6 +132,10 @@ class App:
         self.cookie_secret = cookie_secret
         self.pool: WorkerPool | None = None
         self.worker_count = worker_count(config.workers)
+        # with workers, the main process shares the answer maps it builds (maps_out) and a
+        # worker builds none but takes those (maps_in; None: told to build its own)
+        self.maps_out: SharedMapsOut | None = None
+        self.maps_in: SharedMapsIn | None = SharedMapsIn() if control is not None else None
         self.state: ServerState | None = None
         self.geo: Geo | None = None
         self.transports: list[Any] = []
@@ -176,13 +181,13 @@ class App:
         self.zones_seen = self._zones_signature()
         if self.control is None and config.dnssec:  # first start: make the zones' keys
             _log_key_steps(await asyncio.to_thread(self._keep_keys, config, {}, self.clock()))
-        # the main process answers before its answer maps are built (records are decided per
-        # place meanwhile, as while a health change's maps are rebuilt), and says READY=1 once
-        # they are: a worker starts after it and builds its maps before it binds
-        main = self.control is None
+        # every process answers before its answer maps are there (records are decided per
+        # place meanwhile, as while a health change's maps are rebuilt): the main process
+        # builds them next, and says READY=1 once they are; a worker is handed them by the
+        # main process (geodns.geo.sharedmaps)
         snapshot = await asyncio.to_thread(
             functools.partial(
-                build_snapshot, config, self.geo, down, 0, None, self.clock(), with_maps=not main
+                build_snapshot, config, self.geo, down, 0, None, self.clock(), with_maps=False
             )
         )
         await asyncio.to_thread(release_free_memory)  # what the build freed
@@ -193,13 +198,8 @@ class App:
             down = self.monitor.view.down  # restored states and drains
         else:
             down = self._handed_over_view()
-        if down and main:
+        if down:
             snapshot = snapshot.with_view(down, self.geo, {})
-        elif down:
-            maps = await asyncio.to_thread(
-                answer_maps, self.geo, snapshot.shapes.values(), down, snapshot.maps
-            )
-            snapshot = snapshot.with_view(down, self.geo, maps)
         self.state = ServerState(
             snapshot,
             ResponseRateLimiter(config.rrl) if config.rrl.enabled else None,
@@ -251,8 +251,10 @@ class App:
                 on_failed=self.stopping.set,
             )
             self.pool.latest["health"] = sorted(self.monitor.view.down)  # handed over at spawn
+            self.maps_out = SharedMapsOut()
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
+            self._share_maps()  # those built by now; the first build shares its own when done
         socket_path = admin_socket(config)
         if config.admin.listen or socket_path:
             from geodns.daemon.admin import (
@@ -511,10 +513,65 @@ class App:
                     continue  # a newer view is waiting: rebuild for that one instead
                 current = self.state.snapshot  # with `down` and the maps that hold under it
                 shapes = set(current.shapes.values())
-                maps = await asyncio.to_thread(answer_maps, current.geo, shapes, down, current.maps)
+                maps = await asyncio.to_thread(self._maps, current.geo, shapes, down, current.maps)
                 if self.pending_down is None and self.state.snapshot.down == down:
                     self._swap(self.state.snapshot.with_view(down, current.geo, maps))
+                    self._share_maps()
                 await asyncio.to_thread(release_free_memory)  # the build's temporaries
+
+    def _maps(
+        self,
+        geo: Geo | None,
+        shapes: Iterable[Shape],
+        down: frozenset[str],
+        previous: Mapping[Shape, AnswerMap] | None,
+    ) -> dict[Shape, AnswerMap]:
+        """`answer_maps` as this process makes them: the main process (and a worker told to)
+        builds those that do not hold; a worker takes the main process's shared maps that fit,
+        and builds none (records without one are decided per place until it arrives)."""
+        if self.maps_in is None:
+            return answer_maps(geo, shapes, down, previous)
+        return answer_maps(geo, shapes, down, self._with_shared(geo, previous), build=False)
+
+    def _with_shared(
+        self, geo: Geo | None, previous: Mapping[Shape, AnswerMap] | None
+    ) -> dict[Shape, AnswerMap]:
+        """`previous` and the shared maps of `geo`'s place index, for still_valid_maps to
+        choose from (it matches them by shape key, states and index)."""
+        found = dict(previous or {})
+        if self.maps_in is not None and geo is not None:
+            found.update(self.maps_in.for_index(geo.index))
+        return found
+
+    def _share_maps(self) -> None:
+        """The main process, with workers: hand them the maps now in service (a sealed memory
+        file per new map, geodns.geo.sharedmaps). Where none can be made, the workers are
+        told to build their own, and sharing stops."""
+        if self.pool is None or self.maps_out is None or self.state is None:
+            return
+        try:
+            files = self.maps_out.update(self.state.snapshot.maps.values())
+        except OSError as exc:
+            log.warning("answer_maps_not_shared", error=str(exc), workers="build their own")
+            self.maps_out.close()
+            self.maps_out = None
+            self.pool.broadcast("maps", None)
+            return
+        self.pool.broadcast("maps", files)
+
+    async def _take_maps(self) -> None:
+        """A worker: swap in the maps the main process just shared (or, told to build its
+        own, build them), under the reload lock, so a reload or health change that is building
+        meanwhile is followed, not undone."""
+        async with self.reload_lock:
+            assert self.state is not None
+            current = self.state.snapshot
+            shapes = list(current.shapes.values())
+            maps = await asyncio.to_thread(
+                self._maps, current.geo, shapes, current.down, current.maps
+            )
+            if self.state.snapshot is current and maps != current.maps:
+                self._swap(current.with_view(current.down, current.geo, maps))
 
     async def _dnssec_upkeep(self) -> None:
         """Every DNSSEC_INTERVAL: the key schedule, and signing when it is due."""
@@ -627,10 +684,11 @@ class App:
             new_geo = geo.with_index(index)
             current = self.state.snapshot
             maps = await asyncio.to_thread(
-                answer_maps, new_geo, current.shapes.values(), current.down, None
+                self._maps, new_geo, current.shapes.values(), current.down, None
             )
             self.geo = new_geo
             self._swap(current.with_view(current.down, new_geo, maps))
+            self._share_maps()  # before the workers are told of the index
             geo.close()
             self.index_ready_at = time.time()
         await asyncio.to_thread(release_free_memory)  # the build's temporaries, the old maps
@@ -664,6 +722,8 @@ class App:
         in_use = current.geo.index if current.geo is not None else None
         same_index = geo.index is not None and geo.index is in_use
         previous = current.maps if geo is current.geo or same_index else None
+        if self.maps_in is not None:  # a worker: the maps the main process shared
+            previous = self._with_shared(geo, previous)
         now = self.clock()
         if self.control is None and config.dnssec:  # a zone newly signed gets its keys
             _log_key_steps(self._keep_keys(config, current.zones, now))
@@ -676,6 +736,7 @@ class App:
             now,
             current.signed,
             in_use=current,
+            build_maps=self.maps_in is None,
         )
         return config, geo, snapshot
 
@@ -704,7 +765,7 @@ class App:
             down = self.monitor.view.down
             if down != snapshot.down:
                 maps = await asyncio.to_thread(
-                    answer_maps, geo, snapshot.shapes.values(), down, snapshot.maps
+                    self._maps, geo, snapshot.shapes.values(), down, snapshot.maps
                 )
                 snapshot = snapshot.with_view(down, geo, maps)
         self.config = config
@@ -718,6 +779,7 @@ class App:
             failures=self.reload_status.failures,
         )
         if self.pool is not None:
+            self._share_maps()  # first: the workers' reloads take the new ones
             self.pool.broadcast("reload")
         if self.fleet is not None:
             if config.fleet != self.fleet.config:
@@ -788,7 +850,7 @@ class App:
         assert self.control is not None
         down: frozenset[str] = frozenset()
         while not self.early_orders and self.control.poll(0):
-            kind, payload = self.control.recv()
+            kind, payload = receive_order(self.control)
             if kind == "health":
                 down = frozenset(payload)
             else:
@@ -799,7 +861,7 @@ class App:
         """A worker's orders from the main process: new health view, reload, index, stop."""
         assert self.control is not None and self.state is not None
         try:
-            kind, payload = self.control.recv()
+            kind, payload = receive_order(self.control)
         except (EOFError, OSError):  # the main process is gone: so are we
             asyncio.get_running_loop().remove_reader(self.control.fileno())
             self.stopping.set()
@@ -813,6 +875,18 @@ class App:
             asyncio.ensure_future(self.reload("main process"))
         elif kind == "index":
             asyncio.ensure_future(self._use_index(cache_directory(self.config), payload))
+        elif kind == "maps":
+            if payload is None:  # the main process cannot share them: build our own
+                self.maps_in = None
+            elif self.maps_in is not None:
+                try:
+                    self.maps_in.receive(payload)
+                except (OSError, ValueError) as exc:  # then the next set; decided per place
+                    log.error("answer_maps_not_received", error=str(exc))
+            else:  # building our own already: the files are not needed
+                for descriptor in payload:
+                    os.close(descriptor)
+            asyncio.ensure_future(self._take_maps())
         elif kind == "stop":
             self.stopping.set()
 
@@ -882,6 +956,8 @@ class App:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE + 1.0):
                 await asyncio.gather(*steps, return_exceptions=True)
+        if self.maps_out is not None:
+            self.maps_out.close()
         if self.admin_socket is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.admin_socket)

@@ -4,7 +4,9 @@ CPython runs one query at a time per process, so `workers: N` starts N-1 extra p
 the main one; the kernel spreads packets and connections over them. Only the main process runs
 health checks, drains, the admin API and the file watchers: it pushes every new health view and
 every reload to the workers over a pipe, so probes are not multiplied by N and a drain reaches
-every worker in milliseconds. Workers report their query counters back once a second for the
+every worker in milliseconds. It also hands them the answer maps it builds, as sealed memory
+files over the same pipe (geodns.geo.sharedmaps): the machine holds one copy, and workers build
+none and never import numpy. Workers report their query counters back once a second for the
 metrics endpoint.
 
 Workers are started, not forked: each is a fresh interpreter (`python -m geodns.daemon.workers`)
@@ -44,7 +46,9 @@ STATS_INTERVAL = 1.0
 RESTART_DELAY = 0.5  # seconds before a dead worker is started again
 MAX_RESTARTS = 5  # deaths within RESTART_WINDOW before the pool gives up
 RESTART_WINDOW = 60.0
-REPLAYED = ("health", "index")  # state messages a (re)started worker is sent once ready
+REPLAYED = ("health", "index", "maps")  # state messages a (re)started worker is sent once ready
+FILES_PER_MESSAGE = 200  # descriptors per SCM_RIGHTS message (Linux takes at most 253)
+FILES_WAIT = 10.0  # seconds a worker waits for the files that follow an order
 PR_SET_PDEATHSIG = 1
 
 
@@ -174,11 +178,15 @@ class WorkerPool:
             self._send(index, kind, payload)
 
     def _send(self, index: int, kind: str, payload: Any) -> None:
+        """One order; a "maps" order's payload is its files (see send_order)."""
         connection = self.connections.get(index)
         if connection is None or connection.closed:
             return
         with contextlib.suppress(OSError):
-            connection.send((kind, payload))
+            if kind == "maps" and payload is not None:  # the count on the pipe, then the files
+                send_order(connection, kind, len(payload), payload)
+            else:
+                send_order(connection, kind, payload)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -197,6 +205,47 @@ class WorkerPool:
                 with contextlib.suppress(ValueError, OSError):
                     loop.remove_reader(connection.fileno())
                 connection.close()
+
+
+def send_order(
+    connection: Connection, kind: str, payload: Any, descriptors: list[int] | None = None
+) -> None:
+    """An order to a worker; open files (`descriptors`) follow it on the same stream, in
+    SCM_RIGHTS messages of one byte each (the worker's receive_order reads them next)."""
+    connection.send((kind, payload))
+    if descriptors:
+        with socket.socket(fileno=os.dup(connection.fileno())) as stream:
+            for begin in range(0, len(descriptors), FILES_PER_MESSAGE):
+                socket.send_fds(stream, [b"F"], descriptors[begin : begin + FILES_PER_MESSAGE])
+
+
+def receive_order(connection: Connection) -> tuple[str, Any]:
+    """The next order from the main process. A "maps" order's payload, a count of files,
+    becomes the files themselves, received (None: build your own maps)."""
+    kind, payload = connection.recv()
+    if kind == "maps" and payload is not None:
+        descriptors: list[int] = []
+        # the files are sent right after the order, but may not be here yet, and the event
+        # loop's reader made the pipe non-blocking: wait for them (bounded), then put the
+        # pipe's mode back (a duplicate descriptor shares it)
+        blocking = os.get_blocking(connection.fileno())
+        try:
+            with socket.socket(fileno=os.dup(connection.fileno())) as stream:
+                stream.settimeout(FILES_WAIT)
+                while len(descriptors) < payload:
+                    wanted = min(FILES_PER_MESSAGE, payload - len(descriptors))
+                    _, files, _, _ = socket.recv_fds(stream, 1, wanted)
+                    if not files:
+                        raise EOFError("an answer-maps order without its files")
+                    descriptors += files
+        except BaseException:
+            for descriptor in descriptors:
+                os.close(descriptor)
+            raise
+        finally:
+            os.set_blocking(connection.fileno(), blocking)
+        payload = descriptors
+    return kind, payload
 
 
 def worker_main(argv: list[str]) -> int:

@@ -242,10 +242,11 @@ def build_map(
 
     slot_answer = np.empty(len(keys), dtype=np.int32)
     for slot, place_id in enumerate(representative.tolist()):
-        placement = Placement(index.place(place_id), 4, 0, 0)
-        slot_answer[slot] = answer_id(evaluate(record, placement, down, 0), place_id)
+        slot_answer[slot] = answer_id(
+            representative_decision(record, index, place_id, down), place_id
+        )
     # unlocated addresses: decided without a place; merged with a located answer when equal
-    unlocated = answer_id(evaluate(record, NO_PLACE, down, 0), None)
+    unlocated = answer_id(representative_decision(record, index, None, down), None)
     answer_of_place = slot_answer[slot_of_place]
     starts4, labels4 = _answer_runs(
         index.runs4.labels, answer_of_place, unlocated, index.runs4.starts
@@ -258,6 +259,16 @@ def build_map(
         runs6 = Runs6(hi, lo, labels6, narrow=True)
     seconds = time.perf_counter() - started
     return AnswerMap(shape, runs4, runs6, tuple(answers), unlocated, down, index, seconds)
+
+
+def representative_decision(
+    record: DynamicRecord, index: PlaceIndex, place_id: int | None, down: frozenset[str]
+) -> Decision:
+    """The decision for an answer's representative place (None: the unlocated addresses), as
+    a map's build makes it, and as a worker makes it again for a map it is handed
+    (geodns.geo.sharedmaps): the one way both decide."""
+    placement = NO_PLACE if place_id is None else Placement(index.place(place_id), 4, 0, 0)
+    return evaluate(record, placement, down, 0)
 
 
 def _row_codes(rows: np.ndarray) -> np.ndarray:

@@ -133,6 +133,10 @@ class Runs4:
         self._starts, self._labels, self._index, self._whole = starts, labels, index, whole
         self._count = len(starts)
 
+    def views(self) -> tuple[memoryview, memoryview, memoryview, memoryview]:
+        """The memoryviews `mapped` takes, in its order (to copy them into shared memory)."""
+        return self._starts, self._labels, self._index, self._whole
+
     starts = ArrayOver("uint32", "_starts")
     labels = ArrayOver("int32", "_labels")
     index_table = ArrayOver("uint32", "_index")
@@ -204,6 +208,10 @@ class Runs6:
         self._hi, self._lo, self._labels = hi, lo, labels
         self._count = len(labels)
         self._kept_low = len(lo)  # the blocks from this one on start on a /64
+
+    def views(self) -> tuple[memoryview, memoryview, memoryview]:
+        """The memoryviews `mapped` takes, in its order (see Runs4.views)."""
+        return self._hi, self._lo, self._labels
 
     hi = ArrayOver("uint64", "_hi")
     lo = ArrayOver("uint64", "_lo")

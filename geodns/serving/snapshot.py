@@ -266,12 +266,14 @@ def answer_maps(
     shapes: Iterable[Shape],
     down: frozenset[str],
     previous: Mapping[Shape, AnswerMap] | None = None,
+    build: bool = True,
 ) -> dict[Shape, AnswerMap]:
     """The answer map of every shape under `down` (none without a place index). A previous
     map is kept when none of its shape's targets changed state. Up to seconds of numpy for
-    many shapes on a City index: callers run it in a thread."""
+    many shapes on a City index: callers run it in a thread. Without `build`, only the maps
+    that hold are returned (a worker's: the main process builds and shares the others)."""
     kept, stale = still_valid_maps(geo, shapes, down, previous)
-    if geo is not None and geo.index is not None and geo.rankings is not None and stale:
+    if build and geo is not None and geo.index is not None and geo.rankings is not None and stale:
         for shape in stale:
             kept[shape] = build_map(shape, geo.index, geo.rankings, down)
         geo.index.release_pages()  # read once per build; queries read the maps
@@ -317,6 +319,7 @@ def build_snapshot(
     previous_signed: Mapping[str, SignedZone] | None = None,
     with_maps: bool = True,
     in_use: Snapshot | None = None,
+    build_maps: bool = True,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
@@ -325,7 +328,8 @@ def build_snapshot(
     snapshot's signatures that still hold (geodns.serving.signing). Without `with_maps` the
     answer maps are left to the caller (a start builds them while it already answers). On a
     reload, the zone files' blocks unchanged since the snapshot `in_use` read them are taken as
-    they were read then (see ZoneBlocks), and their records keep their shapes."""
+    they were read then (see ZoneBlocks), and their records keep their shapes. Without
+    `build_maps` only the `previous_maps` that hold are kept (see answer_maps)."""
     with collector_paused():  # loading makes millions of objects that all live on
         compiler = DynamicCompilerForSites(config.sites)
         blocks = ZoneBlocks(config.sites)
@@ -350,7 +354,9 @@ def build_snapshot(
         sites={**config.sites, **compiler.implicit_sites},
         generation=generation,
         shapes=shapes,
-        maps=answer_maps(geo, shapes.values(), down, previous_maps) if with_maps else {},
+        maps=answer_maps(geo, shapes.values(), down, previous_maps, build_maps)
+        if with_maps
+        else {},
         signed=signed,
         blocks=blocks,
     )

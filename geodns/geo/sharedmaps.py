@@ -1,0 +1,237 @@
+"""Answer maps built once, by the main process, and read by every worker from shared memory.
+
+With `workers: N` every process built the answer maps of every record shape under every health
+view itself: N copies of the same arrays (6 MB for two shapes on a 100 MB City database), N
+builds of the same numbers at every health change, and numpy imported by every process for
+them. Now the main process, which builds them anyway, copies each new map's arrays into an
+anonymous memory file (memfd), seals it against any change, and hands the file to the workers
+over their pipe (SCM_RIGHTS), with one more file listing them (`MapNotice`s: what each holds,
+pickled; the order on the pipe stays a few bytes however many maps there are, so it never
+fills the pipe's buffer); a worker maps each file read-only, and its lookups read it through
+memoryviews as they read a cached place index (geodns.geo.runs). The machine holds one copy,
+and a worker never imports numpy.
+
+A map is a pure function of (its shape, the health of its targets, the place index), so a
+worker takes a shared map exactly where it would have built that one: `still_valid_maps`
+matches it by the shape's key, the states and the index (the digest here, then identity). Its
+answers (a decision per answer id) are not shipped but decided again in the worker from each
+answer's representative place, by the build's own function (`representative_decision`).
+
+Workers build no map while the main process shares them: a record whose map has not arrived
+yet is decided per place (correct, each place's own block as scope), as during any rebuild.
+Where a memory file cannot be made, the main process says so and every worker builds its own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import mmap
+import os
+import pickle
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from geodns.geo.answers import AnswerMap, Shape, representative_decision
+from geodns.geo.index import PlaceIndex
+from geodns.geo.runs import Runs4, Runs6
+
+ALIGN = 8  # each array starts on a multiple of this many bytes
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+RUNS4_PARTS = 4  # Runs4.views(): starts, labels, /16 index, /16 whole labels
+Part = tuple[int, int, str]  # (offset, bytes, memoryview format)
+
+
+@dataclass(frozen=True, slots=True)
+class MapNotice:
+    """What a worker is told of one shared map (pickled over the pipe; the file goes beside)."""
+
+    token: int  # the main process's number for the map: a worker maps each file once
+    shape: Shape
+    down: frozenset[str]  # the health view it was built under
+    digest: str  # its place index's
+    size: int  # bytes of the file
+    parts: tuple[Part, ...]  # Runs4.views(), then Runs6.views() if any
+    representatives: tuple[int | None, ...]  # answer id -> the place id that decided it
+    unlocated: int
+
+
+def sealed_file(name: str, size: int, chunks: Iterable[tuple[memoryview, int]]) -> int:
+    """A memory file of `size` bytes holding each (bytes, offset) chunk, sealed against any
+    change: its descriptor (OSError where the system has no memfd or sealing)."""
+    descriptor = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(descriptor, size)
+        for data, offset in chunks:
+            while data:
+                written = os.pwrite(descriptor, data, offset)
+                data, offset = data[written:], offset + written
+        fcntl.fcntl(descriptor, fcntl.F_ADD_SEALS, SEALS)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def publish(answer_map: AnswerMap, token: int) -> tuple[MapNotice, int]:
+    """A sealed memory file holding the map's arrays, and its notice: (notice, descriptor)."""
+    views = list(answer_map.runs4.views())
+    if answer_map.runs6 is not None:
+        views += answer_map.runs6.views()
+    parts: list[Part] = []
+    size = 0
+    for view in views:
+        parts.append((size, view.nbytes, view.format))
+        size += -(-view.nbytes // ALIGN) * ALIGN
+    chunks = [(view.cast("B"), offset) for view, (offset, _, _) in zip(views, parts, strict=True)]
+    descriptor = sealed_file("geodns-answer-map", size, chunks)
+    notice = MapNotice(
+        token,
+        answer_map.shape,
+        answer_map.down,
+        answer_map.index.digest,
+        size,
+        tuple(parts),
+        tuple(place_id for _, place_id in answer_map.answers),
+        answer_map.unlocated,
+    )
+    return notice, descriptor
+
+
+def write_listing(notices: list[MapNotice]) -> int:
+    """The sealed file listing the shared maps (their notices, pickled)."""
+    data = memoryview(pickle.dumps(notices, pickle.HIGHEST_PROTOCOL))
+    return sealed_file("geodns-answer-maps", len(data), [(data, 0)])
+
+
+def read_listing(descriptor: int) -> list[MapNotice]:
+    """The notices of a listing file (from the main process of this server, over its private
+    pipe: the only writer of what is unpickled here)."""
+    size = os.fstat(descriptor).st_size
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.pread(descriptor, size - len(data), len(data))
+        if not chunk:
+            raise ValueError("answer-map listing cut short")
+        data += chunk
+    notices = pickle.loads(data)
+    if not isinstance(notices, list) or not all(isinstance(n, MapNotice) for n in notices):
+        raise ValueError("not an answer-map listing")
+    return notices
+
+
+def adopt(notice: MapNotice, memory: mmap.mmap, index: PlaceIndex) -> AnswerMap:
+    """The shared map over `memory` (its file, mapped read-only), for the worker's `index`
+    (the same digest): runs from memoryviews, answers decided again."""
+    whole = memoryview(memory)
+    views = [
+        whole[offset : offset + length].cast(form)  # type: ignore[call-overload]  # (a str)
+        for offset, length, form in notice.parts
+    ]
+    starts, labels, index_table, whole_table = views[:RUNS4_PARTS]
+    runs4 = Runs4.mapped(starts, labels, index_table, whole_table)
+    runs6 = Runs6.mapped(*views[RUNS4_PARTS:]) if len(views) > RUNS4_PARTS else None
+    record = notice.shape.canonical
+    answers = tuple(
+        (representative_decision(record, index, place_id, notice.down), place_id)
+        for place_id in notice.representatives
+    )
+    return AnswerMap(notice.shape, runs4, runs6, answers, notice.unlocated, notice.down, index, 0.0)
+
+
+class SharedMapsOut:
+    """The main process's side: one sealed file per map in service, made once per map (a map
+    kept across a reload or a health change keeps its file), closed when the map leaves."""
+
+    def __init__(self) -> None:
+        self.tokens = itertools.count(1)
+        # id(map's IPv4 runs) -> (those runs, notice, descriptor): the runs object is what a
+        # kept map shares with its copies (still_valid_maps replaces the shape, not the runs)
+        self.files: dict[int, tuple[Runs4, MapNotice, int]] = {}
+        self.listing: int | None = None
+
+    def update(self, maps: Iterable[AnswerMap]) -> list[int]:
+        """The files to hand the workers for `maps`, the maps now in service: the listing,
+        then one per map (open until the next update; OSError: they cannot be made)."""
+        current: dict[int, tuple[Runs4, MapNotice, int]] = {}
+        try:
+            for answer_map in maps:
+                key = id(answer_map.runs4)
+                held = self.files.get(key) or current.get(key)
+                if held is None or held[0] is not answer_map.runs4:
+                    notice, descriptor = publish(answer_map, next(self.tokens))
+                    held = (answer_map.runs4, notice, descriptor)
+                current[key] = held
+        finally:
+            kept = {held[2] for held in current.values()}
+            for _, _, descriptor in self.files.values():
+                if descriptor not in kept:
+                    os.close(descriptor)
+            self.files = current
+        listing = write_listing([notice for _, notice, _ in current.values()])
+        if self.listing is not None:
+            os.close(self.listing)
+        self.listing = listing
+        return [listing, *(descriptor for _, _, descriptor in current.values())]
+
+    def close(self) -> None:
+        for _, _, descriptor in self.files.values():
+            os.close(descriptor)
+        if self.listing is not None:
+            os.close(self.listing)
+        self.files, self.listing = {}, None
+
+
+class SharedMapsIn:
+    """A worker's side: the main process's maps in service, mapped, and adopted per index."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # received on the event loop, adopted in build threads
+        self.mapped: dict[int, tuple[MapNotice, mmap.mmap]] = {}
+        self.adopted: dict[int, AnswerMap] = {}  # by token
+
+    def receive(self, descriptors: list[int]) -> None:
+        """The main process's new set, as SharedMapsOut.update gave it (what is not in it is
+        dropped: the main process no longer serves it); each file is mapped once, and every
+        descriptor closed (ValueError: not such a set)."""
+        try:
+            notices = read_listing(descriptors[0]) if descriptors else []
+        except BaseException:
+            for descriptor in descriptors:
+                os.close(descriptor)
+            raise
+        os.close(descriptors[0])
+        files = descriptors[1:]
+        if len(files) != len(notices):
+            for descriptor in files:
+                os.close(descriptor)
+            raise ValueError(f"{len(notices)} answer maps listed, {len(files)} files")
+        with self.lock:
+            mapped: dict[int, tuple[MapNotice, mmap.mmap]] = {}
+            for notice, descriptor in zip(notices, files, strict=True):
+                try:
+                    held = self.mapped.get(notice.token)
+                    if held is None:
+                        memory = mmap.mmap(descriptor, notice.size, prot=mmap.PROT_READ)
+                        held = (notice, memory)
+                    mapped[notice.token] = held
+                finally:
+                    os.close(descriptor)
+            self.mapped = mapped
+            self.adopted = {t: m for t, m in self.adopted.items() if t in mapped}
+
+    def for_index(self, index: PlaceIndex | None) -> dict[Shape, AnswerMap]:
+        """The shared maps built on `index` (by digest), as maps of that index object."""
+        if index is None:
+            return {}
+        found: dict[Shape, AnswerMap] = {}
+        with self.lock:
+            for token, (notice, memory) in self.mapped.items():
+                if notice.digest != index.digest:
+                    continue
+                answer_map = self.adopted.get(token)
+                if answer_map is None or answer_map.index is not index:
+                    answer_map = self.adopted[token] = adopt(notice, memory, index)
+                found[answer_map.shape] = answer_map
+        return found
