@@ -160,6 +160,24 @@ def test_good_zones_pass(tmp_path):
     assert errors(output) == [] or all("OK" in m for _, _, m in errors(output)), output
 
 
+def test_check_says_whether_the_place_index_could_be_cached(tmp_path):
+    """The bundled database is indexed at once; `check` says where the index is cached, or
+    that it could not be (an unwritable cache directory: every start would index again)."""
+    config_path = write_setup(tmp_path, {"example.test": APEX})
+    cache = tmp_path / "cache"
+    config_path.write_text(f"zones_dir: zones\ncache_dir: {cache}\n")
+    result = run_geodns("check", "--config", str(config_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"place index cached in {cache}" in result.stdout
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    config_path.write_text(f"zones_dir: zones\ncache_dir: {blocked / 'cache'}\n")
+    result = run_geodns("check", "--config", str(config_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"not cached: {blocked / 'cache'} cannot be written" in result.stdout
+    assert "geo_index_not_saved" in result.stdout + result.stderr
+
+
 def test_ttl_bounds_accepted(tmp_path):
     text = APEX + "zero:\n  type: A\n  ttl: 0\n  value: 192.0.2.1\n"
     text += "max:\n  type: A\n  ttl: 2147483647\n  value: 192.0.2.2\n"
@@ -421,7 +439,7 @@ def test_serve_with_broken_zone_exits_nonzero_with_same_errors(tmp_path):
         served = run_geodns("serve", "--config", str(config_path), timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail("serve kept running with a broken zone")
-    assert served.returncode != 0
+    assert served.returncode == 1  # as `geodns check` says it
     assert_error(served, "example.test.yaml", line_of(text, "tll:"), r"did you mean 'ttl'")
     check_errors = {e for e in errors(checked.stdout + checked.stderr)}
     serve_errors = {e for e in errors(served.stderr)}
@@ -434,7 +452,7 @@ def test_serve_with_bad_config_exits_nonzero(tmp_path):
         served = run_geodns("serve", "--config", str(config_path), timeout=20)
     except subprocess.TimeoutExpired:
         pytest.fail("serve kept running with a broken config")
-    assert served.returncode != 0
+    assert served.returncode == 1  # as `geodns check` says it
     assert_error(served, "config.yaml", 2, r"prot")
 
 

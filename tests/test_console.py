@@ -274,5 +274,6 @@ def test_whatif_without_a_running_server() -> None:
         assert ("ID", "jakarta", "singapore") in moved, moved
         result = offline.cli("whatif", "drain", "jakarta")
         assert "no running server reachable" in result.stdout
+        assert "no running server: this config, every site up" in result.stdout.splitlines()[0]
     finally:
         offline.cleanup()

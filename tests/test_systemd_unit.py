@@ -8,9 +8,11 @@ unit is checked as a copy whose /opt/geodns/bin/geodns points at a stand-in scri
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,7 +112,7 @@ def test_unit_runs_installed_geodns_with_the_hardening() -> None:
     assert single["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
     assert single["WatchdogSec"] == "30s"
     assert single["Restart"] == "on-failure"
-    for key in ("StateDirectory", "ConfigurationDirectory", "RuntimeDirectory"):
+    for key in ("StateDirectory", "ConfigurationDirectory", "RuntimeDirectory", "CacheDirectory"):
         assert single[key] == "geodns"
     for key in (
         "NoNewPrivileges",
@@ -160,3 +162,12 @@ def test_example_config_serves_the_bundled_zone(tmp_path: Path) -> None:
     assert "cdn.example.com." in snapshot.zones
     assert {"jakarta", "dc-asia", "dc-americas"} <= set(snapshot.sites)
     assert all(site.checks for site in config.sites.values())
+    # nothing to warn about either: the SOA's primary is one of the zone's nameservers
+    checked = subprocess.run(
+        [sys.executable, "-m", "geodns", "check", "--strict", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

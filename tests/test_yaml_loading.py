@@ -137,6 +137,16 @@ def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
     assert raised.value.problems[0].path == str(path)
 
 
+def test_a_syntax_error_names_its_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("a:\n  b: 1\n   c: 2\n")  # 'c' indented under 'b's value
+    with pytest.raises(ConfigError) as raised:
+        load_yaml(path)
+    problem = raised.value.problems[0]
+    assert (problem.path, problem.line, problem.column) == (str(path), 3, 5)
+    assert str(problem).startswith(f"{path}:3:5: error: invalid YAML: ")
+
+
 def entries_outcome(path: Path, entries: MappingEntries | None = None) -> tuple[str, Any]:
     """MappingEntries' entries as one described mapping (or 'unusual', or a refusal), to set
     beside load_yaml's."""

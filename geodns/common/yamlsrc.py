@@ -976,14 +976,15 @@ def _read_text(path: Path) -> str:
 
 @contextlib.contextmanager
 def _yaml_problems(path: Path) -> Iterator[None]:
-    """PyYAML's errors as a ConfigError naming the file and line."""
+    """PyYAML's errors as a ConfigError naming the file, line and column."""
     try:
         yield
     except RecursionError:
         raise ConfigError([Problem(str(path), 0, "invalid YAML: nested too deeply")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise ConfigError([Problem(str(path), line, f"invalid YAML: {exc.problem}")]) from exc
+        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        problem = Problem(str(path), line, f"invalid YAML: {exc.problem}", column)
+        raise ConfigError([problem]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(str(path), 0, f"invalid YAML: {exc}")]) from exc

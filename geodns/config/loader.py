@@ -7,13 +7,13 @@ serving whatever it had. A valid zone's warnings are on the Zone (`Zone.warnings
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from geodns.common.errors import ConfigError, Problem
+from geodns.common.logs import get_logger
 from geodns.config.server import ServerConfig
 from geodns.config.zonefile import LastLoad, read_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
@@ -212,8 +212,15 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
         build = config.geoip_index == "start" or (config.geoip_index == "auto" and small)
     if index is None and build:
         index = build_index(database)
-        with contextlib.suppress(OSError):  # an unwritable cache costs a rebuild next time
+        try:
             save_index(index, directory)
+        except OSError as exc:  # it serves; the next start builds the index again
+            get_logger("geodns").warning(
+                "geo_index_not_saved",
+                directory=str(directory),
+                error=str(exc),
+                hint="every start builds it again: make cache_dir writable (docs/config.md)",
+            )
     if index is None:  # the direct locator reads the private mapping; a background build
         database.release_bytes()  # reads the file itself: the bytes read are not needed
         return Geo.from_database(database)

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geodns import __version__
 from geodns.common.errors import ConfigError, Problem
@@ -15,10 +16,20 @@ from geodns.common.logs import PRIORITIES, configure, to_journal
 from geodns.config.server import load_config
 from geodns.dns.zone import Zone
 
+if TYPE_CHECKING:
+    from geodns.config.server import ServerConfig
+    from geodns.geo.locator import Geo
+
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "example-config.yaml"
 
 
 SYSTEM_CONFIG = Path("/etc/geodns/geodns.yaml")
+
+
+CONFIG_HELP = (
+    "config file (default: $GEODNS_CONFIG, else /etc/geodns/geodns.yaml if it exists, "
+    "else the bundled example)"
+)
 
 
 def _config_path(value: str | None) -> Path:
@@ -37,9 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     try:
         config = load_config(path)
-    except ConfigError as exc:
+    except ConfigError as exc:  # the errors `geodns check` prints, with its exit status
         _print_problems(exc.problems)
-        return 2
+        return EXIT_ERRORS
     configure(config.log_level, config.log_format)
     # a reload asked for while we start (systemd, a deploy script) must not kill us: SIGHUP's
     # default action is to terminate; the event loop's handler replaces this once running
@@ -48,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run(config, path)
     except ConfigError as exc:
         _print_problems(exc.problems)
-        return 2
+        return EXIT_ERRORS
     except KeyboardInterrupt:
         return 0
 
@@ -92,8 +103,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if geo is not None:
         problems.extend(database_warnings(zones, geo))
         if not any(p.is_error for p in problems):
-            how = "place index cached" if geo.index is not None else "no place index cached yet"
-            print(f"{geo.path}: GeoIP database OK ({geo.database_type}; {how})")
+            print(
+                f"{geo.path}: GeoIP database OK ({geo.database_type}; {_index_state(config, geo)})"
+            )
         geo.close()
     if not any(p.is_error for p in problems):
         for origin, zone in sorted(zones.items()):
@@ -109,8 +121,21 @@ def cmd_dnssec(args: argparse.Namespace) -> int:
         config = load_config(_config_path(args.config))
     except ConfigError as exc:
         _print_problems(exc.problems)
-        return 2
+        return EXIT_ERRORS
     return run_dnssec(args, config)
+
+
+def _index_state(config: ServerConfig, geo: Geo) -> str:
+    """Whether the database's place index is in the cache directory, for `check`'s line."""
+    from geodns.config.loader import cache_directory
+    from geodns.geo.index import cache_key
+
+    directory = cache_directory(config)
+    if geo.index is None:
+        return f"no place index cached yet in {directory}"
+    if (directory / cache_key(geo.index.digest)).is_dir():
+        return f"place index cached in {directory}"
+    return f"place index built, but not cached: {directory} cannot be written"
 
 
 def _report(problems: tuple[Problem, ...] | list[Problem], strict: bool) -> int:
@@ -175,7 +200,7 @@ def cmd_whatif(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        print(format_table(result))
+        print(format_table(result, running=not note))
         if note:
             print(f"note: {note}")
     return 0
@@ -265,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"geodns {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the nameserver in the foreground")
-    serve.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    serve.add_argument("--config", "-c", help=CONFIG_HELP)
     serve.set_defaults(func=cmd_serve)
     check = commands.add_parser(
         "check",
@@ -275,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'file:line:column: error|warning: message'. Exit status: 0 no error, 1 errors, "
         "3 warnings only with --strict.",
     )
-    check.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    check.add_argument("--config", "-c", help=CONFIG_HELP)
     check.add_argument(
         "--strict", action="store_true", help="warnings count: exit 3 when there are only warnings"
     )
@@ -285,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("client", help="the user's address or ECS subnet, e.g. 36.64.0.0/24")
     explain.add_argument("name", help="the name asked for, e.g. www.cdn.example.com")
     explain.add_argument("--type", "-t", default="A", choices=["A", "AAAA", "a", "aaaa"])
-    explain.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    explain.add_argument("--config", "-c", help=CONFIG_HELP)
     explain.set_defaults(func=cmd_explain)
     whatif = commands.add_parser(
         "whatif", help="who would move, and how much farther, if a site were drained or failed"
@@ -305,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     dnssec.add_argument("action", choices=["ds", "keys", "add-ksk", "retire-ksk"])
     dnssec.add_argument("zone", help="a signed zone, e.g. cdn.example.com")
     dnssec.add_argument("tag", nargs="?", type=int, help="retire-ksk: the old KSK's key tag")
-    dnssec.add_argument("--config", "-c", help="config file (default: the bundled example)")
+    dnssec.add_argument("--config", "-c", help=CONFIG_HELP)
     dnssec.set_defaults(func=cmd_dnssec)
     drain = commands.add_parser("drain", help="take a site out of rotation (a drill, maintenance)")
     drain.add_argument("site")

@@ -906,7 +906,9 @@ class App:
                 await self.reload("geoip database changed")
             if self.config.watch_zones and self._zones_signature() != self.zones_seen:
                 await asyncio.sleep(WATCH_DEBOUNCE)  # let an editor or rsync finish
-                await self.reload("zone files changed")  # takes the new signature
+                # unless a reload asked for meanwhile (`geodns reload`, SIGHUP) read it already
+                if self._zones_signature() != self.zones_seen:
+                    await self.reload("zone files changed")  # takes the new signature
 
     def _database_changed(self) -> bool:
         """The database file is not the one in use, nor one that already failed to load (a

@@ -277,13 +277,15 @@ async def destinations(snapshot: Any, health: HealthState, entries: list[Entry])
     return {"source": source, "countries": countries}
 
 
-def format_table(result: Mapping[str, Any]) -> str:
-    """`geodns whatif` output: one row per country and move, then a summary line."""
-    source = (
-        "networks seen in recent traffic"
-        if result["source"] == "traffic"
-        else "one user per country (no traffic sampled yet)"
-    )
+def format_table(result: Mapping[str, Any], running: bool = True) -> str:
+    """`geodns whatif` output: one row per country and move, then a summary line (`running`:
+    decided by a running server, not by the config alone)."""
+    if result["source"] == "traffic":
+        source = "networks seen in recent traffic"
+    elif running:
+        source = "one user per country (no traffic sampled yet)"
+    else:
+        source = "one user per country (no running server: this config, every site up)"
     lines = [
         f"what if {result['site']} were {'drained' if result['action'] == 'drain' else 'failed'}:"
         f" decided for {source}",
