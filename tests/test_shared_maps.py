@@ -1,4 +1,5 @@
-"""Answer maps the main process shares with its workers (geodns.geo.sharedmaps).
+"""Answer maps the main process shares with its workers (geodns.geo.sharedmaps), and the
+pipe they cross.
 
 In one process: a map handed over through a sealed memory file answers exactly what the map
 built in the process answers, for addresses all over both spaces and under every health view
@@ -33,7 +34,7 @@ import yaml
 
 from geodns.config.loader import load_geo
 from geodns.config.server import load_config
-from geodns.daemon.workers import receive_order, send_order
+from geodns.daemon.workers import bound_pipe, receive_message, send_message
 from geodns.geo.answers import AnswerMap
 from geodns.geo.locator import Geo
 from geodns.geo.sharedmaps import SharedMapsIn, SharedMapsOut, adopt, publish
@@ -128,6 +129,8 @@ def test_the_files_follow_the_order_over_a_non_blocking_pipe(
     maps = answer_maps(geo, set(snapshot.shapes.values()), frozenset())
     outgoing, incoming = SharedMapsOut(), SharedMapsIn()
     main_end, worker_end = socket.socketpair()
+    bound_pipe(main_end)  # (as the pool's pairs: a blocking call gives up after PIPE_TIMEOUT)
+    bound_pipe(worker_end)
     to_worker, from_main = Connection(main_end.detach()), Connection(worker_end.detach())
     try:
         files = outgoing.update(maps.values())
@@ -141,23 +144,47 @@ def test_the_files_follow_the_order_over_a_non_blocking_pipe(
 
         sender = threading.Thread(target=files_later)
         sender.start()
-        kind, descriptors = receive_order(from_main)
+        kind, descriptors = receive_message(from_main)
         sender.join(timeout=10)
         assert kind == "maps" and len(descriptors) == len(files)
         assert not os.get_blocking(from_main.fileno())  # the pipe's mode is put back
         incoming.receive(descriptors)
         assert len(incoming.for_index(geo.index)) == len(maps)
         # and as the pool sends them: the order, then the files at once
-        send_order(to_worker, "maps", len(files), files)
-        kind, descriptors = receive_order(from_main)
+        send_message(to_worker, "maps", len(files), files)
+        kind, descriptors = receive_message(from_main)
         incoming.receive(descriptors)
         assert len(incoming.for_index(geo.index)) == len(maps)
-        send_order(to_worker, "health", ["frankfurt"])
-        assert receive_order(from_main) == ("health", ["frankfurt"])
+        send_message(to_worker, "health", ["frankfurt"])
+        assert receive_message(from_main) == ("health", ["frankfurt"])
     finally:
         outgoing.close()
         to_worker.close()
         from_main.close()
+
+
+def test_a_message_bigger_than_the_pipe_crosses_it_whole_both_ways() -> None:
+    """Both ends non-blocking, as event loops leave them: a report of a few MB (a worker's,
+    with the networks it sampled) is written and read whole, not cut at the pipe's buffer
+    (the main process took a worker whose report came in pieces for dead)."""
+    first, second = socket.socketpair()
+    bound_pipe(first)
+    bound_pipe(second)
+    sender, receiver = Connection(first.detach()), Connection(second.detach())
+    try:
+        os.set_blocking(sender.fileno(), False)
+        os.set_blocking(receiver.fileno(), False)
+        report = {"sample": [(("1", 24, bytes(4)), b"www", 1, float(i)) for i in range(60_000)]}
+        writer = threading.Thread(target=send_message, args=(sender, "stats", report))
+        writer.start()
+        assert receiver.poll(10)
+        assert receive_message(receiver) == ("stats", report)
+        writer.join(timeout=10)
+        assert not writer.is_alive()
+        assert not os.get_blocking(sender.fileno()) and not os.get_blocking(receiver.fileno())
+    finally:
+        sender.close()
+        receiver.close()
 
 
 def _worker_pid(server: GeodnsServer) -> int | None:

@@ -44,7 +44,13 @@ from geodns.common.memory import release_free_memory
 from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
-from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, receive_order, worker_count
+from geodns.daemon.workers import (
+    STATS_INTERVAL,
+    WorkerPool,
+    receive_message,
+    send_message,
+    worker_count,
+)
 from geodns.dns.zone import Zone
 from geodns.geo.answers import AnswerMap, Shape
 from geodns.geo.dynamic import records_all_down
@@ -228,7 +234,7 @@ class App:
             for kind, payload in self.early_orders:
                 self._obey(kind, payload)
             self.early_orders.clear()
-            self.control.send(("ready", None))
+            send_message(self.control, "ready", None)
             self.tasks.append(asyncio.ensure_future(self._report_stats()))
             self.tasks.append(asyncio.ensure_future(self._dnssec_upkeep()))
             settle_heap()
@@ -839,7 +845,7 @@ class App:
             )
             self.sample_reported = sample.added
             try:
-                self.control.send(("stats", report))
+                send_message(self.control, "stats", report)
             except OSError:
                 return
 
@@ -850,7 +856,7 @@ class App:
         assert self.control is not None
         down: frozenset[str] = frozenset()
         while not self.early_orders and self.control.poll(0):
-            kind, payload = receive_order(self.control)
+            kind, payload = receive_message(self.control)
             if kind == "health":
                 down = frozenset(payload)
             else:
@@ -861,7 +867,7 @@ class App:
         """A worker's orders from the main process: new health view, reload, index, stop."""
         assert self.control is not None and self.state is not None
         try:
-            kind, payload = receive_order(self.control)
+            kind, payload = receive_message(self.control)
         except (EOFError, OSError):  # the main process is gone: so are we
             asyncio.get_running_loop().remove_reader(self.control.fileno())
             self.stopping.set()

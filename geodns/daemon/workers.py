@@ -26,10 +26,11 @@ import importlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -48,7 +49,7 @@ MAX_RESTARTS = 5  # deaths within RESTART_WINDOW before the pool gives up
 RESTART_WINDOW = 60.0
 REPLAYED = ("health", "index", "maps")  # state messages a (re)started worker is sent once ready
 FILES_PER_MESSAGE = 200  # descriptors per SCM_RIGHTS message (Linux takes at most 253)
-FILES_WAIT = 10.0  # seconds a worker waits for the files that follow an order
+PIPE_TIMEOUT = 10.0  # seconds a blocking send or receive on a worker's pipe may take
 PR_SET_PDEATHSIG = 1
 
 
@@ -121,21 +122,23 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> None:
         parent, child = socket.socketpair()
+        bound_pipe(parent)
+        bound_pipe(child)
         command = [sys.executable, "-m", "geodns.daemon.workers", self.entry]
         command += [str(self.config_path), str(index), str(child.fileno())]
         with child:
             process = subprocess.Popen(command, pass_fds=(child.fileno(),))
         connection = Connection(parent.detach())
-        connection.send(("secret", self.cookie_secret))  # in memory, never on a command line
+        send_message(connection, "secret", self.cookie_secret)  # never on a command line
         if "health" in self.latest:  # applied before it binds: it never answers a stale view
-            connection.send(("health", self.latest["health"]))
+            send_message(connection, "health", self.latest["health"])
         self.processes[index] = process
         self.connections[index] = connection
         asyncio.get_running_loop().add_reader(connection.fileno(), self._receive, index, connection)
 
     def _receive(self, index: int, connection: Connection) -> None:
         try:
-            kind, payload = connection.recv()
+            kind, payload = receive_message(connection)
         except (EOFError, OSError):
             loop = asyncio.get_running_loop()
             loop.remove_reader(connection.fileno())
@@ -178,15 +181,15 @@ class WorkerPool:
             self._send(index, kind, payload)
 
     def _send(self, index: int, kind: str, payload: Any) -> None:
-        """One order; a "maps" order's payload is its files (see send_order)."""
+        """One order; a "maps" order's payload is its files (see send_message)."""
         connection = self.connections.get(index)
         if connection is None or connection.closed:
             return
         with contextlib.suppress(OSError):
             if kind == "maps" and payload is not None:  # the count on the pipe, then the files
-                send_order(connection, kind, len(payload), payload)
+                send_message(connection, kind, len(payload), payload)
             else:
-                send_order(connection, kind, payload)
+                send_message(connection, kind, payload)
 
     async def stop(self) -> None:
         self.stopping = True
@@ -207,31 +210,57 @@ class WorkerPool:
                 connection.close()
 
 
-def send_order(
+@contextlib.contextmanager
+def _whole_messages(connection: Connection) -> Iterator[None]:
+    """The pipe in blocking mode while one message (and the files that follow it) is read or
+    written whole. An event loop's reader makes it non-blocking, and then a message bigger than
+    what one system call moves (a worker's report carries the networks it sampled, up to
+    hundreds of KB under cold traffic) failed half-way: read in part, the rest not there yet,
+    so the main process took the worker for dead and restarted it. Each blocking call is
+    bounded by the socket's timeouts (PIPE_TIMEOUT, set at the pair's creation): a peer that
+    stops half-way is an error, not a hang. The mode is put back after."""
+    descriptor = connection.fileno()
+    was_blocking = os.get_blocking(descriptor)
+    os.set_blocking(descriptor, True)
+    try:
+        yield
+    finally:
+        os.set_blocking(descriptor, was_blocking)
+
+
+def bound_pipe(end: socket.socket) -> None:
+    """Give one end of a worker's socket pair its timeouts for blocking sends and receives
+    (socket options: they hold for every descriptor of it, in both processes)."""
+    whole, fraction = divmod(PIPE_TIMEOUT, 1)
+    timeout = struct.pack("ll", int(whole), int(fraction * 1_000_000))
+    end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
+    end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+
+
+def send_message(
     connection: Connection, kind: str, payload: Any, descriptors: list[int] | None = None
 ) -> None:
-    """An order to a worker; open files (`descriptors`) follow it on the same stream, in
-    SCM_RIGHTS messages of one byte each (the worker's receive_order reads them next)."""
-    connection.send((kind, payload))
-    if descriptors:
-        with socket.socket(fileno=os.dup(connection.fileno())) as stream:
-            for begin in range(0, len(descriptors), FILES_PER_MESSAGE):
-                socket.send_fds(stream, [b"F"], descriptors[begin : begin + FILES_PER_MESSAGE])
+    """One message, whole; open files (`descriptors`) follow it on the same stream, in
+    SCM_RIGHTS messages of one byte each (receive_message reads them next)."""
+    with _whole_messages(connection):
+        connection.send((kind, payload))
+        if descriptors:
+            with socket.socket(fileno=os.dup(connection.fileno())) as stream:
+                for begin in range(0, len(descriptors), FILES_PER_MESSAGE):
+                    chunk = descriptors[begin : begin + FILES_PER_MESSAGE]
+                    socket.send_fds(stream, [b"F"], chunk)
 
 
-def receive_order(connection: Connection) -> tuple[str, Any]:
-    """The next order from the main process. A "maps" order's payload, a count of files,
-    becomes the files themselves, received (None: build your own maps)."""
-    kind, payload = connection.recv()
-    if kind == "maps" and payload is not None:
+def receive_message(connection: Connection) -> tuple[str, Any]:
+    """The next message, whole. A "maps" order's payload, a count of files, becomes the files
+    themselves, received (None: build your own maps)."""
+    with _whole_messages(connection):
+        kind, payload = connection.recv()
+        if kind != "maps" or payload is None:
+            return kind, payload
         descriptors: list[int] = []
-        # the files are sent right after the order, but may not be here yet, and the event
-        # loop's reader made the pipe non-blocking: wait for them (bounded), then put the
-        # pipe's mode back (a duplicate descriptor shares it)
-        blocking = os.get_blocking(connection.fileno())
         try:
             with socket.socket(fileno=os.dup(connection.fileno())) as stream:
-                stream.settimeout(FILES_WAIT)
                 while len(descriptors) < payload:
                     wanted = min(FILES_PER_MESSAGE, payload - len(descriptors))
                     _, files, _, _ = socket.recv_fds(stream, 1, wanted)
@@ -242,10 +271,7 @@ def receive_order(connection: Connection) -> tuple[str, Any]:
             for descriptor in descriptors:
                 os.close(descriptor)
             raise
-        finally:
-            os.set_blocking(connection.fileno(), blocking)
-        payload = descriptors
-    return kind, payload
+        return kind, descriptors
 
 
 def worker_main(argv: list[str]) -> int:
@@ -257,7 +283,7 @@ def worker_main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and when to reload
     connection = Connection(int(descriptor))
-    kind, secret = connection.recv()
+    kind, secret = receive_message(connection)
     if kind != "secret":
         raise WorkerError(f"expected the cookie secret first, got {kind!r}")
     module, _, function = entry_name.partition(":")
