@@ -34,6 +34,7 @@ import yaml
 
 from geodns.config.loader import load_geo
 from geodns.config.server import load_config
+from geodns.daemon.app import App
 from geodns.daemon.workers import bound_pipe, receive_message, send_message
 from geodns.geo.answers import AnswerMap
 from geodns.geo.locator import Geo
@@ -120,6 +121,63 @@ def test_a_set_handed_over_again_keeps_its_files_and_drops_the_rest(
         assert len(incoming.for_index(geo.index)) == len(kept)
     finally:
         outgoing.close()
+
+
+def test_a_set_that_cannot_be_mapped_leaves_no_file_open(world: tuple[Geo, Snapshot]) -> None:
+    geo, snapshot = world
+    maps = answer_maps(geo, set(snapshot.shapes.values()), frozenset())
+    outgoing, incoming = SharedMapsOut(), SharedMapsIn()
+    try:
+        files = [os.dup(f) for f in outgoing.update(maps.values())]
+        pipe_read, pipe_write = os.pipe()
+        os.close(pipe_write)
+        files[-1] = os.dup(pipe_read)  # not a file mmap takes
+        os.close(pipe_read)
+        with pytest.raises(OSError):
+            incoming.receive(files)
+        for descriptor in files:
+            with pytest.raises(OSError):
+                os.fstat(descriptor)
+    finally:
+        outgoing.close()
+
+
+def test_without_memfd_nothing_is_shared_and_the_error_says_so(
+    world: tuple[Geo, Snapshot], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the system has no sealed memory files, the main process's update fails with an
+    OSError (it then tells the workers to build their own maps)."""
+    geo, snapshot = world
+    maps = answer_maps(geo, set(snapshot.shapes.values()), frozenset())
+    monkeypatch.delattr(os, "memfd_create")
+    outgoing = SharedMapsOut()
+    with pytest.raises(OSError, match="memfd"):
+        outgoing.update(maps.values())
+    assert outgoing.files == {} and outgoing.listing is None
+
+
+def test_a_worker_keeps_the_maps_it_serves_when_the_same_set_comes_again(
+    world: tuple[Geo, Snapshot],
+) -> None:
+    """The same maps handed over again (a replay, a share that changed nothing) give the
+    worker the very maps it serves, so it swaps nothing (a swap empties its caches)."""
+    geo, snapshot = world
+    shapes = list(snapshot.shapes.values())
+    maps = answer_maps(geo, set(shapes), frozenset())
+    main_end, worker_end = socket.socketpair()
+    worker = App(load_config(EXAMPLE), None, 1, Connection(worker_end.detach()))
+    outgoing = SharedMapsOut()
+    try:
+        assert worker.maps_in is not None
+        worker.maps_in.receive([os.dup(f) for f in outgoing.update(maps.values())])
+        served = worker._maps(geo, shapes, frozenset(), None)
+        assert len(served) == len(set(shapes))
+        worker.maps_in.receive([os.dup(f) for f in outgoing.update(maps.values())])
+        again = worker._maps(geo, shapes, frozenset(), served)
+        assert again == served  # the same objects
+    finally:
+        outgoing.close()
+        main_end.close()
 
 
 def test_the_files_follow_the_order_over_a_non_blocking_pipe(

@@ -165,6 +165,7 @@ class App:
         self.early_orders: list[tuple[str, Any]] = []  # a worker's orders read before binding
         self.index_build: asyncio.Future[Any] | None = None
         self.pending_down: frozenset[str] | None = None
+        self.last_down: frozenset[str] = frozenset()  # a worker: the newest view it was sent
         self.index_ready_at: float | None = None
         self.failed_database: tuple[int, int, int] | None = None  # its stat signature
         self.dnstap: Spool | None = None
@@ -203,7 +204,7 @@ class App:
             self.monitor = HealthMonitor(snapshot.sites, config.state_file, self._health_changed)
             down = self.monitor.view.down  # restored states and drains
         else:
-            down = self._handed_over_view()
+            down = self.last_down = self._handed_over_view()
         if down:
             snapshot = snapshot.with_view(down, self.geo, {})
         self.state = ServerState(
@@ -525,6 +526,17 @@ class App:
                     self._share_maps()
                 await asyncio.to_thread(release_free_memory)  # the build's temporaries
 
+    def _under_newest_view(self, snapshot: Snapshot) -> Snapshot:
+        """`snapshot` under the newest health view this process was given: one that came
+        while it was built (a drain during a reload or an index switch) is not undone by its
+        swap. Only the maps that hold under that view are kept; `_apply_down`, run when the
+        view came, left the rebuild of the others pending."""
+        down = self.monitor.view.down if self.monitor is not None else self.last_down
+        if down == snapshot.down:
+            return snapshot
+        kept, _ = still_valid_maps(snapshot.geo, snapshot.shapes.values(), down, snapshot.maps)
+        return snapshot.with_view(down, snapshot.geo, kept)
+
     def _maps(
         self,
         geo: Geo | None,
@@ -546,7 +558,10 @@ class App:
         choose from (it matches them by shape key, states and index)."""
         found = dict(previous or {})
         if self.maps_in is not None and geo is not None:
-            found.update(self.maps_in.for_index(geo.index))
+            held = {id(m.runs4) for m in found.values()}
+            for shape, shared in self.maps_in.for_index(geo.index).items():
+                if id(shared.runs4) not in held:  # (a map in service stays the same object)
+                    found[shape] = shared
         return found
 
     def _share_maps(self) -> None:
@@ -693,7 +708,7 @@ class App:
                 self._maps, new_geo, current.shapes.values(), current.down, None
             )
             self.geo = new_geo
-            self._swap(current.with_view(current.down, new_geo, maps))
+            self._swap(self._under_newest_view(current.with_view(current.down, new_geo, maps)))
             self._share_maps()  # before the workers are told of the index
             geo.close()
             self.index_ready_at = time.time()
@@ -776,7 +791,7 @@ class App:
                 snapshot = snapshot.with_view(down, geo, maps)
         self.config = config
         old_geo, self.geo = self.geo, geo
-        self._swap(snapshot)
+        self._swap(self._under_newest_view(snapshot))
         if old_geo is not None and old_geo is not geo:
             old_geo.close()  # no query holds it: the loop is single-threaded and just swapped
         self.reload_status = ReloadStatus(
@@ -846,7 +861,8 @@ class App:
             self.sample_reported = sample.added
             try:
                 send_message(self.control, "stats", report)
-            except OSError:
+            except OSError:  # the main process is gone, or the stream is out of step
+                self.stopping.set()  # (it starts us again if it is there)
                 return
 
     def _handed_over_view(self) -> frozenset[str]:
@@ -872,11 +888,17 @@ class App:
             asyncio.get_running_loop().remove_reader(self.control.fileno())
             self.stopping.set()
             return
+        except Exception:  # not a message (a stream out of step): stop, to be started again
+            log.exception("worker_order_unreadable", worker=self.index)
+            asyncio.get_running_loop().remove_reader(self.control.fileno())
+            self.stopping.set()
+            return
         self._obey(kind, payload)
 
     def _obey(self, kind: str, payload: Any) -> None:
         if kind == "health":
-            self._apply_down(frozenset(payload))
+            self.last_down = frozenset(payload)
+            self._apply_down(self.last_down)
         elif kind == "reload":
             asyncio.ensure_future(self.reload("main process"))
         elif kind == "index":

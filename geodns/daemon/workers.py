@@ -149,6 +149,8 @@ class WorkerPool:
             return
         if kind == "ready":
             self.ready.add(index)
+            if self.stopping:  # (the maps' files may be closed already)
+                return
             for state_kind, state in self.latest.items():  # what it missed while starting
                 self._send(index, state_kind, state)
         elif kind == "stats":
@@ -185,11 +187,18 @@ class WorkerPool:
         connection = self.connections.get(index)
         if connection is None or connection.closed:
             return
-        with contextlib.suppress(OSError):
+        try:
             if kind == "maps" and payload is not None:  # the count on the pipe, then the files
                 send_message(connection, kind, len(payload), payload)
             else:
                 send_message(connection, kind, payload)
+        except OSError as exc:
+            # cut short (a full pipe past its timeout, files refused): the stream may be out
+            # of step, so the worker is stopped; its pipe closes and the pool starts it again
+            log.error("worker_order_failed", worker=index, order=kind, error=str(exc))
+            process = self.processes.get(index)
+            if process is not None and process.poll() is None:
+                process.terminate()
 
     async def stop(self) -> None:
         self.stopping = True
@@ -263,10 +272,12 @@ def receive_message(connection: Connection) -> tuple[str, Any]:
             with socket.socket(fileno=os.dup(connection.fileno())) as stream:
                 while len(descriptors) < payload:
                     wanted = min(FILES_PER_MESSAGE, payload - len(descriptors))
-                    _, files, _, _ = socket.recv_fds(stream, 1, wanted)
+                    _, files, flags, _ = socket.recv_fds(stream, 1, wanted)
+                    descriptors += files
+                    if flags & socket.MSG_CTRUNC:
+                        raise OSError("answer-map files cut short (descriptor limit?)")
                     if not files:
                         raise EOFError("an answer-maps order without its files")
-                    descriptors += files
         except BaseException:
             for descriptor in descriptors:
                 os.close(descriptor)

@@ -38,7 +38,9 @@ from geodns.geo.index import PlaceIndex
 from geodns.geo.runs import Runs4, Runs6
 
 ALIGN = 8  # each array starts on a multiple of this many bytes
-SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+# (Linux's; elsewhere 0, and sealed_file refuses: workers then build their own maps)
+SEALS = sum(getattr(fcntl, name, 0) for name in ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW"))
+SEALS |= getattr(fcntl, "F_SEAL_WRITE", 0)
 RUNS4_PARTS = 4  # Runs4.views(): starts, labels, /16 index, /16 whole labels
 Part = tuple[int, int, str]  # (offset, bytes, memoryview format)
 
@@ -60,6 +62,8 @@ class MapNotice:
 def sealed_file(name: str, size: int, chunks: Iterable[tuple[memoryview, int]]) -> int:
     """A memory file of `size` bytes holding each (bytes, offset) chunk, sealed against any
     change: its descriptor (OSError where the system has no memfd or sealing)."""
+    if not hasattr(os, "memfd_create") or not hasattr(fcntl, "F_ADD_SEALS"):
+        raise OSError("no sealed memory files (memfd) on this system")
     descriptor = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(descriptor, size)
@@ -209,14 +213,15 @@ class SharedMapsIn:
             raise ValueError(f"{len(notices)} answer maps listed, {len(files)} files")
         with self.lock:
             mapped: dict[int, tuple[MapNotice, mmap.mmap]] = {}
-            for notice, descriptor in zip(notices, files, strict=True):
-                try:
+            try:
+                for notice, descriptor in zip(notices, files, strict=True):
                     held = self.mapped.get(notice.token)
                     if held is None:
                         memory = mmap.mmap(descriptor, notice.size, prot=mmap.PROT_READ)
                         held = (notice, memory)
                     mapped[notice.token] = held
-                finally:
+            finally:  # mapped or not (a failed mmap: this set is dropped whole), none stays open
+                for descriptor in files:
                     os.close(descriptor)
             self.mapped = mapped
             self.adopted = {t: m for t, m in self.adopted.items() if t in mapped}
