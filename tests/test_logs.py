@@ -73,7 +73,7 @@ def test_config_problems_carry_priorities_in_the_journal(tmp_path) -> None:
         "? ''\n: type: NS\n  value: ns1.example.net.\nw:\n  tll: 5\n"
     )
     config = tmp_path / "geodns.yaml"
-    config.write_text("zones_dir: zones\n")
+    config.write_text("zones_dir: zones\nport: 0\n")  # (5353 may be a running geodns)
     stderr = tmp_path / "stderr"
     environ = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     for command in ("serve", "check"):
