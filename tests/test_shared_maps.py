@@ -39,7 +39,7 @@ from geodns.daemon.workers import bound_pipe, receive_message, send_message
 from geodns.geo.answers import AnswerMap
 from geodns.geo.locator import Geo
 from geodns.geo.sharedmaps import SharedMapsIn, SharedMapsOut, adopt, publish
-from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot
+from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
 from tests.server_process import GeodnsServer
 from tests.test_answer_maps import EXAMPLE, VIEWS, _addresses
 
@@ -178,6 +178,35 @@ def test_a_worker_keeps_the_maps_it_serves_when_the_same_set_comes_again(
     finally:
         outgoing.close()
         main_end.close()
+
+
+def test_the_first_candidate_that_holds_is_taken(world: tuple[Geo, Snapshot]) -> None:
+    """A worker offers still_valid_maps its maps in service, then the shared ones, for the
+    same shapes: the first that holds under the view is taken, wherever it stands."""
+    geo, snapshot = world
+    shapes = set(snapshot.shapes.values())
+    up = answer_maps(geo, shapes, frozenset())
+    drained = answer_maps(geo, shapes, frozenset({"frankfurt"}))
+    frankfurt = frozenset({"frankfurt"})
+    moved = {
+        s
+        for s in shapes
+        if any(t.up(frozenset()) != t.up(frankfurt) for t in s.canonical.targets())
+    }
+    assert moved and moved != shapes, "shapes with and without frankfurt"
+    offered = {(0, i): m for i, m in enumerate(drained.values())}
+    offered |= {(1, i): m for i, m in enumerate(up.values())}
+    for view, first, second in (
+        (frozenset(), drained, up),
+        (frozenset({"frankfurt"}), drained, up),
+    ):
+        kept, stale = still_valid_maps(geo, shapes, view, offered)  # type: ignore[arg-type]
+        assert not stale
+        for shape in moved:  # only one of the two holds: that one, first or second
+            want = first[shape] if view else second[shape]
+            assert kept[shape].runs4 is want.runs4
+        for shape in shapes - moved:  # both hold: the first
+            assert kept[shape].runs4 is first[shape].runs4
 
 
 def test_the_files_follow_the_order_over_a_non_blocking_pipe(

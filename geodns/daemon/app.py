@@ -554,14 +554,13 @@ class App:
     def _with_shared(
         self, geo: Geo | None, previous: Mapping[Shape, AnswerMap] | None
     ) -> dict[Shape, AnswerMap]:
-        """`previous` and the shared maps of `geo`'s place index, for still_valid_maps to
-        choose from (it matches them by shape key, states and index)."""
+        """`previous`, then the shared maps of `geo`'s place index, for still_valid_maps to
+        choose from: it takes the first that holds for a shape (shape key, states, index), so
+        a map in service that still holds stays the very object it is, and a set handed over
+        again swaps nothing (a swap empties the caches)."""
         found = dict(previous or {})
         if self.maps_in is not None and geo is not None:
-            held = {id(m.runs4) for m in found.values()}
-            for shape, shared in self.maps_in.for_index(geo.index).items():
-                if id(shared.runs4) not in held:  # (a map in service stays the same object)
-                    found[shape] = shared
+            found.update(self.maps_in.for_index(geo.index))  # (keyed by the main's shapes)
         return found
 
     def _share_maps(self) -> None:

@@ -292,12 +292,23 @@ def still_valid_maps(
     (correct, with each place's own block as scope) until their maps are rebuilt."""
     if geo is None or geo.index is None:
         return {}, []
-    old_maps = {m.shape.key: m for m in previous.values()} if previous else {}
+    # a key may have several candidates (a worker's maps in service, then those the main
+    # process shared): the first that holds is taken
+    candidates: dict[Hashable, list[AnswerMap]] = {}
+    for answer_map in previous.values() if previous else ():
+        candidates.setdefault(answer_map.shape.key, []).append(answer_map)
     kept: dict[Shape, AnswerMap] = {}
     stale: list[Shape] = []
     for shape in set(shapes):
-        old = old_maps.get(shape.key)
-        if old is not None and old.index is geo.index and _same_states(shape, old.down, down):
+        old = next(
+            (
+                m
+                for m in candidates.get(shape.key, ())
+                if m.index is geo.index and _same_states(shape, m.down, down)
+            ),
+            None,
+        )
+        if old is not None:
             kept[shape] = old if old.shape is shape else replace(old, shape=shape, decisions={})
         else:
             stale.append(shape)
