@@ -25,8 +25,10 @@ Where a memory file cannot be made, the main process says so and every worker bu
 from __future__ import annotations
 
 import fcntl
+import functools
 import itertools
 import mmap
+import operator
 import os
 import pickle
 import threading
@@ -38,9 +40,12 @@ from geodns.geo.index import PlaceIndex
 from geodns.geo.runs import Runs4, Runs6
 
 ALIGN = 8  # each array starts on a multiple of this many bytes
-# (Linux's; elsewhere 0, and sealed_file refuses: workers then build their own maps)
-SEALS = sum(getattr(fcntl, name, 0) for name in ("F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW"))
-SEALS |= getattr(fcntl, "F_SEAL_WRITE", 0)
+# no more writes, growing, shrinking or seals (Linux's flags; elsewhere 0, and sealed_file
+# refuses: workers then build their own maps)
+SEALS = functools.reduce(
+    operator.or_,
+    (getattr(fcntl, f"F_SEAL_{seal}", 0) for seal in ("SEAL", "SHRINK", "GROW", "WRITE")),
+)
 RUNS4_PARTS = 4  # Runs4.views(): starts, labels, /16 index, /16 whole labels
 Part = tuple[int, int, str]  # (offset, bytes, memoryview format)
 
