@@ -30,8 +30,15 @@ from geodns.config.server import ServerConfig, load_config
 from geodns.daemon.app import ReloadStatus
 from geodns.dns.wire import parse_query
 from geodns.geo.locator import Geo
-from geodns.observe.counters import OTHER_QTYPE, PATH_FULL, QueryCounters, worker_report
+from geodns.observe.counters import (
+    OTHER_QTYPE,
+    PATH_FULL,
+    REPORTED_SAMPLE,
+    QueryCounters,
+    worker_report,
+)
 from geodns.observe.metrics import Metrics
+from geodns.observe.sample import SAMPLE_EVERY
 from geodns.serving.answer_path import ServerState
 from geodns.serving.engine import Outcome
 from geodns.serving.snapshot import build_snapshot
@@ -498,8 +505,20 @@ def test_a_workers_sampled_networks_reach_the_main_process(state: ServerState) -
     first = pickle.loads(pickle.dumps(worker_report(worker, worker_state, sample_added=0)))
     assert 10 < len(first["sample"]) <= worker.sample.added
     assert {entry[0][2][:2] for entry in first["sample"]} == {bytes([36, 64])}
-    again = worker_report(worker, worker_state, sample_added=worker.sample.added)
+    again_added = worker.sample.added
+    again = worker_report(worker, worker_state, sample_added=again_added)
     assert again["sample"] == []
+    # a busy second samples more than a report carries: the newest go
+    for index in range(4 * REPORTED_SAMPLE * SAMPLE_EVERY):
+        ask(
+            worker_state,
+            wire("www.cdn.example.com", ecs=f"41.{index % 256}.{index // 256}.0/24"),
+            RESOLVER,
+            False,
+        )
+    busy = worker_report(worker, worker_state, sample_added=again_added)
+    assert len(busy["sample"]) == REPORTED_SAMPLE
+    assert busy["sample"] == worker.sample.entries()[-REPORTED_SAMPLE:]
     main = QueryCounters()
     main.sample.add(first["sample"])
     assert main.sample.entries() == first["sample"]

@@ -214,6 +214,12 @@ TCP_CLOSE_REASONS = (
 )
 
 
+REPORTED_SAMPLE = 256
+"""Sampled networks a worker report carries at most (a second's worth): under cold traffic a
+worker samples its whole ring (2,048) every second, 200-300 KB pickled, which the main process
+unpickled for every worker each second to keep a sample of 2,048 in all."""
+
+
 def worker_report(
     counters: QueryCounters,
     server_state: Any,
@@ -241,6 +247,6 @@ def worker_report(
         report["query_log"] = {name: getattr(query_log, name) for name in QUERY_LOG_COUNTERS}
     if dnstap is not None:
         report["dnstap"] = {name: getattr(dnstap, name) for name in SPOOL_COUNTERS}
-    if sample_added is not None:
-        report["sample"] = counters.sample.newer_than(sample_added)
+    if sample_added is not None:  # the newest, at most REPORTED_SAMPLE a report
+        report["sample"] = counters.sample.newer_than(sample_added)[-REPORTED_SAMPLE:]
     return report
