@@ -195,6 +195,8 @@ class WorkerPool:
         except OSError as exc:
             # cut short (a full pipe past its timeout, files refused): the stream may be out
             # of step, so the worker is stopped; its pipe closes and the pool starts it again
+            if self.stopping:  # (a worker ending before its "stop" arrived: nothing to say)
+                return
             log.error("worker_order_failed", worker=index, order=kind, error=str(exc))
             process = self.processes.get(index)
             if process is not None and process.poll() is None:
