@@ -1,24 +1,29 @@
-"""Answer maps the main process shares with its workers (geodns.geo.sharedmaps), and the
-pipe they cross.
+"""Answer maps built by a child process and shared by every serving process
+(geodns.daemon.mapbuilder, geodns.geo.sharedmaps), and the pipe they cross.
 
 In one process: a map handed over through a sealed memory file answers exactly what the map
 built in the process answers, for addresses all over both spaces and under every health view
-of tests/test_answer_maps.py; its file cannot be changed; a set handed over again keeps the
-files of the maps it keeps and closes the others; the files cross a real socket pair in a
-worker's order, also when the pipe is non-blocking (as the event loop leaves it) and the files
-arrive after the order.
+of tests/test_answer_maps.py; its file cannot be changed; the builder child (a real
+`python -m geodns.daemon.mapbuilder`) gives, from a cached index, the maps built in the
+process, and the main process keeps their files while they serve and closes them after; a set
+handed over again keeps the files of the maps it keeps and closes the others; the files cross
+a real socket pair in a worker's order, also when the pipe is non-blocking (as the event loop
+leaves it) and the files arrive after the order.
 
-End to end: a server with `workers: 2` on the bundled example. Its worker maps the main
-process's files and never imports numpy (so it built no map), and every answer, from both
-processes (fresh sockets: the kernel spreads them), carries the map's scope, which for the
-subnets asked is wider than the database network's (what a record decided per place answers),
-before and after a drain.
+End to end: a server with `workers: 2` on the bundled example. Neither process imports numpy
+(the maps were built by a child), both map the files, and every answer, from both processes
+(fresh sockets: the kernel spreads them), carries the map's scope, which for the subnets asked
+is wider than the database network's (what a record decided per place answers), before and
+after a drain. With its cached index removed under it, a one-process server builds a drain's
+maps itself, says so, and answers with the maps' scopes all the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
+import json
 import mmap
 import os
 import random
@@ -32,11 +37,14 @@ import dns.edns
 import pytest
 import yaml
 
+from geodns.common.errors import MapBuildError
 from geodns.config.loader import load_geo
 from geodns.config.server import load_config
 from geodns.daemon.app import App
+from geodns.daemon.mapbuilder import build_elsewhere
 from geodns.daemon.workers import bound_pipe, receive_message, send_message
 from geodns.geo.answers import AnswerMap
+from geodns.geo.index import load_index, save_index
 from geodns.geo.locator import Geo
 from geodns.geo.sharedmaps import SharedMapsIn, SharedMapsOut, adopt, publish
 from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
@@ -84,6 +92,48 @@ def test_a_shared_map_answers_what_the_built_one_does(
         finally:
             os.close(descriptor)
         _same_map(built, adopt(notice, memory, geo.index))
+
+
+def test_the_builder_child_gives_the_maps_built_here_and_they_are_kept_while_they_serve(
+    world: tuple[Geo, Snapshot], tmp_path: Path
+) -> None:
+    geo, snapshot = world
+    assert geo.index is not None
+    save_index(geo.index, tmp_path)
+    cached = load_index(tmp_path, geo.index.digest)
+    assert cached is not None and cached.directory == tmp_path
+    shapes = list(set(snapshot.shapes.values()))
+    outgoing = SharedMapsOut()
+    try:
+        for down in VIEWS:
+            built = answer_maps(geo, shapes, down)
+            received = outgoing.receive_built(build_elsewhere(cached, shapes, down), cached)
+            assert {s.key for s in received} == {s.key for s in built}
+            by_key = {s.key: m for s, m in built.items()}
+            for shape, answer_map in received.items():
+                assert answer_map.down == down and answer_map.index is cached
+                _same_map(by_key[shape.key], answer_map)
+        assert len(outgoing.files) == len(shapes) * len(VIEWS)  # all kept until an update
+        # the last view's maps in service: only their files stay open, and nothing is shared
+        # without workers
+        in_service = list(received.values())
+        before = set(outgoing.files)
+        assert outgoing.update(in_service, share=False) == []
+        assert set(outgoing.files) == {id(m.runs4) for m in in_service} < before
+        # with workers: the same files, not new copies, behind a listing
+        files = outgoing.update(in_service)
+        assert files[1:] == [outgoing.files[id(m.runs4)][2] for m in in_service]
+    finally:
+        outgoing.close()
+    # an index the child cannot load (not from a cache directory; its files gone): it says so
+    with pytest.raises(MapBuildError, match="cache directory"):
+        build_elsewhere(dataclasses.replace(cached, directory=None), shapes, frozenset())
+    gone = load_index(tmp_path, geo.index.digest)
+    assert gone is not None
+    for entry in sorted(tmp_path.rglob("*"), reverse=True):
+        entry.unlink() if entry.is_file() else entry.rmdir()
+    with pytest.raises(MapBuildError, match="no cached place index"):
+        build_elsewhere(gone, shapes, frozenset())
 
 
 def test_a_set_handed_over_again_keeps_its_files_and_drops_the_rest(
@@ -304,11 +354,14 @@ def test_workers_answer_from_the_main_process_maps() -> None:
     example = yaml.safe_load(EXAMPLE.read_text())
     config = {"sites": example["sites"], "workers": 2, "watch_zones": False}
     zones = {ZONE: (ROOT / "zones" / f"{ZONE}.yaml").read_text()}
-    with GeodnsServer(config, zones) as server:
+    server = GeodnsServer(config, zones)
+    loaded = load_config(server.config_path)
+    # the index cached before the start (as on every start but the first: a first start with
+    # a small database builds it in the main process, numpy and all)
+    geo = load_geo(loaded, build=True)
+    with server:
         # what the maps say, and what a record decided per place would say, for IPv4 /24s
         # whose map block is wider than their database network
-        loaded = load_config(server.config_path)
-        geo = load_geo(loaded, build=True)
         snapshot = build_snapshot(loaded, geo)
         assert geo.index is not None
         record = next(r for r in snapshot.shapes if r.owner == f"www.{ZONE}." and r.family == 4)
@@ -335,7 +388,9 @@ def test_workers_answer_from_the_main_process_maps() -> None:
         assert worker is not None and "geodns-answer-map" in worker_maps
         assert "_multiarray_umath" not in worker_maps  # no numpy: it built no map itself
         assert server.proc is not None
-        assert "_multiarray_umath" in Path(f"/proc/{server.proc.pid}/maps").read_text()
+        main_maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+        assert "geodns-answer-map" in main_maps  # the main process too: a child built them
+        assert "_multiarray_umath" not in main_maps
 
         for down in (frozenset(), frozenset({"frankfurt"})):
             if down:
@@ -348,5 +403,60 @@ def test_workers_answer_from_the_main_process_maps() -> None:
                     seen = _scopes(server, subnet)
                 assert {s for _, s in seen} == {want}, (subnet, sorted(down), seen)
                 assert len({a for a, _ in seen}) == 1, (subnet, seen)
-        assert "geodns-answer-map" in Path(f"/proc/{worker}/maps").read_text()
-        assert "_multiarray_umath" not in Path(f"/proc/{worker}/maps").read_text()
+        for pid in (worker, server.proc.pid):
+            assert "geodns-answer-map" in Path(f"/proc/{pid}/maps").read_text()
+            assert "_multiarray_umath" not in Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_without_its_cached_index_the_main_process_builds_a_drains_maps_itself(
+    tmp_path: Path,
+) -> None:
+    """The cache directory removed under a running server (a cleanup, a full disk's
+    remedy): the builder child cannot map the index, and the main process builds the maps
+    of a drain itself from the index it has mapped; the answers carry the maps' scopes."""
+    example = yaml.safe_load(EXAMPLE.read_text())
+    cache = tmp_path / "cache"
+    config = {"sites": example["sites"], "watch_zones": False, "cache_dir": str(cache)}
+    zones = {ZONE: (ROOT / "zones" / f"{ZONE}.yaml").read_text()}
+    server = GeodnsServer(config, zones)
+    loaded = load_config(server.config_path)
+    geo = load_geo(loaded, build=True)  # cached before the start, as in the test above
+    with server:
+        snapshot = build_snapshot(loaded, geo)
+        assert geo.index is not None
+        record = next(r for r in snapshot.shapes if r.owner == f"www.{ZONE}." and r.family == 4)
+        drained = frozenset({"frankfurt"})
+        shape = snapshot.shapes[record]
+        built = answer_maps(geo, [shape], drained)[shape]
+        rng = random.Random(9)
+        wide = {}
+        for value in (rng.getrandbits(24) << 8 for _ in range(5_000)):
+            scope = built.lookup(4, value)[1]
+            if 0 < scope < geo.index.runs4.lookup(value)[1]:
+                wide[f"{ipaddress.IPv4Address(value)}/24"] = scope
+            if len(wide) == 3:
+                break
+        assert wide, "no subnet whose map block is wider than its network"
+        deadline = time.monotonic() + STARTED_WITHIN
+        assert server.proc is not None
+        maps_file = Path(f"/proc/{server.proc.pid}/maps")
+        while "geodns-answer-map" not in maps_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first maps, from the child
+        assert "geodns-answer-map" in maps_file.read_text()
+        assert "_multiarray_umath" not in maps_file.read_text()
+        for entry in sorted(cache.rglob("*"), reverse=True):
+            if "geo-index" in str(entry):
+                entry.unlink() if entry.is_file() else entry.rmdir()
+        assert server.cli("drain", "frankfurt").returncode == 0
+        for subnet, want in wide.items():
+            seen = _scopes(server, subnet, 5)
+            while {s for _, s in seen} != {want} and time.monotonic() < deadline:
+                time.sleep(0.1)
+                seen = _scopes(server, subnet, 5)
+            assert {s for _, s in seen} == {want}, (subnet, seen)
+        assert "_multiarray_umath" in maps_file.read_text()  # built here, with numpy
+        assert server.alive()
+        lines = server.stderr_text().splitlines()
+        events = [json.loads(line) for line in lines if line.startswith("{")]
+        built_here = [e for e in events if e.get("event") == "answer_maps_built_here"]
+        assert built_here and "no cached place index" in built_here[0]["error"]

@@ -103,6 +103,10 @@ class WorkerError(GeodnsError):
     """A worker process did not start (it exited, or did not report ready in time)."""
 
 
+class MapBuildError(GeodnsError):
+    """The child process that builds answer maps could not (the main process builds them)."""
+
+
 class StateFileError(GeodnsError):
     """The state file could not be written, so a change that must survive a crash was undone."""
 

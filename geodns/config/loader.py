@@ -214,6 +214,9 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
         index = build_index(database)
         try:
             save_index(index, directory)
+            # served from the cache files, as every later start is: mapped, not a copy in
+            # this process's heap, and where a map builder child can map it too
+            index = load_index(directory, index.digest) or index
         except OSError as exc:  # it serves; the next start builds the index again
             get_logger("geodns").warning(
                 "geo_index_not_saved",

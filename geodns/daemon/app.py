@@ -38,12 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 from geodns import __version__
 from geodns.common.caching import freeze_heap
-from geodns.common.errors import ConfigError, GeodnsError, Problem
+from geodns.common.errors import ConfigError, GeodnsError, MapBuildError, Problem
 from geodns.common.logs import get_logger
 from geodns.common.memory import release_free_memory
 from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
+from geodns.daemon.mapbuilder import build_elsewhere
 from geodns.daemon.workers import (
     STATS_INTERVAL,
     WorkerPool,
@@ -56,7 +57,7 @@ from geodns.geo.answers import AnswerMap, Shape
 from geodns.geo.dynamic import records_all_down
 from geodns.geo.index import load_index, prune_cache
 from geodns.geo.locator import Geo
-from geodns.geo.sharedmaps import SharedMapsIn, SharedMapsOut
+from geodns.geo.sharedmaps import SharedMapsIn, SharedMapsOut, sharing_supported
 from geodns.health.monitor import HealthMonitor
 from geodns.health.state import HealthView
 from geodns.observe.counters import QueryCounters, worker_report
@@ -138,9 +139,12 @@ class App:
         self.cookie_secret = cookie_secret
         self.pool: WorkerPool | None = None
         self.worker_count = worker_count(config.workers)
-        # with workers, the main process shares the answer maps it builds (maps_out) and a
+        # the main process has its answer maps built by a child process and keeps their files
+        # to hand to the workers (maps_out; None: no memory files here, it builds its own); a
         # worker builds none but takes those (maps_in; None: told to build its own)
-        self.maps_out: SharedMapsOut | None = None
+        self.maps_out: SharedMapsOut | None = (
+            SharedMapsOut() if control is None and sharing_supported() else None
+        )
         self.maps_in: SharedMapsIn | None = SharedMapsIn() if control is not None else None
         self.state: ServerState | None = None
         self.geo: Geo | None = None
@@ -258,9 +262,10 @@ class App:
                 on_failed=self.stopping.set,
             )
             self.pool.latest["health"] = sorted(self.monitor.view.down)  # handed over at spawn
-            self.maps_out = SharedMapsOut()
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
+            if self.maps_out is None:  # no memory files to share: each builds its own
+                self.pool.broadcast("maps", None)
             self._share_maps()  # those built by now; the first build shares its own when done
         socket_path = admin_socket(config)
         if config.admin.listen or socket_path:
@@ -544,12 +549,26 @@ class App:
         down: frozenset[str],
         previous: Mapping[Shape, AnswerMap] | None,
     ) -> dict[Shape, AnswerMap]:
-        """`answer_maps` as this process makes them: the main process (and a worker told to)
-        builds those that do not hold; a worker takes the main process's shared maps that fit,
-        and builds none (records without one are decided per place until it arrives)."""
-        if self.maps_in is None:
+        """`answer_maps` as this process makes them (blocking: run in a thread). The main
+        process has a child build those that do not hold (geodns.daemon.mapbuilder), or
+        builds them itself where it cannot (as does a worker told to); a worker takes the
+        main process's shared maps that fit, and builds none (records without one are decided
+        per place until it arrives)."""
+        if self.maps_in is not None:
+            return answer_maps(geo, shapes, down, self._with_shared(geo, previous), build=False)
+        index = geo.index if geo is not None else None
+        if self.maps_out is None or index is None or index.directory is None:
+            return answer_maps(geo, shapes, down, previous)  # (an index not in the cache)
+        shapes = set(shapes)
+        _, stale = still_valid_maps(geo, shapes, down, previous)
+        if not stale:
+            return answer_maps(geo, shapes, down, previous, build=False)
+        try:
+            built = self.maps_out.receive_built(build_elsewhere(index, stale, down), index)
+        except (MapBuildError, OSError, ValueError) as exc:
+            log.warning("answer_maps_built_here", error=str(exc), maps=len(stale))
             return answer_maps(geo, shapes, down, previous)
-        return answer_maps(geo, shapes, down, self._with_shared(geo, previous), build=False)
+        return answer_maps(geo, shapes, down, {**(previous or {}), **built}, build=False)
 
     def _with_shared(
         self, geo: Geo | None, previous: Mapping[Shape, AnswerMap] | None
@@ -564,13 +583,18 @@ class App:
         return found
 
     def _share_maps(self) -> None:
-        """The main process, with workers: hand them the maps now in service (a sealed memory
-        file per new map, geodns.geo.sharedmaps). Where none can be made, the workers are
-        told to build their own, and sharing stops."""
-        if self.pool is None or self.maps_out is None or self.state is None:
+        """The main process, after a swap that brought maps: keep the files of the maps now
+        in service (closing the others') and, with workers, hand them those (a map it built
+        itself gets its sealed memory file now, geodns.geo.sharedmaps). Where none can be
+        made, the workers are told to build their own, and sharing stops."""
+        if self.maps_out is None or self.state is None:
+            return
+        in_service = self.state.snapshot.maps.values()
+        if self.pool is None:
+            self.maps_out.update(in_service, share=False)
             return
         try:
-            files = self.maps_out.update(self.state.snapshot.maps.values())
+            files = self.maps_out.update(in_service)
         except OSError as exc:
             log.warning("answer_maps_not_shared", error=str(exc), workers="build their own")
             self.maps_out.close()
@@ -742,8 +766,6 @@ class App:
         in_use = current.geo.index if current.geo is not None else None
         same_index = geo.index is not None and geo.index is in_use
         previous = current.maps if geo is current.geo or same_index else None
-        if self.maps_in is not None:  # a worker: the maps the main process shared
-            previous = self._with_shared(geo, previous)
         now = self.clock()
         if self.control is None and config.dnssec:  # a zone newly signed gets its keys
             _log_key_steps(self._keep_keys(config, current.zones, now))
@@ -756,7 +778,7 @@ class App:
             now,
             current.signed,
             in_use=current,
-            build_maps=self.maps_in is None,
+            make_maps=self._maps,
         )
         return config, geo, snapshot
 
@@ -798,8 +820,8 @@ class App:
             successes=self.reload_status.successes + 1,
             failures=self.reload_status.failures,
         )
+        self._share_maps()  # first: the workers' reloads take the new ones
         if self.pool is not None:
-            self._share_maps()  # first: the workers' reloads take the new ones
             self.pool.broadcast("reload")
         if self.fleet is not None:
             if config.fleet != self.fleet.config:

@@ -292,7 +292,7 @@ def worker_main(argv: list[str]) -> int:
     "module:function" of a WorkerEntry (imported here, so the worker loads the server only
     once started); FD its end of the socket pair, whose first message is the cookie secret."""
     entry_name, config_path, index, descriptor = argv
-    _stop_with_parent()
+    stop_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and when to reload
     connection = Connection(int(descriptor))
@@ -304,7 +304,7 @@ def worker_main(argv: list[str]) -> int:
     return entry(Path(config_path), connection, int(index), secret)
 
 
-def _stop_with_parent() -> None:
+def stop_with_parent() -> None:
     """SIGTERM when the main process dies, however it dies (Linux's PR_SET_PDEATHSIG): a worker
     must not hold the port for a server that is gone."""
     with contextlib.suppress(OSError, AttributeError):  # the loaded C library's prctl

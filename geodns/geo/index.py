@@ -88,6 +88,7 @@ class PlaceIndex:
     build_seconds: float
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # made from `columns`
     mappings: tuple[mmap.mmap, ...] = ()  # the cache files it is read from (a loaded index)
+    directory: Path | None = None  # the cache directory it was loaded from (a loaded index)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_places", {})
@@ -455,6 +456,7 @@ def load_index(directory: Path, digest: str) -> PlaceIndex | None:
             digest=digest,
             build_seconds=float(meta["build_seconds"]),
             mappings=tuple(mappings),
+            directory=directory,
         )
     except (OSError, ValueError, KeyError, TypeError, SyntaxError):
         return None

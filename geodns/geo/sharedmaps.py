@@ -1,25 +1,24 @@
-"""Answer maps built once, by the main process, and read by every worker from shared memory.
+"""Answer maps built once, out of every serving process, and read by all from shared memory.
 
-With `workers: N` every process built the answer maps of every record shape under every health
-view itself: N copies of the same arrays (6 MB for two shapes on a 100 MB City database), N
-builds of the same numbers at every health change, and numpy imported by every process for
-them. Now the main process, which builds them anyway, copies each new map's arrays into an
-anonymous memory file (memfd), seals it against any change, and hands the file to the workers
-over their pipe (SCM_RIGHTS), with one more file listing them (`MapNotice`s: what each holds,
-pickled; the order on the pipe stays a few bytes however many maps there are, so it never
-fills the pipe's buffer); a worker maps each file read-only, and its lookups read it through
-memoryviews as they read a cached place index (geodns.geo.runs). The machine holds one copy,
-and a worker never imports numpy.
+A map's arrays live in an anonymous memory file (memfd) sealed against any change: a child
+process builds them (geodns.daemon.mapbuilder), copies each map into its own file and hands the
+files to the main process over a socket pair (SCM_RIGHTS), with one more file listing them
+(`MapNotice`s: what each holds, pickled; an order on a pipe stays a few bytes however many maps
+there are, so it never fills the pipe's buffer). The main process maps each file read-only and
+answers from it (`SharedMapsOut.receive_built`), and hands the same files on to its workers
+over their pipes (`SharedMapsOut.update`), which map them as well (`SharedMapsIn`). Lookups read
+a mapped map through memoryviews, as they read a cached place index (geodns.geo.runs). The
+machine holds one copy of each map, and no serving process imports numpy.
 
 A map is a pure function of (its shape, the health of its targets, the place index), so a
-worker takes a shared map exactly where it would have built that one: `still_valid_maps`
+process takes a shared map exactly where it would have built that one: `still_valid_maps`
 matches it by the shape's key, the states and the index (the digest here, then identity). Its
-answers (a decision per answer id) are not shipped but decided again in the worker from each
+answers (a decision per answer id) are not shipped but decided again in each process from each
 answer's representative place, by the build's own function (`representative_decision`).
 
-Workers build no map while the main process shares them: a record whose map has not arrived
-yet is decided per place (correct, each place's own block as scope), as during any rebuild.
-Where a memory file cannot be made, the main process says so and every worker builds its own.
+Workers build no map: a record whose map has not arrived yet is decided per place (correct,
+each place's own block as scope), as during any rebuild. Where a memory file cannot be made,
+the main process builds its maps itself, says so, and every worker builds its own.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import os
 import pickle
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from geodns.geo.answers import AnswerMap, Shape, representative_decision
 from geodns.geo.index import PlaceIndex
@@ -64,10 +63,15 @@ class MapNotice:
     unlocated: int
 
 
+def sharing_supported() -> bool:
+    """Whether this system makes sealed memory files (Linux's memfd with seals)."""
+    return hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
+
+
 def sealed_file(name: str, size: int, chunks: Iterable[tuple[memoryview, int]]) -> int:
     """A memory file of `size` bytes holding each (bytes, offset) chunk, sealed against any
     change: its descriptor (OSError where the system has no memfd or sealing)."""
-    if not hasattr(os, "memfd_create") or not hasattr(fcntl, "F_ADD_SEALS"):
+    if not sharing_supported():
         raise OSError("no sealed memory files (memfd) on this system")
     descriptor = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
@@ -106,6 +110,23 @@ def publish(answer_map: AnswerMap, token: int) -> tuple[MapNotice, int]:
         answer_map.unlocated,
     )
     return notice, descriptor
+
+
+def publish_set(maps: Iterable[AnswerMap]) -> list[int]:
+    """Sealed files for `maps`: the listing, then one per map (tokens from 1), as a builder
+    child hands them to the main process (OSError: they cannot be made; none stays open)."""
+    notices: list[MapNotice] = []
+    descriptors: list[int] = []
+    try:
+        for token, answer_map in enumerate(maps, 1):
+            notice, descriptor = publish(answer_map, token)
+            notices.append(notice)
+            descriptors.append(descriptor)
+        return [write_listing(notices), *descriptors]
+    except BaseException:
+        for descriptor in descriptors:
+            os.close(descriptor)
+        raise
 
 
 def write_listing(notices: list[MapNotice]) -> int:
@@ -150,8 +171,9 @@ def adopt(notice: MapNotice, memory: mmap.mmap, index: PlaceIndex) -> AnswerMap:
 
 
 class SharedMapsOut:
-    """The main process's side: one sealed file per map in service, made once per map (a map
-    kept across a reload or a health change keeps its file), closed when the map leaves."""
+    """The main process's side: the files of the maps it serves, received from the builder
+    child (or, for a map it built itself, made here when the workers need it), kept open to
+    hand to the workers while their map serves, and closed when it leaves."""
 
     def __init__(self) -> None:
         self.tokens = itertools.count(1)
@@ -159,37 +181,76 @@ class SharedMapsOut:
         # kept map shares with its copies (still_valid_maps replaces the shape, not the runs)
         self.files: dict[int, tuple[Runs4, MapNotice, int]] = {}
         self.listing: int | None = None
+        self.lock = threading.Lock()  # maps received in build threads, shared on the loop
 
-    def update(self, maps: Iterable[AnswerMap]) -> list[int]:
-        """The files to hand the workers for `maps`, the maps now in service: the listing,
-        then one per map (open until the next update; OSError: they cannot be made)."""
-        current: dict[int, tuple[Runs4, MapNotice, int]] = {}
+    def receive_built(self, descriptors: list[int], index: PlaceIndex) -> dict[Shape, AnswerMap]:
+        """The maps of a builder child's files (geodns.daemon.mapbuilder: the listing, then one
+        per map), mapped read-only on `index` (the one they were built on); their files stay
+        open here until `update` finds their maps out of service (ValueError: not such a set,
+        OSError: a file that cannot be mapped; then none stays open)."""
+        files = descriptors[1:]
         try:
-            for answer_map in maps:
-                key = id(answer_map.runs4)
-                held = self.files.get(key) or current.get(key)
-                if held is None or held[0] is not answer_map.runs4:
-                    notice, descriptor = publish(answer_map, next(self.tokens))
-                    held = (answer_map.runs4, notice, descriptor)
-                current[key] = held
+            notices = read_listing(descriptors[0]) if descriptors else []
+            if len(files) != len(notices):
+                raise ValueError(f"{len(notices)} answer maps listed, {len(files)} files")
+            memories = [
+                mmap.mmap(descriptor, notice.size, prot=mmap.PROT_READ)
+                for notice, descriptor in zip(notices, files, strict=True)
+            ]
+        except BaseException:
+            for descriptor in files:
+                os.close(descriptor)
+            raise
         finally:
-            kept = {held[2] for held in current.values()}
-            for _, _, descriptor in self.files.values():
-                if descriptor not in kept:
-                    os.close(descriptor)
-            self.files = current
-        listing = write_listing([notice for _, notice, _ in current.values()])
-        if self.listing is not None:
-            os.close(self.listing)
-        self.listing = listing
-        return [listing, *(descriptor for _, _, descriptor in current.values())]
+            if descriptors:
+                os.close(descriptors[0])
+        built: dict[Shape, AnswerMap] = {}
+        with self.lock:
+            for notice, descriptor, memory in zip(notices, files, memories, strict=True):
+                notice = replace(notice, token=next(self.tokens))  # numbered as this process's
+                answer_map = adopt(notice, memory, index)
+                built[answer_map.shape] = answer_map
+                self.files[id(answer_map.runs4)] = (answer_map.runs4, notice, descriptor)
+        return built
+
+    def update(self, maps: Iterable[AnswerMap], share: bool = True) -> list[int]:
+        """Keep the files of `maps`, the maps now in service, and close the others; with
+        `share`, the files to hand the workers: the listing, then one per map (a map this
+        process built itself gets its file now; open until the next update; OSError: it
+        cannot be made). Without workers nothing is shared: []."""
+        with self.lock:
+            current: dict[int, tuple[Runs4, MapNotice, int]] = {}
+            try:
+                for answer_map in maps:
+                    key = id(answer_map.runs4)
+                    held = self.files.get(key) or current.get(key)
+                    if held is None or held[0] is not answer_map.runs4:
+                        if not share:
+                            continue
+                        notice, descriptor = publish(answer_map, next(self.tokens))
+                        held = (answer_map.runs4, notice, descriptor)
+                    current[key] = held
+            finally:
+                kept = {held[2] for held in current.values()}
+                for _, _, descriptor in self.files.values():
+                    if descriptor not in kept:
+                        os.close(descriptor)
+                self.files = current
+            if not share:
+                return []
+            listing = write_listing([notice for _, notice, _ in current.values()])
+            if self.listing is not None:
+                os.close(self.listing)
+            self.listing = listing
+            return [listing, *(descriptor for _, _, descriptor in current.values())]
 
     def close(self) -> None:
-        for _, _, descriptor in self.files.values():
-            os.close(descriptor)
-        if self.listing is not None:
-            os.close(self.listing)
-        self.files, self.listing = {}, None
+        with self.lock:
+            for _, _, descriptor in self.files.values():
+                os.close(descriptor)
+            if self.listing is not None:
+                os.close(self.listing)
+            self.files, self.listing = {}, None
 
 
 class SharedMapsIn:

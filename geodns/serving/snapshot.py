@@ -14,7 +14,7 @@ geography-dependent (replies, templates, place decisions) starts empty.
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -261,6 +261,13 @@ def _fresh_names(blocks: ZoneBlocks, in_use: Snapshot) -> dict[str, list[str]]:
     return fresh
 
 
+MapMaker = Callable[
+    [Geo | None, Iterable[Shape], frozenset[str], Mapping[Shape, AnswerMap] | None],
+    dict[Shape, AnswerMap],
+]
+"""(geo, shapes, health view, maps that may still hold) -> the maps of those shapes."""
+
+
 def answer_maps(
     geo: Geo | None,
     shapes: Iterable[Shape],
@@ -330,7 +337,7 @@ def build_snapshot(
     previous_signed: Mapping[str, SignedZone] | None = None,
     with_maps: bool = True,
     in_use: Snapshot | None = None,
-    build_maps: bool = True,
+    make_maps: MapMaker | None = None,
 ) -> Snapshot:
     """Zones + geography + health -> a new Snapshot ready to be swapped in (raises ConfigError
     with every problem of every zone file). Its sites are the config's plus one per value
@@ -339,8 +346,9 @@ def build_snapshot(
     snapshot's signatures that still hold (geodns.serving.signing). Without `with_maps` the
     answer maps are left to the caller (a start builds them while it already answers). On a
     reload, the zone files' blocks unchanged since the snapshot `in_use` read them are taken as
-    they were read then (see ZoneBlocks), and their records keep their shapes. Without
-    `build_maps` only the `previous_maps` that hold are kept (see answer_maps)."""
+    they were read then (see ZoneBlocks), and their records keep their shapes. The maps are
+    made by `make_maps` (a server's own way: built by a child process, or taken from the main
+    process), or by `answer_maps` here."""
     with collector_paused():  # loading makes millions of objects that all live on
         compiler = DynamicCompilerForSites(config.sites)
         blocks = ZoneBlocks(config.sites)
@@ -365,7 +373,7 @@ def build_snapshot(
         sites={**config.sites, **compiler.implicit_sites},
         generation=generation,
         shapes=shapes,
-        maps=answer_maps(geo, shapes.values(), down, previous_maps, build_maps)
+        maps=(make_maps or answer_maps)(geo, shapes.values(), down, previous_maps)
         if with_maps
         else {},
         signed=signed,

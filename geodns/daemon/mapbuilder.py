@@ -1,0 +1,95 @@
+"""Answer maps built in a short-lived child process, handed back as sealed memory files.
+
+The main process built every answer map itself, in a thread: numpy imported for good (7 MB of
+libraries and its heap), the rankings and the build's temporaries left in the heap (a thread's
+malloc arena that trimming cannot empty while a few live chunks sit in it), and the GIL held
+by the build while queries waited. On the 10,000-name zone that was 32 MB of the 86 MB a
+server held once its maps were there. Now the main process sends the shapes to build (the
+records' decision structures without addresses), the health view and its place index's
+digest to `python -m geodns.daemon.mapbuilder`, which maps the same cached index, builds the
+maps, copies each into a sealed memory file (geodns.geo.sharedmaps.publish, as the main
+process copied its own for the workers before) and hands the files back over a socket pair
+(SCM_RIGHTS), then exits. The main process maps them read-only and answers from them as a
+worker does (its lookups cost what a built map's do), and hands the same files on to its
+workers: no serving process imports numpy, and the machine holds one copy of each map.
+
+A child costs a process start and numpy's import (about 0.15 s of CPU) per build; it runs
+at the server's own priority, so that under full load the maps still come (records are
+decided per place meanwhile, correct but slower). Where it cannot run (no memfd, an index not
+loaded from the cache directory, the cache files removed, the child killed) the main process
+builds in its own thread as before and says so once per build (`answer_maps_built_here`).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import subprocess
+import sys
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from geodns.common.errors import MapBuildError
+from geodns.daemon.workers import bound_pipe, receive_message, send_message, stop_with_parent
+from geodns.geo.answers import Rankings, Shape, build_map
+from geodns.geo.index import PlaceIndex, load_index
+from geodns.geo.sharedmaps import publish_set
+
+BUILD_TIMEOUT = 600.0  # seconds a child may take (a 100-PoP real City index: about a second)
+
+
+def build_elsewhere(index: PlaceIndex, shapes: list[Shape], down: frozenset[str]) -> list[int]:
+    """The maps of `shapes` under `down` on `index` (a cached one), built by a child process:
+    the descriptors of their sealed files, the listing first (see SharedMapsOut.receive_built).
+    Blocking: callers run it in a thread. MapBuildError where the child could not."""
+    if index.directory is None:
+        raise MapBuildError("the place index was not loaded from a cache directory")
+    parent, child = socket.socketpair()
+    bound_pipe(parent)
+    bound_pipe(child)
+    command = [sys.executable, "-m", "geodns.daemon.mapbuilder", str(child.fileno())]
+    with child:
+        process = subprocess.Popen(command, pass_fds=(child.fileno(),))
+    connection = Connection(parent.detach())
+    try:
+        send_message(connection, "build", (str(index.directory), index.digest, shapes, down))
+        ready, _, _ = select.select([connection], [], [], BUILD_TIMEOUT)
+        if not ready:
+            raise MapBuildError(f"no answer maps after {BUILD_TIMEOUT:.0f} s")
+        kind, payload = receive_message(connection)
+    except (OSError, EOFError) as exc:
+        raise MapBuildError(f"the map builder stopped: {exc or type(exc).__name__}") from None
+    finally:
+        connection.close()
+        if process.poll() is None:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    if kind != "maps":
+        raise MapBuildError(str(payload))
+    descriptors: list[int] = payload
+    return descriptors
+
+
+def builder_main(argv: list[str]) -> int:
+    """The child: `python -m geodns.daemon.mapbuilder FD`; one order, one answer, then exit."""
+    stop_with_parent()
+    connection = Connection(int(argv[0]))
+    _, (directory, digest, shapes, down) = receive_message(connection)
+    try:
+        index = load_index(Path(directory), digest)
+        if index is None:
+            raise MapBuildError(f"no cached place index {digest[:12]} in {directory}")
+        rankings = Rankings(index)
+        files = publish_set([build_map(shape, index, rankings, down) for shape in shapes])
+    except Exception as exc:  # told to the main process, which builds them itself
+        send_message(connection, "error", f"{type(exc).__name__}: {exc}")
+        return 1
+    send_message(connection, "maps", len(files), files)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(builder_main(sys.argv[1:]))
