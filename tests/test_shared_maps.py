@@ -41,7 +41,7 @@ from geodns.common.errors import MapBuildError
 from geodns.config.loader import load_geo
 from geodns.config.server import load_config
 from geodns.daemon.app import App
-from geodns.daemon.mapbuilder import build_elsewhere
+from geodns.daemon.mapbuilder import MapBuilder
 from geodns.daemon.workers import bound_pipe, receive_message, send_message
 from geodns.geo.answers import AnswerMap
 from geodns.geo.index import load_index, save_index
@@ -107,7 +107,7 @@ def test_the_builder_child_gives_the_maps_built_here_and_they_are_kept_while_the
     try:
         for down in VIEWS:
             built = answer_maps(geo, shapes, down)
-            received = outgoing.receive_built(build_elsewhere(cached, shapes, down), cached)
+            received = outgoing.receive_built(MapBuilder().build(cached, shapes, down), cached)
             assert {s.key for s in received} == {s.key for s in built}
             by_key = {s.key: m for s, m in built.items()}
             for shape, answer_map in received.items():
@@ -127,13 +127,18 @@ def test_the_builder_child_gives_the_maps_built_here_and_they_are_kept_while_the
         outgoing.close()
     # an index the child cannot load (not from a cache directory; its files gone): it says so
     with pytest.raises(MapBuildError, match="cache directory"):
-        build_elsewhere(dataclasses.replace(cached, directory=None), shapes, frozenset())
+        MapBuilder().build(dataclasses.replace(cached, directory=None), shapes, frozenset())
     gone = load_index(tmp_path, geo.index.digest)
     assert gone is not None
     for entry in sorted(tmp_path.rglob("*"), reverse=True):
         entry.unlink() if entry.is_file() else entry.rmdir()
     with pytest.raises(MapBuildError, match="no cached place index"):
-        build_elsewhere(gone, shapes, frozenset())
+        MapBuilder().build(gone, shapes, frozenset())
+    stopped = MapBuilder()  # a stopping server starts no child
+    stopped.stop()
+    with pytest.raises(MapBuildError, match="stopping"):
+        stopped.build(cached, shapes, frozenset())
+    assert not stopped.running
 
 
 def test_a_set_handed_over_again_keeps_its_files_and_drops_the_rest(

@@ -44,7 +44,7 @@ from geodns.common.memory import release_free_memory
 from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
-from geodns.daemon.mapbuilder import build_elsewhere
+from geodns.daemon.mapbuilder import MapBuilder
 from geodns.daemon.workers import (
     STATS_INTERVAL,
     WorkerPool,
@@ -145,6 +145,7 @@ class App:
         self.maps_out: SharedMapsOut | None = (
             SharedMapsOut() if control is None and sharing_supported() else None
         )
+        self.map_builder = MapBuilder()
         self.maps_in: SharedMapsIn | None = SharedMapsIn() if control is not None else None
         self.state: ServerState | None = None
         self.geo: Geo | None = None
@@ -564,8 +565,10 @@ class App:
         if not stale:
             return answer_maps(geo, shapes, down, previous, build=False)
         try:
-            built = self.maps_out.receive_built(build_elsewhere(index, stale, down), index)
+            built = self.maps_out.receive_built(self.map_builder.build(index, stale, down), index)
         except (MapBuildError, OSError, ValueError) as exc:
+            if self.map_builder.stopped:  # stopping: what holds, nothing built
+                return answer_maps(geo, shapes, down, previous, build=False)
             log.warning("answer_maps_built_here", error=str(exc), maps=len(stale))
             return answer_maps(geo, shapes, down, previous)
         return answer_maps(geo, shapes, down, {**(previous or {}), **built}, build=False)
@@ -987,6 +990,7 @@ class App:
         """Stop serving within about STOP_GRACE seconds: listeners first, then everything else."""
         if self.index == 0:
             sdnotify.stopping("stopping")
+        self.map_builder.stop()  # a build in a thread would hold the stop until it ended
         for transport in self.transports:
             transport.close()
         for server in self.servers:

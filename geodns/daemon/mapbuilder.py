@@ -22,10 +22,12 @@ builds in its own thread as before and says so once per build (`answer_maps_buil
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -38,39 +40,63 @@ from geodns.geo.sharedmaps import publish_set
 BUILD_TIMEOUT = 600.0  # seconds a child may take (a 100-PoP real City index: about a second)
 
 
-def build_elsewhere(index: PlaceIndex, shapes: list[Shape], down: frozenset[str]) -> list[int]:
-    """The maps of `shapes` under `down` on `index` (a cached one), built by a child process:
-    the descriptors of their sealed files, the listing first (see SharedMapsOut.receive_built).
-    Blocking: callers run it in a thread. MapBuildError where the child could not."""
-    if index.directory is None:
-        raise MapBuildError("the place index was not loaded from a cache directory")
-    parent, child = socket.socketpair()
-    bound_pipe(parent)
-    bound_pipe(child)
-    command = [sys.executable, "-m", "geodns.daemon.mapbuilder", str(child.fileno())]
-    with child:
-        process = subprocess.Popen(command, pass_fds=(child.fileno(),))
-    connection = Connection(parent.detach())
-    try:
-        send_message(connection, "build", (str(index.directory), index.digest, shapes, down))
-        ready, _, _ = select.select([connection], [], [], BUILD_TIMEOUT)
-        if not ready:
-            raise MapBuildError(f"no answer maps after {BUILD_TIMEOUT:.0f} s")
-        kind, payload = receive_message(connection)
-    except (OSError, EOFError) as exc:
-        raise MapBuildError(f"the map builder stopped: {exc or type(exc).__name__}") from None
-    finally:
-        connection.close()
-        if process.poll() is None:
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    if kind != "maps":
-        raise MapBuildError(str(payload))
-    descriptors: list[int] = payload
-    return descriptors
+class MapBuilder:
+    """Starts the builder children of one server, and kills those still running when it
+    stops (a stop waits for no build: the thread waiting for a killed child sees it end)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen[bytes]] = set()
+        self.stopped = False
+
+    def build(self, index: PlaceIndex, shapes: list[Shape], down: frozenset[str]) -> list[int]:
+        """The maps of `shapes` under `down` on `index` (a cached one), built by a child
+        process: the descriptors of their sealed files, the listing first (see
+        SharedMapsOut.receive_built). Blocking: callers run it in a thread. MapBuildError
+        where the child could not, or the server is stopping."""
+        if index.directory is None:
+            raise MapBuildError("the place index was not loaded from a cache directory")
+        parent, child = socket.socketpair()
+        bound_pipe(parent)
+        bound_pipe(child)
+        command = [sys.executable, "-m", "geodns.daemon.mapbuilder", str(child.fileno())]
+        with self.lock, child:
+            if self.stopped:
+                parent.close()
+                raise MapBuildError("the server is stopping")
+            process = subprocess.Popen(command, pass_fds=(child.fileno(),))
+            self.running.add(process)
+        connection = Connection(parent.detach())
+        try:
+            send_message(connection, "build", (str(index.directory), index.digest, shapes, down))
+            ready, _, _ = select.select([connection], [], [], BUILD_TIMEOUT)
+            if not ready:
+                raise MapBuildError(f"no answer maps after {BUILD_TIMEOUT:.0f} s")
+            kind, payload = receive_message(connection)
+        except (OSError, EOFError) as exc:
+            raise MapBuildError(f"the map builder stopped: {exc or type(exc).__name__}") from None
+        finally:
+            connection.close()
+            if process.poll() is None:
+                try:
+                    process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            with self.lock:
+                self.running.discard(process)
+        if kind != "maps":
+            raise MapBuildError(str(payload))
+        descriptors: list[int] = payload
+        return descriptors
+
+    def stop(self) -> None:
+        """Kill the children still building; start no more."""
+        with self.lock:
+            self.stopped = True
+            for process in self.running:
+                with contextlib.suppress(OSError):
+                    process.kill()
 
 
 def builder_main(argv: list[str]) -> int:
