@@ -299,8 +299,9 @@ def test_a_failing_source_does_not_empty_the_scrape(state: ServerState) -> None:
     assert not any(name.startswith("geodns_site_") for name, _ in found)
 
 
-def test_render_is_fast_enough_to_scrape_often(state: ServerState) -> None:
-    """A scrape over a realistic key set (sites x located_by x transport) stays cheap."""
+def test_render_covers_a_realistic_key_set(state: ServerState) -> None:
+    """A scrape over a realistic key set (sites x located_by x transport) renders every
+    series (what it costs is the benchmark's: docs/benchmark.md, Counting)."""
     metrics = Metrics(server_state=state, process=False)
     query = parse_query(wire("www.cdn.example.com"))
     sites = ["jakarta", "singapore", "frankfurt", "ashburn", "sao-paulo", None]
@@ -309,10 +310,10 @@ def test_render_is_fast_enough_to_scrape_often(state: ServerState) -> None:
             for transport in ("udp", "tcp"):
                 outcome = Outcome(0, "cdn.example.com.", site=site, located_by=by)
                 metrics.observe(query, outcome, RESOLVER, transport, 60, PATH_FULL)
-    started = time.perf_counter()
     payload, _ = metrics.render()
-    assert time.perf_counter() - started < 0.5
     assert b"geodns_answers_total" in payload
+    for site in sites[:-1]:
+        assert f'site="{site}"'.encode() in payload
 
 
 def test_worker_reports_are_added_to_the_main_process(state: ServerState) -> None:

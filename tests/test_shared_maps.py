@@ -26,8 +26,12 @@ import ipaddress
 import json
 import mmap
 import os
+import pickle
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
@@ -38,15 +42,24 @@ import pytest
 import yaml
 
 from geodns.common.errors import MapBuildError
+from geodns.common.pipes import bound_pipe, receive_message, send_message
 from geodns.config.loader import load_geo
 from geodns.config.server import load_config
 from geodns.daemon.app import App
 from geodns.daemon.mapbuilder import MapBuilder
-from geodns.daemon.workers import bound_pipe, receive_message, send_message
 from geodns.geo.answers import AnswerMap
-from geodns.geo.index import load_index, save_index
+from geodns.geo.index import PlaceIndex, load_index, save_index
 from geodns.geo.locator import Geo
-from geodns.geo.sharedmaps import SharedMapsIn, SharedMapsOut, adopt, publish
+from geodns.geo.sharedmaps import (
+    SharedMapsIn,
+    SharedMapsOut,
+    adopt,
+    publish,
+    publish_set,
+    read_listing,
+    sealed_file,
+    write_listing,
+)
 from geodns.serving.snapshot import Snapshot, answer_maps, build_snapshot, still_valid_maps
 from tests.server_process import GeodnsServer
 from tests.test_answer_maps import EXAMPLE, VIEWS, _addresses
@@ -139,6 +152,152 @@ def test_the_builder_child_gives_the_maps_built_here_and_they_are_kept_while_the
     with pytest.raises(MapBuildError, match="stopping"):
         stopped.build(cached, shapes, frozenset())
     assert not stopped.running
+
+
+@pytest.fixture
+def cached(world: tuple[Geo, Snapshot], tmp_path: Path) -> PlaceIndex:
+    """The example's index as a server holds it: loaded from a cache directory."""
+    geo, _ = world
+    assert geo.index is not None
+    save_index(geo.index, tmp_path)
+    index = load_index(tmp_path, geo.index.digest)
+    assert index is not None
+    return index
+
+
+def _open_descriptors() -> set[int]:
+    return {int(entry.name) for entry in Path("/proc/self/fd").iterdir()}
+
+
+def test_a_set_that_cannot_be_taken_leaves_no_file_open(
+    world: tuple[Geo, Snapshot], cached: PlaceIndex
+) -> None:
+    """receive_built takes a builder's set whole or not at all: a listing that is not one, a
+    count that does not match, a map that cannot be made over its file."""
+    geo, snapshot = world
+    maps = answer_maps(geo, set(snapshot.shapes.values()), frozenset())
+    outgoing = SharedMapsOut()
+    before = _open_descriptors()
+
+    def not_a_listing(files: list[int]) -> list[int]:
+        os.close(files[0])
+        return [sealed_file("not-a-listing", 3, [(memoryview(b"abc"), 0)]), *files[1:]]
+
+    def a_file_short(files: list[int]) -> list[int]:
+        os.close(files[-1])
+        return files[:-1]
+
+    for spoil in (not_a_listing, a_file_short, _with_bad_part):
+        files = spoil(publish_set(maps.values()))
+        with pytest.raises((ValueError, TypeError, pickle.UnpicklingError)):
+            outgoing.receive_built(files, cached)
+        assert outgoing.files == {}
+        assert _open_descriptors() <= before, f"a descriptor left open ({spoil.__name__})"
+    outgoing.close()
+
+
+def _with_bad_part(files: list[int]) -> list[int]:
+    """The same set with its last map's first part cut to 3 bytes: no array of 4-byte items."""
+    notices = read_listing(files[0])
+    os.close(files[0])
+    last = notices[-1]
+    offset, _, form = last.parts[0]
+    notices[-1] = dataclasses.replace(last, parts=((offset, 3, form), *last.parts[1:]))
+    return [write_listing(notices), *files[1:]]
+
+
+def test_the_builder_works_above_descriptor_1024(
+    world: tuple[Geo, Snapshot], cached: PlaceIndex
+) -> None:
+    """A server with many connections open has pipe descriptors past 1023, where select()
+    fails: the builder waits with poll."""
+    import resource
+
+    _, snapshot = world
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"at most {hard} open files here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    outgoing = SharedMapsOut()
+    try:
+        assert max(held) >= 1024
+        shapes = list(set(snapshot.shapes.values()))
+        received = outgoing.receive_built(MapBuilder().build(cached, shapes, frozenset()), cached)
+        assert len(received) == len(shapes)
+    finally:
+        outgoing.close()
+        for descriptor in held:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_stop_kills_the_child_still_building(
+    world: tuple[Geo, Snapshot], cached: PlaceIndex
+) -> None:
+    """The child is frozen (SIGSTOP) as soon as it runs, so that it is still building when the
+    builder stops: the build ends at once with an error, and the child is gone."""
+    _, snapshot = world
+    shapes = list(set(snapshot.shapes.values()))
+    builder = MapBuilder()
+    outcome: list[object] = []
+
+    def build() -> None:
+        try:
+            outcome.append(builder.build(cached, shapes, frozenset()))
+        except MapBuildError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not builder.running and time.monotonic() < deadline:
+        time.sleep(0.001)
+    (child,) = list(builder.running)
+    os.kill(child.pid, signal.SIGSTOP)
+    builder.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], MapBuildError), outcome
+    assert child.returncode == -signal.SIGKILL
+    assert not builder.running
+
+
+PID_ONE_BUILD = """
+import sys
+from pathlib import Path
+from geodns.daemon.mapbuilder import MapBuilder
+from geodns.geo.index import load_index
+from geodns.geo.sharedmaps import SharedMapsOut
+from geodns.serving.snapshot import build_snapshot
+from geodns.config.server import load_config
+from geodns.config.loader import load_geo
+import os
+assert os.getpid() == 1
+config = load_config(Path(sys.argv[1]))
+shapes = list(set(build_snapshot(config, load_geo(config, build=True)).shapes.values()))
+index = load_index(Path(sys.argv[2]), sys.argv[3])
+print(len(SharedMapsOut().receive_built(MapBuilder().build(index, shapes, frozenset()), index)))
+"""
+
+
+def test_a_server_running_as_pid_1_has_its_maps_built(cached: PlaceIndex) -> None:
+    """In a container without an init, geodns is PID 1, and its children's parent is 1: a
+    child that took that for "my parent died" stopped at once, and every build fell back."""
+    command = ["unshare", "-Urfp", "--mount-proc", sys.executable, "-c", PID_ONE_BUILD]
+    command += [str(EXAMPLE), str(cached.directory), cached.digest]
+    try:
+        probe = subprocess.run(
+            ["unshare", "-Urfp", "--mount-proc", "true"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("no unshare here")
+    if probe.returncode != 0:
+        pytest.skip("no PID namespace for this user here")
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.split()[-1]) > 0
 
 
 def test_a_set_handed_over_again_keeps_its_files_and_drops_the_rest(

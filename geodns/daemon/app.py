@@ -41,17 +41,12 @@ from geodns.common.caching import freeze_heap
 from geodns.common.errors import ConfigError, GeodnsError, MapBuildError, Problem
 from geodns.common.logs import get_logger
 from geodns.common.memory import release_free_memory
+from geodns.common.pipes import child_command, receive_message, send_message
 from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_files
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
 from geodns.daemon.mapbuilder import MapBuilder
-from geodns.daemon.workers import (
-    STATS_INTERVAL,
-    WorkerPool,
-    receive_message,
-    send_message,
-    worker_count,
-)
+from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
 from geodns.dns.zone import Zone
 from geodns.geo.answers import AnswerMap, Shape
 from geodns.geo.dynamic import records_all_down
@@ -146,6 +141,7 @@ class App:
             SharedMapsOut() if control is None and sharing_supported() else None
         )
         self.map_builder = MapBuilder()
+        self.sharing = True  # False once the workers were told to build their own maps
         self.maps_in: SharedMapsIn | None = SharedMapsIn() if control is not None else None
         self.state: ServerState | None = None
         self.geo: Geo | None = None
@@ -266,8 +262,10 @@ class App:
             await self.pool.start()
             self.pool.broadcast("health", sorted(self.monitor.view.down))
             if self.maps_out is None:  # no memory files to share: each builds its own
+                self.sharing = False
                 self.pool.broadcast("maps", None)
-            self._share_maps()  # those built by now; the first build shares its own when done
+            if not self.reload_lock.locked():  # a build under way shares its own when done
+                self._share_maps()  # (its maps, received and not yet swapped in, stay open)
         socket_path = admin_socket(config)
         if config.admin.listen or socket_path:
             from geodns.daemon.admin import (
@@ -558,20 +556,27 @@ class App:
         if self.maps_in is not None:
             return answer_maps(geo, shapes, down, self._with_shared(geo, previous), build=False)
         index = geo.index if geo is not None else None
-        if self.maps_out is None or index is None or index.directory is None:
+        maps_out = self.maps_out
+        if maps_out is None or index is None or index.directory is None:
             return answer_maps(geo, shapes, down, previous)  # (an index not in the cache)
         shapes = set(shapes)
-        _, stale = still_valid_maps(geo, shapes, down, previous)
+        kept, stale = still_valid_maps(geo, shapes, down, previous)
         if not stale:
-            return answer_maps(geo, shapes, down, previous, build=False)
+            return kept
         try:
-            built = self.maps_out.receive_built(self.map_builder.build(index, stale, down), index)
-        except (MapBuildError, OSError, ValueError) as exc:
+            built = maps_out.receive_built(self.map_builder.build(index, stale, down), index)
+        except Exception as exc:  # a child that failed, a set that cannot be read: build here
             if self.map_builder.stopped:  # stopping: what holds, nothing built
-                return answer_maps(geo, shapes, down, previous, build=False)
-            log.warning("answer_maps_built_here", error=str(exc), maps=len(stale))
+                return kept
+            error = str(exc) if isinstance(exc, MapBuildError) else f"{type(exc).__name__}: {exc}"
+            log.warning("answer_maps_built_here", error=error, maps=len(stale))
             return answer_maps(geo, shapes, down, previous)
-        return answer_maps(geo, shapes, down, {**(previous or {}), **built}, build=False)
+        candidates = {**(previous or {}), **built}
+        kept, missing = still_valid_maps(geo, shapes, down, candidates)
+        if missing:  # (the child builds exactly what it was asked for: never seen)
+            log.warning("answer_maps_built_here", error="missing from the set", maps=len(missing))
+            return answer_maps(geo, shapes, down, candidates)
+        return kept
 
     def _with_shared(
         self, geo: Geo | None, previous: Mapping[Shape, AnswerMap] | None
@@ -593,15 +598,14 @@ class App:
         if self.maps_out is None or self.state is None:
             return
         in_service = self.state.snapshot.maps.values()
-        if self.pool is None:
+        if self.pool is None or not self.sharing:
             self.maps_out.update(in_service, share=False)
             return
         try:
             files = self.maps_out.update(in_service)
-        except OSError as exc:
+        except OSError as exc:  # (a map built here, copied for the workers: no memory file)
             log.warning("answer_maps_not_shared", error=str(exc), workers="build their own")
-            self.maps_out.close()
-            self.maps_out = None
+            self.sharing = False
             self.pool.broadcast("maps", None)
             return
         self.pool.broadcast("maps", files)
@@ -682,14 +686,12 @@ class App:
         """Build the place index in a child process (`python -m geodns.geo.index`, niced), so
         that the build neither holds the event loop nor the GIL; killed if we stop first."""
         started = time.perf_counter()
+        command, environment = child_command("geodns.geo.index", str(path), str(directory))
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "geodns.geo.index",
-            str(path),
-            str(directory),
+            *command,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=environment,
         )
         try:
             output, errors = await process.communicate()

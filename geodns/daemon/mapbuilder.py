@@ -23,7 +23,8 @@ builds in its own thread as before and says so once per build (`answer_maps_buil
 from __future__ import annotations
 
 import contextlib
-import select
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,12 +33,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from geodns.common.errors import MapBuildError
-from geodns.daemon.workers import bound_pipe, receive_message, send_message, stop_with_parent
+from geodns.common.pipes import (
+    bound_pipe,
+    child_command,
+    receive_message,
+    send_message,
+    stop_with_parent,
+)
 from geodns.geo.answers import Rankings, Shape, build_map
 from geodns.geo.index import PlaceIndex, load_index
 from geodns.geo.sharedmaps import publish_set
 
-BUILD_TIMEOUT = 600.0  # seconds a child may take (a 100-PoP real City index: about a second)
+BUILD_TIMEOUT = 60.0  # seconds a child may take (a 100-PoP real City index: about a second)
 
 
 class MapBuilder:
@@ -57,20 +64,21 @@ class MapBuilder:
         if index.directory is None:
             raise MapBuildError("the place index was not loaded from a cache directory")
         parent, child = socket.socketpair()
-        bound_pipe(parent)
-        bound_pipe(child)
-        command = [sys.executable, "-m", "geodns.daemon.mapbuilder", str(child.fileno())]
-        with self.lock, child:
-            if self.stopped:
-                parent.close()
-                raise MapBuildError("the server is stopping")
-            process = subprocess.Popen(command, pass_fds=(child.fileno(),))
-            self.running.add(process)
-        connection = Connection(parent.detach())
+        with parent, child:
+            bound_pipe(parent)
+            bound_pipe(child)
+            command, environment = child_command(
+                "geodns.daemon.mapbuilder", str(child.fileno()), str(os.getpid())
+            )
+            with self.lock:
+                if self.stopped:
+                    raise MapBuildError("the server is stopping")
+                process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment)
+                self.running.add(process)
+            connection = Connection(parent.detach())
         try:
             send_message(connection, "build", (str(index.directory), index.digest, shapes, down))
-            ready, _, _ = select.select([connection], [], [], BUILD_TIMEOUT)
-            if not ready:
+            if not connection.poll(BUILD_TIMEOUT):  # (poll, not select: any descriptor number)
                 raise MapBuildError(f"no answer maps after {BUILD_TIMEOUT:.0f} s")
             kind, payload = receive_message(connection)
         except (OSError, EOFError) as exc:
@@ -100,9 +108,15 @@ class MapBuilder:
 
 
 def builder_main(argv: list[str]) -> int:
-    """The child: `python -m geodns.daemon.mapbuilder FD`; one order, one answer, then exit."""
-    stop_with_parent()
-    connection = Connection(int(argv[0]))
+    """The child: `python -m geodns.daemon.mapbuilder FD PARENT`; one order, one answer, then
+    exit. Killed with the parent (SIGKILL: nothing to clean up), and deaf to the SIGINT and
+    SIGTERM that a stop sends the whole process group or unit: the parent decides, so that it
+    never mistakes a stop's signal for a failed build and builds the maps itself."""
+    descriptor, parent = argv
+    stop_with_parent(int(parent), signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    connection = Connection(int(descriptor))
     _, (directory, digest, shapes, down) = receive_message(connection)
     try:
         index = load_index(Path(directory), digest)

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import importlib
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -38,6 +36,13 @@ from typing import Any
 
 from geodns.common.errors import WorkerError
 from geodns.common.logs import get_logger
+from geodns.common.pipes import (
+    bound_pipe,
+    child_command,
+    receive_message,
+    send_message,
+    stop_with_parent,
+)
 
 log = get_logger("geodns.daemon.workers")
 WorkerEntry = Callable[[Path, Connection, int, bytes | None], int]
@@ -48,9 +53,6 @@ RESTART_DELAY = 0.5  # seconds before a dead worker is started again
 MAX_RESTARTS = 5  # deaths within RESTART_WINDOW before the pool gives up
 RESTART_WINDOW = 60.0
 REPLAYED = ("health", "index", "maps")  # state messages a (re)started worker is sent once ready
-FILES_PER_MESSAGE = 200  # descriptors per SCM_RIGHTS message (Linux takes at most 253)
-PIPE_TIMEOUT = 10.0  # seconds a blocking send or receive on a worker's pipe may take
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +126,16 @@ class WorkerPool:
         parent, child = socket.socketpair()
         bound_pipe(parent)
         bound_pipe(child)
-        command = [sys.executable, "-m", "geodns.daemon.workers", self.entry]
-        command += [str(self.config_path), str(index), str(child.fileno())]
+        command, environment = child_command(
+            "geodns.daemon.workers",
+            self.entry,
+            str(self.config_path),
+            str(index),
+            str(child.fileno()),
+            str(os.getpid()),
+        )
         with child:
-            process = subprocess.Popen(command, pass_fds=(child.fileno(),))
+            process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment)
         connection = Connection(parent.detach())
         send_message(connection, "secret", self.cookie_secret)  # never on a command line
         if "health" in self.latest:  # applied before it binds: it never answers a stale view
@@ -221,78 +229,13 @@ class WorkerPool:
                 connection.close()
 
 
-@contextlib.contextmanager
-def _whole_messages(connection: Connection) -> Iterator[None]:
-    """The pipe in blocking mode while one message (and the files that follow it) is read or
-    written whole. An event loop's reader makes it non-blocking, and then a message bigger than
-    what one system call moves (a worker's report carries the networks it sampled, up to
-    hundreds of KB under cold traffic) failed half-way: read in part, the rest not there yet,
-    so the main process took the worker for dead and restarted it. Each blocking call is
-    bounded by the socket's timeouts (PIPE_TIMEOUT, set at the pair's creation): a peer that
-    stops half-way is an error, not a hang. The mode is put back after."""
-    descriptor = connection.fileno()
-    was_blocking = os.get_blocking(descriptor)
-    os.set_blocking(descriptor, True)
-    try:
-        yield
-    finally:
-        os.set_blocking(descriptor, was_blocking)
-
-
-def bound_pipe(end: socket.socket) -> None:
-    """Give one end of a worker's socket pair its timeouts for blocking sends and receives
-    (socket options: they hold for every descriptor of it, in both processes)."""
-    whole, fraction = divmod(PIPE_TIMEOUT, 1)
-    timeout = struct.pack("ll", int(whole), int(fraction * 1_000_000))
-    end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
-    end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
-
-
-def send_message(
-    connection: Connection, kind: str, payload: Any, descriptors: list[int] | None = None
-) -> None:
-    """One message, whole; open files (`descriptors`) follow it on the same stream, in
-    SCM_RIGHTS messages of one byte each (receive_message reads them next)."""
-    with _whole_messages(connection):
-        connection.send((kind, payload))
-        if descriptors:
-            with socket.socket(fileno=os.dup(connection.fileno())) as stream:
-                for begin in range(0, len(descriptors), FILES_PER_MESSAGE):
-                    chunk = descriptors[begin : begin + FILES_PER_MESSAGE]
-                    socket.send_fds(stream, [b"F"], chunk)
-
-
-def receive_message(connection: Connection) -> tuple[str, Any]:
-    """The next message, whole. A "maps" order's payload, a count of files, becomes the files
-    themselves, received (None: build your own maps)."""
-    with _whole_messages(connection):
-        kind, payload = connection.recv()
-        if kind != "maps" or payload is None:
-            return kind, payload
-        descriptors: list[int] = []
-        try:
-            with socket.socket(fileno=os.dup(connection.fileno())) as stream:
-                while len(descriptors) < payload:
-                    wanted = min(FILES_PER_MESSAGE, payload - len(descriptors))
-                    _, files, flags, _ = socket.recv_fds(stream, 1, wanted)
-                    descriptors += files
-                    if flags & socket.MSG_CTRUNC:
-                        raise OSError("answer-map files cut short (descriptor limit?)")
-                    if not files:
-                        raise EOFError("an answer-maps order without its files")
-        except BaseException:
-            for descriptor in descriptors:
-                os.close(descriptor)
-            raise
-        return kind, descriptors
-
-
 def worker_main(argv: list[str]) -> int:
-    """A worker process: `python -m geodns.daemon.workers ENTRY CONFIG INDEX FD`. ENTRY is the
-    "module:function" of a WorkerEntry (imported here, so the worker loads the server only
-    once started); FD its end of the socket pair, whose first message is the cookie secret."""
-    entry_name, config_path, index, descriptor = argv
-    stop_with_parent()
+    """A worker process: `python -m geodns.daemon.workers ENTRY CONFIG INDEX FD PARENT`
+    (started as pipes.child_command says). ENTRY is the "module:function" of a WorkerEntry
+    (imported here, so the worker loads the server only once started); FD its end of the
+    socket pair, whose first message is the cookie secret; PARENT the main process's pid."""
+    entry_name, config_path, index, descriptor, parent = argv
+    stop_with_parent(int(parent))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and when to reload
     connection = Connection(int(descriptor))
@@ -302,15 +245,6 @@ def worker_main(argv: list[str]) -> int:
     module, _, function = entry_name.partition(":")
     entry: WorkerEntry = getattr(importlib.import_module(module), function)
     return entry(Path(config_path), connection, int(index), secret)
-
-
-def stop_with_parent() -> None:
-    """SIGTERM when the main process dies, however it dies (Linux's PR_SET_PDEATHSIG): a worker
-    must not hold the port for a server that is gone."""
-    with contextlib.suppress(OSError, AttributeError):  # the loaded C library's prctl
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent died before the call: stop now
-        raise SystemExit(1)
 
 
 if __name__ == "__main__":

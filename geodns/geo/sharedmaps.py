@@ -189,29 +189,27 @@ class SharedMapsOut:
         open here until `update` finds their maps out of service (ValueError: not such a set,
         OSError: a file that cannot be mapped; then none stays open)."""
         files = descriptors[1:]
+        adopted: list[tuple[AnswerMap, MapNotice, int]] = []
         try:
             notices = read_listing(descriptors[0]) if descriptors else []
             if len(files) != len(notices):
                 raise ValueError(f"{len(notices)} answer maps listed, {len(files)} files")
-            memories = [
-                mmap.mmap(descriptor, notice.size, prot=mmap.PROT_READ)
-                for notice, descriptor in zip(notices, files, strict=True)
-            ]
-        except BaseException:
+            for notice, descriptor in zip(notices, files, strict=True):
+                memory = mmap.mmap(descriptor, notice.size, prot=mmap.PROT_READ)
+                with self.lock:
+                    notice = replace(notice, token=next(self.tokens))  # this process's number
+                adopted.append((adopt(notice, memory, index), notice, descriptor))
+        except BaseException:  # all or none: every file closed (a map made is dropped)
             for descriptor in files:
                 os.close(descriptor)
             raise
         finally:
             if descriptors:
                 os.close(descriptors[0])
-        built: dict[Shape, AnswerMap] = {}
         with self.lock:
-            for notice, descriptor, memory in zip(notices, files, memories, strict=True):
-                notice = replace(notice, token=next(self.tokens))  # numbered as this process's
-                answer_map = adopt(notice, memory, index)
-                built[answer_map.shape] = answer_map
+            for answer_map, notice, descriptor in adopted:
                 self.files[id(answer_map.runs4)] = (answer_map.runs4, notice, descriptor)
-        return built
+        return {answer_map.shape: answer_map for answer_map, _, _ in adopted}
 
     def update(self, maps: Iterable[AnswerMap], share: bool = True) -> list[int]:
         """Keep the files of `maps`, the maps now in service, and close the others; with
