@@ -4,10 +4,11 @@ CPython runs one query at a time per process, so `workers: N` starts N-1 extra p
 the main one; the kernel spreads packets and connections over them. Only the main process runs
 health checks, drains, the admin API and the file watchers: it pushes every new health view and
 every reload to the workers over a pipe, so probes are not multiplied by N and a drain reaches
-every worker in milliseconds. It also hands them the answer maps it builds, as sealed memory
-files over the same pipe (geodns.geo.sharedmaps): the machine holds one copy, and workers build
-none and never import numpy. Workers report their query counters back once a second for the
-metrics endpoint.
+every worker in milliseconds. It also hands them the answer maps a child built for it
+(geodns.daemon.mapbuilder), as the sealed memory files it maps itself, over the same pipe
+(geodns.geo.sharedmaps): the machine holds one copy, and workers build none and never import
+numpy. Workers report their query counters back once a second for the metrics endpoint. The
+pipe's messages and files: geodns.common.pipes.
 
 Workers are started, not forked: each is a fresh interpreter (`python -m geodns.daemon.workers`)
 that loads the same config and zones, which keeps asyncio, uvloop and the database free of fork
