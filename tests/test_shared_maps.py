@@ -42,7 +42,7 @@ import pytest
 import yaml
 
 from geodns.common.errors import MapBuildError
-from geodns.common.pipes import bound_pipe, receive_message, send_message
+from geodns.common.pipes import bound_pipe, child_command, receive_message, send_message
 from geodns.config.loader import load_geo
 from geodns.config.server import load_config
 from geodns.daemon.app import App
@@ -512,6 +512,33 @@ def _scopes(server: GeodnsServer, subnet: str, count: int = 40) -> set[tuple[str
         ecs = next(o for o in reply.options if isinstance(o, dns.edns.ECSOption))
         seen.add((reply.answer[0][0].to_text(), ecs.scopelen))
     return seen
+
+
+def test_a_child_imports_this_geodns_not_one_planted_where_it_runs(tmp_path: Path) -> None:
+    """Children (workers, the map and index builders) run `python -P` with this geodns first
+    on their path: a `geodns` package in the working directory is not what they import."""
+    planted = tmp_path / "geodns"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("print('planted'); raise SystemExit(42)\n")
+    command, environment = child_command(
+        "geodns.daemon.mapbuilder", "not-a-descriptor", str(os.getpid())
+    )
+    assert command[:3] == [sys.executable, "-P", "-m"]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert "planted" not in result.stdout and result.returncode != 42
+    assert "not-a-descriptor" in result.stderr  # the real builder read its arguments
+    # without -P the planted one would have been taken
+    unsafe = subprocess.run(
+        [sys.executable, "-m", "geodns.daemon.mapbuilder"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unsafe.returncode == 42
 
 
 def test_workers_answer_from_the_main_process_maps() -> None:

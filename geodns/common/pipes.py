@@ -15,6 +15,7 @@ import signal
 import socket
 import struct
 import sys
+import sysconfig
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -31,8 +32,12 @@ def child_command(module: str, *arguments: str) -> tuple[list[str], dict[str, st
     imported) and the directory this geodns was imported from first on PYTHONPATH (the child
     runs the same code, also from a source tree that is not installed)."""
     environment = dict(os.environ)
-    paths = [PACKAGE_ROOT, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
-    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    paths = list(filter(None, environment.get("PYTHONPATH", "").split(os.pathsep)))
+    installed = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    if PACKAGE_ROOT not in installed:  # (site-packages first would shadow the standard library)
+        paths.insert(0, PACKAGE_ROOT)
+    if paths:
+        environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return [sys.executable, "-P", "-m", module, *arguments], environment
 
 
