@@ -48,7 +48,7 @@ from geodns.config.server import load_config
 from geodns.daemon.app import App
 from geodns.daemon.mapbuilder import MapBuilder
 from geodns.geo.answers import AnswerMap
-from geodns.geo.index import PlaceIndex, load_index, save_index
+from geodns.geo.index import PlaceIndex, cache_key, load_index, save_index
 from geodns.geo.locator import Geo
 from geodns.geo.sharedmaps import (
     SharedMapsIn,
@@ -204,6 +204,34 @@ def _with_bad_part(files: list[int]) -> list[int]:
     offset, _, form = last.parts[0]
     notices[-1] = dataclasses.replace(last, parts=((offset, 3, form), *last.parts[1:]))
     return [write_listing(notices), *files[1:]]
+
+
+def test_the_builder_keeps_its_rankings_beside_the_index(
+    world: tuple[Geo, Snapshot], cached: PlaceIndex
+) -> None:
+    """The sites ranked for every place are kept as files in the index's cache entry and
+    mapped by the next build (a second for 100 sites on a City database, at every health
+    change); a file that is not a ranking is ranked again, with the same maps."""
+    geo, snapshot = world
+    assert cached.directory is not None
+    shapes = list(set(snapshot.shapes.values()))
+    entry = cached.directory / cache_key(cached.digest)
+    built = answer_maps(geo, shapes, frozenset({"frankfurt"}))
+    by_key = {s.key: m for s, m in built.items()}
+    outgoing = SharedMapsOut()
+    try:
+        for spoil in (False, False, True):
+            if spoil:  # every kept ranking cut short: not one any more
+                for path in entry.glob("rank-*.npy"):
+                    path.write_bytes(path.read_bytes()[:100])
+            files = MapBuilder().build(cached, shapes, frozenset({"frankfurt"}))
+            for shape, answer_map in outgoing.receive_built(files, cached).items():
+                _same_map(by_key[shape.key], answer_map)
+            kept = sorted(entry.glob("rank-*.npy"))
+            assert kept, "no ranking kept"
+            assert all(path.stat().st_size > 1000 for path in kept)  # (ranked again)
+    finally:
+        outgoing.close()
 
 
 def test_the_builder_works_above_descriptor_1024(

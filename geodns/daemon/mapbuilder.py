@@ -41,7 +41,7 @@ from geodns.common.pipes import (
     stop_with_parent,
 )
 from geodns.geo.answers import Rankings, Shape, build_map
-from geodns.geo.index import PlaceIndex, load_index
+from geodns.geo.index import PlaceIndex, cache_key, load_index
 from geodns.geo.sharedmaps import publish_set
 
 BUILD_TIMEOUT = 60.0  # seconds a child may take (a 100-PoP real City index: about a second)
@@ -122,7 +122,7 @@ def builder_main(argv: list[str]) -> int:
         index = load_index(Path(directory), digest)
         if index is None:
             raise MapBuildError(f"no cached place index {digest[:12]} in {directory}")
-        rankings = Rankings(index)
+        rankings = Rankings(index, Path(directory) / cache_key(digest))  # kept for the next
         files = publish_set([build_map(shape, index, rankings, down) for shape in shapes])
     except Exception as exc:  # told to the main process, which builds them itself
         send_message(connection, "error", f"{type(exc).__name__}: {exc}")

@@ -27,10 +27,14 @@ network (sticky, subnet rules) or not by place at all have no map.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
+import os
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -192,24 +196,67 @@ class AnswerMap:
 
 
 class Rankings:
-    """Per place index: the ranked candidates of every place, per set of candidate sites."""
+    """Per place index: the ranked candidates of every place, per set of candidate sites.
 
-    def __init__(self, index: PlaceIndex) -> None:
+    With a `directory` (the map builder's: the place index's own cache entry) each matrix is
+    also kept there as a file and mapped by the next build: ranking every place of a City
+    database against 100 sites takes about a second, and a short-lived builder process would
+    otherwise rank again at every health change (a second of a drain's maps, against 0.1 s for
+    the build itself). A file that cannot be written or read is ranked again."""
+
+    def __init__(self, index: PlaceIndex, directory: Path | None = None) -> None:
         self.index = index
+        self.directory = directory
         self.matrices: dict[tuple[tuple[str, float, float], ...], np.ndarray] = {}
 
     def of(self, candidates: tuple[Candidate, ...], depth: int) -> np.ndarray:
         key = tuple((c.name, c.latitude, c.longitude) for c in candidates)
+        wanted = min(depth, len(candidates))
         matrix = self.matrices.get(key)
-        if matrix is None or matrix.shape[1] < min(depth, len(candidates)):
-            matrix = self.matrices[key] = rank(
-                self.index.latitude,
-                self.index.longitude,
-                [(c.latitude, c.longitude) for c in candidates],
-                [c.name for c in candidates],
-                max(depth, RANK_DEPTH),
-            )
+        if matrix is None or matrix.shape[1] < wanted:
+            depth = max(depth, RANK_DEPTH)
+            path = self._file(key, depth)
+            matrix = self._load(path, min(depth, len(candidates)))
+            if matrix is None:
+                matrix = rank(
+                    self.index.latitude,
+                    self.index.longitude,
+                    [(c.latitude, c.longitude) for c in candidates],
+                    [c.name for c in candidates],
+                    depth,
+                )
+                self._save(path, matrix)
+            self.matrices[key] = matrix
         return matrix
+
+    def _file(self, key: tuple[tuple[str, float, float], ...], depth: int) -> Path | None:
+        if self.directory is None:
+            return None
+        name = hashlib.sha256(repr((key, depth)).encode()).hexdigest()[:32]
+        return self.directory / f"rank-{name}.npy"
+
+    def _load(self, path: Path | None, columns: int) -> np.ndarray | None:
+        if path is None:
+            return None
+        try:
+            matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if matrix.dtype != np.int16 or matrix.shape != (self.index.place_count, columns):
+            return None
+        return matrix
+
+    def _save(self, path: Path | None, matrix: np.ndarray) -> None:
+        if path is None:
+            return
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            with temporary.open("wb") as handle:
+                np.save(handle, matrix, allow_pickle=False)
+            os.replace(temporary, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
 
 
 def build_map(
