@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import sys
 import threading
@@ -192,11 +194,36 @@ def churn_run(bench: Bench, server: Server, loads: Workloads) -> dict[str, Any]:
     load.join(timeout=seconds + 60)
     if drains % 2:  # leave the PoP in rotation: the answer comparison follows
         admin("undrain")
+    settled = maps_settled(server.config)  # (the comparison asks for the answer maps' scopes)
     log(
         f"[{server.label}] churn: {reloads} reloads and {drains} drains/undrains under "
         f"{outcome.get('qps', 0):,.0f} qps: sent {outcome.get('sent')}, lost {outcome.get('lost')}"
     )
-    return {**outcome, "reloads": reloads, "drains": drains, "drain_failures": failures}
+    return {
+        **outcome,
+        "reloads": reloads,
+        "drains": drains,
+        "drain_failures": failures,
+        "maps_settled": settled,
+    }
+
+
+def maps_settled(config: Any, within: float = 60.0) -> bool:
+    """Wait until geodns decides every record by an answer map again (`geodns status`: none
+    pending), as it does a moment after a health change: the answers asked next are compared
+    with gdnsd's, scopes included. False if not within `within` seconds."""
+    deadline = time.monotonic() + within
+    command = [sys.executable, "-m", "geodns", "status", "--json", "--config", str(config)]
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            pin(CLIENT_CPU) + command, capture_output=True, text=True, timeout=30, check=False
+        )
+        with contextlib.suppress(ValueError):
+            status = json.loads(result.stdout) if result.returncode == 0 else {}
+            if status.get("answer_maps_pending", 0) == 0 and status:  # (older: no such key)
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def startup_run(

@@ -663,6 +663,9 @@ def test_without_its_cached_index_the_main_process_builds_a_drains_maps_itself(
             time.sleep(0.1)  # the first maps, from the child
         assert "geodns-answer-map" in maps_file.read_text()
         assert "_multiarray_umath" not in maps_file.read_text()
+        status = json.loads(server.cli("status", "--json").stdout)
+        assert status["answer_maps"] == len(set(snapshot.shapes.values()))
+        assert status["answer_maps_pending"] == 0
         for entry in sorted(cache.rglob("*"), reverse=True):
             if "geo-index" in str(entry):
                 entry.unlink() if entry.is_file() else entry.rmdir()

@@ -854,8 +854,14 @@ class App:
         """What GET /status (and `geodns status`) adds to the health monitor's report."""
         assert self.state is not None and self.geo is not None
         status = self.reload_status
+        snapshot = self.state.snapshot
+        mapped = set(snapshot.shapes.values()) if snapshot.geo and snapshot.geo.index else set()
         return {
             "version": __version__,
+            # records decided by an answer map, and those decided per place while their map is
+            # built (a start, a health change, a reload with new record shapes)
+            "answer_maps": len(snapshot.maps),
+            "answer_maps_pending": len(mapped - set(snapshot.maps)),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "workers": self.worker_count,
             "generation": self.generation,
