@@ -858,8 +858,9 @@ class App:
         mapped = set(snapshot.shapes.values()) if snapshot.geo and snapshot.geo.index else set()
         return {
             "version": __version__,
-            # records decided by an answer map, and those decided per place while their map is
-            # built (a start, a health change, a reload with new record shapes)
+            # answer maps in service (one per record shape), and the shapes whose records are
+            # decided per place while their map is built (a start, a health change, a reload
+            # with new shapes)
             "answer_maps": len(snapshot.maps),
             "answer_maps_pending": len(mapped - set(snapshot.maps)),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
