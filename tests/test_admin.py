@@ -221,6 +221,23 @@ def test_without_a_token_tcp_serves_reads_and_refuses_drains_and_reloads(short_d
     run(main)
 
 
+def test_a_drain_without_the_socket_it_expects_says_the_socket_is_gone(short_dir: Path) -> None:
+    """The default socket lives in the cache directory: removed with it under a running
+    server, `geodns drain` goes over TCP, is refused without a token, and says why."""
+
+    async def main() -> None:
+        server = await Server(short_dir).start(token=None, unix=False)
+        config = server.config(token=None, unix=True)  # expects server.socket: never made
+        try:
+            with pytest.raises(AdminError, match=r"admin socket .* is not there.*restart"):
+                await call(adminclient.drain, config, "lon")
+            assert server.monitor.view.down == frozenset()
+        finally:
+            await server.stop()
+
+    run(main)
+
+
 def test_unix_socket_needs_no_token(short_dir: Path) -> None:
     async def main() -> None:
         server = await Server(short_dir).start(token=TOKEN)

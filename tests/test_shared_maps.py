@@ -145,7 +145,7 @@ def test_the_builder_child_gives_the_maps_built_here_and_they_are_kept_while_the
     assert gone is not None
     for entry in sorted(tmp_path.rglob("*"), reverse=True):
         entry.unlink() if entry.is_file() else entry.rmdir()
-    with pytest.raises(MapBuildError, match="no cached place index"):
+    with pytest.raises(MapBuildError, match="cannot read the cached place index"):
         MapBuilder().build(gone, shapes, frozenset())
     stopped = MapBuilder()  # a stopping server starts no child
     stopped.stop()
@@ -230,6 +230,13 @@ def test_the_builder_keeps_its_rankings_beside_the_index(
             kept = sorted(entry.glob("rank-*.npy"))
             assert kept, "no ranking kept"
             assert all(path.stat().st_size > 1000 for path in kept)  # (ranked again)
+        # a ranking no build used for 30 days (a site set the config dropped) is removed by the
+        # next build; those it uses are kept
+        stale = entry / "rank-0123456789abcdef0123456789abcdef.npy"
+        stale.write_bytes(b"old")
+        os.utime(stale, (1, 1))
+        outgoing.receive_built(MapBuilder().build(cached, shapes, frozenset()), cached)
+        assert not stale.exists() and sorted(entry.glob("rank-*.npy")) == kept
     finally:
         outgoing.close()
 
@@ -287,6 +294,7 @@ def test_a_stop_kills_the_child_still_building(
     thread.join(timeout=30)
     assert not thread.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], MapBuildError), outcome
+    assert "killed by signal 9" in str(outcome[0])
     assert child.returncode == -signal.SIGKILL
     assert not builder.running
 
@@ -681,4 +689,4 @@ def test_without_its_cached_index_the_main_process_builds_a_drains_maps_itself(
         lines = server.stderr_text().splitlines()
         events = [json.loads(line) for line in lines if line.startswith("{")]
         built_here = [e for e in events if e.get("event") == "answer_maps_built_here"]
-        assert built_here and "no cached place index" in built_here[0]["error"]
+        assert built_here and "cannot read the cached place index" in built_here[0]["error"]

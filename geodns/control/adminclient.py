@@ -289,6 +289,13 @@ def _call(
     if code == 200 or code in accept:
         return body
     message = body.get("error") or f"HTTP {code}"
+    expected = admin_socket(config)
+    if code == 403 and unix is None and expected and not os.path.lexists(expected):
+        message += (
+            f" (the admin socket {expected} is not there: the server makes it when it starts, "
+            "so one removed under it, with its cache directory say, comes back with a "
+            "restart; SIGHUP still reloads)"
+        )
     if code == 401:
         raise AdminError(
             f"geodns admin API at {where} refused the request: {message} (check admin.token_file)"

@@ -76,13 +76,14 @@ class MapBuilder:
                 process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment)
                 self.running.add(process)
             connection = Connection(parent.detach())
+        broken: BaseException | None = None
         try:
             send_message(connection, "build", (str(index.directory), index.digest, shapes, down))
             if not connection.poll(BUILD_TIMEOUT):  # (poll, not select: any descriptor number)
                 raise MapBuildError(f"no answer maps after {BUILD_TIMEOUT:.0f} s")
             kind, payload = receive_message(connection)
         except (OSError, EOFError) as exc:
-            raise MapBuildError(f"the map builder stopped: {exc or type(exc).__name__}") from None
+            broken = exc
         finally:
             connection.close()
             if process.poll() is None:
@@ -93,6 +94,10 @@ class MapBuilder:
                     process.wait()
             with self.lock:
                 self.running.discard(process)
+        if broken is not None:
+            code = process.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            raise MapBuildError(f"the map builder ended ({how}): {broken or 'no answer'}")
         if kind != "maps":
             raise MapBuildError(str(payload))
         descriptors: list[int] = payload
@@ -121,9 +126,13 @@ def builder_main(argv: list[str]) -> int:
     try:
         index = load_index(Path(directory), digest)
         if index is None:
-            raise MapBuildError(f"no cached place index {digest[:12]} in {directory}")
+            raise MapBuildError(
+                f"cannot read the cached place index {digest[:12]} in {directory} (removed or "
+                "damaged: `geodns check` builds it again, and the next build uses it)"
+            )
         rankings = Rankings(index, Path(directory) / cache_key(digest))  # kept for the next
         files = publish_set([build_map(shape, index, rankings, down) for shape in shapes])
+        rankings.prune()
     except Exception as exc:  # told to the main process, which builds them itself
         send_message(connection, "error", f"{type(exc).__name__}: {exc}")
         return 1

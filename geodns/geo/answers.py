@@ -57,6 +57,7 @@ from geodns.geo.ranking import rank
 from geodns.geo.runs import ALIAS_BASE, Runs4, Runs6, alias_label, alias_prefix
 
 RANK_DEPTH = 16  # nearest sites ranked per place ahead of time (deeper on demand)
+RANKINGS_KEPT = 30 * 86400.0  # seconds a kept ranking no build used stays (see Rankings)
 RELABEL_CHUNK = 1 << 18  # blocks relabelled at a time (a few MB of temporaries)
 LOWEST_LABEL = alias_label(128)  # the lowest label a place index holds (an IPv6 alias)
 NO_PLACE = Placement(None, 4, 0, 0)
@@ -244,7 +245,21 @@ class Rankings:
             return None
         if matrix.dtype != np.int16 or matrix.shape != (self.index.place_count, columns):
             return None
+        with contextlib.suppress(OSError):  # used now: prune() keeps it
+            os.utime(path)
         return matrix
+
+    def prune(self, unused_for: float = RANKINGS_KEPT) -> None:
+        """Remove the kept rankings no build has used for `unused_for` seconds (those of site
+        sets the config no longer has; the place index's entry goes whole when unused)."""
+        if self.directory is None:
+            return
+        oldest = time.time() - unused_for
+        with contextlib.suppress(OSError):
+            for path in self.directory.glob("rank-*.npy"):
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime < oldest:
+                        path.unlink()
 
     def _save(self, path: Path | None, matrix: np.ndarray) -> None:
         if path is None:
