@@ -170,6 +170,9 @@ def test_counts_from_real_queries(state: ServerState, geo: Geo) -> None:
     assert value(found, "geodns_tcp_connections") == 2
     assert value(found, "geodns_zones") == 1
     assert value(found, "geodns_snapshot_generation") == 0
+    maps = len(state.snapshot.maps)
+    assert maps > 0 and value(found, "geodns_answer_maps") == maps
+    assert value(found, "geodns_answer_maps_pending") == 0
 
     assert value(found, "geodns_reloads_total", result="success") == 3
     assert value(found, "geodns_reloads_total", result="failure") == 1
@@ -202,6 +205,16 @@ def test_counts_from_real_queries(state: ServerState, geo: Geo) -> None:
     info = [labels for name, labels in found if name == "geodns_build_info"]
     assert len(info) == 1 and ("version", __import__("geodns").__version__) in info[0]
     assert value(found, "process_resident_memory_bytes") > 0  # process metrics ride along
+
+
+def test_shapes_waiting_for_their_maps_are_counted(config: ServerConfig, geo: Geo) -> None:
+    """A snapshot swapped in before its maps (a start, a health change): its record shapes
+    are counted as pending, as `geodns status` counts them."""
+    snapshot = build_snapshot(config, geo, with_maps=False)
+    found = samples(Metrics(server_state=ServerState(snapshot), process=False).render()[0])
+    assert value(found, "geodns_answer_maps") == 0
+    pending = value(found, "geodns_answer_maps_pending")
+    assert pending == snapshot.maps_pending() == len(set(snapshot.shapes.values())) > 0
 
 
 def test_truncated_answers_and_zero_series() -> None:

@@ -855,14 +855,13 @@ class App:
         assert self.state is not None and self.geo is not None
         status = self.reload_status
         snapshot = self.state.snapshot
-        mapped = set(snapshot.shapes.values()) if snapshot.geo and snapshot.geo.index else set()
         return {
             "version": __version__,
             # answer maps in service (one per record shape), and the shapes whose records are
             # decided per place while their map is built (a start, a health change, a reload
             # with new shapes)
             "answer_maps": len(snapshot.maps),
-            "answer_maps_pending": len(mapped - set(snapshot.maps)),
+            "answer_maps_pending": snapshot.maps_pending(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
             "workers": self.worker_count,
             "generation": self.generation,

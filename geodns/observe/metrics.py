@@ -319,6 +319,17 @@ class GeodnsCollector:
             )
             family.add_metric([], snapshot.generation)
             yield family
+            family = GaugeMetricFamily(
+                "geodns_answer_maps", "Answer maps in service (one per dynamic record shape)"
+            )
+            family.add_metric([], len(snapshot.maps))
+            yield family
+            family = GaugeMetricFamily(
+                "geodns_answer_maps_pending",
+                "Record shapes decided per place while their answer map is built",
+            )
+            family.add_metric([], snapshot.maps_pending())
+            yield family
 
     def _latency(self, state: Any) -> Iterable[Metric]:
         histogram = HistogramMetricFamily(

@@ -101,6 +101,13 @@ class Snapshot:
         object.__setattr__(self, "templates", Templates())
         object.__setattr__(self, "place_decisions", BoundedCache("place_decisions"))
 
+    def maps_pending(self) -> int:
+        """Record shapes decided per place while their answer map is built (0 without a place
+        index: then every record is decided per place, and nothing is pending)."""
+        if self.geo is None or self.geo.index is None:
+            return 0
+        return len(set(self.shapes.values()) - set(self.maps))
+
     def caches(self) -> tuple[BoundedCache[Any, Any], ...]:
         return (self.prepared, self.replies, self.templates.templates, self.place_decisions)
 
