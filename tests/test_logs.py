@@ -108,3 +108,18 @@ def test_no_priority_prefix_outside_the_journal(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM")
     assert not to_journal(stream)
     stream.close()
+
+
+def test_a_workers_lines_say_which_worker(tmp_path) -> None:
+    """With `workers: 2` both processes write to one stream: the worker's lines carry its
+    index, the main process's none (each opens its own dnstap connection, and says so)."""
+    config = base_config(dnstap={"socket": "nobody-listens.sock"}, workers=2)
+    with GeodnsServer(config, BASE_ZONES) as server:
+        deadline = time.monotonic() + 60  # both processes started: a generous bound
+        while server.stderr_text().count("dnstap_reader_unreachable") < 2:
+            assert time.monotonic() < deadline, server.stderr_text()[-2000:]
+            time.sleep(0.1)
+        events = [e for _, e in _events(server.stderr_text())]
+    unreachable = [e for e in events if e["event"] == "dnstap_reader_unreachable"]
+    assert {str(e.get("worker")) for e in unreachable} == {"1", "None"}  # (retries say it again)
+    assert all("worker" not in e for e in events if e["event"] == "started")

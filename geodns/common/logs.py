@@ -56,8 +56,9 @@ def with_priority(renderer: Renderer) -> Renderer:
     return render
 
 
-def configure(level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog once for the process, writing to stderr."""
+def configure(level: str = "info", fmt: str = "auto", worker: int | None = None) -> None:
+    """Configure structlog once for the process, writing to stderr. A worker process's lines
+    carry `worker` (its index), so that the lines of N processes on one stream tell apart."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -70,6 +71,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         processors=[
             structlog.processors.add_log_level,
             _add_logger_name,
+            *([_add_worker(worker)] if worker is not None else []),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
@@ -83,6 +85,14 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         root.removeHandler(handler)
     root.addHandler(_ToStructlog())
     root.setLevel(LEVELS.get(level, logging.INFO))
+
+
+def _add_worker(worker: int) -> Callable[[Any, str, MutableMapping[str, Any]], Any]:
+    def add(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        event_dict.setdefault("worker", worker)
+        return event_dict
+
+    return add
 
 
 class _ToStructlog(logging.Handler):

@@ -1245,7 +1245,7 @@ def run_worker(
     from geodns.common.logs import configure
 
     config = load_config(config_path)
-    configure(config.log_level, config.log_format)
+    configure(config.log_level, config.log_format, worker=index)
     sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def main() -> int:
