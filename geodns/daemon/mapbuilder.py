@@ -6,14 +6,14 @@ malloc arena that trimming cannot empty while a few live chunks sit in it), and 
 by the build while queries waited. On the 10,000-name zone that was 32 MB of the 86 MB a
 server held once its maps were there. Now the main process sends the shapes to build (the
 records' decision structures without addresses), the health view and its place index's
-digest to `python -m geodns.daemon.mapbuilder`, which maps the same cached index, builds the
+digest to `python -P -m geodns.daemon.mapbuilder`, which maps the same cached index, builds the
 maps, copies each into a sealed memory file (geodns.geo.sharedmaps.publish, as the main
 process copied its own for the workers before) and hands the files back over a socket pair
 (SCM_RIGHTS), then exits. The main process maps them read-only and answers from them as a
 worker does (its lookups cost what a built map's do), and hands the same files on to its
 workers: no serving process imports numpy, and the machine holds one copy of each map.
 
-A child costs a process start and numpy's import (about 0.15 s of CPU) per build; it runs
+A child costs a process start and numpy's import (0.2-0.3 s a build, measured); it runs
 at the server's own priority, so that under full load the maps still come (records are
 decided per place meanwhile, correct but slower). Where it cannot run (no memfd, an index not
 loaded from the cache directory, the cache files removed, the child killed) the main process

@@ -51,9 +51,10 @@ Part = tuple[int, int, str]  # (offset, bytes, memoryview format)
 
 @dataclass(frozen=True, slots=True)
 class MapNotice:
-    """What a worker is told of one shared map (pickled over the pipe; the file goes beside)."""
+    """What a process is told of one shared map (pickled in a set's listing; the file goes
+    beside)."""
 
-    token: int  # the main process's number for the map: a worker maps each file once
+    token: int  # the sender's number for the map: a worker maps each file once
     shape: Shape
     down: frozenset[str]  # the health view it was built under
     digest: str  # its place index's
@@ -151,6 +152,25 @@ def read_listing(descriptor: int) -> list[MapNotice]:
     return notices
 
 
+def open_set(descriptors: list[int]) -> tuple[list[MapNotice], list[int]]:
+    """The notices and map files of a set as publish_set and SharedMapsOut.update give it (the
+    listing, then one file per map). The listing is closed; the files are the caller's, but on
+    an error (ValueError: not such a set) they are closed too."""
+    files = descriptors[1:]
+    try:
+        notices = read_listing(descriptors[0]) if descriptors else []
+        if len(files) != len(notices):
+            raise ValueError(f"{len(notices)} answer maps listed, {len(files)} files")
+    except BaseException:
+        for descriptor in files:
+            os.close(descriptor)
+        raise
+    finally:
+        if descriptors:
+            os.close(descriptors[0])
+    return notices, files
+
+
 def adopt(notice: MapNotice, memory: mmap.mmap, index: PlaceIndex) -> AnswerMap:
     """The shared map over `memory` (its file, mapped read-only), for the worker's `index`
     (the same digest): runs from memoryviews, answers decided again."""
@@ -188,12 +208,9 @@ class SharedMapsOut:
         per map), mapped read-only on `index` (the one they were built on); their files stay
         open here until `update` finds their maps out of service (ValueError: not such a set,
         OSError: a file that cannot be mapped; then none stays open)."""
-        files = descriptors[1:]
+        notices, files = open_set(descriptors)
         adopted: list[tuple[AnswerMap, MapNotice, int]] = []
         try:
-            notices = read_listing(descriptors[0]) if descriptors else []
-            if len(files) != len(notices):
-                raise ValueError(f"{len(notices)} answer maps listed, {len(files)} files")
             for notice, descriptor in zip(notices, files, strict=True):
                 memory = mmap.mmap(descriptor, notice.size, prot=mmap.PROT_READ)
                 with self.lock:
@@ -203,9 +220,6 @@ class SharedMapsOut:
             for descriptor in files:
                 os.close(descriptor)
             raise
-        finally:
-            if descriptors:
-                os.close(descriptors[0])
         with self.lock:
             for answer_map, notice, descriptor in adopted:
                 self.files[id(answer_map.runs4)] = (answer_map.runs4, notice, descriptor)
@@ -263,18 +277,7 @@ class SharedMapsIn:
         """The main process's new set, as SharedMapsOut.update gave it (what is not in it is
         dropped: the main process no longer serves it); each file is mapped once, and every
         descriptor closed (ValueError: not such a set)."""
-        try:
-            notices = read_listing(descriptors[0]) if descriptors else []
-        except BaseException:
-            for descriptor in descriptors:
-                os.close(descriptor)
-            raise
-        os.close(descriptors[0])
-        files = descriptors[1:]
-        if len(files) != len(notices):
-            for descriptor in files:
-                os.close(descriptor)
-            raise ValueError(f"{len(notices)} answer maps listed, {len(files)} files")
+        notices, files = open_set(descriptors)
         with self.lock:
             mapped: dict[int, tuple[MapNotice, mmap.mmap]] = {}
             try:
