@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from geodns.common.caching import BoundedCache, collector_paused
 from geodns.config.loader import ZoneBlocks, load_zones
 from geodns.config.server import ServerConfig
-from geodns.dns.resolve import Prepared, Resolver, split_wire
+from geodns.dns.resolve import Prepared, Resolver
 from geodns.dns.zone import RRset, Zone, changed_names
 from geodns.geo.answers import AnswerMap, Shape, build_map, shape_of
 from geodns.geo.compile import DynamicCompilerForSites
@@ -126,7 +126,7 @@ class Snapshot:
         cache_key = (key, qtype | SIGNED if signed else qtype)
         prepared = self.prepared.get(cache_key)
         if prepared is None:
-            prepared = self.resolver.resolve(split_wire(key), qtype, signed)
+            prepared = self.resolver.resolve(key, qtype, signed)
             self.prepared.put(cache_key, prepared, len(key) + prepared.size)
         return prepared
 
