@@ -239,6 +239,11 @@ def big_zone_rows(table: Table, big: dict[str, Any]) -> None:
     table.add("RSS once the index is ready (MB)", big, lambda r: get(r, "rss_ready_mb"))
     table.add("reload: time to serve the new zone (s)", big, lambda r: get(r, "reload_s"), digits=2)
     table.add(
+        "RSS after the reload run, every name asked (MB)",
+        big,
+        lambda r: get(r, "rss_after_reload_mb"),
+    )
+    table.add(
         "restart to first answer (s; geodns: index cached)",
         big,
         lambda r: get(r, "restart_s"),

@@ -11,7 +11,7 @@ import dns.edns
 import dns.message
 from inprocess import ask, client, state_for
 
-from geodns.common.caching import CACHES, ENTRY_OVERHEAD, BoundedCache
+from geodns.common.caching import CACHES, ENTRY_OVERHEAD, SIZE_UNIT, BoundedCache
 from geodns.common.lograte import BURST, RateLimitedLog
 from geodns.config.server import RrlSettings
 from geodns.serving.cookies import LIFETIME, REFRESH_AFTER, CookieJar, siphash24
@@ -93,8 +93,20 @@ def test_every_cache_keeps_its_bounds_in_entries_and_bytes() -> None:
             assert len(cache) <= spec.max_entries
             assert cache.bytes <= spec.max_bytes
         assert cache.evictions > 0
-        assert cache.bytes == sum(cache.sizes.values())
-        assert all(size >= ENTRY_OVERHEAD for size in cache.sizes.values())
+        assert cache.bytes == sum(cache.sizes.values()) * SIZE_UNIT
+        assert all(units * SIZE_UNIT >= ENTRY_OVERHEAD for units in cache.sizes.values())
+
+
+def test_an_entry_size_is_kept_without_an_int_of_its_own() -> None:
+    """A size is kept as a count of SIZE_UNITs, rounded up: for entries under 16 KB a shared
+    small int, not an int object of 32 bytes per entry (8 MB for a full rate limiter). Two
+    entries of one size keep the very same object; the bound still counts in bytes."""
+    cache: BoundedCache[int, bytes] = BoundedCache("replies")
+    for key, size in ((1, 900), (2, 900), (3, 16_000)):
+        cache.put(key, b"", size)
+    assert cache.sizes[1] is cache.sizes[2]
+    assert cache.bytes == sum(cache.sizes.values()) * SIZE_UNIT
+    assert 900 + ENTRY_OVERHEAD <= cache.sizes[1] * SIZE_UNIT < 900 + ENTRY_OVERHEAD + SIZE_UNIT
 
 
 _SHAPES: dict[tuple[int, int], bytes] = {}
