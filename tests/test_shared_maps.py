@@ -231,12 +231,20 @@ def test_the_builder_keeps_its_rankings_beside_the_index(
             assert kept, "no ranking kept"
             assert all(path.stat().st_size > 1000 for path in kept)  # (ranked again)
         # a ranking no build used for 30 days (a site set the config dropped) is removed by the
-        # next build; those it uses are kept
+        # next build, and so is a file its writer left half-written over an hour ago (a builder
+        # killed by a stop); those it uses, and a file being written now, are kept
         stale = entry / "rank-0123456789abcdef0123456789abcdef.npy"
-        stale.write_bytes(b"old")
-        os.utime(stale, (1, 1))
+        abandoned = entry / ".rank-0123456789abcdef0123456789abcdef.npy.4242"
+        writing = entry / ".rank-fedcba9876543210fedcba9876543210.npy.4243"
+        for path in (stale, abandoned, writing):
+            path.write_bytes(b"old")
+        for path in (stale, abandoned):
+            os.utime(
+                path, (time.time() - 7200, time.time() - 7200) if path is abandoned else (1, 1)
+            )
         outgoing.receive_built(MapBuilder().build(cached, shapes, frozenset()), cached)
         assert not stale.exists() and sorted(entry.glob("rank-*.npy")) == kept
+        assert not abandoned.exists() and writing.exists()
     finally:
         outgoing.close()
 

@@ -58,6 +58,7 @@ from geodns.geo.runs import ALIAS_BASE, Runs4, Runs6, alias_label, alias_prefix
 
 RANK_DEPTH = 16  # nearest sites ranked per place ahead of time (deeper on demand)
 RANKINGS_KEPT = 30 * 86400.0  # seconds a kept ranking no build used stays (see Rankings)
+HALF_WRITTEN_KEPT = 3600.0  # seconds before a ranking's unfinished file (its writer killed) goes
 RELABEL_CHUNK = 1 << 18  # blocks relabelled at a time (a few MB of temporaries)
 LOWEST_LABEL = alias_label(128)  # the lowest label a place index holds (an IPv6 alias)
 NO_PLACE = Placement(None, 4, 0, 0)
@@ -257,15 +258,18 @@ class Rankings:
 
     def prune(self, unused_for: float = RANKINGS_KEPT) -> None:
         """Remove the kept rankings no build has used for `unused_for` seconds (those of site
-        sets the config no longer has; the place index's entry goes whole when unused)."""
+        sets the config no longer has; the place index's entry goes whole when unused), and
+        the unfinished files of writers killed half-way (a stopping server kills its builder)
+        once an hour old: a ranking is written in a second."""
         if self.directory is None:
             return
-        oldest = time.time() - unused_for
+        now = time.time()
         with contextlib.suppress(OSError):
-            for path in self.directory.glob("rank-*.npy"):
-                with contextlib.suppress(OSError):
-                    if path.stat().st_mtime < oldest:
-                        path.unlink()
+            for pattern, kept in (("rank-*.npy", unused_for), (".rank-*.npy.*", HALF_WRITTEN_KEPT)):
+                for path in self.directory.glob(pattern):
+                    with contextlib.suppress(OSError):
+                        if path.stat().st_mtime < now - kept:
+                            path.unlink()
 
     def _save(self, path: Path | None, matrix: np.ndarray) -> None:
         if path is None:
