@@ -10,8 +10,8 @@ handed over again keeps the files of the maps it keeps and closes the others; th
 a real socket pair in a worker's order, also when the pipe is non-blocking (as the event loop
 leaves it) and the files arrive after the order.
 
-End to end: a server with `workers: 2` on the bundled example. Neither process imports numpy
-(the maps were built by a child), both map the files, and every answer, from both processes
+End to end: a server with `workers: 2` on the bundled example, started the first time. Neither
+process imports numpy (the maps and the index were built by children), both map the files, and every answer, from both processes
 (fresh sockets: the kernel spreads them), carries the map's scope, which for the subnets asked
 is wider than the database network's (what a record decided per place answers), before and
 after a drain. With its cached index removed under it, a one-process server builds a drain's
@@ -591,10 +591,10 @@ def test_workers_answer_from_the_main_process_maps() -> None:
     zones = {ZONE: (ROOT / "zones" / f"{ZONE}.yaml").read_text()}
     server = GeodnsServer(config, zones)
     loaded = load_config(server.config_path)
-    # the index cached before the start (as on every start but the first: a first start with
-    # a small database builds it in the main process, numpy and all)
-    geo = load_geo(loaded, build=True)
     with server:
+        # a first start: the small database's index is built at start, by a child process
+        # (built in the main process, numpy stayed mapped in it), and cached for this test
+        geo = load_geo(loaded)
         # what the maps say, and what a record decided per place would say, for IPv4 /24s
         # whose map block is wider than their database network
         snapshot = build_snapshot(loaded, geo)

@@ -8,12 +8,14 @@ serving whatever it had. A valid zone's warnings are on the Zone (`Zone.warnings
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from geodns.common.errors import ConfigError, Problem
 from geodns.common.logs import get_logger
+from geodns.common.pipes import child_command
 from geodns.config.server import ServerConfig
 from geodns.config.zonefile import LastLoad, read_zone_file, zone_name_from_file
 from geodns.dns.zone import Zone
@@ -21,17 +23,37 @@ from geodns.geo.codes import continent_of
 from geodns.geo.compile import DynamicCompilerForSites
 from geodns.geo.database import FileIdentity, GeoDatabase, file_identity
 from geodns.geo.dbfacts import database_facts, unmatchable
-from geodns.geo.index import build_index, holds_indexes, load_index, save_index
+from geodns.geo.index import PlaceIndex, build_index, holds_indexes, load_index, save_index
 from geodns.geo.locator import Geo
 from geodns.geo.sites import Site
 
 ZONE_SUFFIXES = (".yaml", ".yml")
 SYNC_BUILD_BYTES = 16 << 20  # databases up to this size get their index at start, in < 1 s
+APART_BUILD_TIMEOUT = 300.0  # seconds a child building a small database's index at start may take
 
 
 def zone_files(zones_dir: Path) -> list[Path]:
     """The zone files of a directory, in a stable order."""
     return sorted(p for p in zones_dir.iterdir() if p.suffix in ZONE_SUFFIXES and p.is_file())
+
+
+def _built_apart(database: GeoDatabase, directory: Path) -> PlaceIndex | None:
+    """A small database's place index built at start by a child process (`python -m
+    geodns.geo.index`, as a big one's is in the background) and mapped from the cache files it
+    saved: built in the server's process, numpy stayed imported in it for good (10 MB of
+    libraries and modules, for a build of a second). None when the child fails or saves
+    nothing usable (a cache directory that cannot be written, the file changed meanwhile):
+    the caller builds the index itself."""
+    command, environment = child_command("geodns.geo.index", str(database.path), str(directory))
+    try:
+        done = subprocess.run(
+            command, env=environment, capture_output=True, timeout=APART_BUILD_TIMEOUT
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return load_index(directory, database.digest)
 
 
 def _identity(path: Path) -> FileIdentity | None:
@@ -185,11 +207,17 @@ def admin_socket(config: ServerConfig) -> str | None:
     return str(cache_directory(config) / f"admin-{config.port}.sock")
 
 
-def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | None = None) -> Geo:
+def load_geo(
+    config: ServerConfig,
+    build: bool | None = None,
+    current: Geo | None = None,
+    apart: bool = False,
+) -> Geo:
     """The geography for a config: the database's cached place index when there is one; else
     the index built now when `build` (None: as `geoip.index` says; "auto" builds now when the
     database is small enough to take a moment), else the database itself, for the caller to
-    build the index in the background.
+    build the index in the background. With `apart` (a server's processes), an index built
+    now is built by a child process and mapped from the cache (see _built_apart).
 
     The cached index is looked for first, by the file's digest read in chunks: the database is
     read into memory (a private copy, and the bytes read) only when there is none. A reload
@@ -210,6 +238,8 @@ def load_geo(config: ServerConfig, build: bool | None = None, current: Geo | Non
     if build is None:
         small = len(database.data) <= SYNC_BUILD_BYTES
         build = config.geoip_index == "start" or (config.geoip_index == "auto" and small)
+    if index is None and build and apart:
+        index = _built_apart(database, directory)
     if index is None and build:
         index = build_index(database)
         try:

@@ -182,7 +182,7 @@ class App:
         config = self.config
         if self.control is None:
             check_ports_free(config)
-        self.geo = await asyncio.to_thread(load_geo, config)
+        self.geo = await asyncio.to_thread(functools.partial(load_geo, config, apart=True))
         if self.control is None:  # indexes of databases no server has used for a month
             await asyncio.to_thread(prune_cache, cache_directory(config))
         down: frozenset[str] = frozenset()
@@ -766,7 +766,7 @@ class App:
         config = load_config(self.config_path) if self.config_path else self.config
         geo = self.geo
         if config.geoip_path != geo.path or geo.changed_on_disk():
-            geo = load_geo(config, current=geo)
+            geo = load_geo(config, current=geo, apart=True)
         current = self.state.snapshot
         in_use = current.geo.index if current.geo is not None else None
         same_index = geo.index is not None and geo.index is in_use
