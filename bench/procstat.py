@@ -108,14 +108,19 @@ class ProcessMemory:
         return dataclasses.asdict(self)
 
 
-def role_of(command_line: str, index: int) -> str:
-    """What a server's process is, from its command line: the main one (the first), a worker
-    (`python -m geodns.daemon.workers`, or multiprocessing's spawned children in older
-    geodns), the place index builder (`python -m geodns.geo.index`), or a helper such as
-    multiprocessing's resource tracker (a small process of its own that a spawn start brings
-    along)."""
+def role_of(command_line: str, index: int, name: str = "") -> str:
+    """What a server's process is, from its command line and name (`comm`): the main one (the
+    first), a worker (forked at start and named `geodns-workerN`, started again as `python -m
+    geodns.daemon.workers`, or multiprocessing's spawned children in older geodns), the place
+    index or answer-map builder (`python -m geodns.geo.index`, `geodns.daemon.mapbuilder`), or
+    a helper such as multiprocessing's resource tracker (a small process of its own that a
+    spawn start brings along)."""
     if index == 0:
         return "main"
+    if name.startswith("geodns-worker"):
+        return "worker"
+    if "geodns.daemon.mapbuilder" in command_line:
+        return "helper (map builder)"
     if "resource_tracker" in command_line:
         return "helper (resource tracker)"
     if "geodns.geo.index" in command_line:
@@ -123,6 +128,15 @@ def role_of(command_line: str, index: int) -> str:
     if "geodns.daemon.workers" in command_line or "spawn_main" in command_line:
         return "worker"
     return "other"
+
+
+def process_name(pid: int) -> str:
+    """The process's name (`comm`: what ps and top show, set by a forked worker)."""
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
 
 
 def command_line(pid: int) -> str:
@@ -144,7 +158,7 @@ def memory_per_process(pids: list[int]) -> list[ProcessMemory]:
         out.append(
             ProcessMemory(
                 pid=pid,
-                role=role_of(command_line(pid), index),
+                role=role_of(command_line(pid), index, process_name(pid)),
                 rss_mb=round(rollup.get("Rss", 0) / 1024, 1),
                 pss_mb=round(rollup.get("Pss", 0) / 1024, 1),
                 pss_anon_mb=round(rollup.get("Pss_Anon", 0) / 1024, 1),

@@ -31,7 +31,14 @@ import yaml
 
 from .common import HOST, ZONE
 from .popsets import six_pops
-from .procstat import command_line, descendants, role_of, stat_fields, status_kb
+from .procstat import (
+    command_line,
+    descendants,
+    process_name,
+    role_of,
+    stat_fields,
+    status_kb,
+)
 from .servers import GDNSD_ZONE, Server, Setup, geo_probe, geodns_zone, yaml_text
 from .soak_plan import VALID_SOURCE
 
@@ -235,7 +242,7 @@ class ServerUnderTest:
         main = self.main_pid
         for pid in self.pids():
             if pid not in self.known_pids:
-                role = role_of(command_line(pid), 0 if pid == main else 1)
+                role = role_of(command_line(pid), 0 if pid == main else 1, process_name(pid))
                 self.known_pids[pid] = f"pid {pid} ({role}, start {self.starts})"
         return self.known_pids
 

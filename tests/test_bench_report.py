@@ -226,6 +226,8 @@ def test_processes_are_told_apart_by_their_command_line() -> None:
     assert role_of(spawn, 2) == "worker"
     assert role_of(tracker, 1) == "helper (resource tracker)"
     assert role_of("python -m geodns.daemon.workers run_worker geodns.yaml 1 7", 1) == "worker"
+    assert role_of("python -m geodns serve --config geodns.yaml", 1, "geodns-worker1") == "worker"
+    assert role_of("python -P -m geodns.daemon.mapbuilder 5 42", 1) == "helper (map builder)"
     assert role_of("python -m geodns.geo.index city.mmdb cache", 1) == "helper (index builder)"
     memory = {
         "processes": [

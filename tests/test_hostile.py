@@ -94,7 +94,8 @@ def test_a_database_overwritten_in_place_never_kills_the_server(tmp_path: Path) 
 
 def test_a_second_instance_on_a_held_port_refuses_to_start(tmp_path: Path) -> None:
     """issue 12.8: with SO_REUSEPORT (workers > 1) a second server would share the port and
-    split the traffic. It must refuse, naming the address, the protocol and the port."""
+    split the traffic. It must refuse, naming the address, the protocol and the port; the
+    worker it forked at start ends with it, quietly (its output closed: run() returns)."""
     port = free_port()
     config = {"port": port, "listen": ["127.0.0.1"], "workers": 2, "sites": SITES}
     with GeodnsServer(config, {ZONE: ZONE_DATA}):
@@ -105,6 +106,7 @@ def test_a_second_instance_on_a_held_port_refuses_to_start(tmp_path: Path) -> No
             second.cleanup()
         assert result.returncode != 0
         assert f"127.0.0.1 port {port} (udp) is already in use" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_an_admin_port_clash_names_the_admin_address() -> None:
@@ -296,11 +298,14 @@ def _children(pid: int) -> set[int]:
 
 
 def _workers(pid: int) -> set[int]:
-    """The worker processes of a server (multiprocessing's resource tracker is not one)."""
+    """The worker processes of a server: forked at start (named geodns-workerN) or started
+    again (`python -m geodns.daemon.workers`); a map or index builder child is not one."""
     found = set()
     for child in _children(pid):
         with contextlib.suppress(OSError):
-            if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+            name = Path(f"/proc/{child}/comm").read_text()
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            if name.startswith("geodns-worker") or b"geodns.daemon.workers" in command:
                 found.add(child)
     return found
 
@@ -347,6 +352,44 @@ def test_a_restarted_worker_follows_drains_from_its_first_answer() -> None:
             assert all(answer == ["192.0.2.4"] for answer in got), got
         finally:
             server.send_signal(signal.SIGCONT)
+
+
+def _anonymous_shared_kb(pid: int) -> int:
+    """kB of the process's anonymous memory (heap and unnamed mappings) that another process
+    maps too, written before they parted (Shared_Dirty): what a fork left shared."""
+    total, anonymous = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header line
+            anonymous = len(fields) < 6 or fields[5] == "[heap]"
+        elif fields[0] == "Shared_Dirty:" and anonymous:
+            total += int(fields[1])
+    return total
+
+
+def test_workers_are_forked_at_start_and_share_the_interpreter_with_the_main_process() -> None:
+    """The worker of `workers: 2` is forked by the main process before it loads anything: named
+    geodns-worker1, the main process its parent, it shares with it the memory of the
+    interpreter and the modules imported before the fork that neither wrote since (about 6 MB
+    measured; a started worker, a new interpreter, shares none of its anonymous memory). It
+    answers as a started one does; when it dies, it is started again as a new interpreter
+    (the main process then runs an event loop and threads: it forks no more)."""
+    config = {"workers": 2, "sites": SITES, "rrl": {"enabled": False}}
+    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
+        assert server.proc is not None
+        main = server.proc.pid
+        assert wait_for(lambda: '"started"' in server.stderr_path.read_text(), 30)
+        (worker,) = _workers(main)
+        assert Path(f"/proc/{worker}/comm").read_text().strip() == "geodns-worker1"
+        assert _anonymous_shared_kb(worker) >= 2048, _anonymous_shared_kb(worker)
+        got = _answers_from_many_ports(server, 40, 2.0)
+        assert len(got) == 40 and all(answer == ["192.0.2.1"] for answer in got), got
+        os.kill(worker, signal.SIGKILL)
+        assert wait_for(lambda: len(_workers(main)) == 1 and worker not in _workers(main), 20)
+        (restarted,) = _workers(main)
+        command = Path(f"/proc/{restarted}/cmdline").read_bytes()
+        assert b"geodns.daemon.workers" in command
+        assert "Traceback" not in server.stderr_path.read_text()
 
 
 def test_a_worker_that_dies_is_started_again_and_follows_drains() -> None:

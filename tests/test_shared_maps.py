@@ -539,11 +539,11 @@ def _worker_pid(server: GeodnsServer) -> int | None:
             continue
         try:
             status = (entry / "status").read_text()
-            command = (entry / "cmdline").read_bytes()
+            name = (entry / "comm").read_text()
         except OSError:
             continue
         parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid"))
-        if int(parent) == server.proc.pid and b"geodns.daemon.workers" in command:
+        if int(parent) == server.proc.pid and name.startswith("geodns-worker"):  # (forked)
             return int(entry.name)
     return None
 

@@ -23,6 +23,7 @@ from typing import Any
 FILES_PER_MESSAGE = 200  # descriptors per SCM_RIGHTS message (Linux takes at most 253)
 PIPE_TIMEOUT = 10.0  # seconds a blocking send or receive on a child's pipe may take
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -117,3 +118,10 @@ def stop_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signum)
     if os.getppid() != parent:
         raise SystemExit(1)
+
+
+def name_process(name: str) -> None:
+    """Set this process's name as ps, top and pgrep show it (`comm`, 15 bytes at most; Linux's
+    PR_SET_NAME): a forked worker's command line is the main process's."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15])

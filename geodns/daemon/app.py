@@ -27,6 +27,7 @@ import ipaddress
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -46,7 +47,14 @@ from geodns.config.loader import admin_socket, cache_directory, load_geo, zone_f
 from geodns.config.server import ServerConfig, load_config
 from geodns.daemon import sdnotify
 from geodns.daemon.mapbuilder import MapBuilder
-from geodns.daemon.workers import STATS_INTERVAL, WorkerPool, worker_count
+from geodns.daemon.workers import (
+    STATS_INTERVAL,
+    ForkedWorker,
+    ForkedWorkers,
+    WorkerPool,
+    fork_workers,
+    worker_count,
+)
 from geodns.dns.zone import Zone
 from geodns.geo.answers import AnswerMap, Shape
 from geodns.geo.dynamic import records_all_down
@@ -89,6 +97,7 @@ GC_FULL_EVERY = 1000  # middle-generation collections between full ones (CPython
 WATCH_INTERVAL = 1.0
 WATCH_DEBOUNCE = 0.5
 STOP_GRACE = 1.0  # seconds a stopping server gives open connections and tasks
+WORKER_ENTRY = "geodns.daemon.app:run_worker"  # what a worker runs (workers.WorkerEntry)
 DNSSEC_INTERVAL = 60.0  # seconds between looks at signature expiry and the key schedule
 # How long a thread holding the GIL keeps it while another waits (CPython: 5 ms). A reload or a
 # map rebuild runs in a thread; the event loop takes the GIL several times per query, and waited
@@ -124,8 +133,10 @@ class App:
         control: Connection | None = None,
         cookie_secret: bytes | None = None,
         clock: Callable[[], float] = time.time,
+        forked: ForkedWorkers | None = None,
     ) -> None:
         self.config = config
+        self.forked = forked or {}  # workers forked at start, for the pool (workers.fork_workers)
         self.clock = clock  # DNSSEC's notion of now (a test passes its own to roll keys)
         self.key_lock = threading.Lock()  # one key schedule step at a time (upkeep, reload)
         self.config_path = config_path
@@ -254,9 +265,10 @@ class App:
                 self.config_path,
                 self.worker_count,
                 self._worker_stats,
-                "geodns.daemon.app:run_worker",
+                WORKER_ENTRY,
                 self.state.cookies.secret if self.state.cookies else None,
                 on_failed=self.stopping.set,
+                forked=self.forked,
             )
             self.pool.latest["health"] = sorted(self.monitor.view.down)  # handed over at spawn
             await self.pool.start()
@@ -1016,6 +1028,9 @@ class App:
         steps.append(self._stop_health())
         if self.pool is not None:
             steps.append(self.pool.stop())
+        for process, end in self.forked.values():  # forked, never taken: a start that failed
+            end.close()  # (their pipe ends: they stop)
+            steps.append(asyncio.to_thread(_reap, process))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE + 1.0):
                 await asyncio.gather(*steps, return_exceptions=True)
@@ -1111,8 +1126,19 @@ def settle_heap() -> None:
     gc.set_threshold(700, 10, GC_FULL_EVERY)
 
 
-async def serve(config: ServerConfig, config_path: Path | None) -> int:
-    app = App(config, config_path)
+def _reap(process: ForkedWorker) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_GRACE)
+        return
+    process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=1.0)
+
+
+async def serve(
+    config: ServerConfig, config_path: Path | None, forked: ForkedWorkers | None = None
+) -> int:
+    app = App(config, config_path, forked=forked)
     try:
         await app.start()
     except ConfigError:
@@ -1234,7 +1260,11 @@ def _runner() -> Callable[..., Any]:
 
 def run(config: ServerConfig, config_path: Path | None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
-    result: int = _runner()(serve(config, config_path))
+    count = worker_count(config.workers)
+    forked = None
+    if count > 1 and config_path is not None:  # before any loop or thread: see fork_workers
+        forked = fork_workers(count, WORKER_ENTRY, config_path)
+    result: int = _runner()(serve(config, config_path, forked))
     return result
 
 
