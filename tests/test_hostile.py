@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.edns
@@ -310,6 +311,18 @@ def _workers(pid: int) -> set[int]:
     return found
 
 
+@contextlib.contextmanager
+def _two_workers() -> Iterator[tuple[GeodnsServer, int, int]]:
+    """A `workers: 2` server once started: (the server, its main process, its one worker)."""
+    config = {"workers": 2, "sites": SITES, "rrl": {"enabled": False}}
+    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
+        assert server.proc is not None
+        main = server.proc.pid
+        assert wait_for(lambda: '"started"' in server.stderr_path.read_text(), 30)
+        (worker,) = _workers(main)
+        yield server, main, worker
+
+
 def _answers_from_many_ports(server: GeodnsServer, count: int, timeout: float) -> list[list[str]]:
     """Ask `count` times, each from a new source port (SO_REUSEPORT spreads them over the
     processes); the answers that came back within `timeout` each."""
@@ -333,12 +346,7 @@ def test_a_restarted_worker_follows_drains_from_its_first_answer() -> None:
     before it binds: it never answers a drained site, even when the main process is too busy
     to send it anything more (here: stopped with SIGSTOP right after starting it, so every
     answer below comes from the new worker alone)."""
-    config = {"workers": 2, "sites": SITES, "rrl": {"enabled": False}}
-    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
-        assert server.proc is not None
-        main = server.proc.pid
-        assert wait_for(lambda: '"started"' in server.stderr_path.read_text(), 30)
-        (worker,) = _workers(main)
+    with _two_workers() as (server, main, worker):
         assert server.cli("drain", "jkt").returncode == 0
         os.kill(worker, signal.SIGKILL)
         assert wait_for(lambda: "worker_restarted" in server.stderr_path.read_text(), 10, 0.01)
@@ -374,12 +382,7 @@ def test_workers_are_forked_at_start_and_share_the_interpreter_with_the_main_pro
     measured; a started worker, a new interpreter, shares none of its anonymous memory). It
     answers as a started one does; when it dies, it is started again as a new interpreter
     (the main process then runs an event loop and threads: it forks no more)."""
-    config = {"workers": 2, "sites": SITES, "rrl": {"enabled": False}}
-    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
-        assert server.proc is not None
-        main = server.proc.pid
-        assert wait_for(lambda: '"started"' in server.stderr_path.read_text(), 30)
-        (worker,) = _workers(main)
+    with _two_workers() as (server, main, worker):
         assert Path(f"/proc/{worker}/comm").read_text().strip() == "geodns-worker1"
         assert _anonymous_shared_kb(worker) >= 2048, _anonymous_shared_kb(worker)
         got = _answers_from_many_ports(server, 40, 2.0)
@@ -395,13 +398,7 @@ def test_workers_are_forked_at_start_and_share_the_interpreter_with_the_main_pro
 def test_a_worker_that_dies_is_started_again_and_follows_drains() -> None:
     """A worker killed (SIGBUS in issue 12.1, the OOM killer elsewhere) is reaped and started
     again, and is given the current health view: a drain made before it came back applies."""
-    config = {"workers": 2, "sites": SITES, "rrl": {"enabled": False}}
-    with GeodnsServer(config, {ZONE: ZONE_DATA}) as server:
-        assert server.proc is not None
-        main = server.proc.pid
-        assert wait_for(lambda: '"started"' in server.stderr_path.read_text(), 30)
-        assert len(_workers(main)) == 1
-        (worker,) = _workers(main)
+    with _two_workers() as (server, main, worker):
         assert server.cli("drain", "jkt").returncode == 0
         os.kill(worker, signal.SIGKILL)
         assert wait_for(lambda: len(_workers(main)) == 1 and worker not in _workers(main), 20)
