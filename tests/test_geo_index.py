@@ -479,3 +479,49 @@ def test_a_database_served_while_its_index_builds_keeps_no_second_copy(tmp_path:
             placed = geo.direct.database.place_at(address)
             assert (placed is None) == (expected is None), address
     geo.close()
+
+
+def test_a_small_database_is_indexed_at_start_by_a_child_and_a_failed_one_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's start (load_geo with `apart`) has a small database's index built by a real
+    `python -m geodns.geo.index` child and maps it from the cache, so numpy stays out of the
+    server; a child that fails is logged (`geo_index_failed`, with its last error line) and
+    the server builds the index itself."""
+    import os
+    import sys
+
+    from structlog.testing import capture_logs
+
+    from geodns.config import loader
+    from geodns.config.server import ServerConfig
+
+    database = tmp_path / "country.mmdb"
+    database.write_bytes(BUNDLED.read_bytes())
+    started: list[tuple[str, ...]] = []
+    real_command = loader.child_command
+
+    def recorded(module: str, *arguments: str) -> tuple[list[str], dict[str, str]]:
+        started.append((module, *arguments))
+        return real_command(module, *arguments)
+
+    monkeypatch.setattr(loader, "child_command", recorded)
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "cache")
+    geo = loader.load_geo(config, build=True, apart=True)
+    assert geo.index is not None
+    assert [entry[0] for entry in started] == ["geodns.geo.index"]
+    assert started[0][3] == str(os.getpid())  # it ends with us
+    assert load_index(tmp_path / "cache", geo.digest) is not None  # saved by the child
+    geo.close()
+
+    def failing(module: str, *arguments: str) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-c", "raise SystemExit('numpy is missing')"], dict(os.environ)
+
+    monkeypatch.setattr(loader, "child_command", failing)
+    config = ServerConfig(geoip_database=database, cache_dir=tmp_path / "other-cache")
+    with capture_logs() as logs:
+        geo = loader.load_geo(config, build=True, apart=True)
+    assert geo.index is not None  # built here
+    failed = [entry for entry in logs if entry["event"] == "geo_index_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "numpy is missing", logs
+    geo.close()

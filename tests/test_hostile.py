@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,6 +394,52 @@ def test_workers_are_forked_at_start_and_share_the_interpreter_with_the_main_pro
         command = Path(f"/proc/{restarted}/cmdline").read_bytes()
         assert b"geodns.daemon.workers" in command
         assert "Traceback" not in server.stderr_path.read_text()
+
+
+POOL_SCRIPT = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from geodns.daemon import workers
+
+config, entry = Path(sys.argv[1]), "geodns.daemon.app:run_worker"
+real_fork = os.fork
+os.fork = lambda: (_ for _ in ()).throw(BlockingIOError(11, "Resource temporarily unavailable"))
+assert workers.fork_workers(2, entry, config) == {}  # a pids limit: nothing forked, no error
+os.fork = real_fork
+forked = workers.fork_workers(2, entry, config)
+((process, _),) = forked.values()
+os.kill(process.pid, signal.SIGKILL)  # gone before the pool takes it
+assert process.wait(timeout=10) == -signal.SIGKILL
+
+async def main():
+    pool = workers.WorkerPool(config, 2, lambda *_: None, entry, None, forked=forked)
+    await pool.start(timeout=60)
+    print("ready", type(pool.processes[1]).__name__, flush=True)
+    await pool.stop()
+
+asyncio.run(main())
+"""
+
+
+def test_a_forked_worker_lost_before_the_pool_takes_it_is_started_afresh() -> None:
+    """A worker forked at start can end before the main process is ready to take it (a stop's
+    SIGTERM to the whole process group, the OOM killer): the pool then starts that worker as
+    a new interpreter instead of failing the start on the dead one's pipe. A fork refused (a
+    pids limit in a container) forks nothing and raises nothing: the pool starts them all.
+    Run in a process of its own: a process with threads (pytest's) forks no workers."""
+    server = GeodnsServer({"workers": 2, "sites": SITES}, {ZONE: ZONE_DATA})
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", POOL_SCRIPT, str(server.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.cleanup()
+    assert result.returncode == 0, result.stderr
+    assert "ready Popen" in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_a_worker_that_dies_is_started_again_and_follows_drains() -> None:

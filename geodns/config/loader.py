@@ -39,21 +39,44 @@ def zone_files(zones_dir: Path) -> list[Path]:
 
 def _built_apart(database: GeoDatabase, directory: Path) -> PlaceIndex | None:
     """A small database's place index built at start by a child process (`python -m
-    geodns.geo.index`, as a big one's is in the background) and mapped from the cache files it
-    saved: built in the server's process, numpy stayed imported in it for good (10 MB of
-    libraries and modules, for a build of a second). None when the child fails or saves
-    nothing usable (a cache directory that cannot be written, the file changed meanwhile):
-    the caller builds the index itself."""
-    command, environment = child_command("geodns.geo.index", str(database.path), str(directory))
+    geodns.geo.index`, as a big one's is in the background, but at full priority and ending
+    with us) and mapped from the cache files it saved: built in the server's process, numpy
+    stayed imported in it for good (14 MB of the bundled example's first start, for a build
+    of a fraction of a second). None where the cache directory cannot be written (a child
+    could save nothing) or the child fails (logged: `geo_index_failed`): the caller builds
+    the index itself."""
+    if not _writable(directory):
+        return None
+    command, environment = child_command(
+        "geodns.geo.index", str(database.path), str(directory), str(os.getpid())
+    )
     try:
         done = subprocess.run(
             command, env=environment, capture_output=True, timeout=APART_BUILD_TIMEOUT
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return load_index(directory, database.digest)
+    except (OSError, subprocess.SubprocessError) as exc:
+        error = str(exc)
+    else:
+        if done.returncode == 0:
+            return load_index(directory, database.digest)
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        error = lines[-1] if lines else f"exit status {done.returncode}"
+    get_logger("geodns").warning(
+        "geo_index_failed",
+        path=str(database.path),
+        error=error,
+        hint="built in the server's own process instead",
+    )
+    return None
+
+
+def _writable(directory: Path) -> bool:
+    """Whether `directory`, or the nearest of its parents that exists (it is made when the
+    index is saved), can be written to by this process."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return os.access(candidate, os.W_OK | os.X_OK)
+    return False
 
 
 def _identity(path: Path) -> FileIdentity | None:

@@ -1145,6 +1145,9 @@ async def serve(
         await app.stop()
         raise
     except (OSError, GeodnsError) as exc:
+        if app.stopping.is_set():  # asked to stop while starting (systemctl stop): a worker
+            await app.stop()  # the stop's signal ended cannot start; that is no failure
+            return 0
         log.error("start_failed", error=str(exc))  # a port in use, a key directory, ...
         await app.stop()
         return 1

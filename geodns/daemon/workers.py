@@ -15,9 +15,10 @@ loop or a thread (fork_workers): each then waits for the pool's first order, and
 config, the zones and the database itself, as a started one does. The interpreter and the
 modules the main process had imported (about 20 MB) stay one copy where neither process
 writes them (about 6 MB stay shared under traffic: the two processes' PSS is 7 MB lower in
-all than with a started worker, measured); a forked worker is named `geodns-workerN` (what ps, top and pgrep show: its command
-line is the main process's). A worker that dies is started afresh, a new interpreter (`python
--m geodns.daemon.workers`), not forked from a process that runs an event loop and threads.
+all than with a started worker, measured). A forked worker is named `geodns-workerN` (what
+ps, top and pgrep show: its command line is the main process's). A worker that dies is
+started afresh, a new interpreter (`python -m geodns.daemon.workers`), not forked from a
+process that runs an event loop and threads.
 They are plain child processes with one end of a socket pair, not `multiprocessing` ones:
 multiprocessing's start methods add a resource-tracker process (13 MB) beside them. A worker
 asks the kernel to stop it when the main process dies (PR_SET_PDEATHSIG), and stops when its
@@ -155,7 +156,12 @@ def fork_workers(count: int, entry: str, config_path: Path) -> ForkedWorkers:
         ours, theirs = socket.socketpair()
         bound_pipe(ours)
         bound_pipe(theirs)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # (a pids limit: the pool starts the others when it starts)
+            ours.close()
+            theirs.close()
+            break
         if pid == 0:
             ours.close()
             _run_forked(entry, config_path, index, theirs, parent_pid, forked)
@@ -173,14 +179,20 @@ def _run_forked(
     siblings: ForkedWorkers,
 ) -> NoReturn:
     """A forked worker's life: never returns into the main process's code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     code = 1
     try:
         for _, sibling_end in siblings.values():  # the main process's ends of the others' pipes
             sibling_end.close()
         name_process(f"geodns-worker{index}")
         code = _work(entry, str(config_path), index, end.detach(), parent, forked=True)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+    except SystemExit as exc:  # (SystemExit() is a success, SystemExit("text") a failure)
+        if isinstance(exc.code, int):
+            code = exc.code
+        elif exc.code is None:
+            code = 0
+        else:
+            print(exc.code, file=sys.stderr)
     except BaseException:
         traceback.print_exc()
     finally:
@@ -253,28 +265,47 @@ class WorkerPool:
             await asyncio.sleep(0.05)
 
     def _spawn(self, index: int) -> None:
+        """Take worker `index` forked at start, or start it (again) as a new interpreter: the
+        forked one if it is still there to take its first orders (a stop's signal to the whole
+        process group, or the OOM killer, may have ended it while the main process started)."""
         process: WorkerProcess
         ready = self.forked.pop(index, None)
         if ready is not None:  # forked at start, waiting for its first order
-            process, parent = ready
-        else:
-            parent, child = socket.socketpair()
-            bound_pipe(parent)
-            bound_pipe(child)
-            command, environment = child_command(
-                "geodns.daemon.workers",
-                self.entry,
-                str(self.config_path),
-                str(index),
-                str(child.fileno()),
-                str(os.getpid()),
-            )
-            with child:
-                process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment)
+            process, end = ready
+            connection = Connection(end.detach())
+            try:
+                self._first_orders(connection)
+            except OSError:  # it is gone: its place is taken by a started one
+                connection.close()
+                process.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=1)
+            else:
+                self._adopt(index, process, connection)
+                return
+        parent, child = socket.socketpair()
+        bound_pipe(parent)
+        bound_pipe(child)
+        command, environment = child_command(
+            "geodns.daemon.workers",
+            self.entry,
+            str(self.config_path),
+            str(index),
+            str(child.fileno()),
+            str(os.getpid()),
+        )
+        with child:
+            process = subprocess.Popen(command, pass_fds=(child.fileno(),), env=environment)
         connection = Connection(parent.detach())
+        self._first_orders(connection)
+        self._adopt(index, process, connection)
+
+    def _first_orders(self, connection: Connection) -> None:
         send_message(connection, "secret", self.cookie_secret)  # never on a command line
         if "health" in self.latest:  # applied before it binds: it never answers a stale view
             send_message(connection, "health", self.latest["health"])
+
+    def _adopt(self, index: int, process: WorkerProcess, connection: Connection) -> None:
         self.processes[index] = process
         self.connections[index] = connection
         asyncio.get_running_loop().add_reader(connection.fileno(), self._receive, index, connection)

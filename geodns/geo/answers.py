@@ -144,9 +144,10 @@ class AnswerMap:
     index: PlaceIndex
     build_seconds: float
     decisions: dict[DynamicRecord, list[Decision | None]] = field(default_factory=dict)
-    # one Decision per (answer id, values) for all the records of the shape: a zone's many
-    # names of one pool of addresses share it (10,000 such names held 1.3 MB of equal ones)
-    shared: dict[tuple[int, tuple[str, ...]], Decision] = field(default_factory=dict)
+    # one Decision per answer id and values for all the records of the shape, by answer id
+    # then by the values (the Decision's own tuple: no key of its own): a zone's many names of
+    # one pool of addresses share it (10,000 such names held 1.3 MB of equal ones)
+    shared: dict[int, dict[tuple[str, ...], Decision]] = field(default_factory=dict)
 
     def lookup(self, family: int, value: int) -> tuple[int, int]:
         """(answer id, ECS scope) of an address."""
@@ -178,9 +179,12 @@ class AnswerMap:
             canonical = self.answers[answer][0]
             targets = record.targets()
             values = tuple(targets[int(v[1:])].value for v in canonical.values)
-            decision = self.shared.get((answer, values))
+            by_values = self.shared.get(answer)
+            if by_values is None:
+                by_values = self.shared[answer] = {}
+            decision = by_values.get(values)
             if decision is None:
-                decision = self.shared[(answer, values)] = Decision(
+                decision = by_values[values] = Decision(
                     values,
                     0,
                     canonical.site,

@@ -30,6 +30,7 @@ import json
 import mmap
 import os
 import shutil
+import signal
 import struct
 import sys
 import tempfile
@@ -535,13 +536,15 @@ def prune_cache(directory: Path, now: float | None = None) -> int:
     return removed
 
 
-def build_and_save(database_path: str, cache_dir: str) -> str:
-    """Build and save the index of one database (the background build process's work, at a
-    lower priority so the servers keep their CPU); returns the database's digest."""
+def build_and_save(database_path: str, cache_dir: str, waited_for: bool = False) -> str:
+    """Build and save the index of one database; returns the database's digest. The background
+    build process's work, at a lower priority so the servers keep their CPU; or (`waited_for`)
+    the build a starting server waits for (geodns.config.loader), at its own priority."""
     from geodns.geo.codes import continent_of
 
-    with contextlib.suppress(OSError):
-        os.nice(10)
+    if not waited_for:
+        with contextlib.suppress(OSError):
+            os.nice(10)
     database = GeoDatabase(Path(database_path), database_path, 0, continent_of)
     try:
         index = build_index(database)
@@ -551,5 +554,11 @@ def build_and_save(database_path: str, cache_dir: str) -> str:
     return index.digest
 
 
-if __name__ == "__main__":  # the daemon's background build: DATABASE CACHE_DIR -> the digest
-    print(build_and_save(sys.argv[1], sys.argv[2]))
+if __name__ == "__main__":
+    # the daemon's background build: DATABASE CACHE_DIR -> the digest; with PARENT (the pid of
+    # a server that waits for it at start), at full priority, ending if that server dies
+    if len(sys.argv) > 3:
+        from geodns.common.pipes import stop_with_parent
+
+        stop_with_parent(int(sys.argv[3]), signal.SIGKILL)
+    print(build_and_save(sys.argv[1], sys.argv[2], waited_for=len(sys.argv) > 3))
