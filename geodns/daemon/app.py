@@ -27,7 +27,6 @@ import ipaddress
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -49,10 +48,10 @@ from geodns.daemon import sdnotify
 from geodns.daemon.mapbuilder import MapBuilder
 from geodns.daemon.workers import (
     STATS_INTERVAL,
-    ForkedWorker,
     ForkedWorkers,
     WorkerPool,
     fork_workers,
+    release_forked,
     worker_count,
 )
 from geodns.dns.zone import Zone
@@ -1028,9 +1027,8 @@ class App:
         steps.append(self._stop_health())
         if self.pool is not None:
             steps.append(self.pool.stop())
-        for process, end in self.forked.values():  # forked, never taken: a start that failed
-            end.close()  # (their pipe ends: they stop)
-            steps.append(asyncio.to_thread(_reap, process))
+        if self.forked:  # forked, never taken by a pool: a start that failed
+            steps.append(asyncio.to_thread(release_forked, dict(self.forked), STOP_GRACE))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE + 1.0):
                 await asyncio.gather(*steps, return_exceptions=True)
@@ -1124,15 +1122,6 @@ def settle_heap() -> None:
     """
     freeze_heap()
     gc.set_threshold(700, 10, GC_FULL_EVERY)
-
-
-def _reap(process: ForkedWorker) -> None:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_GRACE)
-        return
-    process.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=1.0)
 
 
 async def serve(

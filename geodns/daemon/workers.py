@@ -170,6 +170,20 @@ def fork_workers(count: int, entry: str, config_path: Path) -> ForkedWorkers:
     return forked
 
 
+def release_forked(forked: ForkedWorkers, grace: float) -> None:
+    """Let go of workers forked at start that no pool took (the start failed): their pipes
+    close, so they end; each is reaped, killed if it is still there after `grace` seconds."""
+    for _, end in forked.values():
+        end.close()
+    for process, _ in forked.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+            continue
+        process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=1.0)
+
+
 def _run_forked(
     entry: str,
     config_path: Path,
