@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .common import CLIENT_CPU, FIXED, HOST, LATENCY_NOISY_PCT, NOISY_PCT, SATURATE, Profile
-from .procstat import CLOCK_TICKS, children_cpu, cpu_seconds, machine_jiffies, wait_quiet
+from .procstat import (
+    CLOCK_TICKS,
+    children_cpu,
+    cpu_seconds,
+    cpu_split,
+    machine_jiffies,
+    wait_quiet,
+)
 from .servers import Server, pin
 
 
@@ -130,11 +137,12 @@ class LoadGen:
         runs: int | None = None,
     ) -> dict[str, Any]:
         """One dnsperf run (for `seconds`, or `runs` passes over the file) with the server's CPU
-        per answered query (utime + stime of its processes from /proc, not wall time),
-        dnsperf's CPU and the rest of the machine's."""
+        per answered query (utime + stime of its processes from /proc, not wall time), the
+        kernel's part of it (stime), dnsperf's CPU and the rest of the machine's."""
         busy_before = wait_quiet(self.profile.quiet_wait_s)
         pids = server.pids
         per_process = {pid: cpu_seconds([pid]) for pid in pids}
+        kernel0 = cpu_split(pids)[1]
         busy0, _ = machine_jiffies()
         client0 = children_cpu()
         wall0 = time.monotonic()
@@ -144,11 +152,13 @@ class LoadGen:
         busy1, _ = machine_jiffies()
         per_process = {pid: cpu_seconds([pid]) - before for pid, before in per_process.items()}
         cpu = sum(per_process.values())
+        kernel = cpu_split(pids)[1] - kernel0
         machine_busy = (busy1 - busy0) / CLOCK_TICKS
         answered = stats["completed"] or 1
         run_time = stats["run_time"] or wall
         stats["server_cpu_s"] = round(cpu, 3)
         stats["server_cpu_us_per_query"] = round(cpu / answered * 1e6, 2)
+        stats["server_kernel_us_per_query"] = round(kernel / answered * 1e6, 2)
         stats["server_busy_pct"] = round(100 * cpu / run_time, 1)
         if len(per_process) > 1:
             stats["server_busy_pct_per_process"] = [

@@ -137,6 +137,11 @@ def section_rows(table: Table, title: str, section: dict[str, Any], full: bool) 
         saturated = ("runs", workload, "saturated")
         table.add(f"{name}: max qps", runs, at(*saturated, "qps"), digits=0)
         table.add(f"{name}: server CPU µs/query", runs, at(*saturated, "server_cpu_us_per_query"))
+        table.add(
+            f"{name}: of it in the kernel (stime) µs/query",
+            runs,
+            at(*saturated, "server_kernel_us_per_query"),
+        )
         if full:
             table.add(
                 f"{name}: p50 / p99 ms @{FIXED_QPS:,} qps",

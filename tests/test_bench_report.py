@@ -105,7 +105,13 @@ def test_smaps_rollup_and_dnsperf_output_are_read() -> None:
 
 
 def server(cpu: float, rss: float, index: dict[str, object] | None = None) -> dict[str, object]:
-    saturated = {"qps": 100000.0, "server_cpu_us_per_query": cpu, "lost": 0, "others_busy_pct": 1.0}
+    saturated = {
+        "qps": 100000.0,
+        "server_cpu_us_per_query": cpu,
+        "server_kernel_us_per_query": 2.0,  # the same system calls for both servers
+        "lost": 0,
+        "others_busy_pct": 1.0,
+    }
     return {
         "startup_s": 0.5,
         "geo_index": {"reported": False} if index is None else index,
@@ -193,6 +199,7 @@ def test_the_table_has_a_row_per_figure_with_ratios(tmp_path: Path) -> None:
     assert lines[0] == "| metric | geodns | gdnsd | geodns/gdnsd |"
     assert "| **geolite2-2018 database, 100 PoPs** |  |  |  |" in lines
     assert "| cold geo: server CPU µs/query | 10.0 | 5.0 | 2.00 |" in lines
+    assert "| cold geo: of it in the kernel (stime) µs/query | 2.0 | 2.0 | 1.00 |" in lines
     assert (
         "| RSS / PSS per process after the cold run (MB) | 120.0 / 119.0 | 40.0 / 39.0 |  |"
         in lines
@@ -255,3 +262,16 @@ def test_a_baseline_has_its_column_and_ratio_right_after_geodns() -> None:
     assert "| warm geo: lost (saturated + fixed rate) | 0 | 0 |  | 0 |  |" in lines
     # a row the baseline has no figure for (the big zone): a dash and no ratio
     assert "| start to first answer (s) | 17.70 | - |  | 1.90 | 9.32 |" in lines
+
+
+def test_cpu_is_split_into_the_process_and_the_kernel() -> None:
+    """utime and stime of a process, from /proc: their sum is the CPU the bench divides."""
+    import os
+
+    from bench.procstat import cpu_seconds, cpu_split
+
+    sum(range(200_000))  # some CPU of our own
+    user, system = cpu_split([os.getpid()])
+    assert user > 0 and system >= 0
+    assert abs(cpu_seconds([os.getpid()]) - (user + system)) < 0.05
+    assert cpu_split([]) == (0.0, 0.0)
