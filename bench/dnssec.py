@@ -105,13 +105,13 @@ def dnssec_run(bench: Any, db: Any, loads: Any, pops: PopSet, knot: bool) -> dic
     """geodns unsigned vs signed warm queries, then Knot on the same signed workload."""
     from .scenarios import log_run, start
 
-    setup = Setup(db.path, pops, dnssec=True)
+    setup = Setup(db.maxmind_path, pops, dnssec=True)  # Knot reads MaxMind's schema only
     result: dict[str, Any] = {"database": db.name, "pops": pops.label}
     server = bench.server("geodns", "geodns-dnssec", setup)
     result["geodns_start"] = start(bench, server)
     try:
         replies = ask_geo(server.port, loads.warm)
-        answers, kept = per_country_answers(replies, countries(db.path, loads.warm))
+        answers, kept = per_country_answers(replies, countries(db.maxmind_path, loads.warm))
         result["subnets"] = {"warm": len(loads.warm), "kept": len(kept), "countries": len(answers)}
         files = {}
         for label, do in (("plain", False), ("signed", True)):

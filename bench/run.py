@@ -82,7 +82,8 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         choices=databases.CHOICES,
         help="a City database to run on (repeat for several; default: synthetic). "
-        "geolite2-2018 is downloaded with pip into the cache directory",
+        "geolite2-2018 is downloaded with pip, iplocation-geolite2-city with npm, into the "
+        "cache directory",
     )
     parser.add_argument(
         "--pops", action="append", type=int, choices=(6, 100), help="PoP sets (default: both)"
@@ -161,7 +162,7 @@ def database_section(
     resolver-cache figures (the replies themselves are not kept in the results). With a
     baseline (6 PoPs only), the older geodns right after geodns, under the same rules."""
     full = pops.label == "6-pop"
-    setup = Setup(db.path, pops)
+    setup = Setup(db.path, pops, gdnsd_db=db.twin)
     cold_asked = loads.cold if full else loads.block_networks(bench.profile.block_networks)
     section: dict[str, Any] = {"full": full, "pops": len(pops.pops), "servers": {}}
     servers = section["servers"]
@@ -211,7 +212,7 @@ def database_section(
         mine, theirs = replies["geodns"], replies["gdnsd"]
         section["checks"] = {
             workload: compare_geo(
-                db.path,
+                db.maxmind_path,
                 {s: mine[s] for s in subnets if s in mine},
                 {s: theirs[s] for s in subnets if s in theirs},
                 pops,
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     db, loads = first
     six = popsets.six_pops()
     if not args.no_big_zone:
-        setup = Setup(db.path, six, big_zone_names=profile.big_zone_names)
+        setup = Setup(db.path, six, big_zone_names=profile.big_zone_names, gdnsd_db=db.twin)
         results["big_zone"] = {"database": db.name}
         for kind in kinds:
             results["big_zone"][kind] = big_zone_run(bench, kind, setup, loads)

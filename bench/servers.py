@@ -116,6 +116,7 @@ class Setup:
 
     db: Path
     pops: PopSet
+    gdnsd_db: Path | None = None  # gdnsd's copy in MaxMind's schema (None: `db` is in it)
     big_zone_names: int = 0  # 0: no big zone
     workers: int = 1  # geodns only
     gdnsd_threads: int = 1  # gdnsd only: its udp_threads and tcp_threads
@@ -253,7 +254,7 @@ plugins => {{
   geoip => {{
     maps => {{
       pops => {{
-        geoip2_db => {setup.db}
+        geoip2_db => {setup.gdnsd_db or setup.db}
         datacenters => [ {", ".join(order)} ]
         auto_dc_coords => {{
 {coords}
